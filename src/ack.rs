@@ -1,0 +1,193 @@
+//! Per-source bookkeeping of lines in flight: which are done, how far the checkpoint may move, and
+//! how much memory the source may still fill.
+//!
+//! Every line read gets a slot, in file order, holding how many sinks still owe an acknowledgement.
+//! Slots complete in any order (sinks with `concurrency > 1`, several sinks); the checkpoint moves
+//! to the end of the longest fully done prefix. A source must [`Tracker::admit`] a line's cost
+//! before reading on; the cost comes back only when the line leaves the front of the queue, so a
+//! stuck delivery stops reading once the budget is spent: memory stays bounded whatever the backlog.
+
+use crate::checkpoint::CheckpointBook;
+use crate::source::identity::FileIdentity;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::Semaphore;
+
+/// Bytes of lines one source may have in flight (read and not yet checkpointed).
+pub const IN_FLIGHT_BYTES: usize = 4 * 1024 * 1024;
+/// Cost charged per line on top of its length: the event, the slot and the queues' share.
+pub const LINE_OVERHEAD: usize = 256;
+
+struct Slot {
+    remaining: u32,
+    cost: u32,
+    file: Arc<FileIdentity>,
+    end: u64,
+}
+
+struct State {
+    /// Sequence number of `slots[0]`.
+    front: u64,
+    slots: VecDeque<Slot>,
+}
+
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tracker({})", self.source)
+    }
+}
+
+pub struct Tracker {
+    source: Box<str>,
+    book: Arc<CheckpointBook>,
+    budget: Semaphore,
+    capacity: usize,
+    state: Mutex<State>,
+}
+
+impl Tracker {
+    /// A tracker whose budget fits at least one line of `max_line` bytes.
+    pub fn new(source: &str, book: Arc<CheckpointBook>, max_line: usize) -> Self {
+        let capacity = IN_FLIGHT_BYTES
+            .max(max_line + LINE_OVERHEAD)
+            .min(Semaphore::MAX_PERMITS);
+        Tracker {
+            source: source.into(),
+            book,
+            budget: Semaphore::new(capacity),
+            capacity,
+            state: Mutex::new(State {
+                front: 0,
+                slots: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// The cost of a line of `len` bytes.
+    pub fn cost(&self, len: usize) -> u32 {
+        (len + LINE_OVERHEAD).min(self.capacity) as u32
+    }
+
+    /// Waits until `cost` fits in the budget, then takes it. Returns it to [`Tracker::push`].
+    pub async fn admit(&self, cost: u32) {
+        if let Ok(permit) = self.budget.acquire_many(cost).await {
+            permit.forget();
+        }
+    }
+
+    /// Records a line ending at `end` in `file` that `sinks` sinks will acknowledge; returns its
+    /// sequence number. `cost` must have been admitted.
+    pub fn push(&self, file: &Arc<FileIdentity>, end: u64, sinks: u32, cost: u32) -> u64 {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let seq = st.front + st.slots.len() as u64;
+        st.slots.push_back(Slot {
+            remaining: sinks,
+            cost,
+            file: file.clone(),
+            end,
+        });
+        if sinks == 0 {
+            self.advance(st);
+        }
+        seq
+    }
+
+    /// One sink is done with line `seq`.
+    pub fn ack(&self, seq: u64) {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(index) = seq.checked_sub(st.front) else {
+            return;
+        };
+        let Some(slot) = st.slots.get_mut(index as usize) else {
+            return;
+        };
+        slot.remaining = slot.remaining.saturating_sub(1);
+        if index == 0 && slot.remaining == 0 {
+            self.advance(st);
+        }
+    }
+
+    /// Pops done slots off the front, returns their budget and moves the checkpoint.
+    fn advance(&self, mut st: std::sync::MutexGuard<'_, State>) {
+        let mut released = 0usize;
+        let mut last = None;
+        while st.slots.front().is_some_and(|s| s.remaining == 0) {
+            if let Some(slot) = st.slots.pop_front() {
+                released += slot.cost as usize;
+                last = Some((slot.file, slot.end));
+            }
+            st.front += 1;
+        }
+        drop(st);
+        if released > 0 {
+            self.budget.add_permits(released);
+        }
+        if let Some((file, end)) = last {
+            self.book.set(&self.source, file, end);
+        }
+    }
+
+    /// Lines read and not yet checkpointed.
+    pub fn in_flight(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .slots
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn file() -> Arc<FileIdentity> {
+        Arc::new(FileIdentity {
+            path: PathBuf::from("/x"),
+            dev: 1,
+            inode: 2,
+            fingerprint: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn checkpoint_moves_only_past_a_done_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = CheckpointBook::open(dir.path()).unwrap();
+        let t = Tracker::new("s", book.clone(), 100);
+        let f = file();
+        let a = t.push(&f, 10, 2, 1);
+        let b = t.push(&f, 20, 1, 1);
+        let _c = t.push(&f, 30, 0, 1);
+        t.ack(b);
+        assert_eq!(book.get("s"), None);
+        t.ack(a);
+        assert_eq!(
+            book.get("s").map(|c| c.1),
+            None,
+            "one sink still owes line a"
+        );
+        t.ack(a);
+        assert_eq!(book.get("s").map(|c| c.1), Some(30));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_blocks_until_the_front_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = CheckpointBook::open(dir.path()).unwrap();
+        let t = Arc::new(Tracker::new("s", book, 10));
+        let big = t.capacity as u32;
+        t.admit(big).await;
+        let first = t.push(&file(), 1, 1, big);
+        let waiter = tokio::spawn({
+            let t = t.clone();
+            async move { t.admit(1).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        t.ack(first);
+        waiter.await.unwrap();
+    }
+}

@@ -1,0 +1,54 @@
+//! The command line (SPEC §5), as clap parses it. No I/O here.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flagtail",
+    version,
+    about = "Tails feature-flag audit logs and delivers every event to signed, templated webhooks"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArg {
+    /// Config file (YAML, or TOML by its .toml extension).
+    #[arg(
+        long,
+        global = true,
+        env = "FLAGTAIL_CONFIG",
+        default_value = "./flagtail.yaml"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the config and templates; print it with secrets as ***.
+    Check,
+    /// Dry run: print the request each input line would become.
+    Render {
+        /// The sink whose requests to print.
+        #[arg(long)]
+        sink: String,
+        /// Read lines in this source's format (default: the first source).
+        #[arg(long)]
+        source: Option<String>,
+        /// Read lines from this file (default: stdin).
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+    /// Send a sink's dead letters again; those that fail again are kept.
+    Replay {
+        #[arg(long)]
+        sink: String,
+    },
+}

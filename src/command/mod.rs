@@ -1,0 +1,67 @@
+//! The one-shot commands: `check`, `render`, `replay`. The daemon is [`crate::daemon`].
+
+pub mod check;
+pub mod render;
+pub mod replay;
+
+use crate::config::Config;
+use crate::sink::{self, Sink};
+use std::sync::Arc;
+
+/// Why a command failed, and its exit code (SPEC §5: 1 runtime failure, 2 bad config or usage).
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    pub fn runtime(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+/// Builds the sink called `name`, or says which sinks there are.
+pub fn find_sink(config: &Config, name: &str) -> Result<Arc<Sink>, Failure> {
+    let (index, section) = config
+        .file
+        .sinks
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.name.as_str() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = config.file.sinks.iter().map(|s| s.name.as_str()).collect();
+            Failure::usage(format!(
+                "--sink: there is no sink named {name:?} (sinks: {})",
+                names.join(", ")
+            ))
+        })?;
+    Sink::build(index, section).map(Arc::new).map_err(|e| {
+        Failure::usage(format!(
+            "config {}:\n  {}",
+            config.path.display(),
+            e.join("\n  ")
+        ))
+    })
+}
+
+/// Builds every sink, as the daemon would, to report every config error.
+pub fn build_sinks(config: &Config) -> Result<Vec<Arc<Sink>>, Failure> {
+    sink::build_all(&config.file.sinks).map_err(|e| {
+        Failure::usage(format!(
+            "config {}:\n  {}",
+            config.path.display(),
+            e.join("\n  ")
+        ))
+    })
+}

@@ -1,0 +1,92 @@
+//! `flagtail replay --sink NAME`: send a sink's dead letters again.
+//!
+//! The dead-letter file is moved aside under its lock (the daemon may keep appending to a fresh
+//! one), every entry is delivered with the sink's current template, secret and retry policy, and
+//! the entries that fail again — plus any line that could not be read — are appended back. An
+//! interrupted replay leaves its entries in `SINK.replaying.jsonl`, which the next replay takes up
+//! first. Exit status 1 if anything is left.
+
+use super::{Failure, find_sink};
+use crate::config::Config;
+use crate::delivery::dead_letter::{self, DeadLetter};
+use crate::delivery::{self, Result as Delivery};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub async fn replay(config: &Config, name: &str) -> Result<(), Failure> {
+    let sink = find_sink(config, name)?;
+    let log = dead_letter::log(&config.file.state_dir, name);
+    let io = |what: &str, e: std::io::Error| {
+        Failure::runtime(format!("{what} {}: {e}", log.path().display()))
+    };
+    let taken = {
+        let held = log.hold().map_err(|e| io("cannot lock", e))?;
+        log.take(&held).map_err(|e| io("cannot take", e))?
+    };
+    let contents = crate::record_log::RecordLog::read(&taken).map_err(|e| io("cannot read", e))?;
+    let mut keep: Vec<Vec<u8>> = Vec::new();
+    for (line_no, text) in &contents.unreadable {
+        eprintln!(
+            "{}:{line_no}: unreadable dead letter (torn by a crash?); kept as it is",
+            taken.display()
+        );
+        keep.push(text.clone().into_bytes());
+    }
+    let never = CancellationToken::new();
+    let (mut delivered, mut failed) = (0usize, 0usize);
+    for value in contents.records {
+        let mut letter: DeadLetter = match serde_json::from_value(value.clone()) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("a dead letter does not have the expected fields ({e}); kept as it is");
+                keep.push(value.to_string().into_bytes());
+                continue;
+            }
+        };
+        let record = match letter.to_record() {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                eprintln!(
+                    "{}: its event cannot be read ({e}); kept",
+                    letter.idempotency_key
+                );
+                keep.push(value.to_string().into_bytes());
+                continue;
+            }
+        };
+        let outcomes = delivery::deliver(&sink, std::slice::from_ref(&record), &never).await;
+        match outcomes.into_iter().next().map(|(_, r)| r) {
+            Some(Delivery::Delivered { .. }) => delivered += 1,
+            Some(Delivery::Failed { reason, attempts }) => {
+                failed += 1;
+                eprintln!("{}: still failing: {reason}", letter.idempotency_key);
+                letter.attempts += attempts;
+                letter.reason = reason;
+                letter.time = dead_letter::now_rfc3339();
+                keep.push(serde_json::to_vec(&letter).unwrap_or_default());
+            }
+            Some(Delivery::Abandoned) | None => keep.push(value.to_string().into_bytes()),
+        }
+    }
+    let held = log.hold().map_err(|e| io("cannot lock", e))?;
+    if !keep.is_empty() {
+        log.append_held(&keep)
+            .map_err(|e| io("cannot write back to", e))?;
+    }
+    std::fs::remove_file(&taken).map_err(|e| io("cannot remove", e))?;
+    drop(held);
+    println!(
+        "replayed {} dead letters of sink {name}: {delivered} delivered, {} kept",
+        delivered + failed,
+        keep.len()
+    );
+    if keep.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::runtime(format!(
+            "{} dead letters are kept in {}",
+            keep.len(),
+            log.path().display()
+        )))
+    }
+}

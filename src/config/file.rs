@@ -1,0 +1,320 @@
+//! The config as the user wrote it (SPEC §2): every key, its default, and per-value validation.
+//!
+//! Unknown keys are refused (`deny_unknown_fields`), and values are checked while they are read
+//! (names, durations, filters, enums), so figment's error already names the key. Nothing here does
+//! I/O; turning this into running parts is [`super::Config::build`]. Every field's doc ends with its
+//! default, and the README's table is written from these.
+
+use super::{Secret, SecretUrl};
+use crate::event::Format;
+use crate::sink::filter::EventPattern;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole config file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Checkpoints, dead letters and rejected lines. Default `./flagtail-state`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Longer lines are rejected (recorded and skipped). Default 1048576.
+    #[serde(default = "default_max_line_bytes", deserialize_with = "lenient_u64")]
+    pub max_line_bytes: u64,
+    /// Time allowed on SIGTERM to finish in-flight deliveries. Default `10s`.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub log: LogSection,
+    /// Where events come from. Default: none (an error: at least one is needed).
+    #[serde(default)]
+    pub sources: Vec<SourceSection>,
+    /// Where events go. Default: none (an error: at least one is needed).
+    #[serde(default)]
+    pub sinks: Vec<SinkSection>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Address of `/healthz`, `/readyz` and `/metrics`; `""` turns it off. Default `127.0.0.1:9464`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` or `json`. Default `text`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `flagtail=debug`); `RUST_LOG` overrides it. Default `info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// One source: exactly one of `file`, `socket`, `http`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    /// Unique, `[a-z0-9_-]+`. Required.
+    pub name: Name,
+    /// Path of the audit log to follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Unix stream socket to listen on (not in this version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
+    /// Address to receive webhooks on (not in this version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_secret: Option<Secret>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_opt_u64"
+    )]
+    pub max_body_bytes: Option<u64>,
+    /// `auto` or `flipt`. Default `auto`.
+    #[serde(default)]
+    pub format: Format,
+    /// Where to start when there is no checkpoint yet: `beginning` or `end`. Default `beginning`.
+    #[serde(default)]
+    pub read_from: ReadFrom,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    #[default]
+    Beginning,
+    End,
+}
+
+/// One sink.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    /// Unique, `[a-z0-9_-]+`. Required.
+    pub name: Name,
+    /// `webhook`, `stdout` or `file`. Default `webhook`.
+    #[serde(default, rename = "type")]
+    pub kind: SinkKind,
+    /// `http://` or `https://` URL; required for webhooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<SecretUrl>,
+    /// File to append to; required for `type: file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// `type:action` patterns. Default `["*:*"]`.
+    #[serde(default = "default_events")]
+    pub events: Vec<EventPattern>,
+    /// Source names to take events from. Default: all sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<Name>>,
+    /// Extra request headers. Default none.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// `Content-Type` of the request. Default `application/json`.
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+    /// Tera template of the body. Default: Flipt's webhook body (SPEC §1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// HMAC key. Default none (unsigned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<Secret>,
+    /// File holding the HMAC key (trailing newline dropped). Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret_file: Option<PathBuf>,
+    /// `flipt` or `standard-webhooks`. Default `flipt`.
+    #[serde(default)]
+    pub signature: SignatureScheme,
+    /// Total time spent retrying one delivery before it is dead-lettered. Default `15s`.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff_duration: Duration,
+    /// First retry delay; doubles each retry, with jitter. Default `500ms`.
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Limit of one attempt. Default `10s`.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Requests in flight for this sink; 1 keeps order. Default 1.
+    #[serde(default = "default_concurrency", deserialize_with = "lenient_u32")]
+    pub concurrency: u32,
+    #[serde(default)]
+    pub batch: BatchSection,
+    /// Extra trusted CA certificates (PEM) for `https` URLs. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    #[default]
+    Webhook,
+    Stdout,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureScheme {
+    #[default]
+    Flipt,
+    StandardWebhooks,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSection {
+    /// Events per request; above 1 the body is a JSON array (or the template's `events`). Default 1.
+    #[serde(default = "default_max_events", deserialize_with = "lenient_u32")]
+    pub max_events: u32,
+    /// How long a batch waits to fill up. Default `0s`.
+    #[serde(default, with = "humantime_serde")]
+    pub linger: Duration,
+}
+
+impl Default for BatchSection {
+    fn default() -> Self {
+        BatchSection {
+            max_events: default_max_events(),
+            linger: Duration::ZERO,
+        }
+    }
+}
+
+/// A source or sink name: `[a-z0-9_-]+`. Names appear in file names and metric labels.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Name(String);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Name(s))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "name {s:?} must match [a-z0-9_-]+"
+            )))
+        }
+    }
+}
+
+/// A whole number written as a number or as a string (what `${VAR}` substitution produces).
+fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrText {
+        Num(u64),
+        Text(String),
+    }
+    match NumOrText::deserialize(d)? {
+        NumOrText::Num(n) => Ok(n),
+        NumOrText::Text(t) => t
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a whole number"))),
+    }
+}
+
+fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = lenient_u64(d)?;
+    u32::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} is too large")))
+}
+
+fn lenient_opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    lenient_u64(d).map(Some)
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("./flagtail-state")
+}
+fn default_max_line_bytes() -> u64 {
+    1_048_576
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_events() -> Vec<EventPattern> {
+    vec![EventPattern::parse(EventPattern::ALL).expect("the default pattern parses")]
+}
+fn default_content_type() -> String {
+    "application/json".into()
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_initial_backoff() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_concurrency() -> u32 {
+    1
+}
+fn default_max_events() -> u32 {
+    1
+}

@@ -1,0 +1,376 @@
+//! Loading the config: YAML or TOML file, then `FLAGTAIL_*` environment variables, then `${VAR}`
+//! substitution, then checks that span several keys. Every error names its key.
+//!
+//! The result, [`Config`], is still only data; the running parts (sinks with compiled templates and
+//! TLS clients, sources) are built from it by their own modules, so `flagtail check` can build them
+//! and throw them away.
+
+mod file;
+mod interpolate;
+mod secret;
+
+pub use file::{
+    BatchSection, ConfigFile, LogFormat, LogSection, Name, ReadFrom, SignatureScheme, SinkKind,
+    SinkSection, SourceSection,
+};
+pub use secret::{Secret, SecretUrl};
+
+use figment::providers::{Env, Format as _, Toml, Yaml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The scalar keys that `FLAGTAIL_*` environment variables may override. Only these, so that a
+/// user's own `FLAGTAIL_SECRET` (for `${FLAGTAIL_SECRET}`) is not taken for an unknown key.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("STATE_DIR", "state_dir"),
+    ("MAX_LINE_BYTES", "max_line_bytes"),
+    ("SHUTDOWN_GRACE", "shutdown_grace"),
+    ("ADMIN__LISTEN", "admin.listen"),
+    ("LOG__FORMAT", "log.format"),
+    ("LOG__LEVEL", "log.level"),
+];
+
+/// A config that parsed and passed every check.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from, for messages and SIGHUP reloads.
+    pub path: PathBuf,
+    pub file: ConfigFile,
+}
+
+/// Everything wrong with a config, one line per problem, each naming its key.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config {}:", self.path.display())?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, substitutes and checks the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            path: path.to_path_buf(),
+            problems,
+        };
+        if !path.is_file() {
+            return Err(fail(vec![format!(
+                "cannot read {}: no such file",
+                path.display()
+            )]));
+        }
+        let is_toml = path.extension().is_some_and(|e| e == "toml");
+        let mut figment = Figment::new();
+        figment = if is_toml {
+            figment.merge(Toml::file_exact(path))
+        } else {
+            figment.merge(Yaml::file_exact(path))
+        };
+        figment = figment.merge(Env::prefixed("FLAGTAIL_").filter_map(|key| {
+            ENV_KEYS
+                .iter()
+                .find(|(var, _)| key == *var)
+                .map(|(_, key)| (*key).into())
+        }));
+
+        let mut dict: Dict = figment.extract().map_err(|e| fail(figment_problems(e)))?;
+        let mut problems = Vec::new();
+        interpolate::interpolate_dict(&mut dict, "", &mut problems);
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        let resolved = Figment::from(Resolved {
+            dict,
+            name: path.display().to_string(),
+        });
+        let file: ConfigFile = resolved.extract().map_err(|e| fail(figment_problems(e)))?;
+        let problems = cross_checks(&file);
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// The resolved config as `flagtail check` prints it: JSON, secrets as `***`.
+    pub fn to_redacted_json(&self) -> String {
+        serde_json::to_string_pretty(&self.file).unwrap_or_default()
+    }
+}
+
+/// The merged, substituted values, handed back to figment so its errors still carry key paths.
+struct Resolved {
+    dict: Dict,
+    name: String,
+}
+
+impl Provider for Resolved {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("config {}", self.name))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+fn figment_problems(e: figment::Error) -> Vec<String> {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let kind = e.kind.to_string();
+            if key.is_empty() {
+                kind
+            } else {
+                format!("{key}: {kind}")
+            }
+        })
+        .collect()
+}
+
+/// Checks that involve more than one value.
+fn cross_checks(c: &ConfigFile) -> Vec<String> {
+    let mut p = Vec::new();
+    if c.max_line_bytes == 0 {
+        p.push("max_line_bytes: must be at least 1".into());
+    }
+    if !c.admin.listen.is_empty() && c.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+        p.push(format!(
+            "admin.listen: {:?} is not an address like 127.0.0.1:9464 (or \"\")",
+            c.admin.listen
+        ));
+    }
+    if c.sources.is_empty() {
+        p.push("sources: at least one source is needed".into());
+    }
+    if c.sinks.is_empty() {
+        p.push("sinks: at least one sink is needed".into());
+    }
+    let mut seen = BTreeSet::new();
+    for (i, s) in c.sources.iter().enumerate() {
+        let at = format!("sources.{i}");
+        if !seen.insert(s.name.as_str()) {
+            p.push(format!(
+                "{at}.name: source name {:?} is used twice",
+                s.name.as_str()
+            ));
+        }
+        let kinds = [s.file.is_some(), s.socket.is_some(), s.http.is_some()];
+        match kinds.iter().filter(|k| **k).count() {
+            1 => {}
+            0 => p.push(format!("{at}: needs one of file, socket, http")),
+            _ => p.push(format!("{at}: has more than one of file, socket, http")),
+        }
+        if s.socket.is_some() {
+            p.push(format!(
+                "{at}.socket: Unix socket sources are not available in this version"
+            ));
+        }
+        if s.http.is_some() {
+            p.push(format!(
+                "{at}.http: HTTP sources are not available in this version"
+            ));
+        }
+        if s.file.is_some() {
+            for (key, set) in [
+                ("socket_mode", s.socket_mode.is_some()),
+                ("path", s.path.is_some()),
+                ("auth_token", s.auth_token.is_some()),
+                ("verify", s.verify.is_some()),
+                ("verify_secret", s.verify_secret.is_some()),
+                ("max_body_bytes", s.max_body_bytes.is_some()),
+            ] {
+                if set {
+                    p.push(format!("{at}.{key}: not used by a file source"));
+                }
+            }
+        }
+    }
+    let sources: BTreeSet<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
+    let mut seen = BTreeSet::new();
+    for (i, s) in c.sinks.iter().enumerate() {
+        let at = format!("sinks.{i}");
+        if !seen.insert(s.name.as_str()) {
+            p.push(format!(
+                "{at}.name: sink name {:?} is used twice",
+                s.name.as_str()
+            ));
+        }
+        for name in s.sources.iter().flatten() {
+            if !sources.contains(name.as_str()) {
+                p.push(format!(
+                    "{at}.sources: there is no source named {:?}",
+                    name.as_str()
+                ));
+            }
+        }
+        if s.concurrency == 0 {
+            p.push(format!("{at}.concurrency: must be at least 1"));
+        }
+        if s.batch.max_events == 0 {
+            p.push(format!("{at}.batch.max_events: must be at least 1"));
+        }
+        if s.events.is_empty() {
+            p.push(format!(
+                "{at}.events: an empty list would drop every event; omit it for all"
+            ));
+        }
+        if s.signing_secret.is_some() && s.signing_secret_file.is_some() {
+            p.push(format!(
+                "{at}.signing_secret_file: set either signing_secret or signing_secret_file"
+            ));
+        }
+        match s.kind {
+            SinkKind::Webhook => match &s.url {
+                None => p.push(format!("{at}.url: a webhook sink needs a url")),
+                Some(u) => {
+                    let ok = u.expose().parse::<http::Uri>().ok().is_some_and(|uri| {
+                        matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+                    });
+                    if !ok {
+                        p.push(format!("{at}.url: {u} is not an http:// or https:// URL"));
+                    }
+                }
+            },
+            SinkKind::File if s.path.is_none() => {
+                p.push(format!("{at}.path: a file sink needs a path"))
+            }
+            _ => {}
+        }
+        if s.kind != SinkKind::Webhook {
+            for (key, set) in [
+                ("url", s.url.is_some()),
+                ("ca_file", s.ca_file.is_some()),
+                ("headers", !s.headers.is_empty()),
+            ] {
+                if set {
+                    p.push(format!("{at}.{key}: only webhook sinks use it"));
+                }
+            }
+        }
+        if s.kind != SinkKind::File && s.path.is_some() {
+            p.push(format!("{at}.path: only file sinks use it"));
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    const MINIMAL: &str = "sources:\n  - {name: flipt, file: /tmp/audit.log}\nsinks:\n  - {name: out, type: stdout}\n";
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = load("c.yaml", MINIMAL).unwrap();
+        assert_eq!(c.file.max_line_bytes, 1_048_576);
+        assert_eq!(c.file.log.level, "info");
+        assert_eq!(c.file.admin.listen, "127.0.0.1:9464");
+        assert_eq!(c.file.shutdown_grace, std::time::Duration::from_secs(10));
+        assert_eq!(c.file.sinks[0].events[0].to_string(), "*:*");
+        assert_eq!(
+            c.file.sinks[0].initial_backoff,
+            std::time::Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = load("c.yaml", &format!("{MINIMAL}shutdown_grase: 5s\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shutdown_grase"), "{err}");
+        let err = load("c.yaml", "sources:\n  - {name: a, file: /x, fromat: flipt}\nsinks:\n  - {name: o, type: stdout}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sources.0") && err.contains("fromat"), "{err}");
+    }
+
+    #[test]
+    fn toml_and_bad_values() {
+        let c = load(
+            "c.toml",
+            "[[sources]]\nname = \"a\"\nfile = \"/x\"\n[[sinks]]\nname = \"o\"\ntype = \"stdout\"\n",
+        );
+        assert!(c.is_ok());
+        let err = load("c.yaml", &format!("{MINIMAL}shutdown_grace: soon\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shutdown_grace"), "{err}");
+        let err = load(
+            "c.yaml",
+            "sources:\n  - {name: A, file: /x}\nsinks:\n  - {name: o, type: stdout}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("sources.0.name"), "{err}");
+        let err = load("c.yaml", "sources:\n  - {name: a, file: /x}\nsinks:\n  - {name: o, url: ftp://x, sources: [b]}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sinks.0.url") && err.contains("sinks.0.sources"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_substitution_names_the_missing_variable() {
+        // SAFETY: tests in this module do not read this variable concurrently.
+        unsafe { std::env::set_var("FT_TEST_CONC", "3") };
+        let text = "sources:\n  - {name: a, file: /x}\nsinks:\n  - {name: o, url: \"http://h/${FT_TEST_NOPE}\", concurrency: \"${FT_TEST_CONC}\"}\n";
+        let err = load("c.yaml", text).unwrap_err().to_string();
+        assert!(
+            err.contains("sinks.0.url") && err.contains("FT_TEST_NOPE"),
+            "{err}"
+        );
+        let ok = load("c.yaml", &text.replace("${FT_TEST_NOPE}", "hook")).unwrap();
+        assert_eq!(ok.file.sinks[0].concurrency, 3);
+    }
+
+    #[test]
+    fn environment_overrides_listed_keys_only() {
+        // SAFETY: no other test reads these variables.
+        unsafe {
+            std::env::set_var("FLAGTAIL_SHUTDOWN_GRACE", "3s");
+            std::env::set_var("FLAGTAIL_SOMETHING_ELSE", "x");
+        }
+        let c = load("c.yaml", MINIMAL).unwrap();
+        unsafe { std::env::remove_var("FLAGTAIL_SHUTDOWN_GRACE") };
+        assert_eq!(c.file.shutdown_grace, std::time::Duration::from_secs(3));
+    }
+
+    #[test]
+    fn secrets_are_masked_in_redacted_output() {
+        let text = "sources:\n  - {name: a, file: /x}\nsinks:\n  - {name: o, url: \"https://hooks.example/T/B/tok\", signing_secret: s3cr3t, headers: {Authorization: Bearer xyz}}\n";
+        let out = load("c.yaml", text).unwrap().to_redacted_json();
+        assert!(
+            !out.contains("s3cr3t") && !out.contains("xyz") && !out.contains("tok"),
+            "{out}"
+        );
+        assert!(out.contains("https://hooks.example/***"), "{out}");
+    }
+}

@@ -1,0 +1,76 @@
+//! Dead letters: deliveries that failed for good, kept in `state_dir/dead-letter/SINK.jsonl` for
+//! `flagtail replay`.
+//!
+//! Each line holds the event (in Flipt's webhook form), the original line, where it was read, its
+//! idempotency key, the reason and the attempt count — enough to render and sign it again later,
+//! with whatever template and secret the sink has then.
+
+use crate::event::{Format, parse_line};
+use crate::record::{Record, SourceInfo};
+use crate::record_log::RecordLog;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::path::Path;
+use std::sync::Arc;
+
+/// One line of a dead-letter file.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// When it was written (RFC 3339).
+    pub time: String,
+    pub sink: String,
+    pub source: String,
+    pub format: Format,
+    pub offset: u64,
+    pub idempotency_key: String,
+    pub attempts: u32,
+    pub reason: String,
+    pub event: Box<RawValue>,
+    pub line: String,
+}
+
+impl DeadLetter {
+    pub fn new(sink: &str, record: &Record, attempts: u32, reason: &str) -> DeadLetter {
+        let mut event = Vec::with_capacity(record.line.len());
+        record.event.write_flipt_json(&mut event);
+        let event = RawValue::from_string(String::from_utf8_lossy(&event).into_owned())
+            .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
+        DeadLetter {
+            time: now_rfc3339(),
+            sink: sink.to_string(),
+            source: record.source.name.to_string(),
+            format: record.source.format,
+            offset: record.offset,
+            idempotency_key: record.key.to_string(),
+            attempts,
+            reason: reason.to_string(),
+            event,
+            line: record.line.to_string(),
+        }
+    }
+
+    /// The record to deliver again.
+    pub fn to_record(&self) -> Result<Record, String> {
+        let event = parse_line(Format::Flipt, self.event.get()).map_err(|e| e.to_string())?;
+        let source = Arc::new(SourceInfo {
+            name: self.source.as_str().into(),
+            format: self.format,
+        });
+        Ok(Record::new(
+            source,
+            self.offset,
+            self.idempotency_key.as_str().into(),
+            self.line.as_str().into(),
+            event,
+        ))
+    }
+}
+
+/// The dead-letter file of one sink.
+pub fn log(state_dir: &Path, sink: &str) -> RecordLog {
+    RecordLog::new(state_dir, "dead-letter", sink)
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

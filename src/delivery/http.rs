@@ -1,0 +1,213 @@
+//! The HTTP client of webhook sinks and one attempt at a request.
+//!
+//! hyper 1 over rustls (ring provider) with keep-alive; trusted roots are the webpki roots plus a
+//! sink's `ca_file`. An attempt ends in one of three ways (SPEC §4): delivered (2xx), worth retrying
+//! (connection errors, timeouts, 408, 429, 5xx except 501; with the server's `Retry-After`), or
+//! final (any other status).
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Response bodies are read (to keep the connection) up to this size, and quoted in errors.
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// A client trusting the webpki roots and, if given, the certificates in `ca_file`.
+pub fn client(ca_file: Option<&Path>) -> Result<HttpClient, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no certificate", path.display()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(https))
+}
+
+/// How one attempt ended.
+#[derive(Debug)]
+pub enum Attempt {
+    Delivered,
+    /// Worth another try, after at least `retry_after` if the server said so.
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    Final {
+        reason: String,
+    },
+}
+
+/// POSTs `body` with `headers` to `url`, within `timeout`.
+pub async fn post(
+    client: &HttpClient,
+    url: &Uri,
+    shown: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    timeout: Duration,
+) -> Attempt {
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = url.clone();
+    *req.headers_mut() = headers.clone();
+    let exchange = async {
+        let resp = client.request(req).await?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, body))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => Attempt::Retry {
+            reason: format!(
+                "POST {shown}: no response within {}",
+                humantime::format_duration(timeout)
+            ),
+            retry_after: None,
+        },
+        Ok(Err(e)) => Attempt::Retry {
+            reason: format!("POST {shown}: {}", error_chain(&e)),
+            retry_after: None,
+        },
+        Ok(Ok((status, retry_after, body))) => classify(status, retry_after, &body, shown),
+    }
+}
+
+fn classify(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    shown: &str,
+) -> Attempt {
+    if status.is_success() {
+        return Attempt::Delivered;
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    let reason = format!(
+        "POST {shown}: {status}{}{}",
+        if text.trim().is_empty() { "" } else { ": " },
+        text.trim()
+    );
+    let retry = status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED);
+    if retry {
+        Attempt::Retry {
+            reason,
+            retry_after,
+        }
+    } else {
+        Attempt::Final { reason }
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified_as_the_spec_says() {
+        let kind = |code: u16| match classify(StatusCode::from_u16(code).unwrap(), None, b"", "u") {
+            Attempt::Delivered => "ok",
+            Attempt::Retry { .. } => "retry",
+            Attempt::Final { .. } => "final",
+        };
+        assert_eq!(kind(204), "ok");
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert_eq!(kind(code), "retry", "{code}");
+        }
+        for code in [301, 400, 401, 404, 409, 501] {
+            assert_eq!(kind(code), "final", "{code}");
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let d = parse_retry_after(&soon).unwrap();
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

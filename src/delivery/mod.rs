@@ -1,0 +1,232 @@
+//! Delivery: one task per sink takes records from its queue, groups them into requests, sends them
+//! with retries, and acknowledges each record once it is delivered or dead-lettered.
+//!
+//! `concurrency` requests run at once (1 keeps file order). A record is acknowledged only after its
+//! outcome is durable: the receiver said 2xx, the file sink fsynced, or its dead letter was written.
+//! If even the dead letter cannot be written the record is left unacknowledged, so the checkpoint
+//! stays before it and it is read again after a restart. On shutdown no new request starts, retries
+//! waiting for their backoff give up at once (unacknowledged, so re-sent later with the same key),
+//! and requests on the wire get `shutdown_grace` to finish.
+
+pub mod dead_letter;
+pub mod http;
+pub mod retry;
+mod write;
+
+use crate::metrics::{self, Outcome};
+use crate::record::Record;
+use crate::record_log::RecordLog;
+use crate::sink::{Output, Sink, Webhook, unix_now};
+use bytes::Bytes;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Records queued per sink; memory is bounded by the sources' budgets, this only smooths bursts.
+pub const QUEUE: usize = 1024;
+/// File and stdout sinks write and fsync up to this many records at once.
+const WRITE_GROUP: usize = 512;
+
+/// How a delivery ended.
+#[derive(Debug, Clone)]
+pub enum Result {
+    Delivered {
+        attempts: u32,
+    },
+    Failed {
+        reason: String,
+        attempts: u32,
+    },
+    /// Stopped by shutdown before an outcome; not acknowledged.
+    Abandoned,
+}
+
+/// Runs the sink's queue until it closes or `stop` fires, then gives requests on the wire `grace`.
+pub async fn run_sink(
+    sink: Arc<Sink>,
+    mut queue: mpsc::Receiver<Arc<Record>>,
+    dead: RecordLog,
+    stop: CancellationToken,
+    grace: Duration,
+) {
+    let slots = Arc::new(Semaphore::new(sink.concurrency));
+    let mut in_flight = JoinSet::new();
+    let group = match sink.output {
+        Output::Webhook(_) => sink.max_events,
+        Output::Stdout | Output::File(_) => sink.max_events.max(WRITE_GROUP),
+    };
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = queue.recv() => match r { Some(r) => r, None => break },
+        };
+        let mut batch = vec![first];
+        while batch.len() < group {
+            match queue.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        if batch.len() < sink.max_events && !sink.linger.is_zero() {
+            let until = Instant::now() + sink.linger;
+            while batch.len() < sink.max_events {
+                tokio::select! {
+                    r = queue.recv() => match r { Some(r) => batch.push(r), None => break },
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = stop.cancelled() => break,
+                }
+            }
+        }
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
+            _ = stop.cancelled() => break,
+        };
+        let (sink, dead, stop) = (sink.clone(), dead.clone(), stop.clone());
+        in_flight.spawn(async move {
+            let started = Instant::now();
+            for (range, result) in deliver(&sink, &batch, &stop).await {
+                finish(&sink, &dead, &batch[range], result, started).await;
+            }
+            drop(slot);
+        });
+        while in_flight.try_join_next().is_some() {}
+    }
+    let drained = tokio::time::timeout(grace, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(sink = %sink.name, left = in_flight.len(), "shutdown_grace ran out; unfinished deliveries will be sent again after restart");
+        in_flight.abort_all();
+    }
+}
+
+/// The outcome of a delivery for `records[range]`; a delivery reports one per group of records
+/// that shared a fate.
+pub type Outcomes = Vec<(Range<usize>, Result)>;
+
+/// Renders and sends `records` (one request, or one group write), retrying as the sink's policy says.
+pub async fn deliver(sink: &Sink, records: &[Arc<Record>], stop: &CancellationToken) -> Outcomes {
+    match &sink.output {
+        Output::Webhook(hook) => {
+            let result = match sink.renderer.render(records) {
+                Ok(body) => send_with_retries(sink, hook, records, Bytes::from(body), stop).await,
+                Err(reason) => Result::Failed {
+                    reason,
+                    attempts: 0,
+                },
+            };
+            vec![(0..records.len(), result)]
+        }
+        Output::Stdout | Output::File(_) => write::deliver(sink, records, stop).await,
+    }
+}
+
+async fn send_with_retries(
+    sink: &Sink,
+    hook: &Webhook,
+    records: &[Arc<Record>],
+    body: Bytes,
+    stop: &CancellationToken,
+) -> Result {
+    let key = Sink::delivery_key(records);
+    let mut backoff = retry::Backoff::start(sink.retry);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let headers = hook.headers_for(&body, &key, unix_now());
+        let outcome = http::post(
+            &hook.client,
+            &hook.url,
+            &hook.shown,
+            &headers,
+            body.clone(),
+            hook.timeout,
+        )
+        .await;
+        let (reason, retry_after) = match outcome {
+            http::Attempt::Delivered => return Result::Delivered { attempts },
+            http::Attempt::Final { reason } => return Result::Failed { reason, attempts },
+            http::Attempt::Retry {
+                reason,
+                retry_after,
+            } => (reason, retry_after),
+        };
+        let wait = match backoff.next_delay(retry_after) {
+            Ok(wait) => wait,
+            Err(why) => {
+                return Result::Failed {
+                    reason: format!("{reason}; {why}"),
+                    attempts,
+                };
+            }
+        };
+        tracing::info!(sink = %sink.name, key = %key, attempt = attempts, retry_in = ?wait, "{reason}");
+        metrics::get()
+            .retries
+            .get_or_create(&metrics::SinkLabel {
+                sink: sink.name.to_string(),
+            })
+            .inc();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return Result::Abandoned,
+        }
+    }
+}
+
+/// Makes the outcome durable, then acknowledges the records.
+async fn finish(
+    sink: &Sink,
+    dead: &RecordLog,
+    records: &[Arc<Record>],
+    result: Result,
+    started: Instant,
+) {
+    let m = metrics::get();
+    m.delivery_seconds
+        .get_or_create(&metrics::SinkLabel {
+            sink: sink.name.to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Result::Delivered { .. } => {
+            m.delivered(&sink.name, Outcome::delivered, records.len() as u64);
+            records.iter().for_each(|r| r.ack());
+        }
+        Result::Failed { reason, attempts } => {
+            let lines: Vec<Vec<u8>> = records
+                .iter()
+                .map(|r| {
+                    serde_json::to_vec(&dead_letter::DeadLetter::new(
+                        &sink.name, r, attempts, &reason,
+                    ))
+                    .unwrap_or_default()
+                })
+                .collect();
+            let log = dead.clone();
+            let written = tokio::task::spawn_blocking(move || log.append(&lines)).await;
+            match written {
+                Ok(Ok(())) => {
+                    for r in records {
+                        tracing::warn!(sink = %sink.name, source = %r.source.name, offset = r.offset, key = %r.key, attempts, "dead-lettered: {reason}");
+                    }
+                    m.delivered(&sink.name, Outcome::dead_letter, records.len() as u64);
+                    records.iter().for_each(|r| r.ack());
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(sink = %sink.name, path = %dead.path().display(), error = %e, "cannot write dead letters; the events stay unacknowledged and are read again after a restart")
+                }
+                Err(e) => {
+                    tracing::error!(sink = %sink.name, error = %e, "dead-letter writer failed")
+                }
+            }
+        }
+        Result::Abandoned => {}
+    }
+}

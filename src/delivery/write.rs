@@ -1,0 +1,92 @@
+//! `stdout` and `file` sinks: each body on its own line, written in groups.
+//!
+//! A group of records is rendered (one body per `max_events` records), written with one write and,
+//! for files, fsynced before any record is acknowledged. Records whose body cannot be rendered fail
+//! alone (they are dead-lettered); the rest of the group is written. I/O errors are retried with
+//! the sink's backoff like a failed request.
+
+use super::{Outcomes, Result};
+use crate::record::Record;
+use crate::sink::{Output, Sink};
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub async fn deliver(sink: &Sink, records: &[Arc<Record>], stop: &CancellationToken) -> Outcomes {
+    let mut outcomes = Vec::new();
+    let mut out = Vec::new();
+    let mut written = Vec::new();
+    let step = sink.max_events.max(1);
+    for start in (0..records.len()).step_by(step) {
+        let range = start..(start + step).min(records.len());
+        match sink.renderer.render(&records[range.clone()]) {
+            Ok(body) => {
+                out.extend_from_slice(&body);
+                out.push(b'\n');
+                written.push(range);
+            }
+            Err(reason) => outcomes.push((
+                range,
+                Result::Failed {
+                    reason,
+                    attempts: 0,
+                },
+            )),
+        }
+    }
+    if !written.is_empty() {
+        let result = write_with_retries(sink, out, stop).await;
+        let mut results = written.into_iter().map(|range| (range, result.clone()));
+        outcomes.extend(&mut results);
+    }
+    outcomes
+}
+
+async fn write_with_retries(sink: &Sink, out: Vec<u8>, stop: &CancellationToken) -> Result {
+    let out = Arc::new(out);
+    let mut backoff = super::retry::Backoff::start(sink.retry);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let result = match &sink.output {
+            Output::File(path) => {
+                let (path, bytes) = (path.clone(), out.clone());
+                tokio::task::spawn_blocking(move || write_file(&path, &bytes))
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e)))
+            }
+            _ => write_stdout(&out),
+        };
+        let Err(e) = result else {
+            return Result::Delivered { attempts };
+        };
+        match backoff.next_delay(None) {
+            Ok(wait) => {
+                tracing::warn!(sink = %sink.name, error = %e, "write failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return Result::Abandoned,
+                }
+            }
+            Err(why) => {
+                return Result::Failed {
+                    reason: format!("write: {e}; {why}"),
+                    attempts,
+                };
+            }
+        }
+    }
+}
+
+fn write_stdout(bytes: &[u8]) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_data()
+}

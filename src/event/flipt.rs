@@ -1,0 +1,120 @@
+//! Flipt's audit log lines (SPEC §1.1): `console` and `json` encodings, lines from Flipt before 1.44
+//! (no `status`, HTML-escaped), and denied events (`payload: null`).
+//!
+//! Field order and spacing in the line do not matter; `metadata` and `payload` are kept as their
+//! JSON text, compacted and Go-escaped, which is what Flipt's webhook would send.
+
+use super::{Action, Event, Rejection, Status, gojson};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(borrow)]
+    version: Cow<'a, str>,
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    action: Cow<'a, str>,
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    metadata: &'a RawValue,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+    #[serde(borrow)]
+    timestamp: Cow<'a, str>,
+}
+
+/// Parses one Flipt audit line.
+pub fn parse(line: &str) -> Result<Event, Rejection> {
+    let l: Line = serde_json::from_str(line).map_err(|e| json_rejection(&e))?;
+    let action = Action::parse(&l.action)
+        .ok_or_else(|| Rejection::NotAnEvent(format!("unknown action {:?}", l.action)))?;
+    let status = match l.status.as_deref() {
+        None | Some("") => Status::Absent,
+        Some("success") => Status::Success,
+        Some("denied") => Status::Denied,
+        Some(other) => return Err(Rejection::NotAnEvent(format!("unknown status {other:?}"))),
+    };
+    if l.kind.is_empty() {
+        return Err(Rejection::NotAnEvent("empty type".into()));
+    }
+    if !l.metadata.get().trim_start().starts_with('{') {
+        return Err(Rejection::NotAnEvent("metadata is not an object".into()));
+    }
+    Ok(Event {
+        version: l.version.into(),
+        kind: l.kind.into(),
+        action,
+        status,
+        metadata: compacted(l.metadata),
+        payload: compacted(l.payload),
+        timestamp: l.timestamp.into(),
+    })
+}
+
+fn compacted(raw: &RawValue) -> Box<RawValue> {
+    let mut out = Vec::with_capacity(raw.get().len());
+    gojson::compact(raw.get(), &mut out);
+    // `compact` turns valid JSON into valid JSON made of the same UTF-8 plus ASCII escapes.
+    let text = String::from_utf8(out).unwrap_or_default();
+    RawValue::from_string(text).unwrap_or_else(|_| raw.to_owned())
+}
+
+/// Tells "not JSON at all" from "JSON, but not the shape of an event".
+pub fn json_rejection(e: &serde_json::Error) -> Rejection {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => Rejection::NotAnEvent(e.to_string()),
+        _ => Rejection::NotJson(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(line: &str) -> String {
+        let mut out = Vec::new();
+        parse(line).unwrap().write_flipt_json(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn console_encoding_becomes_flipt_webhook_body() {
+        let line = r#"{"version": "0.2", "type": "flag", "action": "created", "status": "success", "metadata": {"actor":{"authentication":"token","email":"a&b@x.io"}}, "payload": {"key":"<new>","rollout":0.5}, "timestamp": "2026-11-23T06:00:00Z"}"#;
+        assert_eq!(
+            body(line),
+            r#"{"version":"0.2","type":"flag","action":"created","metadata":{"actor":{"authentication":"token","email":"a\u0026b@x.io"}},"payload":{"key":"\u003cnew\u003e","rollout":0.5},"timestamp":"2026-11-23T06:00:00Z","status":"success"}"#
+        );
+    }
+
+    #[test]
+    fn old_lines_and_denied_events() {
+        let old = r#"{"version":"0.2","type":"segment","action":"deleted","metadata":{},"payload":{"key":"\u003cb\u003e"},"timestamp":"t"}"#;
+        assert_eq!(
+            body(old),
+            r#"{"version":"0.2","type":"segment","action":"deleted","metadata":{},"payload":{"key":"\u003cb\u003e"},"timestamp":"t","status":""}"#
+        );
+        let denied = r#"{"version":"0.2","type":"flag","action":"updated","status":"denied","metadata":{"actor":{"ip":"1.2.3.4"}},"payload":null,"timestamp":"t"}"#;
+        assert!(body(denied).contains(r#""payload":null,"timestamp":"t","status":"denied"}"#));
+    }
+
+    #[test]
+    fn bad_shapes_are_rejections() {
+        assert_eq!(parse("{").unwrap_err().tag(), "not_json");
+        assert_eq!(
+            parse(r#"{"version":"0.2"}"#).unwrap_err().tag(),
+            "not_an_event"
+        );
+        let bad_action = r#"{"version":"0.2","type":"flag","action":"exploded","metadata":{},"payload":null,"timestamp":"t"}"#;
+        assert!(
+            parse(bad_action)
+                .unwrap_err()
+                .to_string()
+                .contains("exploded")
+        );
+    }
+}

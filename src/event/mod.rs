@@ -1,0 +1,225 @@
+//! The Flipt audit event (version "0.2") that every source is mapped into, and the formats a
+//! source's lines can come in.
+//!
+//! An [`Event`] keeps `metadata` and `payload` as JSON text, already in the compact, Go-escaped form
+//! Flipt's webhook sends (see [`gojson`]), so the default webhook body is a concatenation and never
+//! re-orders keys or re-spells numbers. Parsing a line is [`parse_line`]; it never panics and turns
+//! every bad line into a [`Rejection`] with a reason.
+
+pub mod flipt;
+pub mod gojson;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::fmt;
+
+/// What happened to the resource. Flipt's set; other sources map onto it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Updated => "updated",
+            Action::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "created" => Some(Action::Created),
+            "updated" => Some(Action::Updated),
+            "deleted" => Some(Action::Deleted),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the change was allowed. Lines from Flipt before 1.44 have no status at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Success,
+    Denied,
+    /// The line had no `status`; the webhook body then carries `"status":""` as Flipt's does.
+    Absent,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::Denied => "denied",
+            Status::Absent => "",
+        }
+    }
+}
+
+/// How a source's lines are read. `auto` decides per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Auto,
+    Flipt,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Auto => "auto",
+            Format::Flipt => "flipt",
+        }
+    }
+}
+
+/// One audit event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// `"0.2"` for current Flipt; kept as written.
+    pub version: Box<str>,
+    /// The resource type (`flag`, `segment`, ...); an open set, as other sources add their own.
+    pub kind: Box<str>,
+    pub action: Action,
+    pub status: Status,
+    /// Compact, Go-escaped JSON text of `{"actor": {...}}`.
+    pub metadata: Box<RawValue>,
+    /// Compact, Go-escaped JSON text of any value; `null` for denied events.
+    pub payload: Box<RawValue>,
+    /// RFC 3339, as written by the source.
+    pub timestamp: Box<str>,
+}
+
+impl Event {
+    /// Writes the body Flipt's own webhook sink sends for this event, byte for byte:
+    /// compact, keys `version, type, action, metadata, payload, timestamp, status`.
+    pub fn write_flipt_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"version\":");
+        gojson::write_str(out, &self.version);
+        out.extend_from_slice(b",\"type\":");
+        gojson::write_str(out, &self.kind);
+        out.extend_from_slice(b",\"action\":\"");
+        out.extend_from_slice(self.action.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"metadata\":");
+        out.extend_from_slice(self.metadata.get().as_bytes());
+        out.extend_from_slice(b",\"payload\":");
+        out.extend_from_slice(self.payload.get().as_bytes());
+        out.extend_from_slice(b",\"timestamp\":");
+        gojson::write_str(out, &self.timestamp);
+        out.extend_from_slice(b",\"status\":\"");
+        out.extend_from_slice(self.status.as_str().as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
+
+    /// The event as a JSON value, for templates (`{{ payload.key }}`).
+    pub fn to_value(&self) -> serde_json::Value {
+        let parse =
+            |raw: &RawValue| serde_json::from_str(raw.get()).unwrap_or(serde_json::Value::Null);
+        serde_json::json!({
+            "version": &*self.version,
+            "type": &*self.kind,
+            "action": self.action.as_str(),
+            "status": self.status.as_str(),
+            "metadata": parse(&self.metadata),
+            "payload": parse(&self.payload),
+            "timestamp": &*self.timestamp,
+        })
+    }
+}
+
+/// Why a line is not an event. Recorded in `rejected/SOURCE.jsonl`; the reason's tag is the
+/// `reason` label of `flagtail_lines_rejected_total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    NotJson(String),
+    InvalidUtf8,
+    TooLong { len: u64, max: u64 },
+    NotAnEvent(String),
+}
+
+impl Rejection {
+    /// A short stable label for metrics and the rejected file.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            Rejection::NotJson(_) => "not_json",
+            Rejection::InvalidUtf8 => "invalid_utf8",
+            Rejection::TooLong { .. } => "too_long",
+            Rejection::NotAnEvent(_) => "not_an_event",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::NotJson(e) => write!(f, "not JSON: {e}"),
+            Rejection::InvalidUtf8 => f.write_str("invalid UTF-8"),
+            Rejection::TooLong { len, max } => {
+                write!(
+                    f,
+                    "line of {len} bytes is longer than max_line_bytes ({max})"
+                )
+            }
+            Rejection::NotAnEvent(e) => write!(f, "not an audit event: {e}"),
+        }
+    }
+}
+
+/// Reads one line (without its line ending) in `format`.
+pub fn parse_line(format: Format, line: &str) -> Result<Event, Rejection> {
+    match format {
+        Format::Flipt => flipt::parse(line),
+        Format::Auto => detect(line).and_then(|f| parse_line(f, line)),
+    }
+}
+
+/// Picks the format of one line for `format: auto`.
+fn detect(line: &str) -> Result<Format, Rejection> {
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow, default)]
+        version: Option<&'a RawValue>,
+        #[serde(borrow, default, rename = "type")]
+        kind: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        action: Option<&'a RawValue>,
+    }
+    let probe: Probe = serde_json::from_str(line).map_err(|e| flipt::json_rejection(&e))?;
+    if probe.version.is_some() && probe.kind.is_some() && probe.action.is_some() {
+        Ok(Format::Flipt)
+    } else {
+        Err(Rejection::NotAnEvent(
+            "no known format matches (flipt needs version, type and action)".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_detects_flipt_and_rejects_others() {
+        let line = r#"{"version":"0.2","type":"flag","action":"created","metadata":{},"payload":null,"timestamp":"t"}"#;
+        assert_eq!(&*parse_line(Format::Auto, line).unwrap().kind, "flag");
+        assert_eq!(
+            parse_line(Format::Auto, r#"{"kind":"x"}"#)
+                .unwrap_err()
+                .tag(),
+            "not_an_event"
+        );
+        assert_eq!(
+            parse_line(Format::Auto, "[1,2]").unwrap_err().tag(),
+            "not_an_event"
+        );
+        assert_eq!(
+            parse_line(Format::Auto, "nope").unwrap_err().tag(),
+            "not_json"
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! The `flagtail` binary: parses the command line, loads the config, starts logging, and hands
+//! over to the library. Signals are wired here: SIGTERM/SIGINT stop, SIGHUP reloads.
+
+use clap::Parser;
+use flagtail::cli::{Cli, Command};
+use flagtail::command::{self, Failure};
+use flagtail::config::Config;
+use flagtail::{daemon, telemetry};
+use std::process::ExitCode;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("flagtail: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.file.log.format, &config.file.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flagtail: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => runtime.block_on(serve(config)),
+        Command::Check => command::check::check(&config),
+        Command::Render {
+            sink,
+            source,
+            input,
+        } => command::render::render(&config, &sink, source.as_deref(), input.as_deref()),
+        Command::Replay { sink } => runtime.block_on(command::replay::replay(&config, &sink)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("flagtail: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Failure> {
+    let stop = CancellationToken::new();
+    let (reload_tx, reloads) = mpsc::channel(1);
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    );
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
+        return Err(Failure::runtime("cannot install signal handlers"));
+    };
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => { let _ = reload_tx.try_send(()); }
+            }
+        }
+        stopper.cancel();
+    });
+    daemon::run(config, reloads, stop)
+        .await
+        .map_err(|e| Failure::runtime(format!("{e:#}")))
+}

@@ -1,0 +1,220 @@
+//! Sinks: where events go, built from their config section into ready parts.
+//!
+//! A [`Sink`] knows which events it takes ([`filter`]), how to make a body ([`render`]), and where
+//! the body goes ([`Output`]: a webhook with its headers, signature and HTTP client, stdout, or a
+//! file). Sending, retrying and dead-lettering belong to [`crate::delivery`].
+
+pub mod filter;
+pub mod render;
+pub mod sign;
+
+use crate::config::{SinkKind, SinkSection};
+use crate::delivery::http::{self as client, HttpClient};
+use crate::record::Record;
+use ::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const USER_AGENT_VALUE: &str = concat!("flagtail/", env!("CARGO_PKG_VERSION"));
+
+/// A sink ready to take events.
+pub struct Sink {
+    pub name: Arc<str>,
+    pub filter: filter::Filter,
+    pub renderer: render::Renderer,
+    pub output: Output,
+    /// Events per request (1: one request per event, Flipt's semantics).
+    pub max_events: usize,
+    /// How long a batch waits to fill.
+    pub linger: Duration,
+    /// Requests in flight.
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+}
+
+/// How long one delivery is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub initial_backoff: Duration,
+    pub max_elapsed: Duration,
+}
+
+pub enum Output {
+    Webhook(Webhook),
+    Stdout,
+    File(PathBuf),
+}
+
+pub struct Webhook {
+    pub url: ::http::Uri,
+    /// The URL with its path masked, for logs and errors.
+    pub shown: String,
+    /// Configured headers plus `Content-Type` and `User-Agent`.
+    pub headers: HeaderMap,
+    pub signer: Option<sign::Signer>,
+    pub timeout: Duration,
+    pub client: HttpClient,
+}
+
+impl Sink {
+    /// Builds a sink: compiles its template, reads its secret and CA files, makes its HTTP client.
+    /// Errors name the key (`sinks.N.KEY`).
+    pub fn build(index: usize, s: &SinkSection) -> Result<Sink, Vec<String>> {
+        let at = |key: &str| format!("sinks.{index}.{key} (sink {})", s.name);
+        let mut errors = Vec::new();
+        let batched = s.batch.max_events > 1;
+        let renderer = render::Renderer::new(s.body.as_deref(), &s.content_type, batched)
+            .map_err(|e| errors.push(format!("{}: {e}", at("body"))))
+            .ok();
+        let output = match s.kind {
+            SinkKind::Stdout => Some(Output::Stdout),
+            SinkKind::File => s.path.clone().map(Output::File),
+            SinkKind::Webhook => build_webhook(s, &at, &mut errors).map(Output::Webhook),
+        };
+        match (renderer, output) {
+            (Some(renderer), Some(output)) if errors.is_empty() => Ok(Sink {
+                name: s.name.as_str().into(),
+                filter: filter::Filter {
+                    events: s.events.clone(),
+                    sources: s
+                        .sources
+                        .as_ref()
+                        .map(|v| v.iter().map(|n| n.to_string()).collect()),
+                },
+                renderer,
+                output,
+                max_events: s.batch.max_events as usize,
+                linger: s.batch.linger,
+                concurrency: s.concurrency as usize,
+                retry: RetryPolicy {
+                    initial_backoff: s.initial_backoff,
+                    max_elapsed: s.max_backoff_duration,
+                },
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// The `Idempotency-Key` (and Standard Webhooks id) of a delivery of `records`.
+    pub fn delivery_key(records: &[Arc<Record>]) -> String {
+        match records {
+            [one] => one.key.to_string(),
+            [first, ..] => format!("{}+{}", first.key, records.len()),
+            [] => String::new(),
+        }
+    }
+}
+
+impl Webhook {
+    /// All headers of one attempt to send `body`.
+    pub fn headers_for(&self, body: &[u8], key: &str, unix_secs: u64) -> HeaderMap {
+        let mut h = self.headers.clone();
+        if let Ok(v) = HeaderValue::from_str(key) {
+            h.insert(HeaderName::from_static("idempotency-key"), v);
+        }
+        if let Some(signer) = &self.signer {
+            for (name, value) in signer.headers(body, key, unix_secs) {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    h.insert(HeaderName::from_static(name), v);
+                }
+            }
+        }
+        h
+    }
+}
+
+fn build_webhook(
+    s: &SinkSection,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Vec<String>,
+) -> Option<Webhook> {
+    let url_text = s.url.as_ref()?;
+    let url: ::http::Uri = url_text.expose().parse().ok()?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in &s.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value.expose()),
+        ) {
+            (Ok(n), Ok(mut v)) => {
+                v.set_sensitive(true);
+                headers.insert(n, v);
+            }
+            (Err(_), _) => errors.push(format!("{}: {name:?} is not a header name", at("headers"))),
+            (_, Err(_)) => errors.push(format!(
+                "{}: the value of {name} is not a valid header value",
+                at("headers")
+            )),
+        }
+    }
+    match HeaderValue::from_str(&s.content_type) {
+        Ok(v) => {
+            headers.insert(CONTENT_TYPE, v);
+        }
+        Err(_) => errors.push(format!("{}: not a valid header value", at("content_type"))),
+    }
+    headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+    let secret = match (&s.signing_secret, &s.signing_secret_file) {
+        (Some(secret), _) => Some(secret.clone()),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(crate::config::Secret::new(
+                text.trim_end_matches(['\n', '\r']).to_string(),
+            )),
+            Err(e) => {
+                errors.push(format!(
+                    "{}: cannot read {}: {e}",
+                    at("signing_secret_file"),
+                    path.display()
+                ));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let signer = secret.and_then(|secret| {
+        let key = if s.signing_secret.is_some() {
+            "signing_secret"
+        } else {
+            "signing_secret_file"
+        };
+        sign::Signer::new(s.signature, &secret)
+            .map_err(|e| errors.push(format!("{}: {e}", at(key))))
+            .ok()
+    });
+    let client = client::client(s.ca_file.as_deref())
+        .map_err(|e| errors.push(format!("{}: {e}", at("ca_file"))))
+        .ok()?;
+    Some(Webhook {
+        url,
+        shown: url_text.redacted(),
+        headers,
+        signer,
+        timeout: s.timeout,
+        client,
+    })
+}
+
+/// Builds every sink of a config, collecting all errors.
+pub fn build_all(sections: &[SinkSection]) -> Result<Vec<Arc<Sink>>, Vec<String>> {
+    let mut sinks = Vec::new();
+    let mut errors = Vec::new();
+    for (i, s) in sections.iter().enumerate() {
+        match Sink::build(i, s) {
+            Ok(sink) => sinks.push(Arc::new(sink)),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(sinks)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Current time in Unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

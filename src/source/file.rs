@@ -1,0 +1,401 @@
+//! Following one file: resume from the checkpoint, read new lines as they are written, and follow
+//! rotations (SPEC §4).
+//!
+//! - Start: the checkpoint's file is found by inode *and* fingerprint — at the configured path, or
+//!   renamed away in the same directory (`audit.log.1`), whose rest is read first. A file that was
+//!   truncated, replaced or whose inode was reused while flagtail was down does not match and is
+//!   read from the start. With no checkpoint, `read_from` decides.
+//! - Running: wake-ups come from [`super::watch`]; each reads to the end of the file.
+//! - copytruncate: the file got shorter than what was read, or its first line changed: start over.
+//! - rename-and-recreate: the old file is kept open and read to its end; the new file is taken up
+//!   once something is written to it (the writer has moved on), so nothing written late to the old
+//!   file is missed.
+//!
+//! Reads are plain blocking reads of at most 64 KiB from the page cache, done on the runtime.
+
+use super::identity::{FINGERPRINT_MAX, FileIdentity, Fingerprint};
+use super::lines::{LineSplitter, Piece};
+use super::{Dispatch, Span, Stopped, watch};
+use crate::checkpoint::CheckpointBook;
+use crate::config::ReadFrom;
+use crate::metrics;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+pub struct FileSource {
+    pub path: PathBuf,
+    pub read_from: ReadFrom,
+    pub max_line: usize,
+    pub book: Arc<CheckpointBook>,
+    pub dispatch: Dispatch,
+}
+
+/// The file being read.
+struct Reader {
+    file: File,
+    identity: Arc<FileIdentity>,
+    /// Hex of the fingerprint, for idempotency keys; empty until the first line is complete.
+    file_key: String,
+    splitter: LineSplitter,
+}
+
+/// What a look at the file system found after reading to the end.
+enum Found {
+    Nothing,
+    /// The file is shorter than what was read, or its first line changed.
+    Truncated,
+    /// Another file is at the path and has data: finish this one, then switch.
+    Replaced,
+}
+
+/// A piece copied out of the splitter, so the splitter can be used while it is handled.
+enum Owned {
+    Line {
+        start: u64,
+        end: u64,
+        text: Vec<u8>,
+    },
+    TooLong {
+        start: u64,
+        end: u64,
+        len: u64,
+        prefix: Vec<u8>,
+    },
+}
+
+impl FileSource {
+    /// Follows the file until the dispatch's stop token fires. Errors only if the directory cannot
+    /// be watched; read errors are logged and retried.
+    pub async fn run(self) -> io::Result<()> {
+        let wake = Arc::new(Notify::new());
+        let _watcher = watch::watch(&self.path, wake.clone()).map_err(|e| {
+            io::Error::other(format!(
+                "source {}: cannot watch {}: {e}",
+                self.dispatch.info.name,
+                self.path.display()
+            ))
+        })?;
+        let mut reader = None;
+        let mut started = false;
+        loop {
+            let step = async {
+                if !started {
+                    reader = self.resume()?;
+                    started = true;
+                } else if reader.is_none() {
+                    reader = self.open(0)?;
+                }
+                if let Some(r) = reader.as_mut() {
+                    if self.follow(r).await? {
+                        reader = self.open(0)?;
+                        if let Some(r) = reader.as_mut() {
+                            self.follow(r).await?;
+                        }
+                    }
+                }
+                Ok::<_, Error>(())
+            };
+            let mut wait = None;
+            match step.await {
+                Ok(()) => {}
+                Err(Error::Stopped) => return Ok(()),
+                Err(Error::Io(e)) => {
+                    tracing::error!(source = %self.dispatch.info.name, path = %self.path.display(), error = %e, "cannot read; trying again");
+                    wait = Some(Duration::from_secs(1));
+                }
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
+                _ = self.dispatch.stop.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// Reads `r` to its end and checks for rotation. `Ok(true)`: switch to the file now at the path.
+    async fn follow(&self, r: &mut Reader) -> Result<bool, Error> {
+        loop {
+            self.drain(r).await?;
+            match self.look(r)? {
+                Found::Nothing => return Ok(false),
+                Found::Truncated => {
+                    tracing::warn!(source = %self.dispatch.info.name, path = %self.path.display(), "file was truncated (copytruncate?); reading it from the start");
+                    self.give_up_partial(r, "the file was truncated").await?;
+                    let identity = FileIdentity::of_open(&self.path, &r.file)?;
+                    r.identity = Arc::new(identity);
+                    r.file_key.clear();
+                    r.splitter.reset(0);
+                    r.file.seek(SeekFrom::Start(0))?;
+                }
+                Found::Replaced => {
+                    self.drain(r).await?;
+                    tracing::info!(source = %self.dispatch.info.name, path = %self.path.display(), "file was rotated; following the new file");
+                    self.give_up_partial(r, "the file was rotated away").await?;
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// Reads and dispatches every complete line up to the end of the file.
+    async fn drain(&self, r: &mut Reader) -> Result<(), Error> {
+        loop {
+            let n = r.splitter.fill_from(&mut r.file)?;
+            loop {
+                let piece = match r.splitter.next_piece() {
+                    None => break,
+                    Some(Piece::Line { start, end, text }) => Owned::Line {
+                        start,
+                        end,
+                        text: text.to_vec(),
+                    },
+                    Some(Piece::TooLong {
+                        start,
+                        end,
+                        len,
+                        prefix,
+                    }) => Owned::TooLong {
+                        start,
+                        end,
+                        len,
+                        prefix: prefix.to_vec(),
+                    },
+                };
+                let (start, end) = match &piece {
+                    Owned::Line { start, end, .. } | Owned::TooLong { start, end, .. } => {
+                        (*start, *end)
+                    }
+                };
+                if start == 0 && r.identity.fingerprint.is_none() {
+                    self.take_fingerprint(r, end)?;
+                }
+                let at = Span {
+                    file: &r.identity,
+                    file_key: &r.file_key,
+                    start,
+                    end,
+                };
+                match piece {
+                    Owned::Line { text, .. } => self.dispatch.line(at, text).await?,
+                    Owned::TooLong { len, prefix, .. } => {
+                        self.dispatch
+                            .too_long(at, len, self.max_line as u64, &prefix)
+                            .await?
+                    }
+                }
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            tokio::task::consume_budget().await;
+        }
+    }
+
+    fn take_fingerprint(&self, r: &mut Reader, first_line_end: u64) -> io::Result<()> {
+        if let Some(fp) = Fingerprint::of(&r.file, first_line_end.min(FINGERPRINT_MAX))? {
+            let mut identity = (*r.identity).clone();
+            identity.fingerprint = Some(fp);
+            r.identity = Arc::new(identity);
+            r.file_key = fp.short_hex();
+        }
+        Ok(())
+    }
+
+    /// Checks the open file and the path after reading to the end.
+    fn look(&self, r: &mut Reader) -> io::Result<Found> {
+        let size = r.file.metadata()?.len();
+        let changed = match &r.identity.fingerprint {
+            Some(fp) => !fp.matches(&r.file)?,
+            None => false,
+        };
+        if size < r.splitter.read_offset() || changed {
+            return Ok(Found::Truncated);
+        }
+        if let Some((file, offset)) = self.book.get(&self.dispatch.info.name) {
+            if file.same_inode(&r.file.metadata()?) {
+                let lag = size.saturating_sub(offset) as i64;
+                metrics::get()
+                    .source_lag_bytes
+                    .get_or_create(&metrics::SourceLabel {
+                        source: self.dispatch.info.name.to_string(),
+                    })
+                    .set(lag);
+            }
+        }
+        match fs::metadata(&self.path) {
+            Ok(m) if r.identity.same_inode(&m) => Ok(Found::Nothing),
+            Ok(m) if m.len() > 0 => Ok(Found::Replaced),
+            Ok(_) => Ok(Found::Nothing),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Found::Nothing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records a partial last line that can no longer be completed.
+    async fn give_up_partial(&self, r: &mut Reader, why: &str) -> Result<(), Stopped> {
+        let (start, bytes) = r.splitter.pending();
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let bytes = bytes.to_vec();
+        let end = start + bytes.len() as u64;
+        let at = Span {
+            file: &r.identity,
+            file_key: &r.file_key,
+            start,
+            end,
+        };
+        self.dispatch.incomplete(at, &bytes, why).await
+    }
+
+    /// The reader to start with: from the checkpoint if its file is found, else per `read_from`.
+    fn resume(&self) -> io::Result<Option<Reader>> {
+        let name = &self.dispatch.info.name;
+        let Some((saved, offset)) = self.book.get(name) else {
+            let r = self.open(0)?;
+            return match (r, self.read_from) {
+                (Some(mut r), ReadFrom::End) => {
+                    let at = last_line_end(&mut r.file)?;
+                    if at > 0 {
+                        let first = first_line_end(&mut r.file)?;
+                        self.take_fingerprint(&mut r, first)?;
+                    }
+                    r.file.seek(SeekFrom::Start(at))?;
+                    r.splitter.reset(at);
+                    Ok(Some(r))
+                }
+                (r, _) => Ok(r),
+            };
+        };
+        let at_path = match File::open(&self.path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(f) = at_path {
+            if saved.is(&f)? && f.metadata()?.len() >= offset {
+                return Ok(Some(self.reader_at(f, saved, offset)?));
+            }
+        }
+        if let Some((path, f)) = find_renamed(&self.path, &saved)? {
+            if f.metadata()?.len() >= offset {
+                tracing::info!(source = %name, path = %path.display(), offset, "checkpoint is in a rotated file; reading its rest first");
+                return Ok(Some(self.reader_at(f, saved, offset)?));
+            }
+        }
+        tracing::warn!(
+            source = %name, path = %self.path.display(), offset,
+            "the checkpointed file is gone, truncated or replaced (inode or first line differ); reading the file at the path from the start"
+        );
+        self.open(0)
+    }
+
+    fn reader_at(
+        &self,
+        mut file: File,
+        identity: Arc<FileIdentity>,
+        offset: u64,
+    ) -> io::Result<Reader> {
+        file.seek(SeekFrom::Start(offset))?;
+        let file_key = identity
+            .fingerprint
+            .map(|f| f.short_hex())
+            .unwrap_or_default();
+        Ok(Reader {
+            file,
+            identity,
+            file_key,
+            splitter: LineSplitter::new(offset, self.max_line),
+        })
+    }
+
+    /// Opens the file at the path from `offset`; `None` if there is no file yet.
+    fn open(&self, offset: u64) -> io::Result<Option<Reader>> {
+        match File::open(&self.path) {
+            Ok(f) => {
+                let identity = Arc::new(FileIdentity::of_open(&self.path, &f)?);
+                Ok(Some(self.reader_at(f, identity, offset)?))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Finds, in the directory of `path`, the file `saved` (same inode and first line) under another name.
+fn find_renamed(path: &Path, saved: &FileIdentity) -> io::Result<Option<(PathBuf, File)>> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(m) = entry.metadata() else { continue };
+        if m.is_file() && saved.same_inode(&m) {
+            let f = File::open(entry.path())?;
+            if saved.is(&f)? {
+                return Ok(Some((entry.path(), f)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Offset just after the last newline (where `read_from: end` starts, skipping a partial line).
+fn last_line_end(f: &mut File) -> io::Result<u64> {
+    let size = f.metadata()?.len();
+    let mut pos = size;
+    let mut buf = vec![0u8; 64 * 1024];
+    while pos > 0 {
+        let n = (buf.len() as u64).min(pos) as usize;
+        pos -= n as u64;
+        f.seek(SeekFrom::Start(pos))?;
+        f.read_exact(&mut buf[..n])?;
+        if let Some(i) = memchr::memrchr(b'\n', &buf[..n]) {
+            return Ok(pos + i as u64 + 1);
+        }
+    }
+    Ok(0)
+}
+
+/// Offset just after the first newline (or the fingerprint limit).
+fn first_line_end(f: &mut File) -> io::Result<u64> {
+    let mut buf = vec![0u8; FINGERPRINT_MAX as usize];
+    f.seek(SeekFrom::Start(0))?;
+    let mut filled = 0;
+    loop {
+        let n = f.read(&mut buf[filled..])?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+        if let Some(i) = memchr::memchr(b'\n', &buf[..filled]) {
+            return Ok(i as u64 + 1);
+        }
+        if filled == buf.len() {
+            break;
+        }
+    }
+    Ok(filled as u64)
+}
+
+enum Error {
+    Stopped,
+    Io(io::Error),
+}
+
+impl From<Stopped> for Error {
+    fn from(_: Stopped) -> Self {
+        Error::Stopped
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}

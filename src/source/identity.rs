@@ -1,0 +1,138 @@
+//! Which file is this? Device + inode, plus a fingerprint of the file's first line.
+//!
+//! Inodes are reused and copytruncate keeps the inode while replacing the content, so the inode alone
+//! cannot tell a file from its successor. The fingerprint is a SHA-256 of the bytes up to and
+//! including the first newline (at most [`FINGERPRINT_MAX`]): Flipt's first line ends in a timestamp,
+//! so it differs between files, and once written it never changes, so it identifies the file for its
+//! whole life. A file with no complete line yet has no fingerprint (and nothing has been read from it).
+
+use ring::digest;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// At most this many leading bytes are hashed.
+pub const FINGERPRINT_MAX: u64 = 64 * 1024;
+
+/// A hash of a file's first `len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub len: u64,
+    #[serde(with = "hex16")]
+    pub hash: [u8; 16],
+}
+
+impl Fingerprint {
+    /// Hashes `file`'s first `len` bytes; `None` if the file is now shorter.
+    pub fn of(file: &File, len: u64) -> io::Result<Option<Fingerprint>> {
+        let mut head = vec![0u8; len as usize];
+        match file.read_exact_at(&mut head, 0) {
+            Ok(()) => Ok(Some(Fingerprint::of_bytes(&head))),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn of_bytes(head: &[u8]) -> Fingerprint {
+        let d = digest::digest(&digest::SHA256, head);
+        let mut hash = [0u8; 16];
+        hash.copy_from_slice(&d.as_ref()[..16]);
+        Fingerprint {
+            len: head.len() as u64,
+            hash,
+        }
+    }
+
+    /// Whether `file` still starts with the bytes this fingerprint was taken of.
+    pub fn matches(&self, file: &File) -> io::Result<bool> {
+        Ok(Fingerprint::of(file, self.len)? == Some(*self))
+    }
+
+    /// 16 hex digits, used in idempotency keys.
+    pub fn short_hex(&self) -> String {
+        self.hash[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// One file: where it was opened, its inode, and (once it has a line) its fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    pub path: PathBuf,
+    pub dev: u64,
+    pub inode: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
+}
+
+impl FileIdentity {
+    pub fn of_open(path: &Path, file: &File) -> io::Result<FileIdentity> {
+        let m = file.metadata()?;
+        Ok(FileIdentity {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            inode: m.ino(),
+            fingerprint: None,
+        })
+    }
+
+    pub fn same_inode(&self, m: &std::fs::Metadata) -> bool {
+        self.dev == m.dev() && self.inode == m.ino()
+    }
+
+    /// Whether `file` is this file: same inode, and it still starts with the fingerprinted line.
+    pub fn is(&self, file: &File) -> io::Result<bool> {
+        if !self.same_inode(&file.metadata()?) {
+            return Ok(false);
+        }
+        match &self.fingerprint {
+            Some(fp) => fp.matches(file),
+            None => Ok(true),
+        }
+    }
+}
+
+mod hex16 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&b.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 16], D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 16];
+        if s.len() != 32 {
+            return Err(serde::de::Error::custom(
+                "fingerprint hash must be 32 hex digits",
+            ));
+        }
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(serde::de::Error::custom)?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn fingerprint_tells_rewritten_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut f = File::create(&path).unwrap();
+        f.write_all(b"first line\nsecond\n").unwrap();
+        let mut id = FileIdentity::of_open(&path, &f).unwrap();
+        id.fingerprint = Fingerprint::of(&File::open(&path).unwrap(), 11).unwrap();
+        assert!(id.is(&File::open(&path).unwrap()).unwrap());
+        f.set_len(0).unwrap();
+        f.write_all_at(b"other line\n", 0).unwrap();
+        assert!(!id.is(&File::open(&path).unwrap()).unwrap());
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<FileIdentity>(&json).unwrap(), id);
+    }
+}

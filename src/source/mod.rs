@@ -1,0 +1,184 @@
+//! Sources: where lines come from, and what happens to each line read.
+//!
+//! [`file`] follows a file. Every line goes through [`Dispatch`]: it is parsed in the source's
+//! format, offered to each sink whose filter takes it, and registered with the source's
+//! [`Tracker`] so the checkpoint moves past it only once every such sink is done. A line that is
+//! not an event is written to `rejected/SOURCE.jsonl` (with offset and reason), logged and counted
+//! before the checkpoint may pass it.
+
+pub mod file;
+pub mod identity;
+pub mod lines;
+mod watch;
+
+use crate::ack::Tracker;
+use crate::delivery::dead_letter::now_rfc3339;
+use crate::event::{Rejection, parse_line};
+use crate::metrics::{self, Outcome};
+use crate::record::{Record, SourceInfo};
+use crate::record_log::RecordLog;
+use crate::sink::Sink;
+use base64::Engine;
+use identity::FileIdentity;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A sink as sources see it: its filter, and its queue.
+pub struct SinkPort {
+    pub sink: Arc<Sink>,
+    pub queue: mpsc::Sender<Arc<Record>>,
+}
+
+/// The source was told to stop while handing over a line.
+#[derive(Debug)]
+pub struct Stopped;
+
+/// Where a source's lines go.
+pub struct Dispatch {
+    pub info: Arc<SourceInfo>,
+    pub tracker: Arc<Tracker>,
+    pub sinks: Arc<[SinkPort]>,
+    pub rejected: RecordLog,
+    pub stop: CancellationToken,
+}
+
+#[derive(Clone, Copy)]
+/// Where a line sits: its file (with its fingerprint, in hex, for keys) and its byte range.
+pub struct Span<'a> {
+    pub file: &'a Arc<FileIdentity>,
+    pub file_key: &'a str,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Dispatch {
+    /// Handles one complete line (without its line ending).
+    pub async fn line(&self, at: Span<'_>, text: Vec<u8>) -> Result<(), Stopped> {
+        let m = metrics::get();
+        m.lines_read
+            .get_or_create(&metrics::SourceLabel {
+                source: self.info.name.to_string(),
+            })
+            .inc();
+        let text = match String::from_utf8(text) {
+            Ok(t) => t,
+            Err(e) => return self.reject(at, Rejection::InvalidUtf8, e.as_bytes()).await,
+        };
+        if text.trim().is_empty() {
+            return self.settle(at, 0, 0).await.map(drop);
+        }
+        let event = match parse_line(self.info.format, &text) {
+            Ok(event) => event,
+            Err(rejection) => return self.reject(at, rejection, text.as_bytes()).await,
+        };
+        let wanted: Vec<&SinkPort> = self
+            .sinks
+            .iter()
+            .filter(|p| p.sink.filter.accepts(&self.info.name, &event))
+            .collect();
+        for p in self
+            .sinks
+            .iter()
+            .filter(|p| !wanted.iter().any(|w| Arc::ptr_eq(&w.sink, &p.sink)))
+        {
+            m.delivered(&p.sink.name, Outcome::filtered, 1);
+        }
+        let key = format!("{}-{}-{}", self.info.name, at.file_key, at.start);
+        let cost = self.tracker.cost(text.len());
+        let (start, tracker) = (at.start, self.tracker.clone());
+        let seq = self.settle(at, wanted.len() as u32, cost).await?;
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let record = Arc::new(
+            Record::new(self.info.clone(), start, key.into(), text.into(), event)
+                .with_ack(tracker, seq),
+        );
+        for port in wanted {
+            tokio::select! {
+                sent = port.queue.send(record.clone()) => if sent.is_err() { return Err(Stopped) },
+                _ = self.stop.cancelled() => return Err(Stopped),
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a line longer than `max_line_bytes`, of which `prefix` was kept.
+    pub async fn too_long(
+        &self,
+        at: Span<'_>,
+        len: u64,
+        max: u64,
+        prefix: &[u8],
+    ) -> Result<(), Stopped> {
+        metrics::get()
+            .lines_read
+            .get_or_create(&metrics::SourceLabel {
+                source: self.info.name.to_string(),
+            })
+            .inc();
+        self.reject(at, Rejection::TooLong { len, max }, prefix)
+            .await
+    }
+
+    /// Records bytes that can never become a line (cut off by truncation or rotation).
+    pub async fn incomplete(&self, at: Span<'_>, bytes: &[u8], why: &str) -> Result<(), Stopped> {
+        self.reject(
+            at,
+            Rejection::NotAnEvent(format!("incomplete line: {why}")),
+            bytes,
+        )
+        .await
+    }
+
+    /// Admits the line's cost and registers it with the tracker.
+    async fn settle(&self, at: Span<'_>, sinks: u32, cost: u32) -> Result<u64, Stopped> {
+        let cost = cost.max(self.tracker.cost(0));
+        tokio::select! {
+            _ = self.tracker.admit(cost) => {}
+            _ = self.stop.cancelled() => return Err(Stopped),
+        }
+        Ok(self.tracker.push(at.file, at.end, sinks, cost))
+    }
+
+    /// Writes the line to the rejected file (retrying until it is written), then lets the
+    /// checkpoint pass it.
+    async fn reject(&self, at: Span<'_>, why: Rejection, raw: &[u8]) -> Result<(), Stopped> {
+        tracing::warn!(source = %self.info.name, path = %at.file.path.display(), offset = at.start, reason = %why, "rejected line");
+        metrics::get().rejected(&self.info.name, why.tag());
+        let mut entry = serde_json::json!({
+            "time": now_rfc3339(),
+            "source": &*self.info.name,
+            "path": at.file.path.display().to_string(),
+            "offset": at.start,
+            "end": at.end,
+            "reason": why.tag(),
+            "detail": why.to_string(),
+        });
+        match std::str::from_utf8(raw) {
+            Ok(text) => entry["line"] = text.into(),
+            Err(_) => {
+                entry["line_base64"] = base64::engine::general_purpose::STANDARD.encode(raw).into()
+            }
+        }
+        let line = serde_json::to_vec(&entry).unwrap_or_default();
+        let mut wait = Duration::from_millis(200);
+        loop {
+            let (log, line) = (self.rejected.clone(), line.clone());
+            match tokio::task::spawn_blocking(move || log.append(&[line])).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    tracing::error!(source = %self.info.name, path = %self.rejected.path().display(), error = %e, "cannot record a rejected line; holding the source until it can")
+                }
+                Err(e) => tracing::error!(error = %e, "rejected-line writer failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => wait = (wait * 2).min(Duration::from_secs(30)),
+                _ = self.stop.cancelled() => return Err(Stopped),
+            }
+        }
+        self.settle(at, 0, 0).await.map(drop)
+    }
+}
