@@ -1,0 +1,360 @@
+//! The main path, end to end: the real binary tails a real file and POSTs to a real receiver.
+
+mod support;
+
+use support::*;
+
+fn webhook(url: &str, extra: &str) -> String {
+    format!(
+        "  - name: hook\n    url: {url}\n    initial_backoff: 50ms\n    max_backoff_duration: 2s\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_of_both_encodings_arrives_once_in_order() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let mut expected = Vec::new();
+    let mut text = String::new();
+    for i in 0..60 {
+        let (line, body) = flipt_line(
+            i,
+            if i % 2 == 0 {
+                Encoding::Console
+            } else {
+                Encoding::Json
+            },
+        );
+        text.push_str(&line);
+        expected.push(body);
+    }
+    // The first half is there at start-up, the second half is appended while running.
+    let half = text.len() / 2;
+    let cut = text[..half].rfind('\n').unwrap() + 1;
+    append(&s.log(), &text[..cut]);
+    let mut ft = Flagtail::start(&s.config(&webhook(&rx.url("/hook"), "    concurrency: 1\n")));
+    let n_first = text[..cut].lines().count();
+    rx.wait_delivered(n_first).await;
+    append(&s.log(), &text[cut..]);
+    let got = rx.wait_delivered(60).await;
+    assert!(ft.terminate().await.success());
+    let bodies: Vec<String> = got.iter().map(Received::text).collect();
+    assert_eq!(
+        bodies, expected,
+        "every event once, in file order, as Flipt's webhook body"
+    );
+    assert!(
+        got.iter()
+            .all(|r| r.path == "/hook" && r.header("content-type") == "application/json")
+    );
+    assert!(got[0].header("user-agent").starts_with("flagtail/"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_body_and_flipt_signature_are_byte_compatible() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    // Console encoding, nested keys sorted, HTML characters and a U+2028 unescaped as Flipt writes them.
+    append(
+        &s.log(),
+        "{\"version\": \"0.2\", \"type\": \"flag\", \"action\": \"updated\", \"status\": \"success\", \"metadata\": {\"actor\":{\"email\":\"a&b@example.com\",\"name\":\"Zoë\"}}, \"payload\": {\"description\":\"<b>bold</b>\u{2028}\",\"enabled\":true,\"key\":\"k\",\"rollout\":12.5}, \"timestamp\": \"2026-11-23T06:00:00Z\"}\n",
+    );
+    // Derived by hand: compact, key order version,type,action,metadata,payload,timestamp,status,
+    // with Go's escapes for < > & and U+2028.
+    let expected = r#"{"version":"0.2","type":"flag","action":"updated","metadata":{"actor":{"email":"a\u0026b@example.com","name":"Zoë"}},"payload":{"description":"\u003cb\u003ebold\u003c/b\u003e\u2028","enabled":true,"key":"k","rollout":12.5},"timestamp":"2026-11-23T06:00:00Z","status":"success"}"#;
+    // Second sink: a fixed body, the SPEC's check value for the signature.
+    let check_body = r#"{"version":"","type":"flag","action":"create","metadata":{},"payload":null,"timestamp":"","status":""}"#;
+    let sinks = format!(
+        "{}    signing_secret: s3crET\n  - name: check\n    url: {}\n    signing_secret: s3crET\n    body: '{check_body}'\n",
+        webhook(&rx.url("/default"), ""),
+        rx.url("/check")
+    );
+    let mut ft = Flagtail::start(&s.config(&sinks));
+    let got = rx.wait_delivered(2).await;
+    ft.terminate().await;
+    let default = got.iter().find(|r| r.path == "/default").unwrap();
+    assert_eq!(default.text(), expected);
+    let mac = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3crET"),
+        expected.as_bytes(),
+    );
+    let hex: String = mac.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(default.header("x-flipt-webhook-signature"), hex);
+    let check = got.iter().find(|r| r.path == "/check").unwrap();
+    assert_eq!(check.text(), check_body);
+    assert_eq!(
+        check.header("x-flipt-webhook-signature"),
+        "6bc16d7434cbd746abfd25e3350a3f43fba04883b7f0b83f09bbc373116f84b0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_webhooks_signature_verifies_with_the_crate() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    for i in 0..3 {
+        append(&s.log(), &flipt_line(i, Encoding::Console).0);
+    }
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let sinks = webhook(
+        &rx.url("/sw"),
+        &format!("    signature: standard-webhooks\n    signing_secret: \"${{SW_SECRET}}\"\n"),
+    );
+    let mut ft = Flagtail::start_env(&s.config(&sinks), &[("SW_SECRET", secret)]);
+    let got = rx.wait_delivered(3).await;
+    ft.terminate().await;
+    let wh = standardwebhooks::Webhook::new(secret).unwrap();
+    for r in &got {
+        wh.verify(&r.body, &r.headers)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", r.headers));
+        assert_eq!(
+            r.header("webhook-id"),
+            format!("msg_{}", r.header("idempotency-key"))
+        );
+    }
+    let wrong = standardwebhooks::Webhook::new("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+    assert!(wrong.verify(&got[0].body, &got[0].headers).is_err());
+    assert!(
+        !ft.stderr().contains("MfKQ9r8G"),
+        "the secret must not be logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_where_it_stopped() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let config = s.config(&webhook(&rx.url("/"), ""));
+    for i in 0..5 {
+        append(&s.log(), &flipt_line(i, Encoding::Json).0);
+    }
+    let mut ft = Flagtail::start(&config);
+    rx.wait_delivered(5).await;
+    assert!(ft.terminate().await.success());
+    for i in 5..10 {
+        append(&s.log(), &flipt_line(i, Encoding::Json).0);
+    }
+    let mut ft = Flagtail::start(&config);
+    let got = rx.wait_delivered(10).await;
+    ft.terminate().await;
+    let keys: Vec<String> = got.iter().map(|r| key_of(&r.body)).collect();
+    assert_eq!(
+        keys,
+        (0..10).map(|i| format!("flag-{i}")).collect::<Vec<_>>(),
+        "no duplicate, no gap"
+    );
+    let checkpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.state().join("checkpoints.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        checkpoint["sources"]["flipt"]["offset"],
+        std::fs::metadata(s.log()).unwrap().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copytruncate_and_rename_rotation_lose_no_line() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let mut ft = Flagtail::start(&s.config(&webhook(&rx.url("/"), "")));
+    let mut n = 0;
+    let mut write = |count: usize| {
+        for _ in 0..count {
+            append(&s.log(), &flipt_line(n, Encoding::Console).0);
+            n += 1;
+        }
+    };
+    write(10);
+    rx.wait_delivered(10).await;
+    // copytruncate: copy, then truncate in place, then the writer goes on in the same file.
+    std::fs::copy(s.log(), s.path("audit.log.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.log())
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    write(10);
+    rx.wait_delivered(20).await;
+    // rename-and-recreate: the old file gets two more lines after the rename, then the writer moves on.
+    std::fs::rename(s.log(), s.path("audit.log.2")).unwrap();
+    for i in 0..2 {
+        append(
+            &s.path("audit.log.2"),
+            &flipt_line(1000 + i, Encoding::Json).0,
+        );
+    }
+    write(10);
+    let got = rx.wait_delivered(32).await;
+    ft.terminate().await;
+    let keys = counts(got.iter().map(|r| key_of(&r.body)));
+    for i in (0..30).chain(1000..1002) {
+        assert_eq!(
+            keys.get(&format!("flag-{i}")),
+            Some(&1),
+            "flag-{i} once; got {keys:?}"
+        );
+    }
+    assert_eq!(got.len(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_works_only_when_ca_file_names_the_test_ca() {
+    let ca = test_ca();
+    let rx = Receiver::start_with(Some(ca.server.clone())).await;
+    let s = Setup::new();
+    append(&s.log(), &flipt_line(1, Encoding::Json).0);
+    let ca_path = s.path("ca.pem");
+    std::fs::write(&ca_path, &ca.ca_pem).unwrap();
+    // Without ca_file the certificate is not trusted: the event is dead-lettered, nothing arrives.
+    let no_ca = webhook(&rx.url("/tls"), "    max_backoff_duration: 300ms\n");
+    let mut ft = Flagtail::start(&s.config(&no_ca));
+    ft.wait_log("dead-lettered").await;
+    ft.terminate().await;
+    assert!(rx.delivered().is_empty());
+    let dead = s.state_lines("dead-letter/hook.jsonl");
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("certificate"),
+        "{}",
+        dead[0]["reason"]
+    );
+    // With it, the same receiver is trusted.
+    append(&s.log(), &flipt_line(2, Encoding::Json).0);
+    let with_ca = webhook(
+        &rx.url("/tls"),
+        &format!("    ca_file: {}\n", ca_path.display()),
+    );
+    let mut ft = Flagtail::start(&s.config(&with_ca));
+    let got = rx.wait_delivered(1).await;
+    ft.terminate().await;
+    assert_eq!(key_of(&got[0].body), "flag-2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_template_events_filter_and_file_sink() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    for i in 0..6 {
+        append(&s.log(), &flipt_line(i, Encoding::Console).0);
+    }
+    append(
+        &s.log(),
+        "{\"version\":\"0.2\",\"type\":\"segment\",\"action\":\"created\",\"metadata\":{},\"payload\":{\"key\":\"beta\"},\"timestamp\":\"t\"}\n",
+    );
+    let out = s.path("events.jsonl");
+    let sinks = format!(
+        "  - name: slack\n    url: {}\n    events: [\"flag:created\"]\n    body: |\n      {{\"text\": \"{{{{ type }}}}/{{{{ action }}}} {{{{ payload.key }}}} by {{{{ metadata.actor.email | default(value=\"someone\") }}}}\"}}\n  - name: archive\n    type: file\n    path: {}\n    events: [\"segment:*\"]\n",
+        rx.url("/slack"),
+        out.display()
+    );
+    let mut ft = Flagtail::start(&s.config(&sinks));
+    let got = rx.wait_delivered(2).await;
+    ft.wait_log("flagtail started").await;
+    ft.terminate().await;
+    let texts: Vec<String> = got.iter().map(Received::text).collect();
+    assert_eq!(
+        texts,
+        [
+            "{\"text\": \"flag/created flag-0 by dev0@example.com\"}\n",
+            "{\"text\": \"flag/created flag-3 by dev3@example.com\"}\n"
+        ]
+    );
+    let archived = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        archived,
+        "{\"version\":\"0.2\",\"type\":\"segment\",\"action\":\"created\",\"metadata\":{},\"payload\":{\"key\":\"beta\"},\"timestamp\":\"t\",\"status\":\"\"}\n"
+    );
+}
+
+#[test]
+fn check_accepts_the_examples_and_names_a_typo() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "toml") {
+            let env = [
+                (
+                    "SLACK_WEBHOOK_URL",
+                    "https://hooks.slack.com/services/T0/B0/x",
+                ),
+                ("AUDIT_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ];
+            let (code, out, err) =
+                run_cmd_env(&["check", "--config", path.to_str().unwrap()], &env);
+            assert_eq!(code, 0, "{}: {err}", path.display());
+            assert!(out.contains("\"sinks\""));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2);
+    let s = Setup::new();
+    let config = s.config("  - name: hook\n    url: http://127.0.0.1:9/\n    signing_secret: topsecret\n    max_backoff_duratoin: 5s\n");
+    let (code, _, err) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("sinks.0") && err.contains("max_backoff_duratoin"),
+        "{err}"
+    );
+    assert!(!err.contains("topsecret"));
+    let config = s.config("  - name: hook\n    url: http://127.0.0.1:9/\n    signing_secret: topsecret\n    headers: {Authorization: \"Bearer tok123\"}\n    body: '{{ type '\n");
+    let (code, out, err) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(err.contains("sinks.0.body"), "{err}");
+    let config = s.config("  - name: hook\n    url: http://127.0.0.1:9/\n    signing_secret: topsecret\n    headers: {Authorization: \"Bearer tok123\"}\n");
+    let (code, out, _) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        !out.contains("topsecret") && !out.contains("tok123") && out.contains("***"),
+        "{out}"
+    );
+}
+
+#[test]
+fn render_prints_each_request_as_it_would_be_sent() {
+    let s = Setup::new();
+    let config = s.config("  - name: hook\n    url: http://127.0.0.1:9/in\n    signing_secret: s3crET\n    events: [\"flag:created\"]\n");
+    let input = s.path("input.log");
+    let (created, body) = flipt_line(0, Encoding::Console);
+    let (updated, _) = flipt_line(1, Encoding::Json);
+    std::fs::write(&input, format!("{created}{updated}not json\n")).unwrap();
+    let (code, out, err) = run_cmd(&[
+        "render",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "hook",
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .starts_with(r#"{"method":"POST","url":"http://127.0.0.1:9/in","headers":{"#)
+    );
+    assert_eq!(lines[0]["body"], body);
+    let mac = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3crET"),
+        body.as_bytes(),
+    );
+    let hex: String = mac.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(lines[0]["headers"]["x-flipt-webhook-signature"], hex);
+    assert!(
+        lines[1]["skipped"]
+            .as_str()
+            .unwrap()
+            .contains("flag:updated")
+    );
+    assert!(lines[2]["rejected"].as_str().unwrap().contains("not JSON"));
+}

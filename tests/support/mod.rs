@@ -1,0 +1,509 @@
+//! Shared test parts: a real HTTP(S) receiver on 127.0.0.1:0 that can be told how to answer, the
+//! real flagtail binary as a child process, and Flipt audit lines.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How long any wait in a test may take before the test fails (a safety net, not a sync point).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// How the receiver answers a request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Status(u16),
+    /// A status with extra headers (e.g. `Retry-After`).
+    StatusWith(u16, Vec<(&'static str, String)>),
+    /// Close the connection without answering.
+    Drop,
+    /// Never answer (until the client gives up).
+    Stall,
+}
+
+type Plan = Box<dyn FnMut(&Received) -> Reply + Send>;
+
+struct State {
+    /// Every attempt, answered or not.
+    attempts: Mutex<Vec<Received>>,
+    /// Requests answered with 2xx: what a sender may consider delivered.
+    delivered: Mutex<Vec<Received>>,
+    count: watch::Sender<usize>,
+    plan: Mutex<Plan>,
+}
+
+/// A real HTTP(S) server on loopback.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: Arc<State>,
+    tasks: Mutex<Option<JoinSet<()>>>,
+}
+
+impl Receiver {
+    /// Plain HTTP, answering 200 to everything.
+    pub async fn start() -> Receiver {
+        Receiver::start_with(None).await
+    }
+
+    pub async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            attempts: Mutex::new(Vec::new()),
+            delivered: Mutex::new(Vec::new()),
+            count: watch::channel(0).0,
+            plan: Mutex::new(Box::new(|_| Reply::Status(200))),
+        });
+        let r = Receiver {
+            addr,
+            tls,
+            state,
+            tasks: Mutex::new(None),
+        };
+        r.serve(listener);
+        r
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.addr.port())
+    }
+
+    /// Decides the answer to every following request.
+    pub fn plan(&self, plan: impl FnMut(&Received) -> Reply + Send + 'static) {
+        *self.state.plan.lock().unwrap() = Box::new(plan);
+    }
+
+    pub fn delivered(&self) -> Vec<Received> {
+        self.state.delivered.lock().unwrap().clone()
+    }
+
+    pub fn attempts(&self) -> Vec<Received> {
+        self.state.attempts.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests were answered with 2xx; panics after [`PATIENCE`].
+    pub async fn wait_delivered(&self, n: usize) -> Vec<Received> {
+        let mut rx = self.state.count.subscribe();
+        let got = tokio::time::timeout(PATIENCE, rx.wait_for(|c| *c >= n)).await;
+        let have = self.delivered();
+        assert!(
+            got.is_ok(),
+            "waited {PATIENCE:?} for {n} deliveries, got {}",
+            have.len()
+        );
+        have
+    }
+
+    /// Waits until at least `n` attempts were made.
+    pub async fn wait_attempts(&self, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut rx = self.state.count.subscribe();
+        loop {
+            let have = self.attempts();
+            if have.len() >= n {
+                return have;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {PATIENCE:?} for {n} attempts, got {}",
+                have.len()
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+        }
+    }
+
+    /// Goes down: closes the listener and every connection. Connections are refused after this.
+    pub async fn stop(&self) {
+        let tasks = self.tasks.lock().unwrap().take();
+        if let Some(mut tasks) = tasks {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+
+    /// Comes back on the same address.
+    pub async fn restart(&self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let mut tasks = JoinSet::new();
+        let state = self.state.clone();
+        let tls = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                let tls = tls.clone();
+                conns.spawn(async move {
+                    let service = service_fn(move |req| handle(state.clone(), req));
+                    match tls {
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        *self.tasks.lock().unwrap() = Some(tasks);
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let path = req.uri().path().to_string();
+    let headers = req.headers().clone();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    let got = Received {
+        path,
+        headers,
+        body,
+        at: Instant::now(),
+    };
+    state.attempts.lock().unwrap().push(got.clone());
+    let reply = (state.plan.lock().unwrap())(&got);
+    let (code, extra) = match reply {
+        Reply::Status(code) => (code, Vec::new()),
+        Reply::StatusWith(code, extra) => (code, extra),
+        Reply::Drop => {
+            state.count.send_modify(|_| {});
+            return Err(std::io::Error::other("dropping the connection"));
+        }
+        Reply::Stall => {
+            state.count.send_modify(|_| {});
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+    };
+    if (200..300).contains(&code) {
+        state.delivered.lock().unwrap().push(got);
+        state.count.send_modify(|c| *c += 1);
+    } else {
+        state.count.send_modify(|_| {});
+    }
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"")));
+    *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+    for (k, v) in extra {
+        resp.headers_mut().insert(k, v.parse().unwrap());
+    }
+    Ok(resp)
+}
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it.
+pub struct TestCa {
+    pub ca_pem: String,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+pub fn test_ca() -> TestCa {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "flagtail test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let chain = vec![leaf.der().clone(), ca.der().clone()];
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    TestCa {
+        ca_pem: ca.pem(),
+        server: Arc::new(server),
+    }
+}
+
+/// The real binary, running a config in a temp dir.
+pub struct Flagtail {
+    pub child: Child,
+    pub stderr_path: PathBuf,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_flagtail")
+}
+
+impl Flagtail {
+    pub fn start(config: &Path) -> Flagtail {
+        Flagtail::start_env(config, &[])
+    }
+
+    pub fn start_env(config: &Path, env: &[(&str, &str)]) -> Flagtail {
+        let dir = config.parent().unwrap();
+        let n = std::fs::read_dir(dir).unwrap().count();
+        let stderr_path = dir.join(format!("flagtail-{n}.stderr"));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .env("RUST_LOG", "flagtail=debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Flagtail {
+            child: cmd.spawn().unwrap(),
+            stderr_path,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn kill_9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait().await
+    }
+
+    pub async fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "flagtail did not exit; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits until stderr contains `text` (the daemon logged something).
+    pub async fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.stderr().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Flagtail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Flipt's two log encodings.
+#[derive(Debug, Clone, Copy)]
+pub enum Encoding {
+    Console,
+    Json,
+}
+
+/// Flipt audit line number `i` (with its newline), and the body Flipt's webhook would send for it.
+pub fn flipt_line(i: usize, enc: Encoding) -> (String, String) {
+    let actions = ["created", "updated", "deleted"];
+    let action = actions[i % 3];
+    let meta = format!(r#"{{"actor":{{"authentication":"token","email":"dev{i}@example.com"}}}}"#);
+    let payload = format!(
+        r#"{{"enabled":true,"key":"flag-{i}","name":"Flag {i}","namespace_key":"default"}}"#
+    );
+    let ts = format!("2026-11-23T06:{:02}:{:02}Z", (i / 60) % 60, i % 60);
+    let line = match enc {
+        Encoding::Console => format!(
+            r#"{{"version": "0.2", "type": "flag", "action": "{action}", "status": "success", "metadata": {meta}, "payload": {payload}, "timestamp": "{ts}"}}"#
+        ),
+        Encoding::Json => format!(
+            r#"{{"version":"0.2","type":"flag","action":"{action}","status":"success","metadata":{meta},"payload":{payload},"timestamp":"{ts}"}}"#
+        ),
+    };
+    let body = format!(
+        r#"{{"version":"0.2","type":"flag","action":"{action}","metadata":{meta},"payload":{payload},"timestamp":"{ts}","status":"success"}}"#
+    );
+    (line + "\n", body)
+}
+
+/// The flag key in a default body, to tell events apart.
+pub fn key_of(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    v["payload"]["key"].as_str().unwrap_or("").to_string()
+}
+
+pub fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// A temp dir holding a config and an audit log.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        Setup {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.path("audit.log")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.path("state")
+    }
+
+    /// Writes `flagtail.yaml`: one file source on `audit.log`, and `sinks` (YAML list items).
+    pub fn config(&self, sinks: &str) -> PathBuf {
+        self.config_with("", sinks)
+    }
+
+    pub fn config_with(&self, top: &str, sinks: &str) -> PathBuf {
+        let text = format!(
+            "state_dir: {}\nadmin: {{listen: \"\"}}\nshutdown_grace: 5s\n{top}\nsources:\n  - name: flipt\n    file: {}\n    format: flipt\nsinks:\n{sinks}",
+            self.state().display(),
+            self.log().display()
+        );
+        let path = self.path("flagtail.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Lines of a JSONL file in the state dir (dead letters, rejected).
+    pub fn state_lines(&self, rel: &str) -> Vec<serde_json::Value> {
+        match std::fs::read_to_string(self.state().join(rel)) {
+            Ok(t) => t
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// Counts each key's occurrences.
+pub fn counts(keys: impl IntoIterator<Item = String>) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for k in keys {
+        *m.entry(k).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Runs a `flagtail` subcommand to completion: (exit code, stdout, stderr).
+pub fn run_cmd(args: &[&str]) -> (i32, String, String) {
+    run_cmd_env(args, &[])
+}
+
+pub fn run_cmd_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
