@@ -98,7 +98,7 @@ async fn standard_webhooks_signature_verifies_with_the_crate() {
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let sinks = webhook(
         &rx.url("/sw"),
-        &format!("    signature: standard-webhooks\n    signing_secret: \"${{SW_SECRET}}\"\n"),
+        "    signature: standard-webhooks\n    signing_secret: \"${SW_SECRET}\"\n",
     );
     let mut ft = Flagtail::start_env(&s.config(&sinks), &[("SW_SECRET", secret)]);
     let got = rx.wait_delivered(3).await;

@@ -41,7 +41,7 @@ pub struct RetryPolicy {
 }
 
 pub enum Output {
-    Webhook(Webhook),
+    Webhook(Box<Webhook>),
     Stdout,
     File(PathBuf),
 }
@@ -70,7 +70,9 @@ impl Sink {
         let output = match s.kind {
             SinkKind::Stdout => Some(Output::Stdout),
             SinkKind::File => s.path.clone().map(Output::File),
-            SinkKind::Webhook => build_webhook(s, &at, &mut errors).map(Output::Webhook),
+            SinkKind::Webhook => {
+                build_webhook(s, &at, &mut errors).map(|w| Output::Webhook(Box::new(w)))
+            }
         };
         match (renderer, output) {
             (Some(renderer), Some(output)) if errors.is_empty() => Ok(Sink {

@@ -89,12 +89,12 @@ impl FileSource {
                 } else if reader.is_none() {
                     reader = self.open(0)?;
                 }
-                if let Some(r) = reader.as_mut() {
-                    if self.follow(r).await? {
-                        reader = self.open(0)?;
-                        if let Some(r) = reader.as_mut() {
-                            self.follow(r).await?;
-                        }
+                if let Some(r) = reader.as_mut()
+                    && self.follow(r).await?
+                {
+                    reader = self.open(0)?;
+                    if let Some(r) = reader.as_mut() {
+                        self.follow(r).await?;
                     }
                 }
                 Ok::<_, Error>(())
@@ -215,16 +215,16 @@ impl FileSource {
         if size < r.splitter.read_offset() || changed {
             return Ok(Found::Truncated);
         }
-        if let Some((file, offset)) = self.book.get(&self.dispatch.info.name) {
-            if file.same_inode(&r.file.metadata()?) {
-                let lag = size.saturating_sub(offset) as i64;
-                metrics::get()
-                    .source_lag_bytes
-                    .get_or_create(&metrics::SourceLabel {
-                        source: self.dispatch.info.name.to_string(),
-                    })
-                    .set(lag);
-            }
+        if let Some((file, offset)) = self.book.get(&self.dispatch.info.name)
+            && file.same_inode(&r.file.metadata()?)
+        {
+            let lag = size.saturating_sub(offset) as i64;
+            metrics::get()
+                .source_lag_bytes
+                .get_or_create(&metrics::SourceLabel {
+                    source: self.dispatch.info.name.to_string(),
+                })
+                .set(lag);
         }
         match fs::metadata(&self.path) {
             Ok(m) if r.identity.same_inode(&m) => Ok(Found::Nothing),
@@ -276,16 +276,17 @@ impl FileSource {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        if let Some(f) = at_path {
-            if saved.is(&f)? && f.metadata()?.len() >= offset {
-                return Ok(Some(self.reader_at(f, saved, offset)?));
-            }
+        if let Some(f) = at_path
+            && saved.is(&f)?
+            && f.metadata()?.len() >= offset
+        {
+            return Ok(Some(self.reader_at(f, saved, offset)?));
         }
-        if let Some((path, f)) = find_renamed(&self.path, &saved)? {
-            if f.metadata()?.len() >= offset {
-                tracing::info!(source = %name, path = %path.display(), offset, "checkpoint is in a rotated file; reading its rest first");
-                return Ok(Some(self.reader_at(f, saved, offset)?));
-            }
+        if let Some((path, f)) = find_renamed(&self.path, &saved)?
+            && f.metadata()?.len() >= offset
+        {
+            tracing::info!(source = %name, path = %path.display(), offset, "checkpoint is in a rotated file; reading its rest first");
+            return Ok(Some(self.reader_at(f, saved, offset)?));
         }
         tracing::warn!(
             source = %name, path = %self.path.display(), offset,
