@@ -103,6 +103,8 @@ pub async fn run_sink(
     if drained.is_err() {
         tracing::warn!(sink = %sink.name, left = in_flight.len(), "shutdown_grace ran out; unfinished deliveries will be sent again after restart");
         in_flight.abort_all();
+        // Wait for the aborts, so no late acknowledgement reaches a tracker after a reload.
+        while in_flight.join_next().await.is_some() {}
     }
 }
 

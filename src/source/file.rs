@@ -118,19 +118,15 @@ impl FileSource {
 
     /// Reads `r` to its end and checks for rotation. `Ok(true)`: switch to the file now at the path.
     async fn follow(&self, r: &mut Reader) -> Result<bool, Error> {
+        // A truncation since the last look must be seen before reading at a stale offset.
+        if self.truncated(r)? {
+            self.start_over(r).await?;
+        }
         loop {
             self.drain(r).await?;
             match self.look(r)? {
                 Found::Nothing => return Ok(false),
-                Found::Truncated => {
-                    tracing::warn!(source = %self.dispatch.info.name, path = %self.path.display(), "file was truncated (copytruncate?); reading it from the start");
-                    self.give_up_partial(r, "the file was truncated").await?;
-                    let identity = FileIdentity::of_open(&self.path, &r.file)?;
-                    r.identity = Arc::new(identity);
-                    r.file_key.clear();
-                    r.splitter.reset(0);
-                    r.file.seek(SeekFrom::Start(0))?;
-                }
+                Found::Truncated => self.start_over(r).await?,
                 Found::Replaced => {
                     self.drain(r).await?;
                     tracing::info!(source = %self.dispatch.info.name, path = %self.path.display(), "file was rotated; following the new file");
@@ -205,16 +201,54 @@ impl FileSource {
         Ok(())
     }
 
-    /// Checks the open file and the path after reading to the end.
-    fn look(&self, r: &mut Reader) -> io::Result<Found> {
+    /// The file was truncated in place: finish its copy if there is one (copytruncate copies before
+    /// truncating, so lines not read yet are there), then read the file from the start.
+    async fn start_over(&self, r: &mut Reader) -> Result<(), Error> {
+        let name = &self.dispatch.info.name;
+        let (resume_at, _) = r.splitter.pending();
+        match find_copy(&self.path, &r.identity, resume_at)? {
+            Some((copy_path, file)) => {
+                tracing::warn!(source = %name, path = %self.path.display(), copy = %copy_path.display(), offset = resume_at, "file was truncated (copytruncate); reading the rest of its copy, then the file from the start");
+                let identity = FileIdentity {
+                    fingerprint: r.identity.fingerprint,
+                    ..FileIdentity::of_open(&copy_path, &file)?
+                };
+                let mut copy = self.reader_at(file, Arc::new(identity), resume_at)?;
+                self.drain(&mut copy).await?;
+                self.give_up_partial(
+                    &mut copy,
+                    "the copy of a truncated file ends without a newline",
+                )
+                .await?;
+            }
+            None => {
+                tracing::warn!(source = %name, path = %self.path.display(), "file was truncated and no copy of it was found; reading it from the start");
+                self.give_up_partial(r, "the file was truncated").await?;
+            }
+        }
+        r.identity = Arc::new(FileIdentity::of_open(&self.path, &r.file)?);
+        r.file_key.clear();
+        r.splitter.reset(0);
+        r.file.seek(SeekFrom::Start(0))?;
+        Ok(())
+    }
+
+    /// Whether the open file is shorter than what was read, or its first line changed.
+    fn truncated(&self, r: &Reader) -> io::Result<bool> {
         let size = r.file.metadata()?.len();
         let changed = match &r.identity.fingerprint {
             Some(fp) => !fp.matches(&r.file)?,
             None => false,
         };
-        if size < r.splitter.read_offset() || changed {
+        Ok(size < r.splitter.read_offset() || changed)
+    }
+
+    /// Checks the open file and the path after reading to the end.
+    fn look(&self, r: &mut Reader) -> io::Result<Found> {
+        if self.truncated(r)? {
             return Ok(Found::Truncated);
         }
+        let size = r.file.metadata()?.len();
         if let Some((file, offset)) = self.book.get(&self.dispatch.info.name)
             && file.same_inode(&r.file.metadata()?)
         {
@@ -282,10 +316,14 @@ impl FileSource {
         {
             return Ok(Some(self.reader_at(f, saved, offset)?));
         }
-        if let Some((path, f)) = find_renamed(&self.path, &saved)?
+        let elsewhere = match find_renamed(&self.path, &saved)? {
+            Some(found) => Some(found),
+            None => find_copy(&self.path, &saved, offset)?,
+        };
+        if let Some((path, f)) = elsewhere
             && f.metadata()?.len() >= offset
         {
-            tracing::info!(source = %name, path = %path.display(), offset, "checkpoint is in a rotated file; reading its rest first");
+            tracing::info!(source = %name, path = %path.display(), offset, "checkpoint is in a rotated or copied file; reading its rest first");
             return Ok(Some(self.reader_at(f, saved, offset)?));
         }
         tracing::warn!(
@@ -341,6 +379,30 @@ fn find_renamed(path: &Path, saved: &FileIdentity) -> io::Result<Option<(PathBuf
             if saved.is(&f)? {
                 return Ok(Some((entry.path(), f)));
             }
+        }
+    }
+    Ok(None)
+}
+
+/// Finds, in the directory of `path`, another file (not `of` itself) that starts with the same
+/// first line as `of` and reaches `offset`: the copy copytruncate made.
+fn find_copy(path: &Path, of: &FileIdentity, offset: u64) -> io::Result<Option<(PathBuf, File)>> {
+    let Some(fp) = of.fingerprint else {
+        return Ok(None);
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(m) = entry.metadata() else { continue };
+        if !m.is_file() || of.same_inode(&m) || m.len() < offset || m.len() < fp.len {
+            continue;
+        }
+        let f = File::open(entry.path())?;
+        if fp.matches(&f)? {
+            return Ok(Some((entry.path(), f)));
         }
     }
     Ok(None)
