@@ -52,6 +52,14 @@ enum Found {
     Replaced,
 }
 
+/// How reading to the end went.
+#[derive(Debug, PartialEq, Eq)]
+enum Drained {
+    End,
+    /// The file was truncated under the reader; nothing of the last read was used.
+    Truncated,
+}
+
 /// A piece copied out of the splitter, so the splitter can be used while it is handled.
 enum Owned {
     Line {
@@ -123,12 +131,18 @@ impl FileSource {
             self.start_over(r).await?;
         }
         loop {
-            self.drain(r).await?;
+            if self.drain(r).await? == Drained::Truncated {
+                self.start_over(r).await?;
+                continue;
+            }
             match self.look(r)? {
                 Found::Nothing => return Ok(false),
                 Found::Truncated => self.start_over(r).await?,
                 Found::Replaced => {
-                    self.drain(r).await?;
+                    if self.drain(r).await? == Drained::Truncated {
+                        self.start_over(r).await?;
+                        continue;
+                    }
                     tracing::info!(source = %self.dispatch.info.name, path = %self.path.display(), "file was rotated; following the new file");
                     self.give_up_partial(r, "the file was rotated away").await?;
                     return Ok(true);
@@ -138,9 +152,16 @@ impl FileSource {
     }
 
     /// Reads and dispatches every complete line up to the end of the file.
-    async fn drain(&self, r: &mut Reader) -> Result<(), Error> {
+    /// Every chunk is checked after it is read and before its lines go out: if the file was
+    /// truncated meanwhile, the chunk may be new content at a stale offset, so it is dropped and
+    /// `Drained::Truncated` returned.
+    async fn drain(&self, r: &mut Reader) -> Result<Drained, Error> {
         loop {
             let n = r.splitter.fill_from(&mut r.file)?;
+            if n > 0 && self.truncated(r)? {
+                r.splitter.unread(n);
+                return Ok(Drained::Truncated);
+            }
             loop {
                 let piece = match r.splitter.next_piece() {
                     None => break,
@@ -185,7 +206,7 @@ impl FileSource {
                 }
             }
             if n == 0 {
-                return Ok(());
+                return Ok(Drained::End);
             }
             tokio::task::consume_budget().await;
         }
@@ -214,6 +235,7 @@ impl FileSource {
                     ..FileIdentity::of_open(&copy_path, &file)?
                 };
                 let mut copy = self.reader_at(file, Arc::new(identity), resume_at)?;
+                // The copy is not truncated again (it is not the file being written).
                 self.drain(&mut copy).await?;
                 self.give_up_partial(
                     &mut copy,

@@ -104,6 +104,13 @@ impl LineSplitter {
         Ok(n)
     }
 
+    /// Forgets the last `n` bytes read (only right after [`LineSplitter::fill_from`], before any
+    /// piece is taken): they turned out to belong to a file that replaced the one being read.
+    pub fn unread(&mut self, n: usize) {
+        let keep = self.buf.len().saturating_sub(n).max(self.consumed);
+        self.buf.truncate(keep);
+    }
+
     /// Appends bytes directly.
     pub fn push(&mut self, bytes: &[u8]) {
         self.compact();

@@ -1,0 +1,638 @@
+//! The fault suite: for each fault, every line of the input is either received or in a dead-letter
+//! or rejected file, and the counts add up exactly.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use support::*;
+
+fn hook(url: &str, extra: &str) -> String {
+    format!(
+        "  - name: hook\n    url: {url}\n    initial_backoff: 50ms\n    max_backoff_duration: 3s\n    timeout: 2s\n{extra}"
+    )
+}
+
+fn write_lines(s: &Setup, range: std::ops::Range<usize>) {
+    let text: String = range.map(|i| flipt_line(i, Encoding::Console).0).collect();
+    append(&s.log(), &text);
+}
+
+/// Flag keys (one per input line) of what was delivered and what was dead-lettered.
+fn delivered_keys(rx: &Receiver) -> Vec<String> {
+    rx.delivered().iter().map(|r| key_of(&r.body)).collect()
+}
+
+fn dead_keys(s: &Setup) -> Vec<String> {
+    s.state_lines("dead-letter/hook.jsonl")
+        .iter()
+        .map(|d| d["event"]["payload"]["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_failures_are_retried_with_the_same_keys() {
+    let rx = Receiver::start().await;
+    let mut n = 0;
+    rx.plan(move |_| {
+        n += 1;
+        match n {
+            1 => Reply::Status(503),
+            2 => Reply::Drop,
+            3 => Reply::Status(408),
+            4 => Reply::Status(500),
+            _ => Reply::Status(200),
+        }
+    });
+    let s = Setup::new();
+    write_lines(&s, 0..1);
+    let sinks = hook(
+        &rx.url("/"),
+        "    signature: standard-webhooks\n    signing_secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n",
+    );
+    let mut ft = Flagtail::start(&s.config(&sinks));
+    rx.wait_delivered(1).await;
+    ft.terminate().await;
+    let attempts = rx.attempts();
+    assert_eq!(attempts.len(), 5);
+    let ids: HashSet<(&str, &str)> = attempts
+        .iter()
+        .map(|a| (a.header("idempotency-key"), a.header("webhook-id")))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "every retry carries the same Idempotency-Key and webhook-id: {ids:?}"
+    );
+    assert!(!ids.iter().next().unwrap().0.is_empty());
+    let wh = standardwebhooks::Webhook::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    assert!(
+        attempts
+            .iter()
+            .all(|a| wh.verify(&a.body, &a.headers).is_ok())
+    );
+    assert!(dead_keys(&s).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_in_seconds_and_as_a_date_is_honoured() {
+    let rx = Receiver::start().await;
+    let mut n = 0;
+    rx.plan(move |_| {
+        n += 1;
+        match n {
+            1 => Reply::StatusWith(429, vec![("retry-after", "2".into())]),
+            2 => Reply::StatusWith(
+                503,
+                vec![(
+                    "retry-after",
+                    httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3)),
+                )],
+            ),
+            _ => Reply::Status(204),
+        }
+    });
+    let s = Setup::new();
+    write_lines(&s, 0..1);
+    let mut ft = Flagtail::start(&s.config(&hook(&rx.url("/"), "    max_backoff_duration: 30s\n")));
+    rx.wait_delivered(1).await;
+    ft.terminate().await;
+    let a = rx.attempts();
+    assert_eq!(a.len(), 3);
+    assert!(
+        a[1].at - a[0].at >= Duration::from_secs(2),
+        "{:?}",
+        a[1].at - a[0].at
+    );
+    // An HTTP date has whole seconds: at least 2 of the 3 seconds asked for.
+    assert!(
+        a[2].at - a[1].at >= Duration::from_secs(2),
+        "{:?}",
+        a[2].at - a[1].at
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_statuses_are_dead_lettered_at_once_then_replayed() {
+    let rx = Receiver::start().await;
+    rx.plan(|r| {
+        if key_of(&r.body) == "flag-3" {
+            Reply::Status(501)
+        } else {
+            Reply::Status(404)
+        }
+    });
+    let s = Setup::new();
+    write_lines(&s, 0..5);
+    let config = s.config(&hook(&rx.url("/"), ""));
+    let mut ft = Flagtail::start(&config);
+    rx.wait_attempts(5).await;
+    assert!(ft.terminate().await.success());
+    assert_eq!(rx.attempts().len(), 5, "4xx and 501 are final: no retry");
+    let dead = s.state_lines("dead-letter/hook.jsonl");
+    assert_eq!(dead.len(), 5);
+    assert!(
+        dead.iter()
+            .all(|d| d["attempts"] == 1 && d["sink"] == "hook" && d["source"] == "flipt")
+    );
+    assert!(dead[0]["reason"].as_str().unwrap().contains("404"));
+    let checkpoint = std::fs::read_to_string(s.state().join("checkpoints.json")).unwrap();
+    assert!(
+        checkpoint.contains(&format!(
+            "\"offset\": {}",
+            std::fs::metadata(s.log()).unwrap().len()
+        )),
+        "dead letters count as done"
+    );
+
+    // Replay while the receiver still refuses one of them: that one is kept.
+    rx.plan(|r| {
+        if key_of(&r.body) == "flag-3" {
+            Reply::Status(400)
+        } else {
+            Reply::Status(200)
+        }
+    });
+    let (code, out, err) = run_cmd(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "hook",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("4 delivered, 1 kept"), "{out}");
+    assert_eq!(dead_keys(&s), ["flag-3"]);
+    let keys: HashSet<String> = rx
+        .delivered()
+        .iter()
+        .map(|r| r.header("idempotency-key").to_string())
+        .collect();
+    let dead_ids: HashSet<String> = dead
+        .iter()
+        .map(|d| d["idempotency_key"].as_str().unwrap().to_string())
+        .collect();
+    assert!(keys.is_subset(&dead_ids), "replays carry the original keys");
+    rx.plan(|_| Reply::Status(200));
+    let (code, out, _) = run_cmd(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "hook",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(dead_keys(&s).is_empty());
+    let mut got = delivered_keys(&rx);
+    got.sort();
+    assert_eq!(got, ["flag-0", "flag-1", "flag-2", "flag-3", "flag-4"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_longer_than_max_backoff_then_replay() {
+    let rx = Receiver::start().await;
+    rx.stop().await;
+    let s = Setup::new();
+    write_lines(&s, 0..10);
+    let config = s.config(&hook(
+        &rx.url("/"),
+        "    max_backoff_duration: 1s\n    concurrency: 4\n",
+    ));
+    let mut ft = Flagtail::start(&config);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while dead_keys(&s).len() < 10 {
+        assert!(std::time::Instant::now() < deadline, "{}", ft.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rx.restart().await;
+    write_lines(&s, 10..15);
+    rx.wait_delivered(5).await;
+    ft.terminate().await;
+    let (code, out, err) = run_cmd(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "hook",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let got = counts(delivered_keys(&rx));
+    assert_eq!(got.len(), 15);
+    assert!(got.values().all(|c| *c == 1), "{got:?}");
+    assert!(dead_keys(&s).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_receiver_times_out_and_is_retried() {
+    let rx = Receiver::start().await;
+    let mut n = 0;
+    rx.plan(move |_| {
+        n += 1;
+        if n == 1 {
+            Reply::Stall
+        } else {
+            Reply::Status(200)
+        }
+    });
+    let s = Setup::new();
+    write_lines(&s, 0..3);
+    let mut ft = Flagtail::start(&s.config(&hook(&rx.url("/"), "    timeout: 300ms\n")));
+    let got = rx.wait_delivered(3).await;
+    ft.terminate().await;
+    assert_eq!(
+        got.iter().map(|r| key_of(&r.body)).collect::<Vec<_>>(),
+        ["flag-0", "flag-1", "flag-2"]
+    );
+    assert_eq!(rx.attempts().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_lines_are_recorded_and_reading_goes_on() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let config = s.config_with("max_line_bytes: 400", &hook(&rx.url("/"), ""));
+    write_lines(&s, 0..2);
+    append(&s.log(), "not json at all\n");
+    append(&s.log(), "{\"version\":\"0.2\",\"type\":\"flag\"}\n");
+    append(&s.log(), &format!("{{\"pad\":\"{}\"}}\n", "x".repeat(1000)));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(s.log())
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{\"bad\":\"\xff\xfe\"}\n").unwrap();
+    write_lines(&s, 2..4);
+    let mut ft = Flagtail::start(&config);
+    rx.wait_delivered(4).await;
+    ft.terminate().await;
+    let rejected = s.state_lines("rejected/flipt.jsonl");
+    let reasons: Vec<&str> = rejected
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["not_json", "not_an_event", "too_long", "invalid_utf8"]
+    );
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r["offset"].as_u64().is_some() && r["source"] == "flipt")
+    );
+    assert_eq!(rejected[0]["line"], "not json at all");
+    assert!(rejected[3]["line_base64"].is_string());
+    assert_eq!(
+        delivered_keys(&rx),
+        ["flag-0", "flag-1", "flag-2", "flag-3"]
+    );
+    assert!(ft.stderr().contains("rejected line"));
+}
+
+/// A small deterministic random source, seeded from the clock and printed, so a failure can be rerun.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_loses_nothing() {
+    let seed = std::env::var("FLAGTAIL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("seed {seed} (FLAGTAIL_TEST_SEED to repeat)");
+    let mut rng = Lcg(seed);
+    let rx = Receiver::start().await;
+    // Some requests fail and are retried, so kills also land in the middle of retries.
+    let mut fail = Lcg(seed ^ 0x5eed);
+    rx.plan(move |_| {
+        if fail.below(10) == 0 {
+            Reply::Status(503)
+        } else {
+            Reply::Status(200)
+        }
+    });
+    let s = Setup::new();
+    let config = s.config(&hook(
+        &rx.url("/"),
+        "    concurrency: 4\n    max_backoff_duration: 1h\n",
+    ));
+    let mut written = 0;
+    for round in 0..20 {
+        let more = 20 + rng.below(80) as usize;
+        write_lines(&s, written..written + more);
+        written += more;
+        let mut ft = Flagtail::start(&config);
+        tokio::time::sleep(Duration::from_millis(rng.below(250))).await;
+        ft.kill_9();
+        println!(
+            "round {round}: {written} written, {} delivered so far",
+            rx.delivered().len()
+        );
+    }
+    let mut ft = Flagtail::start(&config);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let unique: HashSet<String> = delivered_keys(&rx).into_iter().collect();
+        if unique.len() == written {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {written} delivered",
+            unique.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ft.terminate().await.success());
+    let delivered = rx.delivered();
+    let mut keys_of_event: HashMap<String, HashSet<String>> = HashMap::new();
+    for r in &delivered {
+        keys_of_event
+            .entry(key_of(&r.body))
+            .or_default()
+            .insert(r.header("idempotency-key").to_string());
+    }
+    assert_eq!(keys_of_event.len(), written, "every line arrived");
+    for (event, keys) in &keys_of_event {
+        assert_eq!(
+            keys.len(),
+            1,
+            "{event} was re-sent under another Idempotency-Key: {keys:?}"
+        );
+    }
+    assert!(dead_keys(&s).is_empty());
+    println!(
+        "{written} lines, {} requests delivered ({} duplicates after kills)",
+        delivered.len(),
+        delivered.len() - written
+    );
+}
+
+/// Waits until events `flag-0` to `flag-{n-1}` were all delivered.
+async fn wait_unique(rx: &Receiver, n: usize, ft: &Flagtail) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let unique: HashSet<String> = delivered_keys(rx).into_iter().collect();
+        if (0..n).all(|i| unique.contains(&format!("flag-{i}"))) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} delivered\n{}",
+            unique.len(),
+            ft.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_during_a_write_burst_loses_nothing() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    write_lines(&s, 0..1);
+    let mut ft = Flagtail::start(&s.config(&hook(&rx.url("/"), "    concurrency: 4\n")));
+    rx.wait_delivered(1).await;
+    let log = s.log();
+    let mut n = 1;
+    let mut burst = |count: usize| {
+        for _ in 0..count {
+            append(&log, &flipt_line(n, Encoding::Json).0);
+            n += 1;
+        }
+        n
+    };
+    for round in 0..6 {
+        // A burst, a rotation in the middle of it (flagtail is still behind), and the burst goes on.
+        let before = burst(400);
+        if round % 2 == 0 {
+            // copytruncate: the copy keeps the lines flagtail has not read yet.
+            std::fs::copy(&log, s.path(&format!("audit.log.c{round}"))).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&log)
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+        } else {
+            // rename and recreate: the writer moves on to a new file at the same path.
+            std::fs::rename(&log, s.path(&format!("audit.log.r{round}"))).unwrap();
+        }
+        burst(400);
+        // The next rotation comes after flagtail is done with this generation (as with logrotate,
+        // whose rotations are far apart); see "Delivery guarantees" in the README.
+        wait_unique(&rx, before, &ft).await;
+    }
+    let total = n;
+    wait_unique(&rx, total, &ft).await;
+    ft.terminate().await;
+    let got = counts(delivered_keys(&rx));
+    assert_eq!(got.len(), total);
+    let dups: Vec<_> = got.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(dups.is_empty(), "no duplicates while running: {dups:?}");
+    assert!(
+        s.state_lines("rejected/flipt.jsonl").is_empty(),
+        "no line was cut"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_changed_while_stopped_are_detected_by_fingerprint() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let config = s.config(&hook(&rx.url("/"), ""));
+    let run = |want: usize| {
+        let rx = &rx;
+        let config = config.clone();
+        async move {
+            let mut ft = Flagtail::start(&config);
+            rx.wait_delivered(want).await;
+            assert!(ft.terminate().await.success());
+        }
+    };
+    write_lines(&s, 0..10);
+    run(10).await;
+    // Truncated and rewritten, longer than before, while stopped; no copy kept: read from the start.
+    let longer: String = (100..120)
+        .map(|i| flipt_line(i, Encoding::Json).0)
+        .collect();
+    std::fs::write(s.log(), &longer).unwrap();
+    run(30).await;
+    // Replaced by a new file (new inode) while stopped, the old one deleted: read from the start.
+    std::fs::remove_file(s.log()).unwrap();
+    write_lines(&s, 200..205);
+    run(35).await;
+    // Inode reuse: same inode, different first line, same size: the fingerprint tells.
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(s.log()).unwrap());
+    let same_size: String = (300..305)
+        .map(|i| flipt_line(i, Encoding::Console).0)
+        .collect();
+    assert_eq!(
+        same_size.len() as u64,
+        std::fs::metadata(s.log()).unwrap().len(),
+        "the test needs equal sizes"
+    );
+    std::fs::write(s.log(), &same_size).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(s.log()).unwrap()),
+        inode
+    );
+    run(40).await;
+    // Renamed away with unread lines while stopped: its rest is read, then the new file.
+    write_lines(&s, 400..403);
+    std::fs::rename(s.log(), s.path("audit.log.1")).unwrap();
+    write_lines(&s, 500..502);
+    run(45).await;
+    let got = counts(delivered_keys(&rx));
+    let want: Vec<usize> = (0..10)
+        .chain(100..120)
+        .chain(200..205)
+        .chain(300..305)
+        .chain(400..403)
+        .chain(500..502)
+        .collect();
+    for i in &want {
+        assert_eq!(got.get(&format!("flag-{i}")), Some(&1), "flag-{i}: {got:?}");
+    }
+    assert_eq!(got.len(), want.len());
+}
+
+/// Bytes flagtail has read from files so far (`rchar` of /proc/PID/io).
+fn bytes_read(pid: i32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_receiver_pauses_reading_and_the_backlog_drains_later() {
+    let rx = Receiver::start().await;
+    rx.plan(|_| Reply::Status(503));
+    let s = Setup::new();
+    // 40 MiB of backlog, ten times the per-source in-flight budget.
+    let lines = 100_000;
+    let text: String = (0..lines)
+        .map(|i| flipt_line(i, Encoding::Json).0)
+        .collect();
+    append(&s.log(), &text);
+    let size = text.len() as u64;
+    let mut ft = Flagtail::start(&s.config(&hook(
+        &rx.url("/"),
+        "    max_backoff_duration: 1h\n    initial_backoff: 100ms\n    batch: {max_events: 500}\n",
+    )));
+    rx.wait_attempts(3).await;
+    ft.wait_log("retry_in").await;
+    let read = bytes_read(ft.pid());
+    assert!(
+        read < size / 4,
+        "reading must pause: {read} of {size} bytes read"
+    );
+    rx.plan(|_| Reply::Status(200));
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let unique: HashSet<String> = rx
+            .delivered()
+            .iter()
+            .flat_map(|r| {
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["payload"]["key"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if unique.len() == lines {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {lines} delivered",
+            unique.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ft.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_deliveries_and_saves_checkpoints() {
+    let rx = Receiver::start().await;
+    // The first request is held for a while; SIGTERM arrives while it is on the wire.
+    let (tx, hold) = std::sync::mpsc::channel::<()>();
+    let hold = std::sync::Mutex::new(hold);
+    let mut first = true;
+    rx.plan(move |_| {
+        if std::mem::take(&mut first) {
+            let _ = hold
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_millis(700));
+        }
+        Reply::Status(200)
+    });
+    let s = Setup::new();
+    write_lines(&s, 0..1);
+    let mut ft = Flagtail::start(&s.config(&hook(&rx.url("/"), "")));
+    rx.wait_attempts(1).await;
+    ft.signal("TERM");
+    let status = ft.wait().await;
+    drop(tx);
+    assert!(status.success(), "exit 0 after SIGTERM; {}", ft.stderr());
+    assert_eq!(rx.delivered().len(), 1);
+    let checkpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.state().join("checkpoints.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        checkpoint["sources"]["flipt"]["offset"],
+        std::fs::metadata(s.log()).unwrap().len(),
+        "the in-flight delivery finished and was checkpointed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_sinks_and_refuses_a_bad_config() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    write_lines(&s, 0..2);
+    let config = s.config(&hook(&rx.url("/v1"), ""));
+    let mut ft = Flagtail::start(&config);
+    rx.wait_delivered(2).await;
+    // A new template and secret: lines written after the reload use them, positions are kept.
+    s.config(&hook(
+        &rx.url("/v2"),
+        "    signing_secret: n3w\n    body: '{\"k\": \"{{ payload.key }}\"}'\n",
+    ));
+    ft.signal("HUP");
+    ft.wait_log("config reloaded").await;
+    write_lines(&s, 2..3);
+    let got = rx.wait_delivered(3).await;
+    assert_eq!(got[2].path, "/v2");
+    assert_eq!(got[2].text(), "{\"k\": \"flag-2\"}");
+    assert!(!got[2].header("x-flipt-webhook-signature").is_empty());
+    // A bad config is refused; the running one goes on.
+    s.config(&hook(&rx.url("/v3"), "    body: '{{ oops '\n"));
+    ft.signal("HUP");
+    ft.wait_log("reload refused").await;
+    write_lines(&s, 3..4);
+    let got = rx.wait_delivered(4).await;
+    assert!(ft.terminate().await.success());
+    assert_eq!(got[3].path, "/v2");
+    assert_eq!(got.len(), 4, "positions were kept: nothing was sent twice");
+}
