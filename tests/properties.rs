@@ -1,0 +1,118 @@
+//! Property tests (run in CI with a bounded case count, `PROPTEST_CASES`): arbitrary bytes through
+//! line splitting and event parsing in every format never panic, and the splitter accounts for
+//! every byte exactly once.
+
+use flagtail::event::{Format, gojson, parse_line};
+use flagtail::source::lines::{LineSplitter, Piece};
+use proptest::prelude::*;
+
+/// Bytes that look like log lines often enough to reach the parsers' deeper paths.
+fn loggy_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just(b"\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(br#"{"version":"0.2","type":"flag","action":"created","metadata":{},"payload":null,"timestamp":"t"}"#.to_vec()),
+        Just(br#"{"version": "0.2", "type": "segment", "action": "deleted", "status": "denied", "metadata": {"actor":{"ip":"<&>"}}, "payload": {"a":[1,2.5e3,"\u2028"]}, "timestamp": "t"}"#.to_vec()),
+        proptest::collection::vec(any::<u8>(), 0..40),
+        "[ -~]{0,30}".prop_map(String::into_bytes),
+    ];
+    proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+}
+
+/// Splits `input` fed in chunks of the given sizes; returns every piece as (start, end, kind, text).
+fn split(input: &[u8], chunks: &[usize], max: usize) -> Vec<(u64, u64, bool, Vec<u8>)> {
+    let mut s = LineSplitter::new(0, max);
+    let mut out = Vec::new();
+    let mut at = 0;
+    let mut sizes = chunks.iter().cycle();
+    while at < input.len() {
+        let n = (*sizes.next().unwrap()).clamp(1, input.len() - at);
+        s.push(&input[at..at + n]);
+        at += n;
+        while let Some(p) = s.next_piece() {
+            out.push(match p {
+                Piece::Line { start, end, text } => (start, end, true, text.to_vec()),
+                Piece::TooLong { start, end, len, prefix } => {
+                    assert!(len > max as u64);
+                    assert!(prefix.len() <= flagtail::source::lines::TOO_LONG_PREFIX);
+                    (start, end, false, prefix.to_vec())
+                }
+            });
+        }
+    }
+    out
+}
+
+proptest! {
+    #[test]
+    fn splitter_accounts_for_every_byte(input in loggy_bytes(), chunks in proptest::collection::vec(1usize..300, 1..8), max in 1usize..200) {
+        let pieces = split(&input, &chunks, max);
+        let complete = input.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) as u64;
+        let mut expect = 0u64;
+        for (start, end, is_line, text) in &pieces {
+            prop_assert_eq!(*start, expect, "pieces are contiguous");
+            prop_assert!(end > start);
+            prop_assert_eq!(input[(*end - 1) as usize], b'\n');
+            let raw = &input[*start as usize..(*end - 1) as usize];
+            if *is_line {
+                prop_assert!(text.len() <= max);
+                let stripped = raw.strip_suffix(b"\r").unwrap_or(raw);
+                prop_assert_eq!(text.as_slice(), stripped);
+            } else {
+                prop_assert!(raw.starts_with(text));
+            }
+            expect = *end;
+        }
+        prop_assert_eq!(expect, complete, "everything up to the last newline came out, nothing after it");
+    }
+
+    #[test]
+    fn parsing_never_panics_in_any_format(input in loggy_bytes()) {
+        for line in input.split(|b| *b == b'\n') {
+            if let Ok(text) = std::str::from_utf8(line) {
+                for format in [Format::Auto, Format::Flipt] {
+                    if let Ok(event) = parse_line(format, text) {
+                        let mut body = Vec::new();
+                        event.write_flipt_json(&mut body);
+                        prop_assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok(), "the webhook body is JSON");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+        for format in [Format::Auto, Format::Flipt] {
+            let _ = parse_line(format, &text);
+        }
+    }
+
+    #[test]
+    fn go_compaction_keeps_the_value(value in json_value()) {
+        let pretty = serde_json::to_string_pretty(&value).unwrap();
+        let mut out = Vec::new();
+        gojson::compact(&pretty, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let unescaped = text.contains(['<', '>', '&', '\u{2028}', '\u{2029}']);
+        prop_assert!(!unescaped, "Go escapes these");
+        prop_assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), value.clone());
+        prop_assert_eq!(String::from_utf8(gojson::to_vec(&value).unwrap()).unwrap(), text, "same bytes as Go's Marshal of the value");
+    }
+}
+
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i32>().prop_map(|n| serde_json::json!(n)),
+        "[a-z<>&\u{2028} \"\\\\]{0,12}".prop_map(serde_json::Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map("[a-z<&]{1,5}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
