@@ -114,6 +114,7 @@ impl Pipeline {
                 sinks: ports.clone(),
                 rejected: RecordLog::new(&c.state_dir, "rejected", name),
                 stop: stop.clone(),
+                lines_read: crate::metrics::get().lines_read_of(name),
             };
             let source = FileSource {
                 path: path.clone(),

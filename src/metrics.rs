@@ -45,6 +45,16 @@ pub enum Outcome {
     dead_letter,
 }
 
+/// One sink's counters.
+#[derive(Debug, Clone)]
+pub struct SinkMetrics {
+    pub delivered: Counter,
+    pub filtered: Counter,
+    pub dead_letter: Counter,
+    pub retries: Counter,
+    pub seconds: Histogram,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub lines_read: Family<SourceLabel, Counter>,
@@ -117,13 +127,34 @@ impl Metrics {
         }
     }
 
-    pub fn delivered(&self, sink: &str, outcome: Outcome, n: u64) {
-        self.deliveries
-            .get_or_create(&OutcomeLabels {
+    /// The handles one sink updates, looked up once.
+    pub fn sink(&self, sink: &str) -> SinkMetrics {
+        let outcome = |outcome| {
+            let labels = OutcomeLabels {
                 sink: sink.to_string(),
                 outcome,
+            };
+            self.deliveries.get_or_create(&labels).clone()
+        };
+        let label = SinkLabel {
+            sink: sink.to_string(),
+        };
+        SinkMetrics {
+            delivered: outcome(Outcome::delivered),
+            filtered: outcome(Outcome::filtered),
+            dead_letter: outcome(Outcome::dead_letter),
+            retries: self.retries.get_or_create(&label).clone(),
+            seconds: self.delivery_seconds.get_or_create(&label).clone(),
+        }
+    }
+
+    /// The counter of lines read by `source`.
+    pub fn lines_read_of(&self, source: &str) -> Counter {
+        self.lines_read
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
             })
-            .inc_by(n);
+            .clone()
     }
 
     pub fn rejected(&self, source: &str, reason: &str) {
@@ -140,5 +171,33 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_are_the_spec_names() {
+        let m = super::get();
+        m.lines_read_of("s").inc();
+        m.rejected("s", "not_json");
+        let sink = m.sink("k");
+        sink.delivered.inc();
+        sink.seconds.observe(0.01);
+        m.source_lag_bytes
+            .get_or_create(&super::SourceLabel { source: "s".into() })
+            .set(3);
+        let text = m.encode();
+        for name in [
+            "flagtail_lines_read_total{source=\"s\"}",
+            "flagtail_lines_rejected_total{source=\"s\",reason=\"not_json\"}",
+            "flagtail_deliveries_total{sink=\"k\",outcome=\"delivered\"} 1",
+            "flagtail_deliveries_total{sink=\"k\",outcome=\"dead_letter\"} 0",
+            "flagtail_delivery_retries_total{sink=\"k\"}",
+            "flagtail_delivery_seconds_bucket{",
+            "flagtail_source_lag_bytes{source=\"s\"} 3",
+        ] {
+            assert!(text.contains(name), "{name} missing in:\n{text}");
+        }
     }
 }

@@ -33,17 +33,12 @@ fn dead_keys(s: &Setup) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retryable_failures_are_retried_with_the_same_keys() {
     let rx = Receiver::start().await;
-    let mut n = 0;
-    rx.plan(move |_| {
-        n += 1;
-        match n {
-            1 => Reply::Status(503),
-            2 => Reply::Drop,
-            3 => Reply::Status(408),
-            4 => Reply::Status(500),
-            _ => Reply::Status(200),
-        }
-    });
+    rx.script(vec![
+        Reply::Status(503),
+        Reply::Drop,
+        Reply::Status(408),
+        Reply::Status(500),
+    ]);
     let s = Setup::new();
     write_lines(&s, 0..1);
     let sinks = hook(
@@ -199,11 +194,11 @@ async fn a_receiver_down_longer_than_max_backoff_then_replay() {
         "    max_backoff_duration: 1s\n    concurrency: 4\n",
     ));
     let mut ft = Flagtail::start(&config);
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while dead_keys(&s).len() < 10 {
-        assert!(std::time::Instant::now() < deadline, "{}", ft.stderr());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(|| match dead_keys(&s).len() {
+        10 => Ok(()),
+        n => Err(format!("{n} of 10 dead-lettered\n{}", ft.stderr())),
+    })
+    .await;
     rx.restart().await;
     write_lines(&s, 10..15);
     rx.wait_delivered(5).await;
@@ -225,15 +220,7 @@ async fn a_receiver_down_longer_than_max_backoff_then_replay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_receiver_times_out_and_is_retried() {
     let rx = Receiver::start().await;
-    let mut n = 0;
-    rx.plan(move |_| {
-        n += 1;
-        if n == 1 {
-            Reply::Stall
-        } else {
-            Reply::Status(200)
-        }
-    });
+    rx.script(vec![Reply::Stall]);
     let s = Setup::new();
     write_lines(&s, 0..3);
     let mut ft = Flagtail::start(&s.config(&hook(&rx.url("/"), "    timeout: 300ms\n")));
@@ -342,19 +329,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
         );
     }
     let mut ft = Flagtail::start(&config);
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let unique: HashSet<String> = delivered_keys(&rx).into_iter().collect();
-        if unique.len() == written {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {written} delivered",
-            unique.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_keys(flag_keys(0..written), || delivered_keys(&rx)).await;
     assert!(ft.terminate().await.success());
     let delivered = rx.delivered();
     let mut keys_of_event: HashMap<String, HashSet<String>> = HashMap::new();
@@ -378,24 +353,6 @@ async fn kill_9_at_random_moments_loses_nothing() {
         delivered.len(),
         delivered.len() - written
     );
-}
-
-/// Waits until events `flag-0` to `flag-{n-1}` were all delivered.
-async fn wait_unique(rx: &Receiver, n: usize, ft: &Flagtail) {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let unique: HashSet<String> = delivered_keys(rx).into_iter().collect();
-        if (0..n).all(|i| unique.contains(&format!("flag-{i}"))) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {n} delivered\n{}",
-            unique.len(),
-            ft.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,10 +390,10 @@ async fn rotation_during_a_write_burst_loses_nothing() {
         burst(400);
         // The next rotation comes after flagtail is done with this generation (as with logrotate,
         // whose rotations are far apart); see "Delivery guarantees" in the README.
-        wait_unique(&rx, before, &ft).await;
+        wait_keys(flag_keys(0..before), || delivered_keys(&rx)).await;
     }
     let total = n;
-    wait_unique(&rx, total, &ft).await;
+    wait_keys(flag_keys(0..total), || delivered_keys(&rx)).await;
     ft.terminate().await;
     let got = counts(delivered_keys(&rx));
     assert_eq!(got.len(), total);
@@ -544,30 +501,20 @@ async fn a_dead_receiver_pauses_reading_and_the_backlog_drains_later() {
         "reading must pause: {read} of {size} bytes read"
     );
     rx.plan(|_| Reply::Status(200));
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let unique: HashSet<String> = rx
-            .delivered()
-            .iter()
-            .flat_map(|r| {
-                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let batched_keys = || {
+        let mut keys = Vec::new();
+        for r in rx.delivered() {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            keys.extend(
                 v.as_array()
                     .unwrap()
                     .iter()
-                    .map(|e| e["payload"]["key"].as_str().unwrap().to_string())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        if unique.len() == lines {
-            break;
+                    .map(|e| e["payload"]["key"].as_str().unwrap().to_string()),
+            );
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {lines} delivered",
-            unique.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        keys
+    };
+    wait_keys(flag_keys(0..lines), batched_keys).await;
     assert!(ft.terminate().await.success());
 }
 

@@ -32,7 +32,12 @@ fn split(input: &[u8], chunks: &[usize], max: usize) -> Vec<(u64, u64, bool, Vec
         while let Some(p) = s.next_piece() {
             out.push(match p {
                 Piece::Line { start, end, text } => (start, end, true, text.to_vec()),
-                Piece::TooLong { start, end, len, prefix } => {
+                Piece::TooLong {
+                    start,
+                    end,
+                    len,
+                    prefix,
+                } => {
                     assert!(len > max as u64);
                     assert!(prefix.len() <= flagtail::source::lines::TOO_LONG_PREFIX);
                     (start, end, false, prefix.to_vec())

@@ -13,7 +13,6 @@ pub mod http;
 pub mod retry;
 mod write;
 
-use crate::metrics::{self, Outcome};
 use crate::record::Record;
 use crate::record_log::RecordLog;
 use crate::sink::{Output, Sink, Webhook, unix_now};
@@ -169,12 +168,7 @@ async fn send_with_retries(
             }
         };
         tracing::info!(sink = %sink.name, key = %key, attempt = attempts, retry_in = ?wait, "{reason}");
-        metrics::get()
-            .retries
-            .get_or_create(&metrics::SinkLabel {
-                sink: sink.name.to_string(),
-            })
-            .inc();
+        sink.metrics.retries.inc();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => return Result::Abandoned,
@@ -190,15 +184,12 @@ async fn finish(
     result: Result,
     started: Instant,
 ) {
-    let m = metrics::get();
-    m.delivery_seconds
-        .get_or_create(&metrics::SinkLabel {
-            sink: sink.name.to_string(),
-        })
+    sink.metrics
+        .seconds
         .observe(started.elapsed().as_secs_f64());
     match result {
         Result::Delivered { .. } => {
-            m.delivered(&sink.name, Outcome::delivered, records.len() as u64);
+            sink.metrics.delivered.inc_by(records.len() as u64);
             records.iter().for_each(|r| r.ack());
         }
         Result::Failed { reason, attempts } => {
@@ -218,7 +209,7 @@ async fn finish(
                     for r in records {
                         tracing::warn!(sink = %sink.name, source = %r.source.name, offset = r.offset, key = %r.key, attempts, "dead-lettered: {reason}");
                     }
-                    m.delivered(&sink.name, Outcome::dead_letter, records.len() as u64);
+                    sink.metrics.dead_letter.inc_by(records.len() as u64);
                     records.iter().for_each(|r| r.ack());
                 }
                 Ok(Err(e)) => {

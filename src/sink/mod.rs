@@ -31,6 +31,7 @@ pub struct Sink {
     /// Requests in flight.
     pub concurrency: usize,
     pub retry: RetryPolicy,
+    pub metrics: crate::metrics::SinkMetrics,
 }
 
 /// How long one delivery is retried.
@@ -93,6 +94,7 @@ impl Sink {
                     initial_backoff: s.initial_backoff,
                     max_elapsed: s.max_backoff_duration,
                 },
+                metrics: crate::metrics::get().sink(s.name.as_str()),
             }),
             _ => Err(errors),
         }

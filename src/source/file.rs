@@ -389,21 +389,7 @@ impl FileSource {
 
 /// Finds, in the directory of `path`, the file `saved` (same inode and first line) under another name.
 fn find_renamed(path: &Path, saved: &FileIdentity) -> io::Result<Option<(PathBuf, File)>> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let Ok(m) = entry.metadata() else { continue };
-        if m.is_file() && saved.same_inode(&m) {
-            let f = File::open(entry.path())?;
-            if saved.is(&f)? {
-                return Ok(Some((entry.path(), f)));
-            }
-        }
-    }
-    Ok(None)
+    find_in_dir(path, |m| saved.same_inode(m), |f| saved.is(f))
 }
 
 /// Finds, in the directory of `path`, another file (not `of` itself) that starts with the same
@@ -412,19 +398,27 @@ fn find_copy(path: &Path, of: &FileIdentity, offset: u64) -> io::Result<Option<(
     let Some(fp) = of.fingerprint else {
         return Ok(None);
     };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    for entry in fs::read_dir(dir)? {
+    find_in_dir(
+        path,
+        |m| !of.same_inode(m) && m.len() >= offset.max(fp.len),
+        |f| fp.matches(f),
+    )
+}
+
+/// The first regular file beside `path` whose metadata passes `cheap` and whose content `check`.
+fn find_in_dir(
+    path: &Path,
+    cheap: impl Fn(&fs::Metadata) -> bool,
+    check: impl Fn(&File) -> io::Result<bool>,
+) -> io::Result<Option<(PathBuf, File)>> {
+    for entry in fs::read_dir(super::dir_of(path))? {
         let entry = entry?;
         let Ok(m) = entry.metadata() else { continue };
-        if !m.is_file() || of.same_inode(&m) || m.len() < offset || m.len() < fp.len {
-            continue;
-        }
-        let f = File::open(entry.path())?;
-        if fp.matches(&f)? {
-            return Ok(Some((entry.path(), f)));
+        if m.is_file() && cheap(&m) {
+            let f = File::open(entry.path())?;
+            if check(&f)? {
+                return Ok(Some((entry.path(), f)));
+            }
         }
     }
     Ok(None)

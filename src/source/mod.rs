@@ -14,7 +14,7 @@ mod watch;
 use crate::ack::Tracker;
 use crate::delivery::dead_letter::now_rfc3339;
 use crate::event::{Rejection, parse_line};
-use crate::metrics::{self, Outcome};
+use crate::metrics;
 use crate::record::{Record, SourceInfo};
 use crate::record_log::RecordLog;
 use crate::sink::Sink;
@@ -24,6 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// The directory a file is in (`.` for a bare file name).
+pub fn dir_of(path: &std::path::Path) -> &std::path::Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+}
 
 /// A sink as sources see it: its filter, and its queue.
 pub struct SinkPort {
@@ -42,6 +49,8 @@ pub struct Dispatch {
     pub sinks: Arc<[SinkPort]>,
     pub rejected: RecordLog,
     pub stop: CancellationToken,
+    /// `flagtail_lines_read_total` of this source.
+    pub lines_read: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Clone, Copy)]
@@ -56,12 +65,7 @@ pub struct Span<'a> {
 impl Dispatch {
     /// Handles one complete line (without its line ending).
     pub async fn line(&self, at: Span<'_>, text: Vec<u8>) -> Result<(), Stopped> {
-        let m = metrics::get();
-        m.lines_read
-            .get_or_create(&metrics::SourceLabel {
-                source: self.info.name.to_string(),
-            })
-            .inc();
+        self.lines_read.inc();
         let text = match String::from_utf8(text) {
             Ok(t) => t,
             Err(e) => return self.reject(at, Rejection::InvalidUtf8, e.as_bytes()).await,
@@ -73,30 +77,30 @@ impl Dispatch {
             Ok(event) => event,
             Err(rejection) => return self.reject(at, rejection, text.as_bytes()).await,
         };
-        let wanted: Vec<&SinkPort> = self
-            .sinks
-            .iter()
-            .filter(|p| p.sink.filter.accepts(&self.info.name, &event))
-            .collect();
-        for p in self
-            .sinks
-            .iter()
-            .filter(|p| !wanted.iter().any(|w| Arc::ptr_eq(&w.sink, &p.sink)))
-        {
-            m.delivered(&p.sink.name, Outcome::filtered, 1);
+        // The filters are evaluated again when sending: cheaper than keeping a list per line.
+        let takes = |p: &SinkPort, event: &crate::event::Event| {
+            p.sink.filter.accepts(&self.info.name, event)
+        };
+        let mut wanted = 0;
+        for p in self.sinks.iter() {
+            if takes(p, &event) {
+                wanted += 1;
+            } else {
+                p.sink.metrics.filtered.inc();
+            }
         }
         let key = format!("{}-{}-{}", self.info.name, at.file_key, at.start);
         let cost = self.tracker.cost(text.len());
         let (start, tracker) = (at.start, self.tracker.clone());
-        let seq = self.settle(at, wanted.len() as u32, cost).await?;
-        if wanted.is_empty() {
+        let seq = self.settle(at, wanted, cost).await?;
+        if wanted == 0 {
             return Ok(());
         }
         let record = Arc::new(
             Record::new(self.info.clone(), start, key.into(), text.into(), event)
                 .with_ack(tracker, seq),
         );
-        for port in wanted {
+        for port in self.sinks.iter().filter(|p| takes(p, &record.event)) {
             tokio::select! {
                 sent = port.queue.send(record.clone()) => if sent.is_err() { return Err(Stopped) },
                 _ = self.stop.cancelled() => return Err(Stopped),
@@ -113,12 +117,7 @@ impl Dispatch {
         max: u64,
         prefix: &[u8],
     ) -> Result<(), Stopped> {
-        metrics::get()
-            .lines_read
-            .get_or_create(&metrics::SourceLabel {
-                source: self.info.name.to_string(),
-            })
-            .inc();
+        self.lines_read.inc();
         self.reject(at, Rejection::TooLong { len, max }, prefix)
             .await
     }

@@ -13,10 +13,7 @@ use tokio::sync::Notify;
 
 /// Starts watching; the returned watcher must be kept alive for as long as wake-ups are wanted.
 pub fn watch(path: &Path, wake: Arc<Notify>) -> notify::Result<RecommendedWatcher> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => Path::new(".").to_path_buf(),
-    };
+    let dir = super::dir_of(path).to_path_buf();
     let name = path
         .file_name()
         .map(|n| n.as_bytes().to_vec())

@@ -112,6 +112,12 @@ impl Receiver {
         *self.state.plan.lock().unwrap() = Box::new(plan);
     }
 
+    /// Answers the first requests with `replies`, in order, and 200 after them.
+    pub fn script(&self, replies: Vec<Reply>) {
+        let mut replies = replies.into_iter();
+        self.plan(move |_| replies.next().unwrap_or(Reply::Status(200)));
+    }
+
     pub fn delivered(&self) -> Vec<Received> {
         self.state.delivered.lock().unwrap().clone()
     }
@@ -381,6 +387,42 @@ impl Drop for Flagtail {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Polls `check` (every 20 ms: files and logs give no signal to await) until it is `Ok`; fails
+/// the test with the last `Err` after [`PATIENCE`].
+pub async fn eventually<T>(mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(why) if Instant::now() >= deadline => panic!("waited {PATIENCE:?}: {why}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Waits until every key in `want` was delivered; `keys` lists what was delivered so far.
+pub async fn wait_keys(
+    want: impl IntoIterator<Item = String>,
+    mut keys: impl FnMut() -> Vec<String>,
+) {
+    let want: Vec<String> = want.into_iter().collect();
+    eventually(|| {
+        let have: std::collections::HashSet<String> = keys().into_iter().collect();
+        let missing = want.iter().filter(|k| !have.contains(*k)).count();
+        if missing == 0 {
+            Ok(())
+        } else {
+            Err(format!("{missing} of {} events not delivered", want.len()))
+        }
+    })
+    .await;
+}
+
+/// `flag-0` .. `flag-{n-1}`.
+pub fn flag_keys(range: std::ops::Range<usize>) -> impl Iterator<Item = String> {
+    range.map(|i| format!("flag-{i}"))
 }
 
 /// Flipt's two log encodings.
