@@ -274,15 +274,21 @@ async fn slack_template_events_filter_and_file_sink() {
 #[test]
 fn check_accepts_the_examples_and_names_a_typo() {
     let mut seen = 0;
-    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples")).unwrap() {
+    let dir = |d: &str| std::fs::read_dir(format!("{}/{d}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    for entry in dir("examples").chain(dir("deploy")) {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml" || e == "toml") {
+        let is_config = path.extension().is_some_and(|e| e == "yaml" || e == "toml");
+        if is_config && !path.ends_with("kustomization.yaml") {
             let env = [
                 (
                     "SLACK_WEBHOOK_URL",
                     "https://hooks.slack.com/services/T0/B0/x",
                 ),
                 ("AUDIT_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+                ("AUDIT_WEBHOOK_URL", "https://audit.example.com/flipt"),
+                ("AUDIT_SIGNING_SECRET", "s3cr3t"),
+                ("FLAGTAIL_STATE_DIR", "/var/lib/flagtail"),
+                ("FLIPT_AUDIT_LOG", "/var/log/flipt/audit.log"),
             ];
             let (code, out, err) =
                 run_cmd_env(&["check", "--config", path.to_str().unwrap()], &env);
@@ -291,7 +297,7 @@ fn check_accepts_the_examples_and_names_a_typo() {
             seen += 1;
         }
     }
-    assert!(seen >= 2);
+    assert!(seen >= 3, "examples/*.yaml and deploy/flagtail.yaml");
     let s = Setup::new();
     let config = s.config("  - name: hook\n    url: http://127.0.0.1:9/\n    signing_secret: topsecret\n    max_backoff_duratoin: 5s\n");
     let (code, _, err) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
@@ -357,4 +363,85 @@ fn render_prints_each_request_as_it_would_be_sent() {
             .contains("flag:updated")
     );
     assert!(lines[2]["rejected"].as_str().unwrap().contains("not JSON"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_from_end_waits_for_a_partial_last_line_and_reads_crlf() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    for i in 0..3 {
+        append(&s.log(), &flipt_line(i, Encoding::Json).0);
+    }
+    // An unfinished line at start-up: `read_from: end` starts after the last complete line.
+    let (half_line, _) = flipt_line(3, Encoding::Json);
+    let (head, tail) = half_line.split_at(40);
+    append(&s.log(), head);
+    let config = s
+        .config(&webhook(&rx.url("/"), ""))
+        .to_str()
+        .unwrap()
+        .to_string();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("format: flipt", "format: flipt\n    read_from: end");
+    std::fs::write(&config, text).unwrap();
+    let mut ft = Flagtail::start(std::path::Path::new(&config));
+    ft.wait_log("following file").await;
+    // The rest of that line arrives, ending in CRLF; then a line written in two pieces.
+    append(&s.log(), &tail.replace('\n', "\r\n"));
+    let (line, _) = flipt_line(4, Encoding::Console);
+    append(&s.log(), &line[..100]);
+    append(&s.log(), &line[100..]);
+    let got = rx.wait_delivered(2).await;
+    ft.terminate().await;
+    assert_eq!(
+        got.iter().map(|r| key_of(&r.body)).collect::<Vec<_>>(),
+        ["flag-3", "flag-4"],
+        "old lines skipped, the partial one completed"
+    );
+    assert_eq!(got.len(), 2);
+    assert!(s.state_lines("rejected/flipt.jsonl").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_and_the_sources_filter() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let (a, b) = (s.path("a.log"), s.path("b.log"));
+    append(&a, &flipt_line(1, Encoding::Json).0);
+    append(&b, &flipt_line(2, Encoding::Json).0);
+    let config = s.path("flagtail.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: {}\nadmin: {{listen: \"\"}}\nsources:\n  - {{name: a, file: {}}}\n  - {{name: b, file: {}}}\nsinks:\n  - name: only-a\n    url: {}\n    sources: [a]\n    headers: {{X-Env: prod, Authorization: \"Bearer ${{HOOK_TOKEN}}\"}}\n    content_type: application/cloudevents+json\n  - name: all\n    url: {}\n",
+            s.state().display(),
+            a.display(),
+            b.display(),
+            rx.url("/only-a"),
+            rx.url("/all")
+        ),
+    )
+    .unwrap();
+    let mut ft = Flagtail::start_env(&config, &[("HOOK_TOKEN", "t0k3n")]);
+    let got = rx.wait_delivered(3).await;
+    ft.terminate().await;
+    let only_a: Vec<&Received> = got.iter().filter(|r| r.path == "/only-a").collect();
+    assert_eq!(only_a.len(), 1);
+    assert_eq!(key_of(&only_a[0].body), "flag-1");
+    assert_eq!(only_a[0].header("x-env"), "prod");
+    assert_eq!(only_a[0].header("authorization"), "Bearer t0k3n");
+    assert_eq!(
+        only_a[0].header("content-type"),
+        "application/cloudevents+json"
+    );
+    let mut all: Vec<String> = got
+        .iter()
+        .filter(|r| r.path == "/all")
+        .map(|r| key_of(&r.body))
+        .collect();
+    all.sort();
+    assert_eq!(all, ["flag-1", "flag-2"]);
+    assert!(only_a[0].header("idempotency-key").starts_with("a-"));
+    assert!(!ft.stderr().contains("t0k3n"));
 }

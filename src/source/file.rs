@@ -94,8 +94,10 @@ impl FileSource {
                 if !started {
                     reader = self.resume()?;
                     started = true;
+                    self.announce(reader.as_ref());
                 } else if reader.is_none() {
                     reader = self.open(0)?;
+                    self.announce(reader.as_ref());
                 }
                 if let Some(r) = reader.as_mut()
                     && self.follow(r).await?
@@ -120,6 +122,19 @@ impl FileSource {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
                 _ = self.dispatch.stop.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// Logs where reading starts (or that the file is awaited).
+    fn announce(&self, reader: Option<&Reader>) {
+        let name = &self.dispatch.info.name;
+        match reader {
+            Some(r) => {
+                tracing::info!(source = %name, path = %r.identity.path.display(), offset = r.splitter.read_offset(), "following file")
+            }
+            None => {
+                tracing::info!(source = %name, path = %self.path.display(), "waiting for the file to appear")
             }
         }
     }
