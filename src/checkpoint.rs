@@ -3,7 +3,8 @@
 //! [`CheckpointBook`] holds the latest position of every source in memory (set by the sources'
 //! trackers) and writes them to disk from one task: each write takes whatever changed since the
 //! last one (group commit), so disk writes never slow delivery and nothing is written when idle.
-//! A write is a temp file, fsync, rename, fsync of the directory. Entries of sources no longer in
+//! A write is a temp file, fsync, rename, fsync of the directory; writes are at least
+//! [`SAVE_INTERVAL`] apart. Entries of sources no longer in
 //! the config are kept. The file is versioned (`"version": "1"`).
 
 use crate::source::identity::FileIdentity;
@@ -15,6 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+/// The shortest time between two saves. Back-to-back fsyncs under load cost a third of per-event
+/// throughput on a 2-core machine (31k vs 45k events/s, `benches/` notes); waiting this long lets
+/// one save cover the acknowledgements of many deliveries. The price: after a crash, up to this
+/// much more of what was delivered is sent again (same `Idempotency-Key`). Idle: no wake-ups.
+pub const SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// One source's position: the file and the offset of the first byte not yet done with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,11 +145,16 @@ impl CheckpointBook {
         result
     }
 
-    /// Saves after every change until `stop`, then once more.
+    /// Saves after every change until `stop`, then once more. Saves are at least
+    /// [`SAVE_INTERVAL`] apart, so under load one write covers many acknowledgements.
     pub async fn run_writer(self: Arc<Self>, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = self.changed.notified() => {}
+                _ = stop.cancelled() => break,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SAVE_INTERVAL) => {}
                 _ = stop.cancelled() => break,
             }
             let me = self.clone();
