@@ -23,6 +23,17 @@ fn delivered_keys(rx: &Receiver) -> Vec<String> {
     rx.delivered().iter().map(|r| key_of(&r.body)).collect()
 }
 
+/// Runs `flagtail replay --sink hook`: (exit code, stdout, stderr).
+fn replay(config: &std::path::Path) -> (i32, String, String) {
+    run_cmd(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "hook",
+    ])
+}
+
 fn dead_keys(s: &Setup) -> Vec<String> {
     s.state_lines("dead-letter/hook.jsonl")
         .iter()
@@ -148,13 +159,7 @@ async fn final_statuses_are_dead_lettered_at_once_then_replayed() {
             Reply::Status(200)
         }
     });
-    let (code, out, err) = run_cmd(&[
-        "replay",
-        "--config",
-        config.to_str().unwrap(),
-        "--sink",
-        "hook",
-    ]);
+    let (code, out, err) = replay(&config);
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("4 delivered, 1 kept"), "{out}");
     assert_eq!(dead_keys(&s), ["flag-3"]);
@@ -169,13 +174,7 @@ async fn final_statuses_are_dead_lettered_at_once_then_replayed() {
         .collect();
     assert!(keys.is_subset(&dead_ids), "replays carry the original keys");
     rx.plan(|_| Reply::Status(200));
-    let (code, out, _) = run_cmd(&[
-        "replay",
-        "--config",
-        config.to_str().unwrap(),
-        "--sink",
-        "hook",
-    ]);
+    let (code, out, _) = replay(&config);
     assert_eq!(code, 0, "{out}");
     assert!(dead_keys(&s).is_empty());
     let mut got = delivered_keys(&rx);
@@ -203,13 +202,7 @@ async fn a_receiver_down_longer_than_max_backoff_then_replay() {
     write_lines(&s, 10..15);
     rx.wait_delivered(5).await;
     ft.terminate().await;
-    let (code, out, err) = run_cmd(&[
-        "replay",
-        "--config",
-        config.to_str().unwrap(),
-        "--sink",
-        "hook",
-    ]);
+    let (code, out, err) = replay(&config);
     assert_eq!(code, 0, "{out}{err}");
     let got = counts(delivered_keys(&rx));
     assert_eq!(got.len(), 15);
