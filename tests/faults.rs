@@ -315,7 +315,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
         written += more;
         let mut ft = Flagtail::start(&config);
         tokio::time::sleep(Duration::from_millis(rng.below(250))).await;
-        ft.kill_9();
+        ft.kill_9().await;
         println!(
             "round {round}: {written} written, {} delivered so far",
             rx.delivered().len()

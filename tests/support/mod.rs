@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -290,9 +290,9 @@ pub fn test_ca() -> TestCa {
     }
 }
 
-/// The real binary, running a config in a temp dir.
+/// The real binary, running a config in a temp dir (killed when dropped).
 pub struct Flagtail {
-    pub child: Child,
+    pub child: tokio::process::Child,
     pub stderr_path: PathBuf,
 }
 
@@ -310,15 +310,14 @@ impl Flagtail {
         let n = std::fs::read_dir(dir).unwrap().count();
         let stderr_path = dir.join(format!("flagtail-{n}.stderr"));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = tokio::process::Command::new(bin());
         cmd.arg("--config")
             .arg(config)
             .stdout(Stdio::null())
             .stderr(stderr)
-            .env("RUST_LOG", "flagtail=debug");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+            .env("RUST_LOG", "flagtail=debug")
+            .envs(env.iter().copied())
+            .kill_on_drop(true);
         Flagtail {
             child: cmd.spawn().unwrap(),
             stderr_path,
@@ -326,7 +325,7 @@ impl Flagtail {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.child.id().expect("flagtail is running") as i32
     }
 
     pub fn signal(&self, sig: &str) {
@@ -338,9 +337,9 @@ impl Flagtail {
         assert!(ok.success());
     }
 
-    pub fn kill_9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    /// SIGKILL, and waits until the process is gone.
+    pub async fn kill_9(&mut self) {
+        self.child.kill().await.unwrap();
     }
 
     /// Sends SIGTERM and waits for the exit.
@@ -349,18 +348,11 @@ impl Flagtail {
         self.wait().await
     }
 
+    /// Waits for the exit (SIGCHLD, not polling).
     pub async fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "flagtail did not exit; stderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        match tokio::time::timeout(PATIENCE, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!("flagtail did not exit; stderr:\n{}", self.stderr()),
         }
     }
 
@@ -379,13 +371,6 @@ impl Flagtail {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-impl Drop for Flagtail {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
