@@ -128,7 +128,8 @@ impl Tracker {
     }
 
     /// Lines read and not yet checkpointed.
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -21,14 +21,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Runs until `stop` fires; each message on `reloads` reloads the config from its file.
+/// Runs `config` with its `sinks` (built by [`sink::build_all`]) until `stop` fires; each message
+/// on `reloads` reloads the config from its file.
 pub async fn run(
     config: Config,
+    sinks: Vec<Arc<Sink>>,
     mut reloads: mpsc::Receiver<()>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let sinks = sink::build_all(&config.file.sinks)
-        .map_err(|e| anyhow!("config {}:\n  {}", config.path.display(), e.join("\n  ")))?;
     let book =
         CheckpointBook::open(&config.file.state_dir).context("cannot open the state directory")?;
     let writer_stop = CancellationToken::new();
@@ -70,7 +70,7 @@ fn reload(current: &Config) -> anyhow::Result<(Config, Vec<Arc<Sink>>)> {
             "state_dir cannot change on reload; restart flagtail to move it"
         ));
     }
-    let sinks = sink::build_all(&next.file.sinks).map_err(|e| anyhow!("{}", e.join("; ")))?;
+    let sinks = sink::build_all(&next)?;
     Ok((next, sinks))
 }
 

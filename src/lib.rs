@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod event;
+pub mod hex;
 pub mod metrics;
 pub mod record;
 pub mod record_log;

@@ -51,6 +51,8 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), Failure> {
+    // Templates, secret and CA files are config: their errors exit 2, before anything starts.
+    let sinks = command::build_sinks(&config)?;
     let stop = CancellationToken::new();
     let (reload_tx, reloads) = mpsc::channel(1);
     let signals = (
@@ -72,7 +74,7 @@ async fn serve(config: Config) -> Result<(), Failure> {
         }
         stopper.cancel();
     });
-    daemon::run(config, reloads, stop)
+    daemon::run(config, sinks, reloads, stop)
         .await
         .map_err(|e| Failure::runtime(format!("{e:#}")))
 }

@@ -12,6 +12,11 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// The time a record is written, RFC 3339 with milliseconds (UTC).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
 /// One JSONL file and its lock.
 #[derive(Debug, Clone)]
 pub struct RecordLog {

@@ -46,22 +46,12 @@ pub fn find_sink(config: &Config, name: &str) -> Result<Arc<Sink>, Failure> {
                 names.join(", ")
             ))
         })?;
-    Sink::build(index, section).map(Arc::new).map_err(|e| {
-        Failure::usage(format!(
-            "config {}:\n  {}",
-            config.path.display(),
-            e.join("\n  ")
-        ))
-    })
+    Sink::build(index, section)
+        .map(Arc::new)
+        .map_err(|e| Failure::usage(config.error(e).to_string()))
 }
 
 /// Builds every sink, as the daemon would, to report every config error.
 pub fn build_sinks(config: &Config) -> Result<Vec<Arc<Sink>>, Failure> {
-    sink::build_all(&config.file.sinks).map_err(|e| {
-        Failure::usage(format!(
-            "config {}:\n  {}",
-            config.path.display(),
-            e.join("\n  ")
-        ))
-    })
+    sink::build_all(config).map_err(|e| Failure::usage(e.to_string()))
 }

@@ -62,7 +62,7 @@ pub async fn replay(config: &Config, name: &str) -> Result<(), Failure> {
                 eprintln!("{}: still failing: {reason}", letter.idempotency_key);
                 letter.attempts += attempts;
                 letter.reason = reason;
-                letter.time = dead_letter::now_rfc3339();
+                letter.time = crate::record_log::now_rfc3339();
                 keep.push(serde_json::to_vec(&letter).unwrap_or_default());
             }
             Some(Delivery::Abandoned) | None => keep.push(value.to_string().into_bytes()),

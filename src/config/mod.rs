@@ -108,6 +108,14 @@ impl Config {
         })
     }
 
+    /// Problems found later, while building from this config (templates, secret and CA files).
+    pub fn error(&self, problems: Vec<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.clone(),
+            problems,
+        }
+    }
+
     /// The resolved config as `flagtail check` prints it: JSON, secrets as `***`.
     pub fn to_redacted_json(&self) -> String {
         serde_json::to_string_pretty(&self.file).unwrap_or_default()

@@ -7,7 +7,7 @@
 
 use crate::event::{Format, parse_line};
 use crate::record::{Record, SourceInfo};
-use crate::record_log::RecordLog;
+use crate::record_log::{RecordLog, now_rfc3339};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::path::Path;
@@ -69,8 +69,4 @@ impl DeadLetter {
 /// The dead-letter file of one sink.
 pub fn log(state_dir: &Path, sink: &str) -> RecordLog {
     RecordLog::new(state_dir, "dead-letter", sink)
-}
-
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }

@@ -8,7 +8,7 @@ pub mod filter;
 pub mod render;
 pub mod sign;
 
-use crate::config::{SinkKind, SinkSection};
+use crate::config::{Config, ConfigError, SinkKind, SinkSection};
 use crate::delivery::http::{self as client, HttpClient};
 use crate::record::Record;
 use ::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
@@ -200,10 +200,10 @@ fn build_webhook(
 }
 
 /// Builds every sink of a config, collecting all errors.
-pub fn build_all(sections: &[SinkSection]) -> Result<Vec<Arc<Sink>>, Vec<String>> {
+pub fn build_all(config: &Config) -> Result<Vec<Arc<Sink>>, ConfigError> {
     let mut sinks = Vec::new();
     let mut errors = Vec::new();
-    for (i, s) in sections.iter().enumerate() {
+    for (i, s) in config.file.sinks.iter().enumerate() {
         match Sink::build(i, s) {
             Ok(sink) => sinks.push(Arc::new(sink)),
             Err(e) => errors.extend(e),
@@ -212,7 +212,7 @@ pub fn build_all(sections: &[SinkSection]) -> Result<Vec<Arc<Sink>>, Vec<String>
     if errors.is_empty() {
         Ok(sinks)
     } else {
-        Err(errors)
+        Err(config.error(errors))
     }
 }
 

@@ -50,7 +50,7 @@ impl Signer {
         match self.scheme {
             SignatureScheme::Flipt => {
                 let tag = hmac::sign(&self.key, body);
-                vec![(FLIPT_HEADER, hex(tag.as_ref()))]
+                vec![(FLIPT_HEADER, crate::hex::encode(tag.as_ref()))]
             }
             SignatureScheme::StandardWebhooks => {
                 let msg_id = format!("msg_{id}");
@@ -70,10 +70,6 @@ impl Signer {
             }
         }
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ impl Fingerprint {
 
     /// 16 hex digits, used in idempotency keys.
     pub fn short_hex(&self) -> String {
-        self.hash[..8].iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&self.hash[..8])
     }
 }
 
@@ -97,21 +97,13 @@ mod hex16 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(b: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&b.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        s.serialize_str(&crate::hex::encode(b))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 16], D::Error> {
         let s = String::deserialize(d)?;
-        let mut out = [0u8; 16];
-        if s.len() != 32 {
-            return Err(serde::de::Error::custom(
-                "fingerprint hash must be 32 hex digits",
-            ));
-        }
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(serde::de::Error::custom)?;
-        }
-        Ok(out)
+        crate::hex::decode(&s)
+            .ok_or_else(|| serde::de::Error::custom("fingerprint hash must be 32 hex digits"))
     }
 }
 

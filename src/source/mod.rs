@@ -12,11 +12,10 @@ pub mod lines;
 mod watch;
 
 use crate::ack::Tracker;
-use crate::delivery::dead_letter::now_rfc3339;
 use crate::event::{Rejection, parse_line};
 use crate::metrics;
 use crate::record::{Record, SourceInfo};
-use crate::record_log::RecordLog;
+use crate::record_log::{RecordLog, now_rfc3339};
 use crate::sink::Sink;
 use base64::Engine;
 use identity::FileIdentity;
