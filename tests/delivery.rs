@@ -4,12 +4,6 @@ mod support;
 
 use support::*;
 
-fn webhook(url: &str, extra: &str) -> String {
-    format!(
-        "  - name: hook\n    url: {url}\n    initial_backoff: 50ms\n    max_backoff_duration: 2s\n{extra}"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_line_of_both_encodings_arrives_once_in_order() {
     let rx = Receiver::start().await;
@@ -32,7 +26,8 @@ async fn every_line_of_both_encodings_arrives_once_in_order() {
     let half = text.len() / 2;
     let cut = text[..half].rfind('\n').unwrap() + 1;
     append(&s.log(), &text[..cut]);
-    let mut ft = Flagtail::start(&s.config(&webhook(&rx.url("/hook"), "    concurrency: 1\n")));
+    let mut ft =
+        Flagtail::start(&s.config(&webhook_sink(&rx.url("/hook"), "    concurrency: 1\n")));
     let n_first = text[..cut].lines().count();
     rx.wait_delivered(n_first).await;
     append(&s.log(), &text[cut..]);
@@ -66,7 +61,7 @@ async fn default_body_and_flipt_signature_are_byte_compatible() {
     let check_body = r#"{"version":"","type":"flag","action":"create","metadata":{},"payload":null,"timestamp":"","status":""}"#;
     let sinks = format!(
         "{}    signing_secret: s3crET\n  - name: check\n    url: {}\n    signing_secret: s3crET\n    body: '{check_body}'\n",
-        webhook(&rx.url("/default"), ""),
+        webhook_sink(&rx.url("/default"), ""),
         rx.url("/check")
     );
     let mut ft = Flagtail::start(&s.config(&sinks));
@@ -74,12 +69,10 @@ async fn default_body_and_flipt_signature_are_byte_compatible() {
     ft.terminate().await;
     let default = got.iter().find(|r| r.path == "/default").unwrap();
     assert_eq!(default.text(), expected);
-    let mac = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3crET"),
-        expected.as_bytes(),
+    assert_eq!(
+        default.header("x-flipt-webhook-signature"),
+        flipt_signature("s3crET", expected)
     );
-    let hex: String = mac.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(default.header("x-flipt-webhook-signature"), hex);
     let check = got.iter().find(|r| r.path == "/check").unwrap();
     assert_eq!(check.text(), check_body);
     assert_eq!(
@@ -92,11 +85,9 @@ async fn default_body_and_flipt_signature_are_byte_compatible() {
 async fn standard_webhooks_signature_verifies_with_the_crate() {
     let rx = Receiver::start().await;
     let s = Setup::new();
-    for i in 0..3 {
-        append(&s.log(), &flipt_line(i, Encoding::Console).0);
-    }
+    s.write_lines(0..3, Encoding::Console);
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let sinks = webhook(
+    let sinks = webhook_sink(
         &rx.url("/sw"),
         "    signature: standard-webhooks\n    signing_secret: \"${SW_SECRET}\"\n",
     );
@@ -124,16 +115,12 @@ async fn standard_webhooks_signature_verifies_with_the_crate() {
 async fn a_restart_resumes_where_it_stopped() {
     let rx = Receiver::start().await;
     let s = Setup::new();
-    let config = s.config(&webhook(&rx.url("/"), ""));
-    for i in 0..5 {
-        append(&s.log(), &flipt_line(i, Encoding::Json).0);
-    }
+    let config = s.config(&webhook_sink(&rx.url("/"), ""));
+    s.write_lines(0..5, Encoding::Json);
     let mut ft = Flagtail::start(&config);
     rx.wait_delivered(5).await;
     assert!(ft.terminate().await.success());
-    for i in 5..10 {
-        append(&s.log(), &flipt_line(i, Encoding::Json).0);
-    }
+    s.write_lines(5..10, Encoding::Json);
     let mut ft = Flagtail::start(&config);
     let got = rx.wait_delivered(10).await;
     ft.terminate().await;
@@ -156,13 +143,11 @@ async fn a_restart_resumes_where_it_stopped() {
 async fn copytruncate_and_rename_rotation_lose_no_line() {
     let rx = Receiver::start().await;
     let s = Setup::new();
-    let mut ft = Flagtail::start(&s.config(&webhook(&rx.url("/"), "")));
+    let mut ft = Flagtail::start(&s.config(&webhook_sink(&rx.url("/"), "")));
     let mut n = 0;
     let mut write = |count: usize| {
-        for _ in 0..count {
-            append(&s.log(), &flipt_line(n, Encoding::Console).0);
-            n += 1;
-        }
+        s.write_lines(n..n + count, Encoding::Console);
+        n += count;
     };
     write(10);
     rx.wait_delivered(10).await;
@@ -207,7 +192,7 @@ async fn https_works_only_when_ca_file_names_the_test_ca() {
     let ca_path = s.path("ca.pem");
     std::fs::write(&ca_path, &ca.ca_pem).unwrap();
     // Without ca_file the certificate is not trusted: the event is dead-lettered, nothing arrives.
-    let no_ca = webhook(&rx.url("/tls"), "    max_backoff_duration: 300ms\n");
+    let no_ca = webhook_sink(&rx.url("/tls"), "    max_backoff_duration: 300ms\n");
     let mut ft = Flagtail::start(&s.config(&no_ca));
     ft.wait_log("dead-lettered").await;
     ft.terminate().await;
@@ -225,7 +210,7 @@ async fn https_works_only_when_ca_file_names_the_test_ca() {
     );
     // With it, the same receiver is trusted.
     append(&s.log(), &flipt_line(2, Encoding::Json).0);
-    let with_ca = webhook(
+    let with_ca = webhook_sink(
         &rx.url("/tls"),
         &format!("    ca_file: {}\n", ca_path.display()),
     );
@@ -239,9 +224,7 @@ async fn https_works_only_when_ca_file_names_the_test_ca() {
 async fn slack_template_events_filter_and_file_sink() {
     let rx = Receiver::start().await;
     let s = Setup::new();
-    for i in 0..6 {
-        append(&s.log(), &flipt_line(i, Encoding::Console).0);
-    }
+    s.write_lines(0..6, Encoding::Console);
     append(
         &s.log(),
         "{\"version\":\"0.2\",\"type\":\"segment\",\"action\":\"created\",\"metadata\":{},\"payload\":{\"key\":\"beta\"},\"timestamp\":\"t\"}\n",
@@ -311,6 +294,13 @@ fn check_accepts_the_examples_and_names_a_typo() {
     let (code, out, err) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 2, "{out}");
     assert!(err.contains("sinks.0.body"), "{err}");
+    // The daemon refuses the same config the same way, before it starts anything.
+    let (code, _, err) = run_cmd(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "bad config exits 2: {err}");
+    assert!(
+        err.contains("sinks.0.body") && !err.contains("topsecret"),
+        "{err}"
+    );
     let config = s.config("  - name: hook\n    url: http://127.0.0.1:9/\n    signing_secret: topsecret\n    headers: {Authorization: \"Bearer tok123\"}\n");
     let (code, out, _) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 0);
@@ -350,12 +340,10 @@ fn render_prints_each_request_as_it_would_be_sent() {
             .starts_with(r#"{"method":"POST","url":"http://127.0.0.1:9/in","headers":{"#)
     );
     assert_eq!(lines[0]["body"], body);
-    let mac = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3crET"),
-        body.as_bytes(),
+    assert_eq!(
+        lines[0]["headers"]["x-flipt-webhook-signature"],
+        flipt_signature("s3crET", &body)
     );
-    let hex: String = mac.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(lines[0]["headers"]["x-flipt-webhook-signature"], hex);
     assert!(
         lines[1]["skipped"]
             .as_str()
@@ -369,15 +357,13 @@ fn render_prints_each_request_as_it_would_be_sent() {
 async fn read_from_end_waits_for_a_partial_last_line_and_reads_crlf() {
     let rx = Receiver::start().await;
     let s = Setup::new();
-    for i in 0..3 {
-        append(&s.log(), &flipt_line(i, Encoding::Json).0);
-    }
+    s.write_lines(0..3, Encoding::Json);
     // An unfinished line at start-up: `read_from: end` starts after the last complete line.
     let (half_line, _) = flipt_line(3, Encoding::Json);
     let (head, tail) = half_line.split_at(40);
     append(&s.log(), head);
     let config = s
-        .config(&webhook(&rx.url("/"), ""))
+        .config(&webhook_sink(&rx.url("/"), ""))
         .to_str()
         .unwrap()
         .to_string();

@@ -7,17 +7,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use support::*;
 
-fn hook(url: &str, extra: &str) -> String {
-    format!(
-        "  - name: hook\n    url: {url}\n    initial_backoff: 50ms\n    max_backoff_duration: 3s\n    timeout: 2s\n{extra}"
-    )
-}
-
-fn write_lines(s: &Setup, range: std::ops::Range<usize>) {
-    let text: String = range.map(|i| flipt_line(i, Encoding::Console).0).collect();
-    append(&s.log(), &text);
-}
-
 /// Flag keys (one per input line) of what was delivered and what was dead-lettered.
 fn delivered_keys(rx: &Receiver) -> Vec<String> {
     rx.delivered().iter().map(|r| key_of(&r.body)).collect()
@@ -51,8 +40,8 @@ async fn retryable_failures_are_retried_with_the_same_keys() {
         Reply::Status(500),
     ]);
     let s = Setup::new();
-    write_lines(&s, 0..1);
-    let sinks = hook(
+    s.write_lines(0..1, Encoding::Console);
+    let sinks = webhook_sink(
         &rx.url("/"),
         "    signature: standard-webhooks\n    signing_secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n",
     );
@@ -99,8 +88,11 @@ async fn retry_after_in_seconds_and_as_a_date_is_honoured() {
         }
     });
     let s = Setup::new();
-    write_lines(&s, 0..1);
-    let mut ft = Flagtail::start(&s.config(&hook(&rx.url("/"), "    max_backoff_duration: 30s\n")));
+    s.write_lines(0..1, Encoding::Console);
+    let mut ft = Flagtail::start(&s.config(&webhook_sink(
+        &rx.url("/"),
+        "    max_backoff_duration: 30s\n",
+    )));
     rx.wait_delivered(1).await;
     ft.terminate().await;
     let a = rx.attempts();
@@ -129,8 +121,8 @@ async fn final_statuses_are_dead_lettered_at_once_then_replayed() {
         }
     });
     let s = Setup::new();
-    write_lines(&s, 0..5);
-    let config = s.config(&hook(&rx.url("/"), ""));
+    s.write_lines(0..5, Encoding::Console);
+    let config = s.config(&webhook_sink(&rx.url("/"), ""));
     let mut ft = Flagtail::start(&config);
     rx.wait_attempts(5).await;
     assert!(ft.terminate().await.success());
@@ -187,8 +179,8 @@ async fn a_receiver_down_longer_than_max_backoff_then_replay() {
     let rx = Receiver::start().await;
     rx.stop().await;
     let s = Setup::new();
-    write_lines(&s, 0..10);
-    let config = s.config(&hook(
+    s.write_lines(0..10, Encoding::Console);
+    let config = s.config(&webhook_sink(
         &rx.url("/"),
         "    max_backoff_duration: 1s\n    concurrency: 4\n",
     ));
@@ -199,7 +191,7 @@ async fn a_receiver_down_longer_than_max_backoff_then_replay() {
     })
     .await;
     rx.restart().await;
-    write_lines(&s, 10..15);
+    s.write_lines(10..15, Encoding::Console);
     rx.wait_delivered(5).await;
     ft.terminate().await;
     let (code, out, err) = replay(&config);
@@ -215,8 +207,8 @@ async fn a_stalled_receiver_times_out_and_is_retried() {
     let rx = Receiver::start().await;
     rx.script(vec![Reply::Stall]);
     let s = Setup::new();
-    write_lines(&s, 0..3);
-    let mut ft = Flagtail::start(&s.config(&hook(&rx.url("/"), "    timeout: 300ms\n")));
+    s.write_lines(0..3, Encoding::Console);
+    let mut ft = Flagtail::start(&s.config(&webhook_sink(&rx.url("/"), "    timeout: 300ms\n")));
     let got = rx.wait_delivered(3).await;
     ft.terminate().await;
     assert_eq!(
@@ -230,8 +222,8 @@ async fn a_stalled_receiver_times_out_and_is_retried() {
 async fn rejected_lines_are_recorded_and_reading_goes_on() {
     let rx = Receiver::start().await;
     let s = Setup::new();
-    let config = s.config_with("max_line_bytes: 400", &hook(&rx.url("/"), ""));
-    write_lines(&s, 0..2);
+    let config = s.config_with("max_line_bytes: 400", &webhook_sink(&rx.url("/"), ""));
+    s.write_lines(0..2, Encoding::Console);
     append(&s.log(), "not json at all\n");
     append(&s.log(), "{\"version\":\"0.2\",\"type\":\"flag\"}\n");
     append(&s.log(), &format!("{{\"pad\":\"{}\"}}\n", "x".repeat(1000)));
@@ -240,7 +232,7 @@ async fn rejected_lines_are_recorded_and_reading_goes_on() {
         .open(s.log())
         .unwrap();
     std::io::Write::write_all(&mut f, b"{\"bad\":\"\xff\xfe\"}\n").unwrap();
-    write_lines(&s, 2..4);
+    s.write_lines(2..4, Encoding::Console);
     let mut ft = Flagtail::start(&config);
     rx.wait_delivered(4).await;
     ft.terminate().await;
@@ -304,14 +296,14 @@ async fn kill_9_at_random_moments_loses_nothing() {
         }
     });
     let s = Setup::new();
-    let config = s.config(&hook(
+    let config = s.config(&webhook_sink(
         &rx.url("/"),
         "    concurrency: 4\n    max_backoff_duration: 1h\n",
     ));
     let mut written = 0;
     for round in 0..20 {
         let more = 20 + rng.below(80) as usize;
-        write_lines(&s, written..written + more);
+        s.write_lines(written..written + more, Encoding::Console);
         written += more;
         let mut ft = Flagtail::start(&config);
         tokio::time::sleep(Duration::from_millis(rng.below(250))).await;
@@ -352,8 +344,8 @@ async fn kill_9_at_random_moments_loses_nothing() {
 async fn rotation_during_a_write_burst_loses_nothing() {
     let rx = Receiver::start().await;
     let s = Setup::new();
-    write_lines(&s, 0..1);
-    let mut ft = Flagtail::start(&s.config(&hook(&rx.url("/"), "    concurrency: 4\n")));
+    s.write_lines(0..1, Encoding::Console);
+    let mut ft = Flagtail::start(&s.config(&webhook_sink(&rx.url("/"), "    concurrency: 4\n")));
     rx.wait_delivered(1).await;
     let log = s.log();
     let mut n = 1;
@@ -402,7 +394,7 @@ async fn rotation_during_a_write_burst_loses_nothing() {
 async fn files_changed_while_stopped_are_detected_by_fingerprint() {
     let rx = Receiver::start().await;
     let s = Setup::new();
-    let config = s.config(&hook(&rx.url("/"), ""));
+    let config = s.config(&webhook_sink(&rx.url("/"), ""));
     let run = |want: usize| {
         let rx = &rx;
         let config = config.clone();
@@ -412,7 +404,7 @@ async fn files_changed_while_stopped_are_detected_by_fingerprint() {
             assert!(ft.terminate().await.success());
         }
     };
-    write_lines(&s, 0..10);
+    s.write_lines(0..10, Encoding::Console);
     run(10).await;
     // Truncated and rewritten, longer than before, while stopped; no copy kept: read from the start.
     let longer: String = (100..120)
@@ -422,7 +414,7 @@ async fn files_changed_while_stopped_are_detected_by_fingerprint() {
     run(30).await;
     // Replaced by a new file (new inode) while stopped, the old one deleted: read from the start.
     std::fs::remove_file(s.log()).unwrap();
-    write_lines(&s, 200..205);
+    s.write_lines(200..205, Encoding::Console);
     run(35).await;
     // Inode reuse: same inode, different first line, same size: the fingerprint tells.
     let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(s.log()).unwrap());
@@ -441,9 +433,9 @@ async fn files_changed_while_stopped_are_detected_by_fingerprint() {
     );
     run(40).await;
     // Renamed away with unread lines while stopped: its rest is read, then the new file.
-    write_lines(&s, 400..403);
+    s.write_lines(400..403, Encoding::Console);
     std::fs::rename(s.log(), s.path("audit.log.1")).unwrap();
-    write_lines(&s, 500..502);
+    s.write_lines(500..502, Encoding::Console);
     run(45).await;
     let got = counts(delivered_keys(&rx));
     let want: Vec<usize> = (0..10)
@@ -482,7 +474,7 @@ async fn a_dead_receiver_pauses_reading_and_the_backlog_drains_later() {
         .collect();
     append(&s.log(), &text);
     let size = text.len() as u64;
-    let mut ft = Flagtail::start(&s.config(&hook(
+    let mut ft = Flagtail::start(&s.config(&webhook_sink(
         &rx.url("/"),
         "    max_backoff_duration: 1h\n    initial_backoff: 100ms\n    batch: {max_events: 500}\n",
     )));
@@ -528,8 +520,8 @@ async fn sigterm_finishes_in_flight_deliveries_and_saves_checkpoints() {
         Reply::Status(200)
     });
     let s = Setup::new();
-    write_lines(&s, 0..1);
-    let mut ft = Flagtail::start(&s.config(&hook(&rx.url("/"), "")));
+    s.write_lines(0..1, Encoding::Console);
+    let mut ft = Flagtail::start(&s.config(&webhook_sink(&rx.url("/"), "")));
     rx.wait_attempts(1).await;
     ft.signal("TERM");
     let status = ft.wait().await;
@@ -550,27 +542,27 @@ async fn sigterm_finishes_in_flight_deliveries_and_saves_checkpoints() {
 async fn sighup_reloads_sinks_and_refuses_a_bad_config() {
     let rx = Receiver::start().await;
     let s = Setup::new();
-    write_lines(&s, 0..2);
-    let config = s.config(&hook(&rx.url("/v1"), ""));
+    s.write_lines(0..2, Encoding::Console);
+    let config = s.config(&webhook_sink(&rx.url("/v1"), ""));
     let mut ft = Flagtail::start(&config);
     rx.wait_delivered(2).await;
     // A new template and secret: lines written after the reload use them, positions are kept.
-    s.config(&hook(
+    s.config(&webhook_sink(
         &rx.url("/v2"),
         "    signing_secret: n3w\n    body: '{\"k\": \"{{ payload.key }}\"}'\n",
     ));
     ft.signal("HUP");
     ft.wait_log("config reloaded").await;
-    write_lines(&s, 2..3);
+    s.write_lines(2..3, Encoding::Console);
     let got = rx.wait_delivered(3).await;
     assert_eq!(got[2].path, "/v2");
     assert_eq!(got[2].text(), "{\"k\": \"flag-2\"}");
     assert!(!got[2].header("x-flipt-webhook-signature").is_empty());
     // A bad config is refused; the running one goes on.
-    s.config(&hook(&rx.url("/v3"), "    body: '{{ oops '\n"));
+    s.config(&webhook_sink(&rx.url("/v3"), "    body: '{{ oops '\n"));
     ft.signal("HUP");
     ft.wait_log("reload refused").await;
-    write_lines(&s, 3..4);
+    s.write_lines(3..4, Encoding::Console);
     let got = rx.wait_delivered(4).await;
     assert!(ft.terminate().await.success());
     assert_eq!(got[3].path, "/v2");

@@ -440,6 +440,31 @@ pub fn flipt_line(i: usize, enc: Encoding) -> (String, String) {
     (line + "\n", body)
 }
 
+/// A webhook sink named `hook` posting to `url`, with short retry settings for tests; a key set
+/// in `extra` (YAML lines of the sink) replaces the default one.
+pub fn webhook_sink(url: &str, extra: &str) -> String {
+    let mut sink = format!("  - name: hook\n    url: {url}\n");
+    for (key, value) in [
+        ("initial_backoff", "50ms"),
+        ("max_backoff_duration", "3s"),
+        ("timeout", "2s"),
+    ] {
+        if !extra.contains(&format!("    {key}:")) {
+            sink.push_str(&format!("    {key}: {value}\n"));
+        }
+    }
+    sink + extra
+}
+
+/// `X-Flipt-Webhook-Signature` of `body`, computed here with ring, independently of flagtail.
+pub fn flipt_signature(secret: &str, body: &str) -> String {
+    let mac = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()),
+        body.as_bytes(),
+    );
+    mac.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The flag key in a default body, to tell events apart.
 pub fn key_of(body: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap();
@@ -473,6 +498,12 @@ impl Setup {
 
     pub fn log(&self) -> PathBuf {
         self.path("audit.log")
+    }
+
+    /// Appends Flipt lines `flag-{i}` for each `i` in `range` to `audit.log`, in one write.
+    pub fn write_lines(&self, range: std::ops::Range<usize>, enc: Encoding) {
+        let text: String = range.map(|i| flipt_line(i, enc).0).collect();
+        append(&self.log(), &text);
     }
 
     pub fn state(&self) -> PathBuf {
