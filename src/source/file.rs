@@ -141,27 +141,23 @@ impl FileSource {
 
     /// Reads `r` to its end and checks for rotation. `Ok(true)`: switch to the file now at the path.
     async fn follow(&self, r: &mut Reader) -> Result<bool, Error> {
-        // A truncation since the last look must be seen before reading at a stale offset.
-        if self.truncated(r)? {
-            self.start_over(r).await?;
-        }
+        // Set once another file is at the path: read this one to its end once more, then switch.
+        let mut replaced = false;
         loop {
+            // `drain` checks every chunk, so a truncation is seen before a stale offset is used.
             if self.drain(r).await? == Drained::Truncated {
                 self.start_over(r).await?;
                 continue;
             }
+            if replaced {
+                tracing::info!(source = %self.dispatch.info.name, path = %self.path.display(), "file was rotated; following the new file");
+                self.give_up_partial(r, "the file was rotated away").await?;
+                return Ok(true);
+            }
             match self.look(r)? {
                 Found::Nothing => return Ok(false),
                 Found::Truncated => self.start_over(r).await?,
-                Found::Replaced => {
-                    if self.drain(r).await? == Drained::Truncated {
-                        self.start_over(r).await?;
-                        continue;
-                    }
-                    tracing::info!(source = %self.dispatch.info.name, path = %self.path.display(), "file was rotated; following the new file");
-                    self.give_up_partial(r, "the file was rotated away").await?;
-                    return Ok(true);
-                }
+                Found::Replaced => replaced = true,
             }
         }
     }
