@@ -146,8 +146,9 @@ impl CheckpointBook {
     }
 
     /// Saves after every change until `stop`, then once more. Saves are at least
-    /// [`SAVE_INTERVAL`] apart, so under load one write covers many acknowledgements.
-    pub async fn run_writer(self: Arc<Self>, stop: CancellationToken) {
+    /// [`SAVE_INTERVAL`] apart, so under load one write covers many acknowledgements. Returns the
+    /// result of the last save: the daemon exits 1 if its positions could not be saved.
+    pub async fn run_writer(self: Arc<Self>, stop: CancellationToken) -> io::Result<()> {
         loop {
             tokio::select! {
                 _ = self.changed.notified() => {}
@@ -166,17 +167,23 @@ impl CheckpointBook {
                 Err(e) => tracing::error!(error = %e, "checkpoint writer panicked"),
             }
         }
-        if let Err(e) = self.save() {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot save checkpoints at shutdown");
-        }
+        self.save()
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))
     }
 }
 
-/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content. The file
+/// is private (0600): it names the files a source reads.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }

@@ -12,23 +12,36 @@ use crate::config::Config;
 use crate::delivery::{self, dead_letter};
 use crate::record::SourceInfo;
 use crate::record_log::RecordLog;
-use crate::sink::{self, Sink};
+use crate::sink::Sink;
 use crate::source::file::FileSource;
 use crate::source::{Dispatch, SinkPort};
+use crate::state_lock::{self, LockError};
 use anyhow::{Context, anyhow};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Runs `config` with its `sinks` (built by [`sink::build_all`]) until `stop` fires; each message
+/// Runs `config` with its `sinks` (built by [`crate::command::build_sinks`]) until `stop` fires; each message
 /// on `reloads` reloads the config from its file.
+///
+/// Fails if another daemon holds the state directory (the error is a [`state_lock::Held`]), if a
+/// source or sink task ends or panics while running (nothing would move its events any more), or
+/// if the checkpoints cannot be saved at the end.
 pub async fn run(
     config: Config,
     sinks: Vec<Arc<Sink>>,
     mut reloads: mpsc::Receiver<()>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let _lock = match state_lock::acquire(&config.file.state_dir) {
+        Ok(lock) => lock,
+        Err(LockError::Held(held)) => return Err(held.into()),
+        Err(LockError::Io(e)) => {
+            return Err(anyhow!(e).context("cannot lock the state directory"));
+        }
+    };
     let book =
         CheckpointBook::open(&config.file.state_dir).context("cannot open the state directory")?;
     let writer_stop = CancellationToken::new();
@@ -38,12 +51,15 @@ pub async fn run(
     tracing::info!(config = %config.path.display(), sources = config.file.sources.len(), sinks = config.file.sinks.len(), "flagtail started");
     let result = loop {
         tokio::select! {
+            biased;
             _ = stop.cancelled() => break Ok(()),
-            failed = pipeline.sources.join_next() => match failed {
-                Some(Ok(Err(e))) => break Err(anyhow!(e)),
-                Some(Err(e)) if e.is_panic() => break Err(anyhow!("a source task panicked: {e}")),
-                _ => continue,
-            },
+            // A dead sink is reported before the source it leaves without a queue.
+            ended = pipeline.sinks.join_next_with_id(), if !pipeline.sinks.is_empty() => {
+                break Err(pipeline.ended("sink", ended.map(|r| r.map(|(id, ())| (id, Ok(()))))));
+            }
+            ended = pipeline.sources.join_next_with_id(), if !pipeline.sources.is_empty() => {
+                break Err(pipeline.ended("source", ended));
+            }
             Some(()) = reloads.recv() => match reload(&config) {
                 Ok((next, sinks)) => {
                     pipeline.stop().await;
@@ -55,12 +71,21 @@ pub async fn run(
             },
         }
     };
+    if let Err(e) = &result {
+        tracing::error!("stopping: {e:#}");
+    }
     tracing::info!("stopping: finishing deliveries in flight");
     pipeline.stop().await;
     writer_stop.cancel();
-    let _ = writer.await;
-    tracing::info!("stopped; checkpoints saved");
-    result
+    let saved = match writer.await {
+        Ok(saved) => saved.context("cannot save checkpoints at shutdown; undelivered events after the last saved position are sent again on restart"),
+        Err(e) => Err(anyhow!("the checkpoint writer failed: {e}")),
+    };
+    match &saved {
+        Ok(()) => tracing::info!("stopped; checkpoints saved"),
+        Err(e) => tracing::error!("{e:#}"),
+    }
+    result.and(saved)
 }
 
 fn reload(current: &Config) -> anyhow::Result<(Config, Vec<Arc<Sink>>)> {
@@ -70,7 +95,7 @@ fn reload(current: &Config) -> anyhow::Result<(Config, Vec<Arc<Sink>>)> {
             "state_dir cannot change on reload; restart flagtail to move it"
         ));
     }
-    let sinks = sink::build_all(&next)?;
+    let sinks = crate::command::build_sinks(&next).map_err(|f| anyhow!(f.message))?;
     Ok((next, sinks))
 }
 
@@ -79,6 +104,8 @@ struct Pipeline {
     stop: CancellationToken,
     sources: JoinSet<std::io::Result<()>>,
     sinks: JoinSet<()>,
+    /// Source and sink names by task, to say which one ended.
+    names: HashMap<tokio::task::Id, String>,
 }
 
 impl Pipeline {
@@ -86,17 +113,19 @@ impl Pipeline {
         let c = &config.file;
         let stop = CancellationToken::new();
         let mut sink_tasks = JoinSet::new();
+        let mut names = HashMap::new();
         let mut ports = Vec::new();
         for sink in sinks {
             let (tx, rx) = mpsc::channel(delivery::QUEUE);
             let dead = dead_letter::log(&c.state_dir, &sink.name);
-            sink_tasks.spawn(delivery::run_sink(
+            let task = sink_tasks.spawn(delivery::run_sink(
                 sink.clone(),
                 rx,
                 dead,
                 stop.clone(),
                 c.shutdown_grace,
             ));
+            names.insert(task.id(), sink.name.to_string());
             ports.push(SinkPort { sink, queue: tx });
         }
         let ports: Arc<[SinkPort]> = ports.into();
@@ -123,12 +152,39 @@ impl Pipeline {
                 book: book.clone(),
                 dispatch,
             };
-            sources.spawn(source.run());
+            let task = sources.spawn(source.run());
+            names.insert(task.id(), name.to_string());
         }
         Pipeline {
             stop,
             sources,
             sinks: sink_tasks,
+            names,
+        }
+    }
+
+    /// The error for a `kind` task that ended while the pipeline was meant to run.
+    fn ended(
+        &self,
+        kind: &str,
+        ended: Option<Result<(tokio::task::Id, std::io::Result<()>), tokio::task::JoinError>>,
+    ) -> anyhow::Error {
+        let name = |id| self.names.get(&id).map_or("?", String::as_str);
+        match ended {
+            Some(Ok((id, Err(e)))) => anyhow!("{kind} {}: {e}", name(id)),
+            Some(Ok((id, Ok(())))) => anyhow!("{kind} {} stopped working", name(id)),
+            Some(Err(e)) if e.is_panic() => {
+                let who = name(e.id()).to_string();
+                let why = e.into_panic();
+                let why = why
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| why.downcast_ref::<&str>().copied())
+                    .unwrap_or("?");
+                anyhow!("{kind} {who} panicked: {why}")
+            }
+            Some(Err(e)) => anyhow!("{kind} {} was cancelled", name(e.id())),
+            None => anyhow!("no {kind} is running"),
         }
     }
 

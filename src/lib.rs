@@ -19,4 +19,5 @@ pub mod record;
 pub mod record_log;
 pub mod sink;
 pub mod source;
+pub mod state_lock;
 pub mod telemetry;

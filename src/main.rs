@@ -41,6 +41,8 @@ fn main() -> ExitCode {
         } => command::render::render(&config, &sink, source.as_deref(), input.as_deref()),
         Command::Replay { sink } => runtime.block_on(command::replay::replay(&config, &sink)),
     };
+    // A template render given up on may still run on a blocking thread: do not wait for it.
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -76,5 +78,9 @@ async fn serve(config: Config) -> Result<(), Failure> {
     });
     daemon::run(config, sinks, reloads, stop)
         .await
-        .map_err(|e| Failure::runtime(format!("{e:#}")))
+        .map_err(|e| match e.downcast_ref::<flagtail::state_lock::Held>() {
+            // Another daemon on the same state directory is a usage error (exit 2).
+            Some(held) => Failure::usage(held.to_string()),
+            None => Failure::runtime(format!("{e:#}")),
+        })
 }

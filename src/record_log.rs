@@ -1,10 +1,12 @@
 //! Append-only JSON Lines files in `state_dir`: `dead-letter/SINK.jsonl` and `rejected/SOURCE.jsonl`.
 //!
 //! Every append takes an exclusive lock (`NAME.lock` beside the file), so the daemon and
-//! `flagtail replay` never interleave; is a single `write` of whole lines; and is fsynced before
-//! it returns, so a record that was appended survives `kill -9`. A crash in the middle of a write
-//! can leave a torn last line; the next append first ends it with a newline, and readers report
-//! torn or unreadable lines and keep them instead of dropping them.
+//! `flagtail replay` never interleave, and goes through [`append_lines`], the one way flagtail
+//! appends to a file of lines (the file sink uses it too): a single `write` of whole lines, cut
+//! back off if it fails part-way (a full disk), a torn last line (a crash mid-write) ended with a
+//! newline first, and an fsync before it returns, so a record that was appended survives `kill -9`.
+//! Readers report torn or unreadable lines and keep them instead of dropping them. Lines are read
+//! back as their text, never re-serialised, so what was written is what is replayed.
 
 use crate::checkpoint::{create_private_dir, sync_dir};
 use std::fs::{self, File, OpenOptions};
@@ -24,10 +26,11 @@ pub struct RecordLog {
     lock: PathBuf,
 }
 
-/// The content of a log: parsed lines and the ones that were not JSON (torn or damaged).
+/// The content of a log: the lines that are JSON, as written, and the ones that are not (torn or
+/// damaged).
 #[derive(Debug, Default)]
 pub struct Contents {
-    pub records: Vec<serde_json::Value>,
+    pub records: Vec<String>,
     /// `(line number, text)` of lines that could not be read.
     pub unreadable: Vec<(usize, String)>,
 }
@@ -74,34 +77,12 @@ impl RecordLog {
 
     /// [`RecordLog::append`] for a caller that already holds the lock.
     pub fn append_held(&self, lines: &[Vec<u8>]) -> io::Result<()> {
-        let created = !self.path.exists();
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .mode(0o600)
-            .open(&self.path)?;
-        let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 1);
-        let len = f.metadata()?.len();
-        if len > 0 {
-            let mut last = [0u8; 1];
-            f.seek(SeekFrom::Start(len - 1))?;
-            f.read_exact(&mut last)?;
-            if last[0] != b'\n' {
-                tracing::warn!(path = %self.path.display(), "last line was torn by a crash; ending it and appending after it");
-                out.push(b'\n');
-            }
-        }
+        let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>());
         for line in lines {
             out.extend_from_slice(line);
             out.push(b'\n');
         }
-        f.write_all(&out)?;
-        f.sync_data()?;
-        if created {
-            sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
-        }
-        Ok(())
+        append_lines(&self.path, 0o600, &out)
     }
 
     /// Reads every line of `path` (the log itself or a file taken from it).
@@ -116,9 +97,13 @@ impl RecordLog {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_slice(line) {
-                Ok(v) => c.records.push(v),
-                Err(_) => c
+            // Checked as JSON without building a value, so any number or depth JSON allows passes.
+            match (
+                std::str::from_utf8(line),
+                serde_json::from_slice::<serde::de::IgnoredAny>(line),
+            ) {
+                (Ok(text), Ok(_)) => c.records.push(text.to_string()),
+                _ => c
                     .unreadable
                     .push((i + 1, String::from_utf8_lossy(line).into_owned())),
             }
@@ -134,18 +119,10 @@ impl RecordLog {
             if taken.exists() {
                 let mut rest = fs::read(&self.path)?;
                 if !rest.is_empty() {
-                    let mut f = OpenOptions::new().append(true).read(true).open(&taken)?;
-                    let len = f.metadata()?.len();
-                    let mut last = [0u8; 1];
-                    if len > 0 {
-                        f.seek(SeekFrom::Start(len - 1))?;
-                        f.read_exact(&mut last)?;
-                        if last[0] != b'\n' {
-                            rest.insert(0, b'\n');
-                        }
+                    if rest.last() != Some(&b'\n') {
+                        rest.push(b'\n');
                     }
-                    f.write_all(&rest)?;
-                    f.sync_data()?;
+                    append_lines(&taken, 0o600, &rest)?;
                 }
                 fs::remove_file(&self.path)?;
             } else {
@@ -155,6 +132,49 @@ impl RecordLog {
         }
         Ok(taken)
     }
+}
+
+/// Appends `bytes` (whole lines, each ending in `\n`) to the file at `path` (created with `mode`),
+/// durably and whole: a last line left without its newline (a crash or a failed write before) is
+/// ended first; a write that fails part-way is cut back off, so the file only ever gains whole
+/// lines; the data is fsynced (and a new file's directory entry) before this returns `Ok`.
+pub fn append_lines(path: &Path, mode: u32, bytes: &[u8]) -> io::Result<()> {
+    let created = !path.exists();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .mode(mode)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    let mut torn = false;
+    if len > 0 {
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::Start(len - 1))?;
+        f.read_exact(&mut last)?;
+        torn = last[0] != b'\n';
+    }
+    if torn {
+        tracing::warn!(path = %path.display(), "the last line is incomplete (cut by a crash or an earlier failed write); ending it and appending after it");
+        f.write_all(b"\n")
+            .and_then(|()| f.write_all(bytes))
+            .or_else(|e| cut_back(&f, len, e))?;
+    } else {
+        f.write_all(bytes).or_else(|e| cut_back(&f, len, e))?;
+    }
+    f.sync_data().or_else(|e| cut_back(&f, len, e))?;
+    if created {
+        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
+}
+
+/// Takes a failed append back off the file, then returns its error.
+fn cut_back(f: &File, len: u64, e: io::Error) -> io::Result<()> {
+    if let Err(cut) = f.set_len(len) {
+        tracing::error!(error = %cut, "cannot cut a failed write back off; the next append ends the incomplete line");
+    }
+    Err(e)
 }
 
 #[cfg(test)]
@@ -171,8 +191,10 @@ mod tests {
         f.write_all(br#"{"n":2,"rea"#).unwrap();
         log.append(&[br#"{"n":3}"#.to_vec()]).unwrap();
         let c = RecordLog::read(log.path()).unwrap();
-        assert_eq!(c.records.len(), 2);
-        assert_eq!(c.records[1]["n"], 3);
+        assert_eq!(
+            c.records,
+            vec![r#"{"n":1}"#.to_string(), r#"{"n":3}"#.to_string()]
+        );
         assert_eq!(c.unreadable, vec![(2, r#"{"n":2,"rea"#.to_string())]);
     }
 

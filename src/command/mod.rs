@@ -51,7 +51,27 @@ pub fn find_sink(config: &Config, name: &str) -> Result<Arc<Sink>, Failure> {
         .map_err(|e| Failure::usage(config.error(e).to_string()))
 }
 
-/// Builds every sink, as the daemon would, to report every config error.
+/// Builds every sink and checks every source's path, as the daemon does before it starts, to
+/// report every config error at once.
 pub fn build_sinks(config: &Config) -> Result<Vec<Arc<Sink>>, Failure> {
-    sink::build_all(config).map_err(|e| Failure::usage(e.to_string()))
+    let mut problems: Vec<String> = config
+        .file
+        .sources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let path = s.file.as_ref()?;
+            crate::source::file::check_path(path)
+                .err()
+                .map(|e| format!("sources.{i}.file: {e}"))
+        })
+        .collect();
+    match sink::build_all(config) {
+        Ok(sinks) if problems.is_empty() => Ok(sinks),
+        Ok(_) => Err(Failure::usage(config.error(problems).to_string())),
+        Err(e) => {
+            problems.extend(e.problems);
+            Err(Failure::usage(config.error(problems).to_string()))
+        }
+    }
 }

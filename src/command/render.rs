@@ -96,7 +96,7 @@ pub fn render(
 fn request(sink: &crate::sink::Sink, records: &[Arc<Record>]) -> String {
     let body = match sink.renderer.render(records) {
         Ok(body) => body,
-        Err(reason) => return serde_json::json!({ "rejected": reason }).to_string(),
+        Err(e) => return serde_json::json!({ "rejected": e.reason }).to_string(),
     };
     let (method, url, headers) = match &sink.output {
         Output::Webhook(hook) => {
@@ -114,9 +114,9 @@ fn request(sink: &crate::sink::Sink, records: &[Arc<Record>]) -> String {
             ("POST", hook.url.to_string(), headers)
         }
         Output::Stdout => ("WRITE", "stdout:".to_string(), BTreeMap::new()),
-        Output::File(path) => (
+        Output::File(file) => (
             "WRITE",
-            format!("file://{}", path.display()),
+            format!("file://{}", file.path.display()),
             BTreeMap::new(),
         ),
     };

@@ -34,12 +34,13 @@ pub async fn replay(config: &Config, name: &str) -> Result<(), Failure> {
     }
     let never = CancellationToken::new();
     let (mut delivered, mut failed) = (0usize, 0usize);
-    for value in contents.records {
-        let mut letter: DeadLetter = match serde_json::from_value(value.clone()) {
+    for text in contents.records {
+        // Parsed from its text: the event stays the bytes that were written.
+        let mut letter: DeadLetter = match serde_json::from_str(&text) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("a dead letter does not have the expected fields ({e}); kept as it is");
-                keep.push(value.to_string().into_bytes());
+                keep.push(text.into_bytes());
                 continue;
             }
         };
@@ -50,22 +51,27 @@ pub async fn replay(config: &Config, name: &str) -> Result<(), Failure> {
                     "{}: its event cannot be read ({e}); kept",
                     letter.idempotency_key
                 );
-                keep.push(value.to_string().into_bytes());
+                keep.push(text.into_bytes());
                 continue;
             }
         };
         let outcomes = delivery::deliver(&sink, std::slice::from_ref(&record), &never).await;
         match outcomes.into_iter().next().map(|(_, r)| r) {
             Some(Delivery::Delivered { .. }) => delivered += 1,
-            Some(Delivery::Failed { reason, attempts }) => {
+            Some(Delivery::Failed {
+                reason,
+                attempts,
+                excerpt,
+            }) => {
                 failed += 1;
                 eprintln!("{}: still failing: {reason}", letter.idempotency_key);
                 letter.attempts += attempts;
                 letter.reason = reason;
+                letter.body_excerpt = excerpt;
                 letter.time = crate::record_log::now_rfc3339();
                 keep.push(serde_json::to_vec(&letter).unwrap_or_default());
             }
-            Some(Delivery::Abandoned) | None => keep.push(value.to_string().into_bytes()),
+            Some(Delivery::Abandoned) | None => keep.push(text.into_bytes()),
         }
     }
     let held = log.hold().map_err(|e| io("cannot lock", e))?;

@@ -185,6 +185,65 @@ pub struct SinkSection {
     /// Extra trusted CA certificates (PEM) for `https` URLs. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Permissions of the file a `file` sink creates. Default `"0600"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<FileMode>,
+    /// Largest body a template may render; over it the event is dead-lettered. Default 1 MiB per
+    /// event of the request.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_opt_u64"
+    )]
+    pub max_body_bytes: Option<u64>,
+}
+
+impl SinkSection {
+    /// The limit on a rendered body (`max_body_bytes`, default 1 MiB per event of a request).
+    pub fn body_limit(&self) -> usize {
+        let limit = self
+            .max_body_bytes
+            .unwrap_or(DEFAULT_BODY_BYTES.saturating_mul(u64::from(self.batch.max_events)));
+        usize::try_from(limit).unwrap_or(usize::MAX)
+    }
+}
+
+/// Default `max_body_bytes` per event of a request.
+pub const DEFAULT_BODY_BYTES: u64 = 1024 * 1024;
+
+/// Unix permission bits, written as octal digits: `"0640"` (or `640`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl FileMode {
+    pub const PRIVATE: FileMode = FileMode(0o600);
+}
+
+impl Serialize for FileMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum NumOrText {
+            Num(u64),
+            Text(String),
+        }
+        let digits = match NumOrText::deserialize(d)? {
+            NumOrText::Num(n) => n.to_string(),
+            NumOrText::Text(t) => t.trim().to_string(),
+        };
+        match u32::from_str_radix(&digits, 8) {
+            Ok(bits) if !digits.is_empty() && bits <= 0o777 => Ok(FileMode(bits)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{digits:?} is not a file mode like \"0600\" (octal, at most 0777)"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,30 +6,45 @@
 //! It does not look at keys, only values.
 
 use figment::value::{Dict, Value};
+use std::collections::BTreeMap;
 
 /// Replaces `${VAR}` in every string below `dict`; `path` names the keys for error messages.
-/// Returns every problem found, not just the first.
-pub fn interpolate_dict(dict: &mut Dict, path: &str, errors: &mut Vec<String>) {
+/// Collects every problem found, not just the first, and in `written` the text as written of
+/// every value that substitution changed.
+pub fn interpolate_dict(
+    dict: &mut Dict,
+    path: &str,
+    errors: &mut Vec<String>,
+    written: &mut BTreeMap<String, String>,
+) {
     for (key, value) in dict.iter_mut() {
         let here = if path.is_empty() {
             key.clone()
         } else {
             format!("{path}.{key}")
         };
-        interpolate_value(value, &here, errors);
+        interpolate_value(value, &here, errors, written);
     }
 }
 
-fn interpolate_value(value: &mut Value, path: &str, errors: &mut Vec<String>) {
+fn interpolate_value(
+    value: &mut Value,
+    path: &str,
+    errors: &mut Vec<String>,
+    written: &mut BTreeMap<String, String>,
+) {
     match value {
         Value::String(_, s) => match expand(s, |name| std::env::var(name).ok()) {
-            Ok(expanded) => *s = expanded,
+            Ok(expanded) if expanded != *s => {
+                written.insert(path.to_string(), std::mem::replace(s, expanded));
+            }
+            Ok(_) => {}
             Err(name) => errors.push(format!("{path}: environment variable {name} is not set")),
         },
-        Value::Dict(_, dict) => interpolate_dict(dict, path, errors),
+        Value::Dict(_, dict) => interpolate_dict(dict, path, errors, written),
         Value::Array(_, items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                interpolate_value(item, &format!("{path}.{i}"), errors);
+                interpolate_value(item, &format!("{path}.{i}"), errors, written);
             }
         }
         _ => {}

@@ -10,15 +10,15 @@ mod interpolate;
 mod secret;
 
 pub use file::{
-    BatchSection, ConfigFile, LogFormat, LogSection, Name, ReadFrom, SignatureScheme, SinkKind,
-    SinkSection, SourceSection,
+    BatchSection, ConfigFile, DEFAULT_BODY_BYTES, FileMode, LogFormat, LogSection, Name, ReadFrom,
+    SignatureScheme, SinkKind, SinkSection, SourceSection,
 };
 pub use secret::{Secret, SecretUrl};
 
 use figment::providers::{Env, Format as _, Toml, Yaml};
 use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -39,6 +39,9 @@ pub struct Config {
     /// The file it came from, for messages and SIGHUP reloads.
     pub path: PathBuf,
     pub file: ConfigFile,
+    /// Values that `${VAR}` substitution changed, by key path (`sinks.0.body`), as written: `check`
+    /// shows these instead of what the variables hold.
+    pub written: BTreeMap<String, String>,
 }
 
 /// Everything wrong with a config, one line per problem, each naming its key.
@@ -60,8 +63,11 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// How many problems one load reports at most (each found one extraction after another).
+const MAX_PROBLEMS: usize = 64;
+
 impl Config {
-    /// Reads, substitutes and checks the config at `path`.
+    /// Reads, substitutes and checks the config at `path`, reporting every problem found.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let fail = |problems: Vec<String>| ConfigError {
             path: path.to_path_buf(),
@@ -89,23 +95,29 @@ impl Config {
 
         let mut dict: Dict = figment.extract().map_err(|e| fail(figment_problems(e)))?;
         let mut problems = Vec::new();
-        interpolate::interpolate_dict(&mut dict, "", &mut problems);
+        let mut written = BTreeMap::new();
+        interpolate::interpolate_dict(&mut dict, "", &mut problems, &mut written);
         if !problems.is_empty() {
             return Err(fail(problems));
         }
-        let resolved = Figment::from(Resolved {
-            dict,
-            name: path.display().to_string(),
-        });
-        let file: ConfigFile = resolved.extract().map_err(|e| fail(figment_problems(e)))?;
-        let problems = cross_checks(&file);
-        if !problems.is_empty() {
-            return Err(fail(problems));
+        let name = path.display().to_string();
+        let (file, mut problems, set_aside) = extract_all(dict, &name);
+        if let Some(file) = &file {
+            // A value set aside above was already reported; checks that miss it would only repeat it.
+            problems.extend(
+                cross_checks(file)
+                    .into_iter()
+                    .filter(|p| !set_aside.iter().any(|key| p.starts_with(key.as_str()))),
+            );
         }
-        Ok(Config {
-            path: path.to_path_buf(),
-            file,
-        })
+        match file {
+            Some(file) if problems.is_empty() => Ok(Config {
+                path: path.to_path_buf(),
+                file,
+                written,
+            }),
+            _ => Err(fail(problems)),
+        }
     }
 
     /// Problems found later, while building from this config (templates, secret and CA files).
@@ -116,9 +128,108 @@ impl Config {
         }
     }
 
-    /// The resolved config as `flagtail check` prints it: JSON, secrets as `***`.
+    /// The resolved config as `flagtail check` prints it: JSON, secrets as `***`, and values that
+    /// came from `${VAR}` as written, so no variable's value is printed.
     pub fn to_redacted_json(&self) -> String {
-        serde_json::to_string_pretty(&self.file).unwrap_or_default()
+        let mut value = serde_json::to_value(&self.file).unwrap_or_default();
+        for (key, text) in &self.written {
+            let mut at = Some(&mut value);
+            for part in key.split('.') {
+                at = at.and_then(|v| match v {
+                    serde_json::Value::Object(m) => m.get_mut(part),
+                    serde_json::Value::Array(a) => {
+                        part.parse::<usize>().ok().and_then(|i| a.get_mut(i))
+                    }
+                    _ => None,
+                });
+            }
+            if let Some(v) = at
+                && v.as_str() != Some("***")
+            {
+                *v = serde_json::Value::String(text.clone());
+            }
+        }
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    }
+}
+
+/// Extracts the typed config, collecting every problem rather than the first: after each failed
+/// extraction the offending value is set aside (removed, so its default applies) and extraction
+/// runs again. Returns the config if what is left extracts, the problems, and the keys set aside.
+fn extract_all(mut dict: Dict, name: &str) -> (Option<ConfigFile>, Vec<String>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut set_aside = Vec::new();
+    loop {
+        let resolved = Figment::from(Resolved {
+            dict: dict.clone(),
+            name: name.to_string(),
+        });
+        let errors = match resolved.extract::<ConfigFile>() {
+            Ok(file) => return (Some(file), problems, set_aside),
+            Err(e) => e,
+        };
+        let mut progressed = false;
+        for e in errors {
+            let mut key = e.path.clone();
+            let mut placeholder = None;
+            match &e.kind {
+                figment::error::Kind::UnknownField(field, _) => key.push(field.clone()),
+                // Names are the only required keys: stand in for a missing one to go on checking.
+                figment::error::Kind::MissingField(field) if field == "name" => {
+                    key.push(field.to_string());
+                    placeholder = Some(format!("unnamed-{}", set_aside.len()));
+                }
+                _ => {}
+            }
+            problems.extend(figment_problems(e));
+            let joined = key.join(".");
+            if set_aside.contains(&joined) {
+                continue;
+            }
+            if set_value(&mut dict, &key, placeholder) {
+                set_aside.push(joined);
+                progressed = true;
+            }
+        }
+        if !progressed || problems.len() >= MAX_PROBLEMS {
+            return (None, problems, set_aside);
+        }
+    }
+}
+
+/// Removes the value at `key` (or sets it to `placeholder`); false if no dict holds that key.
+/// `key` may go through lists (`sinks.0.url`).
+fn set_value(dict: &mut Dict, key: &[String], placeholder: Option<String>) -> bool {
+    use figment::value::Value;
+    fn parent<'a>(dict: &'a mut Dict, path: &[String]) -> Option<&'a mut Dict> {
+        let Some((first, rest)) = path.split_first() else {
+            return Some(dict);
+        };
+        let mut v = dict.get_mut(first)?;
+        for part in rest {
+            v = match v {
+                Value::Dict(_, d) => d.get_mut(part)?,
+                Value::Array(_, items) => items.get_mut(part.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        match v {
+            Value::Dict(_, d) => Some(d),
+            _ => None,
+        }
+    }
+    let Some((last, parents)) = key.split_last() else {
+        return false;
+    };
+    let Some(at) = parent(dict, parents) else {
+        return false;
+    };
+    match placeholder {
+        Some(text) => {
+            at.insert(last.clone(), text.into());
+            true
+        }
+        None => at.remove(last).is_some(),
     }
 }
 
@@ -244,15 +355,27 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
                 "{at}.signing_secret_file: set either signing_secret or signing_secret_file"
             ));
         }
+        if s.initial_backoff < std::time::Duration::from_millis(1) {
+            p.push(format!("{at}.initial_backoff: must be at least 1ms"));
+        }
+        if s.max_body_bytes == Some(0) {
+            p.push(format!("{at}.max_body_bytes: must be at least 1"));
+        }
         match s.kind {
             SinkKind::Webhook => match &s.url {
                 None => p.push(format!("{at}.url: a webhook sink needs a url")),
                 Some(u) => {
-                    let ok = u.expose().parse::<http::Uri>().ok().is_some_and(|uri| {
-                        matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
-                    });
-                    if !ok {
+                    if !matches!(u.scheme(), "http" | "https") || !u.has_host() {
                         p.push(format!("{at}.url: {u} is not an http:// or https:// URL"));
+                    }
+                    let authorization = s
+                        .headers
+                        .keys()
+                        .any(|h| h.eq_ignore_ascii_case("authorization"));
+                    if u.credentials().is_some() && authorization {
+                        p.push(format!(
+                            "{at}.url: has user info (sent as Basic auth) and headers has Authorization too; keep one"
+                        ));
                     }
                 }
             },
@@ -271,6 +394,9 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
                     p.push(format!("{at}.{key}: only webhook sinks use it"));
                 }
             }
+        }
+        if s.kind != SinkKind::File && s.mode.is_some() {
+            p.push(format!("{at}.mode: only file sinks use it"));
         }
         if s.kind != SinkKind::File && s.path.is_some() {
             p.push(format!("{at}.path: only file sinks use it"));

@@ -1,10 +1,15 @@
-//! `Secret`: a string from the config that must never be printed.
+//! Values from the config that must never be printed: [`Secret`] and [`SecretUrl`].
 //!
-//! Signing secrets, tokens and header values are wrapped in it. `Debug`, `Display` and `Serialize`
-//! all write `***`, so `flagtail check`, logs and error messages cannot leak the value by accident;
-//! the only way to the text is [`Secret::expose`], which call sites use at the moment of signing or
-//! sending.
+//! Signing secrets, tokens and header values are [`Secret`]s: `Debug`, `Display` and `Serialize`
+//! all write `***`, and a value of the wrong type (`signing_secret: 12345678901`) is refused with an
+//! error that names the problem but not the value. The only way to the text is [`Secret::expose`],
+//! used at the moment of signing or sending.
+//!
+//! Webhook URLs are [`SecretUrl`]s: parsed once with the `url` crate (the WHATWG rules browsers
+//! use), shown as `scheme://host[:port]/***`, and split into the address requests go to and the
+//! user info (`https://user:pass@host/`), which is sent as Basic auth and never shown or logged.
 
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
@@ -44,46 +49,138 @@ impl Serialize for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
+        d.deserialize_any(QuietString).map(Secret)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Reads a string; any other type is an error that does not quote the value (serde's default
+/// `invalid type: found unsigned int 12345678901` would print a numeric secret).
+struct QuietString;
 
-    #[test]
-    fn never_printed() {
-        let s = Secret::new("hunter2".into());
-        assert_eq!(format!("{s} {s:?}"), "*** ***");
-        assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"");
-        assert_eq!(s.expose(), "hunter2");
+impl QuietString {
+    fn refuse<E: de::Error>(what: &str) -> E {
+        E::custom(format!(
+            "must be a string, found {what} (put the value in quotes; it is not shown here)"
+        ))
     }
 }
 
-/// A webhook URL: it may carry a token in its path or query (Slack's do), so it is shown as
-/// `scheme://host[:port]/***`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct SecretUrl(String);
+impl<'de> Visitor<'de> for QuietString {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+        Ok(v)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<String, E> {
+        Err(Self::refuse("a boolean"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<String, E> {
+        Err(Self::refuse("a number"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<String, E> {
+        Err(Self::refuse("a number"))
+    }
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<String, E> {
+        Err(Self::refuse("a number"))
+    }
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<String, E> {
+        Err(Self::refuse("a number"))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<String, E> {
+        Err(Self::refuse("a number"))
+    }
+    fn visit_char<E: de::Error>(self, v: char) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<String, E> {
+        Err(Self::refuse("bytes"))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<String, E> {
+        Err(Self::refuse("nothing"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<String, E> {
+        Err(Self::refuse("nothing"))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<String, A::Error> {
+        Err(Self::refuse("a list"))
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<String, A::Error> {
+        Err(Self::refuse("a map"))
+    }
+}
+
+/// A webhook (or bus) URL. It may carry a token in its path or query (Slack's do) and a password
+/// in its user info, so it is only ever shown as `scheme://host[:port]` plus `/***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(url::Url);
 
 impl SecretUrl {
-    pub fn expose(&self) -> &str {
-        &self.0
+    /// Parses `text`; the error never quotes it.
+    pub fn parse(text: &str) -> Result<SecretUrl, String> {
+        url::Url::parse(text)
+            .map(SecretUrl)
+            .map_err(|e| format!("not a valid URL ({e}); the value is not shown"))
     }
 
-    /// The URL with everything after the authority (and any user info) masked.
-    pub fn redacted(&self) -> String {
-        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let authority = &rest[..authority_end];
-        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        let tail = if authority_end < rest.len() && &rest[authority_end..] != "/" {
-            "/***"
-        } else {
-            ""
+    pub fn scheme(&self) -> &str {
+        self.0.scheme()
+    }
+
+    pub fn has_host(&self) -> bool {
+        self.0.host_str().is_some_and(|h| !h.is_empty())
+    }
+
+    /// The URL requests go to: without user info, so no client or log below us ever sees it.
+    pub fn target(&self) -> String {
+        let mut u = self.0.clone();
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        u.to_string()
+    }
+
+    /// `user` and `password` of the user info, percent-decoded, if the URL has any.
+    pub fn credentials(&self) -> Option<(String, String)> {
+        let user = self.0.username();
+        let password = self.0.password();
+        if user.is_empty() && password.is_none() {
+            return None;
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
         };
-        format!("{scheme}://{host}{tail}")
+        Some((decode(user), decode(password.unwrap_or(""))))
+    }
+
+    /// `scheme://host[:port]`, then `/***` if anything follows or user info was given.
+    pub fn redacted(&self) -> String {
+        let u = &self.0;
+        let mut out = format!("{}://{}", u.scheme(), u.host_str().unwrap_or(""));
+        if let Some(port) = u.port() {
+            out.push_str(&format!(":{port}"));
+        }
+        let more = u.path() != "/" && !u.path().is_empty()
+            || u.query().is_some()
+            || u.fragment().is_some()
+            || self.credentials().is_some();
+        if more {
+            out.push_str("/***");
+        }
+        out
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = d.deserialize_any(QuietString)?;
+        SecretUrl::parse(&text).map_err(de::Error::custom)
     }
 }
 
@@ -106,12 +203,27 @@ impl Serialize for SecretUrl {
 }
 
 #[cfg(test)]
-mod url_tests {
-    use super::SecretUrl;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_printed() {
+        let s = Secret::new("hunter2".into());
+        assert_eq!(format!("{s} {s:?}"), "*** ***");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"");
+        assert_eq!(s.expose(), "hunter2");
+        let err = serde_json::from_str::<Secret>("12345678901")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains("12345678901") && err.contains("string"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn urls_keep_only_scheme_and_host() {
-        let u = |s: &str| SecretUrl(s.into()).redacted();
+        let u = |s: &str| SecretUrl::parse(s).unwrap().redacted();
         assert_eq!(
             u("https://hooks.slack.com/services/T0/B0/XYZ"),
             "https://hooks.slack.com/***"
@@ -120,6 +232,30 @@ mod url_tests {
             u("http://user:pw@127.0.0.1:8080/?token=1"),
             "http://127.0.0.1:8080/***"
         );
+        assert_eq!(
+            u("http://user:pw@127.0.0.1:8080/"),
+            "http://127.0.0.1:8080/***"
+        );
         assert_eq!(u("http://127.0.0.1:8080/"), "http://127.0.0.1:8080");
+        assert_eq!(u("https://h.example\\services\\S"), "https://h.example/***");
+        for bad in [
+            "https://user:p#ss@host/x",
+            "https://user:pa/ss@host/",
+            "hooks.slack.com/services/T/B/SECRET",
+        ] {
+            let err = SecretUrl::parse(bad).unwrap_err();
+            assert!(!err.contains("ss") && !err.contains("SECRET"), "{err}");
+        }
+    }
+
+    #[test]
+    fn user_info_is_split_off() {
+        let u = SecretUrl::parse("https://bot:p%40ss+w@h.example:8443/in?x=1").unwrap();
+        assert_eq!(u.target(), "https://h.example:8443/in?x=1");
+        assert_eq!(
+            u.credentials(),
+            Some(("bot".to_string(), "p@ss+w".to_string()))
+        );
+        assert_eq!(SecretUrl::parse("https://h/").unwrap().credentials(), None);
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! Each line holds the event (in Flipt's webhook form), the original line, where it was read, its
 //! idempotency key, the reason and the attempt count — enough to render and sign it again later,
-//! with whatever template and secret the sink has then.
+//! with whatever template and secret the sink has then. The event and the line are kept as the
+//! source's bytes and read back without re-serialising (numbers, key order and escapes as they
+//! were), so a replay sends byte for byte what would have been sent.
 
 use crate::event::{Format, parse_line};
 use crate::record::{Record, SourceInfo};
@@ -25,8 +27,13 @@ pub struct DeadLetter {
     pub idempotency_key: String,
     pub attempts: u32,
     pub reason: String,
+    /// The event in Flipt's webhook form, kept as bytes (never re-serialised).
     pub event: Box<RawValue>,
+    /// The source's line as read.
     pub line: String,
+    /// The start of the body that could not be sent (a template's output that was not JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_excerpt: Option<String>,
 }
 
 impl DeadLetter {
@@ -46,6 +53,7 @@ impl DeadLetter {
             reason: reason.to_string(),
             event,
             line: record.line.to_string(),
+            body_excerpt: None,
         }
     }
 

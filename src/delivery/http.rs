@@ -97,14 +97,19 @@ pub async fn post(
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let body = read_body(resp.into_body()).await;
         Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, body))
     };
     match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok((_, _, Err(e)))) => Attempt::Retry {
+            // A response cut short (fewer bytes than its Content-Length, a broken chunk) is not an
+            // answer: the receiver may not have taken the event.
+            reason: format!(
+                "POST {shown}: the response was cut short: {}",
+                error_chain(&e)
+            ),
+            retry_after: None,
+        },
         Err(_) => Attempt::Retry {
             reason: format!(
                 "POST {shown}: no response within {}",
@@ -116,8 +121,21 @@ pub async fn post(
             reason: format!("POST {shown}: {}", error_chain(&e)),
             retry_after: None,
         },
-        Ok(Ok((status, retry_after, body))) => classify(status, retry_after, &body, shown),
+        Ok(Ok((status, retry_after, Ok(body)))) => classify(status, retry_after, &body, shown),
     }
+}
+
+/// Reads a response body to its end (so the connection can be kept), keeping its first
+/// [`MAX_RESPONSE_BODY`] bytes for error messages. An error if the body ends early.
+async fn read_body(mut body: hyper::body::Incoming) -> Result<Vec<u8>, hyper::Error> {
+    let mut kept = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            let room = MAX_RESPONSE_BODY.saturating_sub(kept.len());
+            kept.extend_from_slice(&data[..room.min(data.len())]);
+        }
+    }
+    Ok(kept)
 }
 
 fn classify(

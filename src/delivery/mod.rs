@@ -37,8 +37,11 @@ pub enum Result {
         attempts: u32,
     },
     Failed {
+        /// Why, safe to log (never quotes a rendered body).
         reason: String,
         attempts: u32,
+        /// The start of a body that could not be sent, for the dead-letter file only.
+        excerpt: Option<String>,
     },
     /// Stopped by shutdown before an outcome; not acknowledged.
     Abandoned,
@@ -86,6 +89,8 @@ pub async fn run_sink(
             _ = stop.cancelled() => break,
         };
         let (sink, dead, stop) = (sink.clone(), dead.clone(), stop.clone());
+        #[cfg(debug_assertions)]
+        fault_injection(&sink);
         in_flight.spawn(async move {
             let started = Instant::now();
             for (range, result) in deliver(&sink, &batch, &stop).await {
@@ -93,10 +98,14 @@ pub async fn run_sink(
             }
             drop(slot);
         });
-        while in_flight.try_join_next().is_some() {}
+        while let Some(done) = in_flight.try_join_next() {
+            surface_panic(done);
+        }
     }
     let drained = tokio::time::timeout(grace, async {
-        while in_flight.join_next().await.is_some() {}
+        while let Some(done) = in_flight.join_next().await {
+            surface_panic(done);
+        }
     })
     .await;
     if drained.is_err() {
@@ -104,6 +113,27 @@ pub async fn run_sink(
         in_flight.abort_all();
         // Wait for the aborts, so no late acknowledgement reaches a tracker after a reload.
         while in_flight.join_next().await.is_some() {}
+    }
+}
+
+/// A delivery that panicked left its records unacknowledged for good: the sink worker goes down
+/// with it, so the daemon stops (exit 1) instead of holding the source back in silence.
+fn surface_panic(done: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Test builds only: `FLAGTAIL_TEST_FAULT=sink-panic:NAME` makes sink NAME's worker panic when its
+/// first record arrives, so the tests can check that a dead sink worker stops the daemon.
+#[cfg(debug_assertions)]
+fn fault_injection(sink: &Sink) {
+    if std::env::var("FLAGTAIL_TEST_FAULT").ok().as_deref()
+        == Some(&format!("sink-panic:{}", sink.name))
+    {
+        panic!("injected fault in sink {}", sink.name);
     }
 }
 
@@ -115,11 +145,12 @@ pub type Outcomes = Vec<(Range<usize>, Result)>;
 pub async fn deliver(sink: &Sink, records: &[Arc<Record>], stop: &CancellationToken) -> Outcomes {
     match &sink.output {
         Output::Webhook(hook) => {
-            let result = match sink.renderer.render(records) {
+            let result = match sink.renderer.render_bounded(records).await {
                 Ok(body) => send_with_retries(sink, hook, records, Bytes::from(body), stop).await,
-                Err(reason) => Result::Failed {
-                    reason,
+                Err(e) => Result::Failed {
+                    reason: e.reason,
                     attempts: 0,
+                    excerpt: e.excerpt,
                 },
             };
             vec![(0..records.len(), result)]
@@ -152,7 +183,13 @@ async fn send_with_retries(
         .await;
         let (reason, retry_after) = match outcome {
             http::Attempt::Delivered => return Result::Delivered { attempts },
-            http::Attempt::Final { reason } => return Result::Failed { reason, attempts },
+            http::Attempt::Final { reason } => {
+                return Result::Failed {
+                    reason,
+                    attempts,
+                    excerpt: None,
+                };
+            }
             http::Attempt::Retry {
                 reason,
                 retry_after,
@@ -164,6 +201,7 @@ async fn send_with_retries(
                 return Result::Failed {
                     reason: format!("{reason}; {why}"),
                     attempts,
+                    excerpt: None,
                 };
             }
         };
@@ -192,14 +230,17 @@ async fn finish(
             sink.metrics.delivered.inc_by(records.len() as u64);
             records.iter().for_each(|r| r.ack());
         }
-        Result::Failed { reason, attempts } => {
+        Result::Failed {
+            reason,
+            attempts,
+            excerpt,
+        } => {
             let lines: Vec<Vec<u8>> = records
                 .iter()
                 .map(|r| {
-                    serde_json::to_vec(&dead_letter::DeadLetter::new(
-                        &sink.name, r, attempts, &reason,
-                    ))
-                    .unwrap_or_default()
+                    let mut letter = dead_letter::DeadLetter::new(&sink.name, r, attempts, &reason);
+                    letter.body_excerpt = excerpt.clone();
+                    serde_json::to_vec(&letter).unwrap_or_default()
                 })
                 .collect();
             let log = dead.clone();

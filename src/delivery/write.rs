@@ -1,14 +1,16 @@
 //! `stdout` and `file` sinks: each body on its own line, written in groups.
 //!
 //! A group of records is rendered (one body per `max_events` records), written with one write and,
-//! for files, fsynced before any record is acknowledged. Records whose body cannot be rendered fail
+//! for files, fsynced before any record is acknowledged. Files are appended to with
+//! [`append_lines`]: a write cut short (a full disk) is taken back off before it is tried again, and
+//! a line left incomplete by a crash is ended first, so the file only ever holds whole bodies. Records whose body cannot be rendered fail
 //! alone (they are dead-lettered); the rest of the group is written. I/O errors are retried with
 //! the sink's backoff like a failed request.
 
 use super::{Outcomes, Result};
 use crate::record::Record;
+use crate::record_log::append_lines;
 use crate::sink::{Output, Sink};
-use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -20,17 +22,18 @@ pub async fn deliver(sink: &Sink, records: &[Arc<Record>], stop: &CancellationTo
     let step = sink.max_events.max(1);
     for start in (0..records.len()).step_by(step) {
         let range = start..(start + step).min(records.len());
-        match sink.renderer.render(&records[range.clone()]) {
+        match sink.renderer.render_bounded(&records[range.clone()]).await {
             Ok(body) => {
                 out.extend_from_slice(&body);
                 out.push(b'\n');
                 written.push(range);
             }
-            Err(reason) => outcomes.push((
+            Err(e) => outcomes.push((
                 range,
                 Result::Failed {
-                    reason,
+                    reason: e.reason,
                     attempts: 0,
+                    excerpt: e.excerpt,
                 },
             )),
         }
@@ -50,9 +53,9 @@ async fn write_with_retries(sink: &Sink, out: Vec<u8>, stop: &CancellationToken)
     loop {
         attempts += 1;
         let result = match &sink.output {
-            Output::File(path) => {
-                let (path, bytes) = (path.clone(), out.clone());
-                tokio::task::spawn_blocking(move || write_file(&path, &bytes))
+            Output::File(file) => {
+                let (path, mode, bytes) = (file.path.clone(), file.mode, out.clone());
+                tokio::task::spawn_blocking(move || append_lines(&path, mode, &bytes))
                     .await
                     .unwrap_or_else(|e| Err(io::Error::other(e)))
             }
@@ -73,6 +76,7 @@ async fn write_with_retries(sink: &Sink, out: Vec<u8>, stop: &CancellationToken)
                 return Result::Failed {
                     reason: format!("write: {e}; {why}"),
                     attempts,
+                    excerpt: None,
                 };
             }
         }
@@ -83,10 +87,4 @@ fn write_stdout(bytes: &[u8]) -> io::Result<()> {
     let mut out = io::stdout().lock();
     out.write_all(bytes)?;
     out.flush()
-}
-
-fn write_file(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
-    f.write_all(bytes)?;
-    f.sync_data()
 }

@@ -116,19 +116,22 @@ impl Event {
         out.extend_from_slice(b"\"}");
     }
 
-    /// The event as a JSON value, for templates (`{{ payload.key }}`).
-    pub fn to_value(&self) -> serde_json::Value {
-        let parse =
-            |raw: &RawValue| serde_json::from_str(raw.get()).unwrap_or(serde_json::Value::Null);
-        serde_json::json!({
+    /// The event as a JSON value, for templates (`{{ payload.key }}`). An error, never `null`,
+    /// when `metadata` or `payload` has what a JSON value cannot hold (a number out of range like
+    /// `1e999`, nesting deeper than 128 levels): the bytes are kept, but a template cannot see them.
+    pub fn to_value(&self) -> Result<serde_json::Value, String> {
+        let parse = |what: &str, raw: &RawValue| {
+            serde_json::from_str::<serde_json::Value>(raw.get()).map_err(|e| format!("{what}: {e}"))
+        };
+        Ok(serde_json::json!({
             "version": &*self.version,
             "type": &*self.kind,
             "action": self.action.as_str(),
             "status": self.status.as_str(),
-            "metadata": parse(&self.metadata),
-            "payload": parse(&self.payload),
+            "metadata": parse("metadata", &self.metadata)?,
+            "payload": parse("payload", &self.payload)?,
             "timestamp": &*self.timestamp,
-        })
+        }))
     }
 }
 

@@ -12,6 +12,7 @@ use crate::config::{Config, ConfigError, SinkKind, SinkSection};
 use crate::delivery::http::{self as client, HttpClient};
 use crate::record::Record;
 use ::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use base64::Engine;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ pub const USER_AGENT_VALUE: &str = concat!("flagtail/", env!("CARGO_PKG_VERSION"
 pub struct Sink {
     pub name: Arc<str>,
     pub filter: filter::Filter,
-    pub renderer: render::Renderer,
+    pub renderer: Arc<render::Renderer>,
     pub output: Output,
     /// Events per request (1: one request per event, Flipt's semantics).
     pub max_events: usize,
@@ -44,7 +45,14 @@ pub struct RetryPolicy {
 pub enum Output {
     Webhook(Box<Webhook>),
     Stdout,
-    File(PathBuf),
+    File(FileOutput),
+}
+
+/// Where a `file` sink appends.
+pub struct FileOutput {
+    pub path: PathBuf,
+    /// Permission bits the file is created with.
+    pub mode: u32,
 }
 
 pub struct Webhook {
@@ -65,12 +73,23 @@ impl Sink {
         let at = |key: &str| format!("sinks.{index}.{key} (sink {})", s.name);
         let mut errors = Vec::new();
         let batched = s.batch.max_events > 1;
-        let renderer = render::Renderer::new(s.body.as_deref(), &s.content_type, batched)
+        let limits = render::Limits {
+            max_body_bytes: s.body_limit(),
+            time: s.timeout,
+            parallel: s.concurrency as usize,
+        };
+        let renderer = render::Renderer::new(s.body.as_deref(), &s.content_type, batched, limits)
             .map_err(|e| errors.push(format!("{}: {e}", at("body"))))
-            .ok();
+            .ok()
+            .map(Arc::new);
         let output = match s.kind {
             SinkKind::Stdout => Some(Output::Stdout),
-            SinkKind::File => s.path.clone().map(Output::File),
+            SinkKind::File => s.path.clone().map(|path| {
+                Output::File(FileOutput {
+                    path,
+                    mode: s.mode.unwrap_or(crate::config::FileMode::PRIVATE).0,
+                })
+            }),
             SinkKind::Webhook => {
                 build_webhook(s, &at, &mut errors).map(|w| Output::Webhook(Box::new(w)))
             }
@@ -134,8 +153,16 @@ fn build_webhook(
     errors: &mut Vec<String>,
 ) -> Option<Webhook> {
     let url_text = s.url.as_ref()?;
-    let url: ::http::Uri = url_text.expose().parse().ok()?;
+    // User info never reaches the client (whose logs would print it): it becomes Basic auth.
+    let url: ::http::Uri = url_text.target().parse().ok()?;
     let mut headers = HeaderMap::new();
+    if let Some((user, password)) = url_text.credentials() {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        if let Ok(mut v) = HeaderValue::from_str(&format!("Basic {token}")) {
+            v.set_sensitive(true);
+            headers.insert(::http::header::AUTHORIZATION, v);
+        }
+    }
     for (name, value) in &s.headers {
         match (
             HeaderName::from_bytes(name.as_bytes()),

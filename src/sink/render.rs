@@ -3,13 +3,48 @@
 //! Template context (SPEC §2): the event's fields at top level, `event` (the same object),
 //! `source` (`{name, format, line}`), and for batching sinks `events` (the list). The `toJson`
 //! filter writes a value as Go's `json.Marshal` would, as Flipt's templates do. A template that
-//! fails to render, or renders invalid JSON under a JSON content type, is a delivery error of that
-//! event (it is dead-lettered), never a crash.
+//! fails to render, renders invalid JSON under a JSON content type, renders more than
+//! `max_body_bytes`, or runs past its time limit is a delivery error of that event (it is
+//! dead-lettered), never a crash or a hang: templates run off the async threads
+//! ([`Renderer::render_bounded`]), write into a bounded buffer, and a render that will not end is
+//! given up on (its thread finishes on its own; at most `concurrency` such renders per sink).
 
 use crate::event::gojson;
 use crate::record::Record;
+use std::io;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tera::{Context, Kwargs, State, Tera, TeraResult, Value};
+use tokio::sync::Semaphore;
+
+/// Bounds on the work of one template render.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest body a template may write.
+    pub max_body_bytes: usize,
+    /// How long one render may take.
+    pub time: Duration,
+    /// Renders of this sink's template that may run at once (given-up ones included).
+    pub parallel: usize,
+}
+
+/// Why a body could not be made.
+#[derive(Debug, Clone)]
+pub struct RenderError {
+    /// Safe to log: never quotes the rendered body.
+    pub reason: String,
+    /// The start of the rendered body, for the dead-letter file (0600) only.
+    pub excerpt: Option<String>,
+}
+
+impl RenderError {
+    fn new(reason: impl Into<String>) -> RenderError {
+        RenderError {
+            reason: reason.into(),
+            excerpt: None,
+        }
+    }
+}
 
 /// How a sink's body is made.
 pub struct Renderer {
@@ -18,13 +53,22 @@ pub struct Renderer {
     check_json: bool,
     /// Whether one request carries a list of events.
     batched: bool,
+    limits: Limits,
+    /// One permit per template render running, held until its thread is done even if the render
+    /// was given up on, so runaway templates cannot take more than `limits.parallel` threads.
+    running: Arc<Semaphore>,
 }
 
 const TEMPLATE: &str = "body";
 
 impl Renderer {
     /// Compiles `body` if given. The error names the template's line.
-    pub fn new(body: Option<&str>, content_type: &str, batched: bool) -> Result<Renderer, String> {
+    pub fn new(
+        body: Option<&str>,
+        content_type: &str,
+        batched: bool,
+        limits: Limits,
+    ) -> Result<Renderer, String> {
         let template = match body {
             None => None,
             Some(text) => {
@@ -41,42 +85,151 @@ impl Renderer {
             template,
             check_json,
             batched,
+            limits,
+            running: Arc::new(Semaphore::new(limits.parallel.max(1))),
         })
     }
 
-    /// The body for `records` (one record unless the sink batches).
-    pub fn render(&self, records: &[Arc<Record>]) -> Result<Vec<u8>, String> {
+    /// The body for `records`, with templates rendered on a blocking thread within the limits.
+    /// The default body is made in place: it is a concatenation and cannot run away.
+    pub async fn render_bounded(
+        self: &Arc<Self>,
+        records: &[Arc<Record>],
+    ) -> Result<Vec<u8>, RenderError> {
+        if self.template.is_none() {
+            return Ok(flipt_body(records, self.batched));
+        }
+        let time = self.limits.time;
+        let shown = humantime::format_duration(time);
+        let permit = tokio::time::timeout(time, self.running.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                RenderError::new(format!(
+                    "template: earlier renders are still running past their time limit ({shown}); not started"
+                ))
+            })?;
+        let (me, records) = (self.clone(), records.to_vec());
+        let job = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            me.render(&records)
+        });
+        match tokio::time::timeout(time, job).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(RenderError::new(format!(
+                "template: the render failed: {e}"
+            ))),
+            Err(_) => Err(RenderError::new(format!(
+                "template: did not finish within {shown} (the sink's timeout); given up"
+            ))),
+        }
+    }
+
+    /// The body for `records` (one record unless the sink batches), on this thread.
+    pub fn render(&self, records: &[Arc<Record>]) -> Result<Vec<u8>, RenderError> {
         let Some(tera) = &self.template else {
             return Ok(flipt_body(records, self.batched));
         };
+        let ctx = self.context(records)?;
+        let mut out = Bounded {
+            buf: Vec::new(),
+            max: self.limits.max_body_bytes,
+            deadline: Instant::now() + self.limits.time,
+            exceeded: None,
+        };
+        if let Err(e) = tera.render_to(TEMPLATE, &ctx, &mut out) {
+            return Err(RenderError::new(match out.exceeded {
+                Some(Exceeded::Size) => format!(
+                    "template: the body is over max_body_bytes ({})",
+                    self.limits.max_body_bytes
+                ),
+                Some(Exceeded::Time) => format!(
+                    "template: did not finish within {} (the sink's timeout)",
+                    humantime::format_duration(self.limits.time)
+                ),
+                None => format!("template: {}", describe(&e)),
+            }));
+        }
+        let body = out.buf;
+        if self.check_json
+            && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+        {
+            return Err(RenderError {
+                reason: format!("rendered body is not valid JSON ({e})"),
+                excerpt: Some(clip(&String::from_utf8_lossy(&body))),
+            });
+        }
+        Ok(body)
+    }
+
+    /// The template context of `records`. Values a template could only see as `null` (numbers out
+    /// of range, nesting too deep) are errors, never a silent `null`.
+    fn context(&self, records: &[Arc<Record>]) -> Result<Context, RenderError> {
         let mut ctx = Context::new();
+        let unusable = |what: &str, e: String| {
+            RenderError::new(format!(
+                "template: the {what} cannot be given to a template: {e}"
+            ))
+        };
         if self.batched {
-            let events: Vec<serde_json::Value> =
-                records.iter().map(|r| r.event.to_value()).collect();
+            let events = records
+                .iter()
+                .map(|r| r.event.to_value())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| unusable("event", e))?;
             ctx.insert("events", &events);
         } else if let Some(r) = records.first() {
-            let event = r.event.to_value();
+            let event = r.event.to_value().map_err(|e| unusable("event", e))?;
             if let serde_json::Value::Object(fields) = &event {
                 for (k, v) in fields {
                     ctx.insert(k.clone(), v);
                 }
             }
             ctx.insert("event", &event);
-            let line: serde_json::Value =
-                serde_json::from_str(&r.line).unwrap_or(serde_json::Value::Null);
+            let line: serde_json::Value = serde_json::from_str(&r.line)
+                .map_err(|e| unusable("source line", e.to_string()))?;
             ctx.insert(
                 "source",
                 &serde_json::json!({"name": &*r.source.name, "format": r.source.format.as_str(), "line": line}),
             );
         }
-        let body = tera
-            .render(TEMPLATE, &ctx)
-            .map_err(|e| format!("template: {}", describe(&e)))?;
-        if self.check_json {
-            serde_json::from_str::<serde::de::IgnoredAny>(&body)
-                .map_err(|e| format!("rendered body is not valid JSON ({e}): {}", clip(&body)))?;
+        Ok(ctx)
+    }
+}
+
+/// Which limit a render ran into.
+#[derive(Debug, Clone, Copy)]
+enum Exceeded {
+    Size,
+    Time,
+}
+
+/// The render's output: refuses to grow past `max` or to go on past `deadline`, which stops
+/// Tera at its next write.
+struct Bounded {
+    buf: Vec<u8>,
+    max: usize,
+    deadline: Instant,
+    exceeded: Option<Exceeded>,
+}
+
+impl io::Write for Bounded {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + bytes.len() > self.max {
+            self.exceeded = Some(Exceeded::Size);
+            return Err(io::Error::other("over max_body_bytes"));
         }
-        Ok(body.into_bytes())
+        if Instant::now() > self.deadline {
+            self.exceeded = Some(Exceeded::Time);
+            return Err(io::Error::other("past the time limit"));
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -134,6 +287,12 @@ mod tests {
     use crate::event::{Format, parse_line};
     use crate::record::SourceInfo;
 
+    const LIMITS: Limits = Limits {
+        max_body_bytes: 1 << 20,
+        time: Duration::from_secs(10),
+        parallel: 1,
+    };
+
     fn record(line: &str) -> Arc<Record> {
         let info = Arc::new(SourceInfo {
             name: "flipt".into(),
@@ -153,7 +312,7 @@ mod tests {
     #[test]
     fn slack_template_and_to_json() {
         let tpl = r#"{"text": "{{ type }}/{{ action }} {{ payload.key }} by {{ metadata.actor.email | default(value="someone") }} from {{ source.name }}", "p": {{ payload | toJson }}}"#;
-        let r = Renderer::new(Some(tpl), "application/json", false).unwrap();
+        let r = Renderer::new(Some(tpl), "application/json", false, LIMITS).unwrap();
         let body = String::from_utf8(r.render(&[record(LINE)]).unwrap()).unwrap();
         assert_eq!(
             body,
@@ -163,23 +322,35 @@ mod tests {
 
     #[test]
     fn invalid_json_and_render_errors_are_errors() {
-        let r = Renderer::new(Some("{{ type }} not json"), "application/json", false).unwrap();
+        let r = Renderer::new(
+            Some("{{ type }} not json"),
+            "application/json",
+            false,
+            LIMITS,
+        )
+        .unwrap();
         assert!(
             r.render(&[record(LINE)])
                 .unwrap_err()
+                .reason
                 .contains("not valid JSON")
         );
-        let r = Renderer::new(Some("{{ type }} plain"), "text/plain", false).unwrap();
+        let r = Renderer::new(Some("{{ type }} plain"), "text/plain", false, LIMITS).unwrap();
         assert_eq!(r.render(&[record(LINE)]).unwrap(), b"flag plain");
-        let r = Renderer::new(Some("{{ nothere.x }}"), "text/plain", false).unwrap();
+        let r = Renderer::new(Some("{{ nothere.x }}"), "text/plain", false, LIMITS).unwrap();
         assert!(r.render(&[record(LINE)]).is_err());
     }
 
     #[test]
     fn bad_templates_name_the_line() {
-        let err = Renderer::new(Some("line one\n{{ type "), "application/json", false)
-            .err()
-            .unwrap();
+        let err = Renderer::new(
+            Some("line one\n{{ type "),
+            "application/json",
+            false,
+            LIMITS,
+        )
+        .err()
+        .unwrap();
         assert!(err.contains('2'), "{err}");
     }
 
@@ -187,7 +358,7 @@ mod tests {
     fn batches_are_arrays_or_events_lists() {
         let recs = [record(LINE), record(LINE)];
         let body = String::from_utf8(
-            Renderer::new(None, "application/json", true)
+            Renderer::new(None, "application/json", true, LIMITS)
                 .unwrap()
                 .render(&recs)
                 .unwrap(),
@@ -196,7 +367,7 @@ mod tests {
         assert!(
             body.starts_with(r#"[{"version":"0.2""#) && body.ends_with(r#""status":"success"}]"#)
         );
-        let r = Renderer::new(Some("{{ events | length }}"), "text/plain", true).unwrap();
+        let r = Renderer::new(Some("{{ events | length }}"), "text/plain", true, LIMITS).unwrap();
         assert_eq!(r.render(&recs).unwrap(), b"2");
     }
 }

@@ -168,6 +168,9 @@ impl FileSource {
     /// `Drained::Truncated` returned.
     async fn drain(&self, r: &mut Reader) -> Result<Drained, Error> {
         loop {
+            if self.dispatch.stop.is_cancelled() {
+                return Err(Error::Stopped);
+            }
             let n = r.splitter.fill_from(&mut r.file)?;
             if n > 0 && self.truncated(r)? {
                 r.splitter.unread(n);
@@ -338,10 +341,9 @@ impl FileSource {
                 (r, _) => Ok(r),
             };
         };
-        let at_path = match File::open(&self.path) {
-            Ok(f) => Some(f),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
+        let at_path = match open_path(&self.path)? {
+            Opened::File(f) => Some(f),
+            Opened::Missing | Opened::NotRegular(_) => None,
         };
         if let Some(f) = at_path
             && saved.is(&f)?
@@ -357,7 +359,13 @@ impl FileSource {
             && f.metadata()?.len() >= offset
         {
             tracing::info!(source = %name, path = %path.display(), offset, "checkpoint is in a rotated or copied file; reading its rest first");
-            return Ok(Some(self.reader_at(f, saved, offset)?));
+            // Read under its own name and inode: a copy is another file than the one at the path,
+            // so once it is read to its end the file at the path is followed from its start.
+            let identity = FileIdentity {
+                fingerprint: saved.fingerprint,
+                ..FileIdentity::of_open(&path, &f)?
+            };
+            return Ok(Some(self.reader_at(f, Arc::new(identity), offset)?));
         }
         tracing::warn!(
             source = %name, path = %self.path.display(), offset,
@@ -385,54 +393,160 @@ impl FileSource {
         })
     }
 
-    /// Opens the file at the path from `offset`; `None` if there is no file yet.
+    /// Opens the file at the path from `offset`; `None` if there is no regular file there yet.
+    /// Anything else at the path (a directory, a FIFO, a device) is not opened: it is logged and
+    /// the source waits for the next change in the directory.
     fn open(&self, offset: u64) -> io::Result<Option<Reader>> {
-        match File::open(&self.path) {
-            Ok(f) => {
+        match open_path(&self.path)? {
+            Opened::File(f) => {
                 let identity = Arc::new(FileIdentity::of_open(&self.path, &f)?);
                 Ok(Some(self.reader_at(f, identity, offset)?))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+            Opened::Missing => Ok(None),
+            Opened::NotRegular(kind) => {
+                tracing::error!(source = %self.dispatch.info.name, path = %self.path.display(), "the path is {kind}, not a regular file; waiting for a regular file there");
+                Ok(None)
+            }
         }
+    }
+}
+
+/// What is at a source's path.
+enum Opened {
+    File(File),
+    Missing,
+    /// Something that is not a regular file (named by its kind): never read.
+    NotRegular(&'static str),
+}
+
+/// Opens `path` if it is a regular file. Opening never blocks (a FIFO would wait for a writer):
+/// it is done non-blocking and the kind checked on the open file, so a swap in between is seen.
+fn open_path(path: &Path) -> io::Result<Opened> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => {
+            let kind = f.metadata()?.file_type();
+            Ok(match kind_name(kind) {
+                None => Opened::File(f),
+                Some(name) => Opened::NotRegular(name),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Opened::Missing),
+        Err(e) => Err(e),
+    }
+}
+
+/// `None` for a regular file, else what it is ("a directory").
+fn kind_name(kind: fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    }
+}
+
+/// Start-up check of a `file:` path: `Err` if something other than a regular file is there (a
+/// missing file is fine: it is waited for).
+pub fn check_path(path: &Path) -> Result<(), String> {
+    match fs::metadata(path) {
+        Ok(m) => match kind_name(m.file_type()) {
+            None => Ok(()),
+            Some(kind) => Err(format!(
+                "{} is {kind}, not a regular file: flagtail follows append-only files",
+                path.display()
+            )),
+        },
+        Err(_) => Ok(()),
     }
 }
 
 /// Finds, in the directory of `path`, the file `saved` (same inode and first line) under another name.
 fn find_renamed(path: &Path, saved: &FileIdentity) -> io::Result<Option<(PathBuf, File)>> {
-    find_in_dir(path, |m| saved.same_inode(m), |f| saved.is(f))
+    let found = candidates(path, |m| saved.same_inode(m), |f| saved.is(f))?;
+    Ok(found.into_iter().next().map(|c| (c.path, c.file)))
 }
 
 /// Finds, in the directory of `path`, another file (not `of` itself) that starts with the same
-/// first line as `of` and reaches `offset`: the copy copytruncate made.
+/// first line as `of` and reaches `offset`: the copy copytruncate made. If several do (a backup
+/// beside the rotated copy), the longest wins, as it holds the most of the file; then the most
+/// recently written; then the first name. The choice never depends on the directory's order.
 fn find_copy(path: &Path, of: &FileIdentity, offset: u64) -> io::Result<Option<(PathBuf, File)>> {
     let Some(fp) = of.fingerprint else {
         return Ok(None);
     };
-    find_in_dir(
+    let found = candidates(
         path,
         |m| !of.same_inode(m) && m.len() >= offset.max(fp.len),
         |f| fp.matches(f),
-    )
+    )?;
+    let key = |c: &Candidate| (c.meta.len(), c.meta.modified().ok());
+    let mut best: Option<Candidate> = None;
+    let count = found.len();
+    for c in found {
+        // `found` is sorted by name, so on a tie the first name stays.
+        if best.as_ref().is_none_or(|b| key(&c) > key(b)) {
+            best = Some(c);
+        }
+    }
+    if count > 1
+        && let Some(b) = &best
+    {
+        tracing::info!(path = %path.display(), copy = %b.path.display(), candidates = count, "several files start like the truncated one; taking the longest");
+    }
+    Ok(best.map(|c| (c.path, c.file)))
 }
 
-/// The first regular file beside `path` whose metadata passes `cheap` and whose content `check`.
-fn find_in_dir(
+/// A file beside the followed one that may be its earlier self.
+struct Candidate {
+    path: PathBuf,
+    file: File,
+    meta: fs::Metadata,
+}
+
+/// The regular files beside `path` whose metadata passes `cheap` and whose content `check`,
+/// sorted by name.
+fn candidates(
     path: &Path,
     cheap: impl Fn(&fs::Metadata) -> bool,
     check: impl Fn(&File) -> io::Result<bool>,
-) -> io::Result<Option<(PathBuf, File)>> {
-    for entry in fs::read_dir(super::dir_of(path))? {
-        let entry = entry?;
-        let Ok(m) = entry.metadata() else { continue };
-        if m.is_file() && cheap(&m) {
-            let f = File::open(entry.path())?;
-            if check(&f)? {
-                return Ok(Some((entry.path(), f)));
-            }
+) -> io::Result<Vec<Candidate>> {
+    let mut names: Vec<PathBuf> = fs::read_dir(super::dir_of(path))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let Ok(m) = fs::metadata(&name) else { continue };
+        if !m.is_file() || !cheap(&m) {
+            continue;
+        }
+        let Ok(Opened::File(file)) = open_path(&name) else {
+            continue;
+        };
+        if check(&file).unwrap_or(false) {
+            out.push(Candidate {
+                path: name,
+                file,
+                meta: m,
+            });
         }
     }
-    Ok(None)
+    Ok(out)
 }
 
 /// Offset just after the last newline (where `read_from: end` starts, skipping a partial line).

@@ -19,6 +19,9 @@ pub const FINGERPRINT_MAX: u64 = 64 * 1024;
 /// A hash of a file's first `len` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fingerprint {
+    /// How many leading bytes were hashed: at most [`FINGERPRINT_MAX`], also when read back from a
+    /// damaged or hand-edited checkpoint file (the bytes are read into memory to compare).
+    #[serde(deserialize_with = "bounded_len")]
     pub len: u64,
     #[serde(with = "hex16")]
     pub hash: [u8; 16],
@@ -91,6 +94,16 @@ impl FileIdentity {
             None => Ok(true),
         }
     }
+}
+
+fn bounded_len<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let len = u64::deserialize(d)?;
+    if len > FINGERPRINT_MAX {
+        return Err(serde::de::Error::custom(format!(
+            "fingerprint len {len} is over the largest flagtail writes ({FINGERPRINT_MAX})"
+        )));
+    }
+    Ok(len)
 }
 
 mod hex16 {
