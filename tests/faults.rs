@@ -7,29 +7,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use support::*;
 
-/// Flag keys (one per input line) of what was delivered and what was dead-lettered.
-fn delivered_keys(rx: &Receiver) -> Vec<String> {
-    rx.delivered().iter().map(|r| key_of(&r.body)).collect()
-}
-
-/// Runs `flagtail replay --sink hook`: (exit code, stdout, stderr).
-fn replay(config: &std::path::Path) -> (i32, String, String) {
-    run_cmd(&[
-        "replay",
-        "--config",
-        config.to_str().unwrap(),
-        "--sink",
-        "hook",
-    ])
-}
-
-fn dead_keys(s: &Setup) -> Vec<String> {
-    s.state_lines("dead-letter/hook.jsonl")
-        .iter()
-        .map(|d| d["event"]["payload"]["key"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retryable_failures_are_retried_with_the_same_keys() {
     let rx = Receiver::start().await;
@@ -66,7 +43,7 @@ async fn retryable_failures_are_retried_with_the_same_keys() {
             .iter()
             .all(|a| wh.verify(&a.body, &a.headers).is_ok())
     );
-    assert!(dead_keys(&s).is_empty());
+    assert!(dead_keys(&s, "hook").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,10 +128,10 @@ async fn final_statuses_are_dead_lettered_at_once_then_replayed() {
             Reply::Status(200)
         }
     });
-    let (code, out, err) = replay(&config);
+    let (code, out, err) = replay(&config, "hook");
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("4 delivered, 1 kept"), "{out}");
-    assert_eq!(dead_keys(&s), ["flag-3"]);
+    assert_eq!(dead_keys(&s, "hook"), ["flag-3"]);
     let keys: HashSet<String> = rx
         .delivered()
         .iter()
@@ -166,9 +143,9 @@ async fn final_statuses_are_dead_lettered_at_once_then_replayed() {
         .collect();
     assert!(keys.is_subset(&dead_ids), "replays carry the original keys");
     rx.plan(|_| Reply::Status(200));
-    let (code, out, _) = replay(&config);
+    let (code, out, _) = replay(&config, "hook");
     assert_eq!(code, 0, "{out}");
-    assert!(dead_keys(&s).is_empty());
+    assert!(dead_keys(&s, "hook").is_empty());
     let mut got = delivered_keys(&rx);
     got.sort();
     assert_eq!(got, ["flag-0", "flag-1", "flag-2", "flag-3", "flag-4"]);
@@ -185,7 +162,7 @@ async fn a_receiver_down_longer_than_max_backoff_then_replay() {
         "    max_backoff_duration: 1s\n    concurrency: 4\n",
     ));
     let mut ft = Flagtail::start(&config);
-    eventually(|| match dead_keys(&s).len() {
+    eventually(|| match dead_keys(&s, "hook").len() {
         10 => Ok(()),
         n => Err(format!("{n} of 10 dead-lettered\n{}", ft.stderr())),
     })
@@ -194,12 +171,12 @@ async fn a_receiver_down_longer_than_max_backoff_then_replay() {
     s.write_lines(10..15, Encoding::Console);
     rx.wait_delivered(5).await;
     ft.terminate().await;
-    let (code, out, err) = replay(&config);
+    let (code, out, err) = replay(&config, "hook");
     assert_eq!(code, 0, "{out}{err}");
     let got = counts(delivered_keys(&rx));
     assert_eq!(got.len(), 15);
     assert!(got.values().all(|c| *c == 1), "{got:?}");
-    assert!(dead_keys(&s).is_empty());
+    assert!(dead_keys(&s, "hook").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,7 +309,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
             "{event} was re-sent under another Idempotency-Key: {keys:?}"
         );
     }
-    assert!(dead_keys(&s).is_empty());
+    assert!(dead_keys(&s, "hook").is_empty());
     println!(
         "{written} lines, {} requests delivered ({} duplicates after kills)",
         delivered.len(),

@@ -79,7 +79,12 @@ pub async fn replay(config: &Config, name: &str) -> Result<(), Failure> {
         log.append_held(&keep)
             .map_err(|e| io("cannot write back to", e))?;
     }
-    std::fs::remove_file(&taken).map_err(|e| io("cannot remove", e))?;
+    match std::fs::remove_file(&taken) {
+        Ok(()) => {}
+        // Nothing was taken: there were no dead letters.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("cannot remove", e)),
+    }
     drop(held);
     println!(
         "replayed {} dead letters of sink {name}: {delivered} delivered, {} kept",

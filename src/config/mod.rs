@@ -182,13 +182,18 @@ fn extract_all(mut dict: Dict, name: &str) -> (Option<ConfigFile>, Vec<String>, 
                 _ => {}
             }
             problems.extend(figment_problems(e));
-            let joined = key.join(".");
-            if set_aside.contains(&joined) {
-                continue;
-            }
-            if set_value(&mut dict, &key, placeholder) {
-                set_aside.push(joined);
-                progressed = true;
+            // A bad list element (`events.0`) sets aside the whole list.
+            while !key.is_empty() {
+                let joined = key.join(".");
+                if set_aside.contains(&joined) {
+                    break;
+                }
+                if set_value(&mut dict, &key, placeholder.take()) {
+                    set_aside.push(joined);
+                    progressed = true;
+                    break;
+                }
+                key.pop();
             }
         }
         if !progressed || problems.len() >= MAX_PROBLEMS {

@@ -532,7 +532,28 @@ impl Setup {
             Ok(t) => t
                 .lines()
                 .filter(|l| !l.is_empty())
-                .map(|l| serde_json::from_str(l).unwrap())
+                .map(|l| {
+                    serde_json::from_str(l).unwrap_or_else(|_| {
+                        // A value JSON allows but serde_json cannot hold (`1e999`): keep the
+                        // fields that it can, and the others as their text.
+                        let fields: serde_json::Map<String, serde_json::Value> =
+                            serde_json::from_str::<
+                                std::collections::BTreeMap<
+                                    String,
+                                    Box<serde_json::value::RawValue>,
+                                >,
+                            >(l)
+                            .unwrap()
+                            .into_iter()
+                            .map(|(k, raw)| {
+                                let v = serde_json::from_str(raw.get())
+                                    .unwrap_or_else(|_| raw.get().to_string().into());
+                                (k, v)
+                            })
+                            .collect();
+                        fields.into()
+                    })
+                })
                 .collect(),
             Err(_) => Vec::new(),
         }
@@ -564,4 +585,33 @@ pub fn run_cmd_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String)
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Flag keys (one per input line) of what the receiver took (2xx).
+pub fn delivered_keys(rx: &Receiver) -> Vec<String> {
+    rx.delivered().iter().map(|r| key_of(&r.body)).collect()
+}
+
+/// Runs `flagtail replay --sink SINK`: (exit code, stdout, stderr).
+pub fn replay(config: &Path, sink: &str) -> (i32, String, String) {
+    run_cmd(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        sink,
+    ])
+}
+
+/// Flag keys of the events in a sink's dead-letter file.
+pub fn dead_keys(s: &Setup, sink: &str) -> Vec<String> {
+    s.state_lines(&format!("dead-letter/{sink}.jsonl"))
+        .iter()
+        .map(|d| {
+            d["event"]["payload"]["key"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
 }
