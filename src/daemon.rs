@@ -62,7 +62,9 @@ pub async fn run(
             }
             Some(()) = reloads.recv() => match reload(&config) {
                 Ok((next, sinks)) => {
-                    pipeline.stop().await;
+                    if let Err(e) = pipeline.stop().await {
+                        break Err(e);
+                    }
                     config = next;
                     pipeline = Pipeline::start(&config, sinks, &book);
                     tracing::info!(config = %config.path.display(), "config reloaded");
@@ -75,7 +77,7 @@ pub async fn run(
         tracing::error!("stopping: {e:#}");
     }
     tracing::info!("stopping: finishing deliveries in flight");
-    pipeline.stop().await;
+    let result = result.and(pipeline.stop().await);
     writer_stop.cancel();
     let saved = match writer.await {
         Ok(saved) => saved.context("cannot save checkpoints at shutdown; undelivered events after the last saved position are sent again on restart"),
@@ -188,10 +190,27 @@ impl Pipeline {
         }
     }
 
-    /// Stops reading and waits; sink workers give deliveries in flight `shutdown_grace`.
-    async fn stop(&mut self) {
+    /// Stops reading and waits; sink workers give deliveries in flight `shutdown_grace`. A task
+    /// that panicked meanwhile is an error, even if the stop came first.
+    async fn stop(&mut self) -> anyhow::Result<()> {
         self.stop.cancel();
-        while self.sources.join_next().await.is_some() {}
-        while self.sinks.join_next().await.is_some() {}
+        let mut first = Ok(());
+        while let Some(ended) = self.sources.join_next_with_id().await {
+            if let Err(e) = &ended
+                && e.is_panic()
+                && first.is_ok()
+            {
+                first = Err(self.ended("source", Some(ended)));
+            }
+        }
+        while let Some(ended) = self.sinks.join_next_with_id().await {
+            if let Err(e) = &ended
+                && e.is_panic()
+                && first.is_ok()
+            {
+                first = Err(self.ended("sink", Some(ended.map(|(id, ())| (id, Ok(()))))));
+            }
+        }
+        first
     }
 }

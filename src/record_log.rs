@@ -146,6 +146,10 @@ pub fn append_lines(path: &Path, mode: u32, bytes: &[u8]) -> io::Result<()> {
         .read(true)
         .mode(mode)
         .open(path)?;
+    // Other appenders (a file sink with concurrency > 1, two sinks on one path, `replay` beside the
+    // daemon) wait here: the length read below stays true until this append is done, so cutting
+    // a failed write back can never take anyone else's lines.
+    f.lock()?;
     let len = f.metadata()?.len();
     let mut torn = false;
     if len > 0 {

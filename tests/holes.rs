@@ -106,7 +106,7 @@ async fn a_full_disk_never_leaves_a_torn_or_doubled_line_in_the_file_sink() {
     }
     s.write_lines(0..60, Encoding::Json);
     let config = s.config(&format!(
-        "  - name: archive\n    type: file\n    path: {}\n    initial_backoff: 50ms\n    max_backoff_duration: 60s\n",
+        "  - name: archive\n    type: file\n    path: {}\n    concurrency: 4\n    initial_backoff: 50ms\n    max_backoff_duration: 60s\n",
         out.display()
     ));
     let mut ft = Flagtail::start(&config);
@@ -325,6 +325,63 @@ fn config_errors_and_check_never_print_a_secret() {
     }
     assert!(out.contains("${BODY_TOKEN}"), "{out}");
     assert!(out.contains("https://hooks.example/***"), "{out}");
+
+    // A URL written with a literal password and a variable is still shown masked; a value from a
+    // variable is never quoted by an error about it; a URL the request line cannot carry is an
+    // error, never a sink left out.
+    let cfg = s.config(
+        "  - name: mixed\n    url: \"https://bot:hunter2@hooks.example/${HOOK_PATH}\"\n    concurrency: \"${WRONG_VAR}\"\n\
+         \x20 - name: braces\n    url: \"https://{{host}}/hook\"\n",
+    );
+    let env = [
+        ("HOOK_PATH", "T0/B0/tok-in-path-456"),
+        ("WRONG_VAR", "tok-in-var-789"),
+    ];
+    let (code, out, err) = run_cmd_env(&["check", "--config", cfg.to_str().unwrap()], &env);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("sinks.0.concurrency") && err.contains("${WRONG_VAR}"),
+        "{err}"
+    );
+    assert!(err.contains("sinks.1.url"), "{err}");
+    for secret in ["hunter2", "tok-in-path-456", "tok-in-var-789"] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} leaked: {err}"
+        );
+    }
+    let cfg = s.config(
+        "  - name: mixed\n    url: \"https://bot:hunter2@hooks.example/${HOOK_PATH}\"\n    signing_secret: s3crET\n\
+         \x20 - name: keyed\n    url: http://127.0.0.1:9/\n    headers: {X-Api-Key: k3y-v4lue}\n",
+    );
+    let (code, out, err) = run_cmd_env(&["check", "--config", cfg.to_str().unwrap()], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("hunter2") && !out.contains("tok-in-path-456"),
+        "{out}"
+    );
+    // `render` prints requests as they would be sent, but header values and user info as ***.
+    let log = s.log();
+    s.write_lines(0..1, Encoding::Console);
+    for sink in ["mixed", "keyed"] {
+        let (code, out, err) = run_cmd_env(
+            &[
+                "render",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--sink",
+                sink,
+                "--input",
+                log.to_str().unwrap(),
+            ],
+            &env,
+        );
+        assert_eq!(code, 0, "{err}");
+        for secret in ["hunter2", "Ym90Omh1bnRlcjI", "k3y-v4lue"] {
+            assert!(!out.contains(secret), "{secret} in render output: {out}");
+        }
+        assert!(out.contains("\"***\""), "{out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,9 +46,12 @@ pub fn find_sink(config: &Config, name: &str) -> Result<Arc<Sink>, Failure> {
                 names.join(", ")
             ))
         })?;
-    Sink::build(index, section)
-        .map(Arc::new)
-        .map_err(|e| Failure::usage(config.error(e).to_string()))
+    Sink::build(index, section).map(Arc::new).map_err(|mut e| {
+        if e.is_empty() {
+            e.push(format!("sinks.{index} (sink {name}): cannot be built"));
+        }
+        Failure::usage(config.error(e).to_string())
+    })
 }
 
 /// Builds every sink and checks every source's path, as the daemon does before it starts, to

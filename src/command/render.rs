@@ -1,6 +1,6 @@
 //! `flagtail render`: a dry run. Every input line becomes one JSON object on stdout: the request
 //! exactly as the sink would send it now (`{"method","url","headers","body"}`, signature headers
-//! included), or `{"skipped": REASON}` (the sink's filter does not take it), or
+//! included; configured header values and URL user info as `***`), or `{"skipped": REASON}` (the sink's filter does not take it), or
 //! `{"rejected": REASON}` (not an event, or its body cannot be made).
 
 use super::{Failure, find_sink};
@@ -105,10 +105,13 @@ fn request(sink: &crate::sink::Sink, records: &[Arc<Record>]) -> String {
                 .headers_for(&body, &key, unix_now())
                 .iter()
                 .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
+                    // Configured header values and URL user info are secrets: shown as `***`.
+                    let shown = if v.is_sensitive() {
+                        "***".to_string()
+                    } else {
+                        String::from_utf8_lossy(v.as_bytes()).into_owned()
+                    };
+                    (k.to_string(), shown)
                 })
                 .collect();
             ("POST", hook.url.to_string(), headers)

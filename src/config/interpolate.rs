@@ -8,6 +8,15 @@
 use figment::value::{Dict, Value};
 use std::collections::BTreeMap;
 
+/// A value `${VAR}` substitution changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Substituted {
+    /// As the user wrote it: `Bearer ${TOKEN}`.
+    pub written: String,
+    /// What it became; never to be printed.
+    pub expanded: String,
+}
+
 /// Replaces `${VAR}` in every string below `dict`; `path` names the keys for error messages.
 /// Collects every problem found, not just the first, and in `written` the text as written of
 /// every value that substitution changed.
@@ -15,7 +24,7 @@ pub fn interpolate_dict(
     dict: &mut Dict,
     path: &str,
     errors: &mut Vec<String>,
-    written: &mut BTreeMap<String, String>,
+    written: &mut BTreeMap<String, Substituted>,
 ) {
     for (key, value) in dict.iter_mut() {
         let here = if path.is_empty() {
@@ -31,12 +40,16 @@ fn interpolate_value(
     value: &mut Value,
     path: &str,
     errors: &mut Vec<String>,
-    written: &mut BTreeMap<String, String>,
+    written: &mut BTreeMap<String, Substituted>,
 ) {
     match value {
         Value::String(_, s) => match expand(s, |name| std::env::var(name).ok()) {
             Ok(expanded) if expanded != *s => {
-                written.insert(path.to_string(), std::mem::replace(s, expanded));
+                let sub = Substituted {
+                    written: std::mem::replace(s, expanded.clone()),
+                    expanded,
+                };
+                written.insert(path.to_string(), sub);
             }
             Ok(_) => {}
             Err(name) => errors.push(format!("{path}: environment variable {name} is not set")),

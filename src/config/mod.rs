@@ -13,6 +13,7 @@ pub use file::{
     BatchSection, ConfigFile, DEFAULT_BODY_BYTES, FileMode, LogFormat, LogSection, Name, ReadFrom,
     SignatureScheme, SinkKind, SinkSection, SourceSection,
 };
+pub use interpolate::Substituted;
 pub use secret::{Secret, SecretUrl};
 
 use figment::providers::{Env, Format as _, Toml, Yaml};
@@ -39,9 +40,9 @@ pub struct Config {
     /// The file it came from, for messages and SIGHUP reloads.
     pub path: PathBuf,
     pub file: ConfigFile,
-    /// Values that `${VAR}` substitution changed, by key path (`sinks.0.body`), as written: `check`
-    /// shows these instead of what the variables hold.
-    pub written: BTreeMap<String, String>,
+    /// Values that `${VAR}` substitution changed, by key path (`sinks.0.body`): `check` shows them
+    /// as written instead of what the variables hold.
+    pub written: BTreeMap<String, Substituted>,
 }
 
 /// Everything wrong with a config, one line per problem, each naming its key.
@@ -104,12 +105,26 @@ impl Config {
         let (file, mut problems, set_aside) = extract_all(dict, &name);
         if let Some(file) = &file {
             // A value set aside above was already reported; checks that miss it would only repeat it.
+            let under = |p: &str, key: &str| {
+                p.strip_prefix(key)
+                    .is_some_and(|rest| rest.starts_with(['.', ':', ' ']))
+            };
             problems.extend(
                 cross_checks(file)
                     .into_iter()
-                    .filter(|p| !set_aside.iter().any(|key| p.starts_with(key.as_str()))),
+                    .filter(|p| !set_aside.iter().any(|key| under(p, key))),
             );
         }
+        let problems: Vec<String> =
+            problems
+                .into_iter()
+                .map(|p| scrub(p, &written))
+                .fold(Vec::new(), |mut seen, p| {
+                    if !seen.contains(&p) {
+                        seen.push(p);
+                    }
+                    seen
+                });
         match file {
             Some(file) if problems.is_empty() => Ok(Config {
                 path: path.to_path_buf(),
@@ -132,7 +147,7 @@ impl Config {
     /// came from `${VAR}` as written, so no variable's value is printed.
     pub fn to_redacted_json(&self) -> String {
         let mut value = serde_json::to_value(&self.file).unwrap_or_default();
-        for (key, text) in &self.written {
+        for (key, sub) in &self.written {
             let mut at = Some(&mut value);
             for part in key.split('.') {
                 at = at.and_then(|v| match v {
@@ -143,14 +158,45 @@ impl Config {
                     _ => None,
                 });
             }
+            // Only where the key printed what the variable holds: secrets and URLs print their own
+            // masked form, and what they were written as may hold a literal token.
+            let shows_value = |v: &serde_json::Value| match v {
+                serde_json::Value::String(text) => *text == sub.expanded,
+                other => {
+                    sub.expanded
+                        .trim()
+                        .parse::<serde_json::Value>()
+                        .ok()
+                        .as_ref()
+                        == Some(other)
+                }
+            };
             if let Some(v) = at
-                && v.as_str() != Some("***")
+                && shows_value(v)
             {
-                *v = serde_json::Value::String(text.clone());
+                *v = serde_json::Value::String(sub.written.clone());
             }
         }
         serde_json::to_string_pretty(&value).unwrap_or_default()
     }
+}
+
+/// A problem about a key whose value came from `${VAR}`, with that value written as the user wrote
+/// it: a message such as `"tok…" is not a whole number` must not print what a variable holds.
+fn scrub(problem: String, written: &BTreeMap<String, Substituted>) -> String {
+    let Some((key, message)) = problem.split_once(": ") else {
+        return problem;
+    };
+    let mut message = message.to_string();
+    for (path, sub) in written {
+        let about = key == path
+            || key.starts_with(&format!("{path}."))
+            || path.starts_with(&format!("{key}."));
+        if about && !sub.expanded.is_empty() {
+            message = message.replace(&sub.expanded, &sub.written);
+        }
+    }
+    format!("{key}: {message}")
 }
 
 /// Extracts the typed config, collecting every problem rather than the first: after each failed
@@ -372,6 +418,10 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
                 Some(u) => {
                     if !matches!(u.scheme(), "http" | "https") || !u.has_host() {
                         p.push(format!("{at}.url: {u} is not an http:// or https:// URL"));
+                    } else if u.target().parse::<http::Uri>().is_err() {
+                        p.push(format!(
+                            "{at}.url: {u} has characters an HTTP request line cannot carry; percent-encode them"
+                        ));
                     }
                     let authorization = s
                         .headers

@@ -101,15 +101,16 @@ pub async fn post(
         Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, body))
     };
     match tokio::time::timeout(timeout, exchange).await {
-        Ok(Ok((_, _, Err(e)))) => Attempt::Retry {
-            // A response cut short (fewer bytes than its Content-Length, a broken chunk) is not an
-            // answer: the receiver may not have taken the event.
+        // A 2xx cut short (fewer bytes than its Content-Length, a broken chunk) is not an answer:
+        // the receiver may not have taken the event. Any other status stands as it is.
+        Ok(Ok((status, _, Err(e)))) if status.is_success() => Attempt::Retry {
             reason: format!(
-                "POST {shown}: the response was cut short: {}",
+                "POST {shown}: {status} but the response was cut short: {}",
                 error_chain(&e)
             ),
             retry_after: None,
         },
+        Ok(Ok((status, retry_after, Err(_)))) => classify(status, retry_after, b"", shown),
         Err(_) => Attempt::Retry {
             reason: format!(
                 "POST {shown}: no response within {}",
@@ -125,14 +126,18 @@ pub async fn post(
     }
 }
 
-/// Reads a response body to its end (so the connection can be kept), keeping its first
-/// [`MAX_RESPONSE_BODY`] bytes for error messages. An error if the body ends early.
+/// Reads a response body to its end (so the connection can be kept) or to its first
+/// [`MAX_RESPONSE_BODY`] bytes, whichever comes first (the rest is not waited for; the connection
+/// is then closed). An error if the body ends early.
 async fn read_body(mut body: hyper::body::Incoming) -> Result<Vec<u8>, hyper::Error> {
     let mut kept = Vec::new();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
             let room = MAX_RESPONSE_BODY.saturating_sub(kept.len());
             kept.extend_from_slice(&data[..room.min(data.len())]);
+            if room < data.len() {
+                break;
+            }
         }
     }
     Ok(kept)

@@ -78,10 +78,16 @@ impl Sink {
             time: s.timeout,
             parallel: s.concurrency as usize,
         };
-        let renderer = render::Renderer::new(s.body.as_deref(), &s.content_type, batched, limits)
-            .map_err(|e| errors.push(format!("{}: {e}", at("body"))))
-            .ok()
-            .map(Arc::new);
+        let renderer = render::Renderer::new(
+            s.name.as_str(),
+            s.body.as_deref(),
+            &s.content_type,
+            batched,
+            limits,
+        )
+        .map_err(|e| errors.push(format!("{}: {e}", at("body"))))
+        .ok()
+        .map(Arc::new);
         let output = match s.kind {
             SinkKind::Stdout => Some(Output::Stdout),
             SinkKind::File => s.path.clone().map(|path| {
@@ -154,7 +160,13 @@ fn build_webhook(
 ) -> Option<Webhook> {
     let url_text = s.url.as_ref()?;
     // User info never reaches the client (whose logs would print it): it becomes Basic auth.
-    let url: ::http::Uri = url_text.target().parse().ok()?;
+    let Ok(url) = url_text.target().parse::<::http::Uri>() else {
+        errors.push(format!(
+            "{}: {url_text} is not a URL a request can be sent to",
+            at("url")
+        ));
+        return None;
+    };
     let mut headers = HeaderMap::new();
     if let Some((user, password)) = url_text.credentials() {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -233,6 +245,10 @@ pub fn build_all(config: &Config) -> Result<Vec<Arc<Sink>>, ConfigError> {
     for (i, s) in config.file.sinks.iter().enumerate() {
         match Sink::build(i, s) {
             Ok(sink) => sinks.push(Arc::new(sink)),
+            // A sink is never left out silently: its events would be acknowledged unsent.
+            Err(e) if e.is_empty() => {
+                errors.push(format!("sinks.{i} (sink {}): cannot be built", s.name))
+            }
             Err(e) => errors.extend(e),
         }
     }

@@ -6,8 +6,10 @@
 //! fails to render, renders invalid JSON under a JSON content type, renders more than
 //! `max_body_bytes`, or runs past its time limit is a delivery error of that event (it is
 //! dead-lettered), never a crash or a hang: templates run off the async threads
-//! ([`Renderer::render_bounded`]), write into a bounded buffer, and a render that will not end is
-//! given up on (its thread finishes on its own; at most `concurrency` such renders per sink).
+//! ([`Renderer::render_bounded`]) and write into a bounded buffer that also stops them at the time
+//! limit. A render that writes nothing for ever (nested loops with no output) cannot be stopped
+//! from outside: it is given up on and its thread runs until the loop ends, holding one of the
+//! sink's `concurrency` render slots, so such renders cannot take more threads than that.
 
 use crate::event::gojson;
 use crate::record::Record;
@@ -55,7 +57,8 @@ pub struct Renderer {
     batched: bool,
     limits: Limits,
     /// One permit per template render running, held until its thread is done even if the render
-    /// was given up on, so runaway templates cannot take more than `limits.parallel` threads.
+    /// was given up on, so runaway templates cannot take more than `limits.parallel` threads. Shared
+    /// by every renderer of the same sink name, so reloads do not add more.
     running: Arc<Semaphore>,
 }
 
@@ -64,6 +67,7 @@ const TEMPLATE: &str = "body";
 impl Renderer {
     /// Compiles `body` if given. The error names the template's line.
     pub fn new(
+        sink: &str,
         body: Option<&str>,
         content_type: &str,
         batched: bool,
@@ -86,7 +90,7 @@ impl Renderer {
             check_json,
             batched,
             limits,
-            running: Arc::new(Semaphore::new(limits.parallel.max(1))),
+            running: render_slots(sink, limits.parallel),
         })
     }
 
@@ -196,6 +200,26 @@ impl Renderer {
         }
         Ok(ctx)
     }
+}
+
+/// The render slots of sink `name`, the same for the life of the process (created with `parallel`
+/// slots the first time; a reload that raises `concurrency` adds the difference).
+fn render_slots(name: &str, parallel: usize) -> Arc<Semaphore> {
+    type Slots = std::collections::HashMap<String, (Arc<Semaphore>, usize)>;
+    static SLOTS: std::sync::OnceLock<std::sync::Mutex<Slots>> = std::sync::OnceLock::new();
+    let mut slots = SLOTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let parallel = parallel.max(1);
+    let (sem, size) = slots
+        .entry(name.to_string())
+        .or_insert_with(|| (Arc::new(Semaphore::new(parallel)), parallel));
+    if parallel > *size {
+        sem.add_permits(parallel - *size);
+        *size = parallel;
+    }
+    sem.clone()
 }
 
 /// Which limit a render ran into.
@@ -312,7 +336,7 @@ mod tests {
     #[test]
     fn slack_template_and_to_json() {
         let tpl = r#"{"text": "{{ type }}/{{ action }} {{ payload.key }} by {{ metadata.actor.email | default(value="someone") }} from {{ source.name }}", "p": {{ payload | toJson }}}"#;
-        let r = Renderer::new(Some(tpl), "application/json", false, LIMITS).unwrap();
+        let r = Renderer::new("t", Some(tpl), "application/json", false, LIMITS).unwrap();
         let body = String::from_utf8(r.render(&[record(LINE)]).unwrap()).unwrap();
         assert_eq!(
             body,
@@ -323,6 +347,7 @@ mod tests {
     #[test]
     fn invalid_json_and_render_errors_are_errors() {
         let r = Renderer::new(
+            "t",
             Some("{{ type }} not json"),
             "application/json",
             false,
@@ -335,15 +360,46 @@ mod tests {
                 .reason
                 .contains("not valid JSON")
         );
-        let r = Renderer::new(Some("{{ type }} plain"), "text/plain", false, LIMITS).unwrap();
+        let r = Renderer::new("t", Some("{{ type }} plain"), "text/plain", false, LIMITS).unwrap();
         assert_eq!(r.render(&[record(LINE)]).unwrap(), b"flag plain");
-        let r = Renderer::new(Some("{{ nothere.x }}"), "text/plain", false, LIMITS).unwrap();
+        let r = Renderer::new("t", Some("{{ nothere.x }}"), "text/plain", false, LIMITS).unwrap();
         assert!(r.render(&[record(LINE)]).is_err());
+    }
+
+    #[test]
+    fn bodies_over_the_limit_and_unseeable_values_are_errors() {
+        let limits = Limits {
+            max_body_bytes: 10,
+            ..LIMITS
+        };
+        let r = Renderer::new(
+            "t",
+            Some("{% for i in range(end=100) %}x{% endfor %}"),
+            "text/plain",
+            false,
+            limits,
+        )
+        .unwrap();
+        assert!(
+            r.render(&[record(LINE)])
+                .unwrap_err()
+                .reason
+                .contains("over max_body_bytes (10)")
+        );
+        let line = LINE.replace(r#""tags":["<a>"]"#, r#""n":1e999"#);
+        let r = Renderer::new("t", Some("{{ type }}"), "text/plain", false, LIMITS).unwrap();
+        assert!(
+            r.render(&[record(&line)])
+                .unwrap_err()
+                .reason
+                .contains("cannot be given to a template")
+        );
     }
 
     #[test]
     fn bad_templates_name_the_line() {
         let err = Renderer::new(
+            "t",
             Some("line one\n{{ type "),
             "application/json",
             false,
@@ -358,7 +414,7 @@ mod tests {
     fn batches_are_arrays_or_events_lists() {
         let recs = [record(LINE), record(LINE)];
         let body = String::from_utf8(
-            Renderer::new(None, "application/json", true, LIMITS)
+            Renderer::new("t", None, "application/json", true, LIMITS)
                 .unwrap()
                 .render(&recs)
                 .unwrap(),
@@ -367,7 +423,14 @@ mod tests {
         assert!(
             body.starts_with(r#"[{"version":"0.2""#) && body.ends_with(r#""status":"success"}]"#)
         );
-        let r = Renderer::new(Some("{{ events | length }}"), "text/plain", true, LIMITS).unwrap();
+        let r = Renderer::new(
+            "t",
+            Some("{{ events | length }}"),
+            "text/plain",
+            true,
+            LIMITS,
+        )
+        .unwrap();
         assert_eq!(r.render(&recs).unwrap(), b"2");
     }
 }

@@ -419,13 +419,24 @@ enum Opened {
     NotRegular(&'static str),
 }
 
-/// Opens `path` if it is a regular file. Opening never blocks (a FIFO would wait for a writer):
-/// it is done non-blocking and the kind checked on the open file, so a swap in between is seen.
+/// Opens `path` if it is a regular file. Anything else is never opened; and should it be swapped
+/// in between the look and the open, the open does not block (a FIFO would wait for a writer) and
+/// the kind is checked again on the open file.
 fn open_path(path: &Path) -> io::Result<Opened> {
     use std::os::unix::fs::OpenOptionsExt;
+    // Looked at before opening: opening a device can have effects of its own.
+    match fs::metadata(path) {
+        Ok(m) => {
+            if let Some(name) = kind_name(m.file_type()) {
+                return Ok(Opened::NotRegular(name));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Opened::Missing),
+        Err(e) => return Err(e),
+    }
     match fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
     {
         Ok(f) => {
