@@ -8,7 +8,7 @@
 //! stuck delivery stops reading once the budget is spent: memory stays bounded whatever the backlog.
 
 use crate::checkpoint::CheckpointBook;
-use crate::source::identity::FileIdentity;
+use crate::position::Position;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::Semaphore;
@@ -21,8 +21,8 @@ pub const LINE_OVERHEAD: usize = 256;
 struct Slot {
     remaining: u32,
     cost: u32,
-    file: Arc<FileIdentity>,
-    end: u64,
+    /// Where the line ends: the checkpoint once it and every line before it are done.
+    end: Position,
 }
 
 struct State {
@@ -75,15 +75,14 @@ impl Tracker {
         }
     }
 
-    /// Records a line ending at `end` in `file` that `sinks` sinks will acknowledge; returns its
-    /// sequence number. `cost` must have been admitted.
-    pub fn push(&self, file: &Arc<FileIdentity>, end: u64, sinks: u32, cost: u32) -> u64 {
+    /// Records a line ending at `end` that `sinks` sinks will acknowledge; returns its sequence
+    /// number. `cost` must have been admitted.
+    pub fn push(&self, end: Position, sinks: u32, cost: u32) -> u64 {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let seq = st.front + st.slots.len() as u64;
         st.slots.push_back(Slot {
             remaining: sinks,
             cost,
-            file: file.clone(),
             end,
         });
         if sinks == 0 {
@@ -114,7 +113,7 @@ impl Tracker {
         while st.slots.front().is_some_and(|s| s.remaining == 0) {
             if let Some(slot) = st.slots.pop_front() {
                 released += slot.cost as usize;
-                last = Some((slot.file, slot.end));
+                last = Some(slot.end);
             }
             st.front += 1;
         }
@@ -122,8 +121,8 @@ impl Tracker {
         if released > 0 {
             self.budget.add_permits(released);
         }
-        if let Some((file, end)) = last {
-            self.book.set(&self.source, file, end);
+        if let Some(end) = last {
+            self.book.set(&self.source, end);
         }
     }
 
@@ -141,15 +140,9 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
-    fn file() -> Arc<FileIdentity> {
-        Arc::new(FileIdentity {
-            path: PathBuf::from("/x"),
-            dev: 1,
-            inode: 2,
-            fingerprint: None,
-        })
+    fn at(offset: u64) -> Position {
+        Position::Journal { offset }
     }
 
     #[tokio::test]
@@ -157,20 +150,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let book = CheckpointBook::open(dir.path()).unwrap();
         let t = Tracker::new("s", book.clone(), 100);
-        let f = file();
-        let a = t.push(&f, 10, 2, 1);
-        let b = t.push(&f, 20, 1, 1);
-        let _c = t.push(&f, 30, 0, 1);
+        let a = t.push(at(10), 2, 1);
+        let b = t.push(at(20), 1, 1);
+        let _c = t.push(at(30), 0, 1);
         t.ack(b);
         assert_eq!(book.get("s"), None);
         t.ack(a);
-        assert_eq!(
-            book.get("s").map(|c| c.1),
-            None,
-            "one sink still owes line a"
-        );
+        assert_eq!(book.get("s"), None, "one sink still owes line a");
         t.ack(a);
-        assert_eq!(book.get("s").map(|c| c.1), Some(30));
+        assert_eq!(book.get("s"), Some(at(30)));
         assert_eq!(t.in_flight(), 0);
     }
 
@@ -181,7 +169,7 @@ mod tests {
         let t = Arc::new(Tracker::new("s", book, 10));
         let big = t.capacity as u32;
         t.admit(big).await;
-        let first = t.push(&file(), 1, 1, big);
+        let first = t.push(at(1), 1, big);
         let waiter = tokio::spawn({
             let t = t.clone();
             async move { t.admit(1).await }

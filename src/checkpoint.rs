@@ -4,17 +4,21 @@
 //! trackers) and writes them to disk from one task: each write takes whatever changed since the
 //! last one (group commit), so disk writes never slow delivery and nothing is written when idle.
 //! A write is a temp file, fsync, rename, fsync of the directory; writes are at least
-//! [`SAVE_INTERVAL`] apart. Entries of sources no longer in
-//! the config are kept. The file is versioned (`"version": "1"`).
+//! [`SAVE_INTERVAL`] apart. Entries of sources no longer in the config are kept. After each write
+//! the book publishes, per source, the position that is now durable ([`CheckpointBook::durable`]):
+//! a journal deletes only what lies before it.
+//!
+//! The file is versioned: `"version": "2"` holds file and journal positions; a version-1 file
+//! (file positions only, from earlier releases) is read and rewritten as version 2 on the next save.
 
-use crate::source::identity::FileIdentity;
+use crate::position::{FileIdentity, Position};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 /// The shortest time between two saves. Back-to-back fsyncs under load cost a third of per-event
@@ -23,12 +27,20 @@ use tokio_util::sync::CancellationToken;
 /// much more of what was delivered is sent again (same `Idempotency-Key`). Idle: no wake-ups.
 pub const SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// One source's position: the file and the offset of the first byte not yet done with.
+/// A file position as version 1 wrote it (and version 2 still does, under `"file"`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     #[serde(flatten)]
     pub file: FileIdentity,
     pub offset: u64,
+}
+
+/// One source's entry in a version-2 file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Saved {
+    File(Checkpoint),
+    Journal { offset: u64 },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -38,11 +50,39 @@ enum CheckpointFile {
     V1 {
         sources: BTreeMap<String, Checkpoint>,
     },
+    #[serde(rename = "2")]
+    V2 { sources: BTreeMap<String, Saved> },
+}
+
+impl From<Saved> for Position {
+    fn from(s: Saved) -> Position {
+        match s {
+            Saved::File(c) => Position::File {
+                file: Arc::new(c.file),
+                offset: c.offset,
+            },
+            Saved::Journal { offset } => Position::Journal { offset },
+        }
+    }
+}
+
+impl From<&Position> for Saved {
+    fn from(p: &Position) -> Saved {
+        match p {
+            Position::File { file, offset } => Saved::File(Checkpoint {
+                file: (**file).clone(),
+                offset: *offset,
+            }),
+            Position::Journal { offset } => Saved::Journal { offset: *offset },
+        }
+    }
 }
 
 struct Book {
-    positions: BTreeMap<String, (Arc<FileIdentity>, u64)>,
+    positions: BTreeMap<String, Position>,
     dirty: bool,
+    /// What the file on disk holds.
+    on_disk: BTreeMap<String, Position>,
 }
 
 pub struct CheckpointBook {
@@ -51,6 +91,8 @@ pub struct CheckpointBook {
     changed: Notify,
     /// Serialises writers (the background task and a final save).
     write_lock: Mutex<()>,
+    /// Per source, the position last written to disk, for those who asked ([`Self::durable`]).
+    durable: Mutex<HashMap<String, watch::Sender<Option<Position>>>>,
 }
 
 impl CheckpointBook {
@@ -63,7 +105,11 @@ impl CheckpointBook {
             Ok(bytes) => match serde_json::from_slice::<CheckpointFile>(&bytes) {
                 Ok(CheckpointFile::V1 { sources }) => sources
                     .into_iter()
-                    .map(|(name, c)| (name, (Arc::new(c.file), c.offset)))
+                    .map(|(name, c)| (name, Saved::File(c).into()))
+                    .collect(),
+                Ok(CheckpointFile::V2 { sources }) => sources
+                    .into_iter()
+                    .map(|(name, s)| (name, s.into()))
                     .collect(),
                 Err(e) => {
                     return Err(io::Error::new(
@@ -81,29 +127,41 @@ impl CheckpointBook {
         Ok(Arc::new(CheckpointBook {
             path,
             book: Mutex::new(Book {
+                on_disk: positions.clone(),
                 positions,
                 dirty: false,
             }),
             changed: Notify::new(),
             write_lock: Mutex::new(()),
+            durable: Mutex::new(HashMap::new()),
         }))
     }
 
-    pub fn get(&self, source: &str) -> Option<(Arc<FileIdentity>, u64)> {
+    pub fn get(&self, source: &str) -> Option<Position> {
         self.lock().positions.get(source).cloned()
     }
 
-    pub fn set(&self, source: &str, file: Arc<FileIdentity>, offset: u64) {
+    pub fn set(&self, source: &str, position: Position) {
         let mut b = self.lock();
         match b.positions.get_mut(source) {
-            Some(entry) => *entry = (file, offset),
+            Some(entry) => *entry = position,
             None => {
-                b.positions.insert(source.to_string(), (file, offset));
+                b.positions.insert(source.to_string(), position);
             }
         }
         b.dirty = true;
         drop(b);
         self.changed.notify_one();
+    }
+
+    /// The position of `source` that is on disk, updated after every save. Starts with what the
+    /// book was opened with (that is on disk too) or `None`.
+    pub fn durable(&self, source: &str) -> watch::Receiver<Option<Position>> {
+        let mut durable = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
+        durable
+            .entry(source.to_string())
+            .or_insert_with(|| watch::channel(self.lock().on_disk.get(source).cloned()).0)
+            .subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -116,35 +174,36 @@ impl CheckpointBook {
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let sources = {
+        let positions = {
             let mut b = self.lock();
             if !b.dirty {
                 return Ok(());
             }
             b.dirty = false;
-            b.positions
-                .iter()
-                .map(|(name, (file, offset))| {
-                    (
-                        name.clone(),
-                        Checkpoint {
-                            file: (**file).clone(),
-                            offset: *offset,
-                        },
-                    )
-                })
-                .collect()
+            b.positions.clone()
         };
+        let sources = positions
+            .iter()
+            .map(|(name, p)| (name.clone(), Saved::from(p)))
+            .collect();
         let result = write_atomically(
             &self.path,
-            &serde_json::to_vec_pretty(&CheckpointFile::V1 { sources })?,
+            &serde_json::to_vec_pretty(&CheckpointFile::V2 { sources })?,
         );
-        if result.is_err() {
-            self.lock().dirty = true;
+        match &result {
+            Ok(()) => {
+                self.lock().on_disk = positions.clone();
+                let durable = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
+                for (name, tx) in durable.iter() {
+                    if let Some(p) = positions.get(name) {
+                        tx.send_replace(Some(p.clone()));
+                    }
+                }
+            }
+            Err(_) => self.lock().dirty = true,
         }
         result
     }
-
     /// Saves after every change until `stop`, then once more. Saves are at least
     /// [`SAVE_INTERVAL`] apart, so under load one write covers many acknowledgements. Returns the
     /// result of the last save: the daemon exits 1 if its positions could not be saved.
@@ -214,35 +273,78 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::identity::Fingerprint;
+    use crate::position::Fingerprint;
+
+    fn file_at(offset: u64) -> Position {
+        Position::File {
+            file: Arc::new(FileIdentity {
+                path: "/var/log/a".into(),
+                dev: 3,
+                inode: 4,
+                fingerprint: Some(Fingerprint::of_bytes(b"line\n")),
+            }),
+            offset,
+        }
+    }
 
     #[test]
     fn positions_survive_a_reopen_and_keep_other_sources() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let book = CheckpointBook::open(&state).unwrap();
-        let file = Arc::new(FileIdentity {
-            path: "/var/log/a".into(),
-            dev: 3,
-            inode: 4,
-            fingerprint: Some(Fingerprint::of_bytes(b"line\n")),
-        });
-        book.set("a", file.clone(), 42);
-        book.set("b", file.clone(), 7);
+        book.set("a", file_at(42));
+        book.set("b", Position::Journal { offset: 7 });
         book.save().unwrap();
         let again = CheckpointBook::open(&state).unwrap();
-        assert_eq!(again.get("a"), Some((file.clone(), 42)));
-        again.set("a", file, 50);
+        assert_eq!(again.get("a"), Some(file_at(42)));
+        assert_eq!(again.get("b"), Some(Position::Journal { offset: 7 }));
+        again.set("a", file_at(50));
         again.save().unwrap();
         let text = fs::read_to_string(state.join("checkpoints.json")).unwrap();
         assert!(
-            text.contains("\"version\": \"1\"") && text.contains("\"b\""),
+            text.contains("\"version\": \"2\"") && text.contains("\"journal\""),
             "{text}"
         );
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             fs::metadata(&state).unwrap().permissions().mode() & 0o777,
             0o700
+        );
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = r#"{"version": "1", "sources": {"a": {"path": "/var/log/a", "dev": 3, "inode": 4, "fingerprint": {"len": 5, "hash": "HASH"}, "offset": 42}}}"#;
+        let hash = crate::hex::encode(&Fingerprint::of_bytes(b"line\n").hash);
+        fs::write(
+            dir.path().join("checkpoints.json"),
+            v1.replace("HASH", &hash),
+        )
+        .unwrap();
+        let book = CheckpointBook::open(dir.path()).unwrap();
+        assert_eq!(book.get("a"), Some(file_at(42)));
+        book.set("b", Position::Journal { offset: 1 });
+        book.save().unwrap();
+        let again = CheckpointBook::open(dir.path()).unwrap();
+        assert_eq!(again.get("a"), Some(file_at(42)));
+        let text = fs::read_to_string(dir.path().join("checkpoints.json")).unwrap();
+        assert!(text.contains("\"version\": \"2\""), "{text}");
+    }
+
+    #[test]
+    fn the_durable_position_moves_only_when_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = CheckpointBook::open(dir.path()).unwrap();
+        let durable = book.durable("j");
+        book.set("j", Position::Journal { offset: 10 });
+        assert_eq!(*durable.borrow(), None, "not on disk yet");
+        book.save().unwrap();
+        assert_eq!(*durable.borrow(), Some(Position::Journal { offset: 10 }));
+        let reopened = CheckpointBook::open(dir.path()).unwrap();
+        assert_eq!(
+            *reopened.durable("j").borrow(),
+            Some(Position::Journal { offset: 10 })
         );
     }
 

@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod event;
 pub mod hex;
 pub mod metrics;
+pub mod position;
 pub mod record;
 pub mod record_log;
 pub mod sink;

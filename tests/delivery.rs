@@ -134,7 +134,7 @@ async fn a_restart_resumes_where_it_stopped() {
         serde_json::from_slice(&std::fs::read(s.state().join("checkpoints.json")).unwrap())
             .unwrap();
     assert_eq!(
-        checkpoint["sources"]["flipt"]["offset"],
+        checkpoint["sources"]["flipt"]["file"]["offset"],
         std::fs::metadata(s.log()).unwrap().len()
     );
 }

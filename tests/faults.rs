@@ -509,7 +509,7 @@ async fn sigterm_finishes_in_flight_deliveries_and_saves_checkpoints() {
         serde_json::from_slice(&std::fs::read(s.state().join("checkpoints.json")).unwrap())
             .unwrap();
     assert_eq!(
-        checkpoint["sources"]["flipt"]["offset"],
+        checkpoint["sources"]["flipt"]["file"]["offset"],
         std::fs::metadata(s.log()).unwrap().len(),
         "the in-flight delivery finished and was checkpointed"
     );

@@ -13,12 +13,12 @@
 //!
 //! Reads are plain blocking reads of at most 64 KiB from the page cache, done on the runtime.
 
-use super::identity::{FINGERPRINT_MAX, FileIdentity, Fingerprint};
 use super::lines::{LineSplitter, Piece};
-use super::{Dispatch, Span, Stopped, watch};
+use super::{Dispatch, Origin, Span, Stopped, watch};
 use crate::checkpoint::CheckpointBook;
 use crate::config::ReadFrom;
 use crate::metrics;
+use crate::position::{FINGERPRINT_MAX, FileIdentity, Fingerprint, Position};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -205,8 +205,10 @@ impl FileSource {
                     self.take_fingerprint(r, end)?;
                 }
                 let at = Span {
-                    file: &r.identity,
-                    file_key: &r.file_key,
+                    origin: Origin::File {
+                        file: &r.identity,
+                        key: &r.file_key,
+                    },
                     start,
                     end,
                 };
@@ -285,7 +287,7 @@ impl FileSource {
             return Ok(Found::Truncated);
         }
         let size = r.file.metadata()?.len();
-        if let Some((file, offset)) = self.book.get(&self.dispatch.info.name)
+        if let Some(Position::File { file, offset }) = self.book.get(&self.dispatch.info.name)
             && file.same_inode(&r.file.metadata()?)
         {
             let lag = size.saturating_sub(offset) as i64;
@@ -314,8 +316,10 @@ impl FileSource {
         let bytes = bytes.to_vec();
         let end = start + bytes.len() as u64;
         let at = Span {
-            file: &r.identity,
-            file_key: &r.file_key,
+            origin: Origin::File {
+                file: &r.identity,
+                key: &r.file_key,
+            },
             start,
             end,
         };
@@ -325,7 +329,12 @@ impl FileSource {
     /// The reader to start with: from the checkpoint if its file is found, else per `read_from`.
     fn resume(&self) -> io::Result<Option<Reader>> {
         let name = &self.dispatch.info.name;
-        let Some((saved, offset)) = self.book.get(name) else {
+        // A journal position (the source used to be a socket or HTTP source) says nothing here.
+        let Some(Position::File {
+            file: saved,
+            offset,
+        }) = self.book.get(name)
+        else {
             let r = self.open(0)?;
             return match (r, self.read_from) {
                 (Some(mut r), ReadFrom::End) => {

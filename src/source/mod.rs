@@ -7,18 +7,18 @@
 //! before the checkpoint may pass it.
 
 pub mod file;
-pub mod identity;
 pub mod lines;
 mod watch;
 
 use crate::ack::Tracker;
 use crate::event::{Rejection, parse_line};
 use crate::metrics;
+use crate::position::{FileIdentity, Position};
 use crate::record::{Record, SourceInfo};
 use crate::record_log::{RecordLog, now_rfc3339};
 use crate::sink::Sink;
 use base64::Engine;
-use identity::FileIdentity;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -52,11 +52,51 @@ pub struct Dispatch {
     pub lines_read: prometheus_client::metrics::counter::Counter,
 }
 
+/// What a line was read from.
 #[derive(Clone, Copy)]
-/// Where a line sits: its file (with its fingerprint, in hex, for keys) and its byte range.
+pub enum Origin<'a> {
+    /// A followed file, and its fingerprint in hex (for keys).
+    File {
+        file: &'a Arc<FileIdentity>,
+        key: &'a str,
+    },
+    /// A source's journal (its directory), and the journal's id (for keys).
+    Journal { dir: &'a Path, key: &'a str },
+}
+
+impl Origin<'_> {
+    /// What identifies the stream in idempotency keys: the same after a restart, different for
+    /// another file (or a journal made anew).
+    fn key(&self) -> &str {
+        match self {
+            Origin::File { key, .. } | Origin::Journal { key, .. } => key,
+        }
+    }
+
+    /// The path shown in rejected records and logs.
+    fn path(&self) -> &Path {
+        match self {
+            Origin::File { file, .. } => &file.path,
+            Origin::Journal { dir, .. } => dir,
+        }
+    }
+
+    /// The position of byte `offset` of this stream.
+    fn at(&self, offset: u64) -> Position {
+        match self {
+            Origin::File { file, .. } => Position::File {
+                file: Arc::clone(file),
+                offset,
+            },
+            Origin::Journal { .. } => Position::Journal { offset },
+        }
+    }
+}
+
+/// Where a line sits: what it was read from, and its byte range there.
+#[derive(Clone, Copy)]
 pub struct Span<'a> {
-    pub file: &'a Arc<FileIdentity>,
-    pub file_key: &'a str,
+    pub origin: Origin<'a>,
     pub start: u64,
     pub end: u64,
 }
@@ -88,7 +128,7 @@ impl Dispatch {
                 p.sink.metrics.filtered.inc();
             }
         }
-        let key = format!("{}-{}-{}", self.info.name, at.file_key, at.start);
+        let key = format!("{}-{}-{}", self.info.name, at.origin.key(), at.start);
         let cost = self.tracker.cost(text.len());
         let (start, tracker) = (at.start, self.tracker.clone());
         let seq = self.settle(at, wanted, cost).await?;
@@ -138,18 +178,18 @@ impl Dispatch {
             _ = self.tracker.admit(cost) => {}
             _ = self.stop.cancelled() => return Err(Stopped),
         }
-        Ok(self.tracker.push(at.file, at.end, sinks, cost))
+        Ok(self.tracker.push(at.origin.at(at.end), sinks, cost))
     }
 
     /// Writes the line to the rejected file (retrying until it is written), then lets the
     /// checkpoint pass it.
     async fn reject(&self, at: Span<'_>, why: Rejection, raw: &[u8]) -> Result<(), Stopped> {
-        tracing::warn!(source = %self.info.name, path = %at.file.path.display(), offset = at.start, reason = %why, "rejected line");
+        tracing::warn!(source = %self.info.name, path = %at.origin.path().display(), offset = at.start, reason = %why, "rejected line");
         metrics::get().rejected(&self.info.name, why.tag());
         let mut entry = serde_json::json!({
             "time": now_rfc3339(),
             "source": &*self.info.name,
-            "path": at.file.path.display().to_string(),
+            "path": at.origin.path().display().to_string(),
             "offset": at.start,
             "end": at.end,
             "reason": why.tag(),

@@ -1,4 +1,9 @@
-//! Which file is this? Device + inode, plus a fingerprint of the file's first line.
+//! Where a line was read: a [`Position`] in a followed file or in a source's journal.
+//!
+//! Acknowledgement tracking and checkpoints work with positions of either kind. A file position
+//! needs to know *which* file: device + inode, plus a fingerprint of the file's first line
+//! ([`FileIdentity`]). A journal position is a byte offset in the journal's append-only stream of
+//! lines (its segments are named by the offset they start at), so it needs no identity guessing.
 //!
 //! Inodes are reused and copytruncate keeps the inode while replacing the content, so the inode alone
 //! cannot tell a file from its successor. The fingerprint is a SHA-256 of the bytes up to and
@@ -12,6 +17,27 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How far a source has got: the first byte not yet done with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Position {
+    /// In a followed file.
+    File {
+        file: Arc<FileIdentity>,
+        offset: u64,
+    },
+    /// In the source's journal (`state_dir/journal/SOURCE/`), counted over all its segments.
+    Journal { offset: u64 },
+}
+
+impl Position {
+    pub fn offset(&self) -> u64 {
+        match self {
+            Position::File { offset, .. } | Position::Journal { offset } => *offset,
+        }
+    }
+}
 
 /// At most this many leading bytes are hashed.
 pub const FINGERPRINT_MAX: u64 = 64 * 1024;
