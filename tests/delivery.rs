@@ -431,3 +431,46 @@ async fn headers_and_the_sources_filter() {
     assert!(only_a[0].header("idempotency-key").starts_with("a-"));
     assert!(!ft.stderr().contains("t0k3n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_checkpoint_from_the_previous_release_is_migrated() {
+    use std::os::unix::fs::MetadataExt;
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    s.write_lines(0..5, Encoding::Json);
+    // What the previous release saved after delivering three lines.
+    let text = std::fs::read_to_string(s.log()).unwrap();
+    let first_len = text.find('\n').unwrap() + 1;
+    let offset: usize = text.split_inclusive('\n').take(3).map(str::len).sum();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &text.as_bytes()[..first_len]);
+    let hash: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let m = std::fs::metadata(s.log()).unwrap();
+    std::fs::create_dir_all(s.state()).unwrap();
+    std::fs::write(
+        s.state().join("checkpoints.json"),
+        format!(
+            r#"{{"version": "1", "sources": {{"flipt": {{"path": "{}", "dev": {}, "inode": {}, "fingerprint": {{"len": {first_len}, "hash": "{hash}"}}, "offset": {offset}}}}}}}"#,
+            s.log().display(),
+            m.dev(),
+            m.ino()
+        ),
+    )
+    .unwrap();
+    let mut ft = Flagtail::start(&s.config(&webhook_sink(&rx.url("/"), "")));
+    let got = rx.wait_delivered(2).await;
+    assert!(ft.terminate().await.success());
+    let keys: Vec<String> = got.iter().map(|r| key_of(&r.body)).collect();
+    assert_eq!(
+        keys,
+        ["flag-3", "flag-4"],
+        "resumed at the version-1 position"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.state().join("checkpoints.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["version"], "2");
+    assert_eq!(saved["sources"]["flipt"]["file"]["offset"], m.len());
+}
