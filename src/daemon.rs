@@ -143,7 +143,7 @@ impl Pipeline {
                 }),
                 tracker: Arc::new(Tracker::new(name, book.clone(), max_line)),
                 sinks: ports.clone(),
-                rejected: RecordLog::new(&c.state_dir, "rejected", name),
+                rejected: crate::source::Rejected(RecordLog::new(&c.state_dir, "rejected", name)),
                 stop: stop.clone(),
                 lines_read: crate::metrics::get().lines_read_of(name),
             };

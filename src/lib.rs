@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod event;
 pub mod hex;
+pub mod journal;
 pub mod metrics;
 pub mod position;
 pub mod record;

@@ -30,6 +30,8 @@ pub struct ConfigFile {
     pub admin: AdminSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub journal: JournalSection,
     /// Where events come from. Default: none (an error: at least one is needed).
     #[serde(default)]
     pub sources: Vec<SourceSection>,
@@ -91,11 +93,19 @@ pub struct SourceSection {
     /// Path of the audit log to follow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
-    /// Unix stream socket to listen on (not in this version).
+    /// Unix stream socket to listen on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<PathBuf>,
+    /// Permissions of the socket. Default `"0600"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket_mode: Option<String>,
+    pub socket_mode: Option<FileMode>,
+    /// Clients a socket source serves at once; more wait to be accepted. Default 64.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_opt_u64"
+    )]
+    pub max_connections: Option<u64>,
     /// Address to receive webhooks on (not in this version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
@@ -119,6 +129,75 @@ pub struct SourceSection {
     /// Where to start when there is no checkpoint yet: `beginning` or `end`. Default `beginning`.
     #[serde(default)]
     pub read_from: ReadFrom,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalSection {
+    /// What the journal of one socket or HTTP source may hold; when full, sockets stop reading
+    /// and HTTP answers 503. Default `256MiB`.
+    #[serde(default = "default_journal_bytes")]
+    pub max_bytes: ByteSize,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        JournalSection {
+            max_bytes: default_journal_bytes(),
+        }
+    }
+}
+
+fn default_journal_bytes() -> ByteSize {
+    ByteSize(256 * 1024 * 1024)
+}
+
+/// A size: a whole number of bytes, optionally with a unit (`KiB`, `MiB`, `GiB`, `KB`, `MB`, `GB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum NumOrText {
+            Num(u64),
+            Text(String),
+        }
+        let text = match NumOrText::deserialize(d)? {
+            NumOrText::Num(n) => return Ok(ByteSize(n)),
+            NumOrText::Text(t) => t,
+        };
+        let t = text.trim();
+        let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (n, unit) = t.split_at(digits);
+        let scale: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            _ => u64::MAX,
+        };
+        n.parse::<u64>()
+            .ok()
+            .filter(|_| scale != u64::MAX)
+            .and_then(|n| n.checked_mul(scale))
+            .map(ByteSize)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a size like 256MiB (units B, KiB, MiB, GiB, KB, MB, GB)"
+                ))
+            })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

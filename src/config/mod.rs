@@ -10,8 +10,8 @@ mod interpolate;
 mod secret;
 
 pub use file::{
-    BatchSection, ConfigFile, DEFAULT_BODY_BYTES, FileMode, LogFormat, LogSection, Name, ReadFrom,
-    SignatureScheme, SinkKind, SinkSection, SourceSection,
+    BatchSection, ByteSize, ConfigFile, DEFAULT_BODY_BYTES, FileMode, JournalSection, LogFormat,
+    LogSection, Name, ReadFrom, SignatureScheme, SinkKind, SinkSection, SourceSection,
 };
 pub use interpolate::Substituted;
 pub use secret::{Secret, SecretUrl};
@@ -317,6 +317,9 @@ fn figment_problems(e: figment::Error) -> Vec<String> {
 /// Checks that involve more than one value.
 fn cross_checks(c: &ConfigFile) -> Vec<String> {
     let mut p = Vec::new();
+    if c.journal.max_bytes.0 < c.max_line_bytes.saturating_add(1) {
+        p.push("journal.max_bytes: must hold at least one line of max_line_bytes".into());
+    }
     if c.max_line_bytes == 0 {
         p.push("max_line_bytes: must be at least 1".into());
     }
@@ -347,19 +350,22 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
             0 => p.push(format!("{at}: needs one of file, socket, http")),
             _ => p.push(format!("{at}: has more than one of file, socket, http")),
         }
-        if s.socket.is_some() {
-            p.push(format!(
-                "{at}.socket: Unix socket sources are not available in this version"
-            ));
+        if s.socket.is_some() && s.max_connections == Some(0) {
+            p.push(format!("{at}.max_connections: must be at least 1"));
         }
         if s.http.is_some() {
             p.push(format!(
                 "{at}.http: HTTP sources are not available in this version"
             ));
         }
-        if s.file.is_some() {
+        if s.file.is_some() || s.socket.is_some() {
+            let kind = if s.file.is_some() { "file" } else { "socket" };
             for (key, set) in [
-                ("socket_mode", s.socket_mode.is_some()),
+                ("socket_mode", s.file.is_some() && s.socket_mode.is_some()),
+                (
+                    "max_connections",
+                    s.file.is_some() && s.max_connections.is_some(),
+                ),
                 ("path", s.path.is_some()),
                 ("auth_token", s.auth_token.is_some()),
                 ("verify", s.verify.is_some()),
@@ -367,7 +373,7 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
                 ("max_body_bytes", s.max_body_bytes.is_some()),
             ] {
                 if set {
-                    p.push(format!("{at}.{key}: not used by a file source"));
+                    p.push(format!("{at}.{key}: not used by a {kind} source"));
                 }
             }
         }

@@ -13,7 +13,7 @@
 //!
 //! Reads are plain blocking reads of at most 64 KiB from the page cache, done on the runtime.
 
-use super::lines::{LineSplitter, Piece};
+use super::lines::LineSplitter;
 use super::{Dispatch, Origin, Span, Stopped, watch};
 use crate::checkpoint::CheckpointBook;
 use crate::config::ReadFrom;
@@ -58,21 +58,6 @@ enum Drained {
     End,
     /// The file was truncated under the reader; nothing of the last read was used.
     Truncated,
-}
-
-/// A piece copied out of the splitter, so the splitter can be used while it is handled.
-enum Owned {
-    Line {
-        start: u64,
-        end: u64,
-        text: Vec<u8>,
-    },
-    TooLong {
-        start: u64,
-        end: u64,
-        len: u64,
-        prefix: Vec<u8>,
-    },
 }
 
 impl FileSource {
@@ -176,50 +161,16 @@ impl FileSource {
                 r.splitter.unread(n);
                 return Ok(Drained::Truncated);
             }
-            loop {
-                let piece = match r.splitter.next_piece() {
-                    None => break,
-                    Some(Piece::Line { start, end, text }) => Owned::Line {
-                        start,
-                        end,
-                        text: text.to_vec(),
-                    },
-                    Some(Piece::TooLong {
-                        start,
-                        end,
-                        len,
-                        prefix,
-                    }) => Owned::TooLong {
-                        start,
-                        end,
-                        len,
-                        prefix: prefix.to_vec(),
-                    },
-                };
-                let (start, end) = match &piece {
-                    Owned::Line { start, end, .. } | Owned::TooLong { start, end, .. } => {
-                        (*start, *end)
-                    }
-                };
+            while let Some(piece) = r.splitter.next_piece().map(|p| p.to_owned()) {
+                let (start, end) = piece.range();
                 if start == 0 && r.identity.fingerprint.is_none() {
                     self.take_fingerprint(r, end)?;
                 }
-                let at = Span {
-                    origin: Origin::File {
-                        file: &r.identity,
-                        key: &r.file_key,
-                    },
-                    start,
-                    end,
+                let origin = Origin::File {
+                    file: &r.identity,
+                    key: &r.file_key,
                 };
-                match piece {
-                    Owned::Line { text, .. } => self.dispatch.line(at, text).await?,
-                    Owned::TooLong { len, prefix, .. } => {
-                        self.dispatch
-                            .too_long(at, len, self.max_line as u64, &prefix)
-                            .await?
-                    }
-                }
+                self.dispatch.piece(origin, piece, self.max_line).await?;
             }
             if n == 0 {
                 return Ok(Drained::End);

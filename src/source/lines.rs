@@ -32,6 +32,63 @@ pub enum Piece<'a> {
     },
 }
 
+impl Piece<'_> {
+    /// The byte range of the piece: its first byte, and the offset after its line ending.
+    pub fn range(&self) -> (u64, u64) {
+        match self {
+            Piece::Line { start, end, .. } | Piece::TooLong { start, end, .. } => (*start, *end),
+        }
+    }
+
+    /// A copy that does not borrow the splitter.
+    pub fn to_owned(&self) -> OwnedPiece {
+        match self {
+            Piece::Line { start, end, text } => OwnedPiece::Line {
+                start: *start,
+                end: *end,
+                text: text.to_vec(),
+            },
+            Piece::TooLong {
+                start,
+                end,
+                len,
+                prefix,
+            } => OwnedPiece::TooLong {
+                start: *start,
+                end: *end,
+                len: *len,
+                prefix: prefix.to_vec(),
+            },
+        }
+    }
+}
+
+/// A [`Piece`] copied out of the splitter, so it can be handed on while the splitter is used.
+#[derive(Debug)]
+pub enum OwnedPiece {
+    Line {
+        start: u64,
+        end: u64,
+        text: Vec<u8>,
+    },
+    TooLong {
+        start: u64,
+        end: u64,
+        len: u64,
+        prefix: Vec<u8>,
+    },
+}
+
+impl OwnedPiece {
+    pub fn range(&self) -> (u64, u64) {
+        match self {
+            OwnedPiece::Line { start, end, .. } | OwnedPiece::TooLong { start, end, .. } => {
+                (*start, *end)
+            }
+        }
+    }
+}
+
 /// Over-long line being skipped.
 #[derive(Debug)]
 struct Skipping {

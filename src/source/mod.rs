@@ -18,6 +18,7 @@ use crate::record::{Record, SourceInfo};
 use crate::record_log::{RecordLog, now_rfc3339};
 use crate::sink::Sink;
 use base64::Engine;
+use lines::OwnedPiece;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +47,7 @@ pub struct Dispatch {
     pub info: Arc<SourceInfo>,
     pub tracker: Arc<Tracker>,
     pub sinks: Arc<[SinkPort]>,
-    pub rejected: RecordLog,
+    pub rejected: Rejected,
     pub stop: CancellationToken,
     /// `flagtail_lines_read_total` of this source.
     pub lines_read: prometheus_client::metrics::counter::Counter,
@@ -148,6 +149,23 @@ impl Dispatch {
         Ok(())
     }
 
+    /// Handles one piece read from `origin`: a line, or a line over `max_line` bytes.
+    pub async fn piece(
+        &self,
+        origin: Origin<'_>,
+        piece: OwnedPiece,
+        max_line: usize,
+    ) -> Result<(), Stopped> {
+        let (start, end) = piece.range();
+        let at = Span { origin, start, end };
+        match piece {
+            OwnedPiece::Line { text, .. } => self.line(at, text).await,
+            OwnedPiece::TooLong { len, prefix, .. } => {
+                self.too_long(at, len, max_line as u64, &prefix).await
+            }
+        }
+    }
+
     /// Handles a line longer than `max_line_bytes`, of which `prefix` was kept.
     pub async fn too_long(
         &self,
@@ -184,14 +202,45 @@ impl Dispatch {
     /// Writes the line to the rejected file (retrying until it is written), then lets the
     /// checkpoint pass it.
     async fn reject(&self, at: Span<'_>, why: Rejection, raw: &[u8]) -> Result<(), Stopped> {
-        tracing::warn!(source = %self.info.name, path = %at.origin.path().display(), offset = at.start, reason = %why, "rejected line");
-        metrics::get().rejected(&self.info.name, why.tag());
+        let path = at.origin.path().display().to_string();
+        self.rejected
+            .record(
+                &self.info.name,
+                &path,
+                (at.start, at.end),
+                why,
+                raw,
+                &self.stop,
+            )
+            .await?;
+        self.settle(at, 0, 0).await.map(drop)
+    }
+}
+
+/// Where a source's rejected lines are recorded: `rejected/SOURCE.jsonl`.
+#[derive(Debug, Clone)]
+pub struct Rejected(pub RecordLog);
+
+impl Rejected {
+    /// Logs, counts and durably records a rejected line read at `range` of `path`, retrying until
+    /// it is written or `stop` fires.
+    pub async fn record(
+        &self,
+        source: &str,
+        path: &str,
+        range: (u64, u64),
+        why: Rejection,
+        raw: &[u8],
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        tracing::warn!(source = %source, path = %path, offset = range.0, reason = %why, "rejected line");
+        metrics::get().rejected(source, why.tag());
         let mut entry = serde_json::json!({
             "time": now_rfc3339(),
-            "source": &*self.info.name,
-            "path": at.origin.path().display().to_string(),
-            "offset": at.start,
-            "end": at.end,
+            "source": source,
+            "path": path,
+            "offset": range.0,
+            "end": range.1,
             "reason": why.tag(),
             "detail": why.to_string(),
         });
@@ -204,19 +253,18 @@ impl Dispatch {
         let line = serde_json::to_vec(&entry).unwrap_or_default();
         let mut wait = Duration::from_millis(200);
         loop {
-            let (log, line) = (self.rejected.clone(), line.clone());
+            let (log, line) = (self.0.clone(), line.clone());
             match tokio::task::spawn_blocking(move || log.append(&[line])).await {
-                Ok(Ok(())) => break,
+                Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => {
-                    tracing::error!(source = %self.info.name, path = %self.rejected.path().display(), error = %e, "cannot record a rejected line; holding the source until it can")
+                    tracing::error!(source = %source, path = %self.0.path().display(), error = %e, "cannot record a rejected line; holding the source until it can")
                 }
                 Err(e) => tracing::error!(error = %e, "rejected-line writer failed"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => wait = (wait * 2).min(Duration::from_secs(30)),
-                _ = self.stop.cancelled() => return Err(Stopped),
+                _ = stop.cancelled() => return Err(Stopped),
             }
         }
-        self.settle(at, 0, 0).await.map(drop)
     }
 }
