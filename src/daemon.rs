@@ -10,11 +10,14 @@ use crate::ack::Tracker;
 use crate::checkpoint::CheckpointBook;
 use crate::config::Config;
 use crate::delivery::{self, dead_letter};
+use crate::intake::Intakes;
 use crate::record::SourceInfo;
 use crate::record_log::RecordLog;
 use crate::sink::Sink;
 use crate::source::file::FileSource;
-use crate::source::{Dispatch, SinkPort};
+use crate::source::journaled::JournalSource;
+use crate::source::socket::SocketSource;
+use crate::source::{Dispatch, Rejected, SinkPort};
 use crate::state_lock::{self, LockError};
 use anyhow::{Context, anyhow};
 use std::collections::HashMap;
@@ -47,7 +50,9 @@ pub async fn run(
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(book.clone().run_writer(writer_stop.clone()));
     let mut config = config;
-    let mut pipeline = Pipeline::start(&config, sinks, &book);
+    let mut intakes = Intakes::default();
+    intakes.update(&config, &book)?;
+    let mut pipeline = Pipeline::start(&config, sinks, &book, &intakes);
     tracing::info!(config = %config.path.display(), sources = config.file.sources.len(), sinks = config.file.sinks.len(), "flagtail started");
     let result = loop {
         tokio::select! {
@@ -62,11 +67,16 @@ pub async fn run(
             }
             Some(()) = reloads.recv() => match reload(&config) {
                 Ok((next, sinks)) => {
+                    // Listeners first: a reload that cannot bind changes nothing.
+                    if let Err(e) = intakes.update(&next, &book) {
+                        tracing::error!("reload refused, the running config stays: {e:#}");
+                        continue;
+                    }
                     if let Err(e) = pipeline.stop().await {
                         break Err(e);
                     }
                     config = next;
-                    pipeline = Pipeline::start(&config, sinks, &book);
+                    pipeline = Pipeline::start(&config, sinks, &book, &intakes);
                     tracing::info!(config = %config.path.display(), "config reloaded");
                 }
                 Err(e) => tracing::error!("reload refused, the running config stays: {e:#}"),
@@ -101,6 +111,9 @@ fn reload(current: &Config) -> anyhow::Result<(Config, Vec<Arc<Sink>>)> {
     Ok((next, sinks))
 }
 
+/// Clients a socket source serves at once unless `max_connections` says otherwise.
+const DEFAULT_CONNECTIONS: usize = 64;
+
 /// Running sources and sink workers of one config.
 struct Pipeline {
     stop: CancellationToken,
@@ -111,7 +124,12 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn start(config: &Config, sinks: Vec<Arc<Sink>>, book: &Arc<CheckpointBook>) -> Pipeline {
+    fn start(
+        config: &Config,
+        sinks: Vec<Arc<Sink>>,
+        book: &Arc<CheckpointBook>,
+        intakes: &Intakes,
+    ) -> Pipeline {
         let c = &config.file;
         let stop = CancellationToken::new();
         let mut sink_tasks = JoinSet::new();
@@ -133,9 +151,9 @@ impl Pipeline {
         let ports: Arc<[SinkPort]> = ports.into();
         let mut sources = JoinSet::new();
         for s in &c.sources {
-            let Some(path) = &s.file else { continue };
             let name = s.name.as_str();
             let max_line = usize::try_from(c.max_line_bytes).unwrap_or(usize::MAX);
+            let rejected = Rejected(RecordLog::new(&c.state_dir, "rejected", name));
             let dispatch = Dispatch {
                 info: Arc::new(SourceInfo {
                     name: name.into(),
@@ -143,19 +161,43 @@ impl Pipeline {
                 }),
                 tracker: Arc::new(Tracker::new(name, book.clone(), max_line)),
                 sinks: ports.clone(),
-                rejected: crate::source::Rejected(RecordLog::new(&c.state_dir, "rejected", name)),
+                rejected: rejected.clone(),
                 stop: stop.clone(),
                 lines_read: crate::metrics::get().lines_read_of(name),
             };
-            let source = FileSource {
-                path: path.clone(),
-                read_from: s.read_from,
-                max_line,
-                book: book.clone(),
-                dispatch,
-            };
-            let task = sources.spawn(source.run());
-            names.insert(task.id(), name.to_string());
+            if let Some(path) = &s.file {
+                let source = FileSource {
+                    path: path.clone(),
+                    read_from: s.read_from,
+                    max_line,
+                    book: book.clone(),
+                    dispatch,
+                };
+                let task = sources.spawn(source.run());
+                names.insert(task.id(), name.to_string());
+            } else if let Some(intake) = intakes.get(name) {
+                let socket = SocketSource {
+                    name: name.into(),
+                    listener: intake.listener.clone(),
+                    journal: intake.journal.clone(),
+                    max_connections: s.max_connections.map_or(DEFAULT_CONNECTIONS, |n| {
+                        usize::try_from(n).unwrap_or(usize::MAX)
+                    }),
+                    max_line,
+                    rejected,
+                    stop: stop.clone(),
+                };
+                let task = sources.spawn(socket.run());
+                names.insert(task.id(), name.to_string());
+                let reader = JournalSource {
+                    journal: intake.journal.clone(),
+                    max_line,
+                    book: book.clone(),
+                    dispatch,
+                };
+                let task = sources.spawn(reader.run());
+                names.insert(task.id(), name.to_string());
+            }
         }
         Pipeline {
             stop,

@@ -148,6 +148,12 @@ impl Journal {
         &self.shared.id
     }
 
+    /// The most one append should carry: a segment is started past this size too, so once the
+    /// segments before the one being written are trimmed there is always room for one more.
+    pub fn batch_limit(&self) -> usize {
+        usize::try_from(self.shared.segment_bytes).unwrap_or(usize::MAX)
+    }
+
     /// Bytes the segments hold now.
     pub fn size(&self) -> u64 {
         self.shared.lock().segments.iter().map(|s| s.len).sum()

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod event;
 pub mod hex;
+pub mod intake;
 pub mod journal;
 pub mod metrics;
 pub mod position;

@@ -63,6 +63,18 @@ pub fn build_sinks(config: &Config) -> Result<Vec<Arc<Sink>>, Failure> {
         .iter()
         .enumerate()
         .filter_map(|(i, s)| {
+            if let Some(path) = &s.socket {
+                use std::os::unix::fs::FileTypeExt;
+                return std::fs::symlink_metadata(path)
+                    .ok()
+                    .filter(|m| !m.file_type().is_socket())
+                    .map(|_| {
+                        format!(
+                            "sources.{i}.socket: {} exists and is not a socket; flagtail will not replace it",
+                            path.display()
+                        )
+                    });
+            }
             let path = s.file.as_ref()?;
             crate::source::file::check_path(path)
                 .err()

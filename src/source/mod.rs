@@ -7,7 +7,9 @@
 //! before the checkpoint may pass it.
 
 pub mod file;
+pub mod journaled;
 pub mod lines;
+pub mod socket;
 mod watch;
 
 use crate::ack::Tracker;

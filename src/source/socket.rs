@@ -1,0 +1,257 @@
+//! The `socket` source: a Unix stream socket where local tools write newline-delimited JSON.
+//!
+//! Many clients at once, at most `max_connections` (a permit is taken before `accept`, so a full
+//! source stops accepting instead of failing). Each client's complete lines are appended to the
+//! source's [`Journal`] as they arrive, one append per read; the lines count as received only once
+//! that append is durable. When the client ends its side of the connection, flagtail answers
+//! `ok N` (N lines journaled from this connection) and closes: a client that reads that answer knows
+//! its lines survive a crash. A line over `max_line_bytes` is rejected (recorded, never buffered
+//! whole); a client that disconnects mid-line loses only that partial line, which is recorded as
+//! rejected. When the journal is full, the client's lines are not read until it has room again.
+//!
+//! The listener ([`SocketListener`]) is bound once by the daemon and kept across reloads: binding
+//! refuses a path that exists and is not a socket, or a socket another process listens on; a stale
+//! socket left by a crash is replaced; the socket is created with `socket_mode` (through a private
+//! name, then renamed into place) and removed when flagtail is done with it.
+
+use super::lines::{LineSplitter, OwnedPiece};
+use super::{Rejected, Stopped};
+use crate::event::Rejection;
+use crate::journal::Journal;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How many bytes one read from a client asks for.
+const READ: usize = 64 * 1024;
+
+/// A bound socket; the socket file is removed when this is dropped.
+#[derive(Debug)]
+pub struct SocketListener {
+    pub path: PathBuf,
+    pub mode: u32,
+    listener: UnixListener,
+}
+
+impl SocketListener {
+    /// Binds `path` with permissions `mode` (see the module docs for what is refused).
+    pub fn bind(path: &Path, mode: u32) -> io::Result<SocketListener> {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("{}: another process is listening on it", path.display()),
+                    ));
+                }
+                tracing::info!(path = %path.display(), "removing a stale socket left by a crash");
+                std::fs::remove_file(path)?;
+            }
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists and is not a socket; flagtail will not replace it",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        // Made under a private name and renamed into place, so no client can connect before the
+        // permissions are set.
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(
+            ".{}.{}.tmp",
+            name.unwrap_or_default(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        let listener = UnixListener::bind(&tmp)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+        }
+        Ok(SocketListener {
+            path: path.to_path_buf(),
+            mode,
+            listener,
+        })
+    }
+}
+
+impl Drop for SocketListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Accepts clients and writes their lines to the journal until stopped.
+pub struct SocketSource {
+    pub name: Arc<str>,
+    pub listener: Arc<SocketListener>,
+    pub journal: Journal,
+    pub max_connections: usize,
+    pub max_line: usize,
+    pub rejected: Rejected,
+    pub stop: CancellationToken,
+}
+
+impl SocketSource {
+    pub async fn run(self) -> io::Result<()> {
+        let me = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(me.max_connections));
+        let mut clients = JoinSet::new();
+        let mut number = 0u64;
+        tracing::info!(source = %me.name, path = %me.listener.path.display(), "listening");
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.map_err(io::Error::other)?,
+                _ = me.stop.cancelled() => break,
+            };
+            let stream = tokio::select! {
+                accepted = me.listener.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::error!(source = %me.name, error = %e, "cannot accept a client");
+                        continue;
+                    }
+                },
+                _ = me.stop.cancelled() => break,
+            };
+            number += 1;
+            let me = me.clone();
+            clients.spawn(async move {
+                me.serve(stream, number).await;
+                drop(permit);
+            });
+            while clients.try_join_next().is_some() {}
+        }
+        clients.shutdown().await;
+        Ok(())
+    }
+
+    /// Reads one client's lines into the journal; answers `ok N` when the client is done.
+    async fn serve(&self, mut stream: UnixStream, client: u64) {
+        let shown = format!("{} (client {client})", self.listener.path.display());
+        let mut splitter = LineSplitter::new(0, self.max_line);
+        let mut buf = vec![0u8; READ];
+        let mut accepted = 0u64;
+        loop {
+            let read = tokio::select! {
+                r = stream.read(&mut buf) => r,
+                _ = self.stop.cancelled() => return,
+            };
+            let n = match read {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(source = %self.name, client, error = %e, "client read failed");
+                    break;
+                }
+            };
+            splitter.push(&buf[..n]);
+            let mut batch = Vec::new();
+            let mut lines = 0u64;
+            while let Some(piece) = splitter.next_piece().map(|p| p.to_owned()) {
+                match piece {
+                    OwnedPiece::Line { text, .. } if text.iter().all(u8::is_ascii_whitespace) => {}
+                    OwnedPiece::Line { text, .. } => {
+                        if !batch.is_empty()
+                            && batch.len() + text.len() >= self.journal.batch_limit()
+                        {
+                            if !self.append(std::mem::take(&mut batch), client).await {
+                                return;
+                            }
+                            accepted += std::mem::take(&mut lines);
+                        }
+                        batch.extend_from_slice(&text);
+                        batch.push(b'\n');
+                        lines += 1;
+                    }
+                    OwnedPiece::TooLong {
+                        start,
+                        end,
+                        len,
+                        prefix,
+                    } => {
+                        let why = Rejection::TooLong {
+                            len,
+                            max: self.max_line as u64,
+                        };
+                        if self
+                            .reject(&shown, (start, end), why, &prefix)
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            if !self.append(batch, client).await {
+                return;
+            }
+            accepted += lines;
+        }
+        let (start, partial) = splitter.pending();
+        if !partial.is_empty() {
+            let (partial, end) = (partial.to_vec(), start + partial.len() as u64);
+            let why = Rejection::NotAnEvent(
+                "incomplete line: the client disconnected in the middle of it".into(),
+            );
+            if self
+                .reject(&shown, (start, end), why, &partial)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = stream
+            .write_all(format!("ok {accepted}\n").as_bytes())
+            .await;
+        let _ = stream.shutdown().await;
+    }
+
+    /// Appends a client's lines; until the journal takes them, the client is not read from
+    /// (backpressure). False if the connection must end unanswered.
+    async fn append(&self, batch: Vec<u8>, client: u64) -> bool {
+        let appended = tokio::select! {
+            r = self.journal.append(batch) => r,
+            _ = self.stop.cancelled() => return false,
+        };
+        match appended {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(source = %self.name, client, error = %e, "cannot journal a client's lines; closing the connection unanswered");
+                false
+            }
+        }
+    }
+
+    async fn reject(
+        &self,
+        shown: &str,
+        range: (u64, u64),
+        why: Rejection,
+        raw: &[u8],
+    ) -> Result<(), Stopped> {
+        self.rejected
+            .record(&self.name, shown, range, why, raw, &self.stop)
+            .await
+    }
+}
