@@ -9,12 +9,14 @@
 use crate::ack::Tracker;
 use crate::checkpoint::CheckpointBook;
 use crate::config::Config;
+use crate::config::{DEFAULT_BODY_BYTES, VerifyScheme};
 use crate::delivery::{self, dead_letter};
-use crate::intake::Intakes;
+use crate::intake::{Intakes, Listener};
 use crate::record::SourceInfo;
 use crate::record_log::RecordLog;
 use crate::sink::Sink;
 use crate::source::file::FileSource;
+use crate::source::http::{HttpSource, Token, Verifier};
 use crate::source::journaled::JournalSource;
 use crate::source::socket::SocketSource;
 use crate::source::{Dispatch, Rejected, SinkPort};
@@ -176,18 +178,49 @@ impl Pipeline {
                 let task = sources.spawn(source.run());
                 names.insert(task.id(), name.to_string());
             } else if let Some(intake) = intakes.get(name) {
-                let socket = SocketSource {
-                    name: name.into(),
-                    listener: intake.listener.clone(),
-                    journal: intake.journal.clone(),
-                    max_connections: s.max_connections.map_or(DEFAULT_CONNECTIONS, |n| {
-                        usize::try_from(n).unwrap_or(usize::MAX)
-                    }),
-                    max_line,
-                    rejected,
-                    stop: stop.clone(),
+                let max_connections = s.max_connections.map_or(DEFAULT_CONNECTIONS, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                });
+                let task = match &intake.listener {
+                    Listener::Socket(listener) => sources.spawn(
+                        SocketSource {
+                            name: name.into(),
+                            listener: listener.clone(),
+                            journal: intake.journal.clone(),
+                            max_connections,
+                            max_line,
+                            rejected,
+                            stop: stop.clone(),
+                        }
+                        .run(),
+                    ),
+                    Listener::Http(listener) => sources.spawn(
+                        HttpSource {
+                            name: name.into(),
+                            listener: listener.clone(),
+                            journal: intake.journal.clone(),
+                            path: s.path.clone().unwrap_or_else(|| "/".into()),
+                            token: s.auth_token.as_ref().map(|t| Token::new(t.expose())),
+                            verifier: s.verify_secret.as_ref().and_then(|secret| {
+                                let scheme = s.verify.unwrap_or_default();
+                                (scheme != VerifyScheme::None).then(|| Verifier {
+                                    scheme,
+                                    key: ring::hmac::Key::new(
+                                        ring::hmac::HMAC_SHA256,
+                                        secret.expose().as_bytes(),
+                                    ),
+                                })
+                            }),
+                            max_body: s.max_body_bytes.map_or(DEFAULT_BODY_BYTES as usize, |n| {
+                                usize::try_from(n).unwrap_or(usize::MAX)
+                            }),
+                            max_connections,
+                            rejected,
+                            stop: stop.clone(),
+                        }
+                        .run(),
+                    ),
                 };
-                let task = sources.spawn(socket.run());
                 names.insert(task.id(), name.to_string());
                 let reader = JournalSource {
                     journal: intake.journal.clone(),

@@ -1,20 +1,52 @@
-//! The parts of socket (and later HTTP) sources that outlive one pipeline: the bound listener and
-//! the journal, with the task that trims it. The daemon keeps them across reloads, so clients
+//! The parts of socket and HTTP sources that outlive one pipeline: the bound listener and the
+//! journal, with the task that trims it. The daemon keeps them across reloads, so clients
 //! never see the socket go away; a reload rebinds only what changed, and one that cannot bind
 //! changes nothing (the running config stays).
 
 use crate::checkpoint::CheckpointBook;
 use crate::config::{Config, FileMode};
 use crate::journal::Journal;
+use crate::source::http::HttpListener;
 use crate::source::socket::SocketListener;
 use anyhow::Context;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// A bound listener of either kind.
+pub enum Listener {
+    Socket(Arc<SocketListener>),
+    Http(Arc<HttpListener>),
+}
+
+impl Listener {
+    /// Whether this listener already serves what `s` asks for.
+    fn serves(&self, s: &crate::config::SourceSection) -> bool {
+        match self {
+            Listener::Socket(l) => s.socket.as_ref() == Some(&l.path),
+            Listener::Http(l) => s.http.as_ref() == Some(&l.addr),
+        }
+    }
+
+    fn bind(s: &crate::config::SourceSection) -> anyhow::Result<Option<Listener>> {
+        let name = s.name.as_str();
+        if let Some(path) = &s.socket {
+            let mode = s.socket_mode.unwrap_or(FileMode::PRIVATE).0;
+            let l = SocketListener::bind(path, mode)
+                .with_context(|| format!("source {name}: cannot listen on the socket"))?;
+            return Ok(Some(Listener::Socket(Arc::new(l))));
+        }
+        if let Some(addr) = &s.http {
+            let l = HttpListener::bind(addr).with_context(|| format!("source {name}"))?;
+            return Ok(Some(Listener::Http(Arc::new(l))));
+        }
+        Ok(None)
+    }
+}
+
 /// One source's listener and journal.
 pub struct Intake {
-    pub listener: Arc<SocketListener>,
+    pub listener: Listener,
     pub journal: Journal,
     /// Stops the journal's trimming when the source goes away.
     trimming: CancellationToken,
@@ -44,15 +76,18 @@ impl Intakes {
         let c = &config.file;
         let mut next = HashMap::new();
         for s in &c.sources {
-            let Some(path) = &s.socket else { continue };
             let name = s.name.as_str();
-            let mode = s.socket_mode.unwrap_or(FileMode::PRIVATE).0;
+            if s.socket.is_none() && s.http.is_none() {
+                continue;
+            }
             if let Some(old) = self.by_source.get(name)
-                && old.listener.path == *path
+                && old.listener.serves(s)
             {
-                if old.listener.mode != mode {
+                if let (Listener::Socket(l), Some(mode)) = (&old.listener, s.socket_mode)
+                    && l.mode != mode.0
+                {
                     use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    std::fs::set_permissions(&l.path, std::fs::Permissions::from_mode(mode.0))
                         .with_context(|| format!("source {name}: cannot set socket_mode"))?;
                 }
                 next.insert(name.to_string(), old.clone());
@@ -68,14 +103,15 @@ impl Intakes {
                         })?
                 }
             };
-            let listener = SocketListener::bind(path, mode)
-                .with_context(|| format!("source {name}: cannot listen on the socket"))?;
+            let Some(listener) = Listener::bind(s)? else {
+                continue;
+            };
             let trimming = CancellationToken::new();
             tokio::spawn(journal.clone().trim(book.durable(name), trimming.clone()));
             next.insert(
                 name.to_string(),
                 Arc::new(Intake {
-                    listener: Arc::new(listener),
+                    listener,
                     journal,
                     trimming,
                 }),

@@ -109,12 +109,17 @@ pub struct SourceSection {
     /// Address to receive webhooks on (not in this version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// Path an HTTP source answers on. Default `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Token an HTTP source requires (`Authorization: Bearer TOKEN`, the bare token, or
+    /// `?token=TOKEN`). Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<Secret>,
+    /// Signature an HTTP source checks over the raw body. Default `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verify: Option<String>,
+    pub verify: Option<VerifyScheme>,
+    /// The sender's HMAC key for `verify`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_secret: Option<Secret>,
     #[serde(
@@ -198,6 +203,18 @@ impl<'de> Deserialize<'de> for ByteSize {
                 ))
             })
     }
+}
+
+/// Whose webhook signature an HTTP source checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyScheme {
+    #[default]
+    None,
+    /// `X-Flipt-Webhook-Signature`: hex HMAC-SHA256 of the body (Flipt's webhook sink).
+    Flipt,
+    /// `X-LD-Signature`: hex HMAC-SHA256 of the body (LaunchDarkly's signed webhooks).
+    Launchdarkly,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

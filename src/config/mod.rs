@@ -12,6 +12,7 @@ mod secret;
 pub use file::{
     BatchSection, ByteSize, ConfigFile, DEFAULT_BODY_BYTES, FileMode, JournalSection, LogFormat,
     LogSection, Name, ReadFrom, SignatureScheme, SinkKind, SinkSection, SourceSection,
+    VerifyScheme,
 };
 pub use interpolate::Substituted;
 pub use secret::{Secret, SecretUrl};
@@ -353,10 +354,35 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
         if s.socket.is_some() && s.max_connections == Some(0) {
             p.push(format!("{at}.max_connections: must be at least 1"));
         }
-        if s.http.is_some() {
-            p.push(format!(
-                "{at}.http: HTTP sources are not available in this version"
-            ));
+        if let Some(addr) = &s.http {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                p.push(format!(
+                    "{at}.http: {addr:?} is not an address like 127.0.0.1:8686"
+                ));
+            }
+            if s.path.as_ref().is_some_and(|path| !path.starts_with('/')) {
+                p.push(format!("{at}.path: must start with /"));
+            }
+            match (s.verify.unwrap_or_default(), &s.verify_secret) {
+                (VerifyScheme::None, Some(_)) => p.push(format!(
+                    "{at}.verify_secret: set verify (flipt or launchdarkly) to use it"
+                )),
+                (VerifyScheme::Flipt | VerifyScheme::Launchdarkly, None) => p.push(format!(
+                    "{at}.verify_secret: verify needs the sender's secret"
+                )),
+                _ => {}
+            }
+            if s.max_body_bytes == Some(0) {
+                p.push(format!("{at}.max_body_bytes: must be at least 1"));
+            }
+            if s.max_body_bytes.unwrap_or(DEFAULT_BODY_BYTES) > c.journal.max_bytes.0 {
+                p.push(format!(
+                    "{at}.max_body_bytes: larger than journal.max_bytes; such a request could never be taken"
+                ));
+            }
+            if s.socket_mode.is_some() {
+                p.push(format!("{at}.socket_mode: not used by an http source"));
+            }
         }
         if s.file.is_some() || s.socket.is_some() {
             let kind = if s.file.is_some() { "file" } else { "socket" };

@@ -7,6 +7,7 @@
 //! before the checkpoint may pass it.
 
 pub mod file;
+pub mod http;
 pub mod journaled;
 pub mod lines;
 pub mod socket;

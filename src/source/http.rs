@@ -1,0 +1,398 @@
+//! The `http` source: receives webhooks (Unleash's, LaunchDarkly's, AB Tasty's, Flipt's own) and
+//! puts their events in the source's journal before answering.
+//!
+//! `POST path` with one JSON event, a JSON array of events, or NDJSON. The answer (SPEC §4):
+//! - 200 `{"accepted": N}` only once every event of the request is durable in the journal, so a
+//!   sender that got 200 can forget them;
+//! - 401 on a missing or wrong token (`Authorization: Bearer TOKEN`, the bare token, or
+//!   `?token=TOKEN` for senders that can only be given a URL) or signature (`verify`: hex
+//!   HMAC-SHA256 of the raw body in `X-Flipt-Webhook-Signature` or `X-LD-Signature`); both are
+//!   compared in constant time;
+//! - 400 on a body that is not JSON (recorded in `rejected/`), 413 over `max_body_bytes`,
+//!   503 with `Retry-After` when the journal is full or cannot be written, 405 for other methods,
+//!   404 for other paths.
+//!
+//! At most `max_connections` connections are served at once (a permit before `accept`). Request
+//! bodies and query strings are never logged. The listener is bound once by the daemon and kept
+//! across reloads.
+
+use super::Rejected;
+use crate::config::VerifyScheme;
+use crate::event::Rejection;
+use crate::journal::{AppendError, Journal};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use ring::hmac;
+use serde_json::value::RawValue;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How much of a body that is not JSON is kept in the rejected record.
+const KEPT_OF_BAD_BODY: usize = 64 * 1024;
+
+/// A bound HTTP listener.
+#[derive(Debug)]
+pub struct HttpListener {
+    /// The configured address (what a reload compares).
+    pub addr: String,
+    listener: TcpListener,
+}
+
+impl HttpListener {
+    pub fn bind(addr: &str) -> io::Result<HttpListener> {
+        let at: SocketAddr = addr.parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{addr:?} is not an address"),
+            )
+        })?;
+        let std = std::net::TcpListener::bind(at)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        std.set_nonblocking(true)?;
+        Ok(HttpListener {
+            addr: addr.to_string(),
+            listener: TcpListener::from_std(std)?,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// The token a request must carry, kept as an HMAC under a key made at start-up so that a
+/// presented token is compared in constant time (`hmac::verify`).
+pub struct Token {
+    key: hmac::Key,
+    tag: hmac::Tag,
+}
+
+impl Token {
+    pub fn new(token: &str) -> Token {
+        let mut seed = [0u8; 32];
+        for chunk in seed.chunks_mut(8) {
+            chunk.copy_from_slice(&fastrand::u64(..).to_le_bytes());
+        }
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &seed);
+        let tag = hmac::sign(&key, token.as_bytes());
+        Token { key, tag }
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        hmac::verify(&self.key, presented.as_bytes(), self.tag.as_ref()).is_ok()
+    }
+}
+
+/// How a sender's signature is checked.
+pub struct Verifier {
+    pub scheme: VerifyScheme,
+    pub key: hmac::Key,
+}
+
+impl Verifier {
+    fn header(&self) -> &'static str {
+        match self.scheme {
+            VerifyScheme::Launchdarkly => "x-ld-signature",
+            _ => "x-flipt-webhook-signature",
+        }
+    }
+}
+
+pub struct HttpSource {
+    pub name: Arc<str>,
+    pub listener: Arc<HttpListener>,
+    pub journal: Journal,
+    /// The path requests are taken on.
+    pub path: String,
+    pub token: Option<Token>,
+    pub verifier: Option<Verifier>,
+    pub max_body: usize,
+    pub max_connections: usize,
+    pub rejected: Rejected,
+    pub stop: CancellationToken,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+impl HttpSource {
+    pub async fn run(self) -> io::Result<()> {
+        let me = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(me.max_connections));
+        let mut conns = JoinSet::new();
+        tracing::info!(source = %me.name, address = %me.listener.addr, path = %me.path, "listening for webhooks");
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.map_err(io::Error::other)?,
+                _ = me.stop.cancelled() => break,
+            };
+            let stream = tokio::select! {
+                accepted = me.listener.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(source = %me.name, error = %e, "cannot accept a connection");
+                        continue;
+                    }
+                },
+                _ = me.stop.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let me = me.clone();
+            conns.spawn(async move {
+                let service = {
+                    let me = me.clone();
+                    service_fn(move |req| {
+                        let me = me.clone();
+                        async move { Ok::<_, Infallible>(me.handle(req).await) }
+                    })
+                };
+                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = me.stop.cancelled() => {
+                        // Requests being answered finish; no new one starts.
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+                drop(permit);
+            });
+            while conns.try_join_next().is_some() {}
+        }
+        while conns.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Answer {
+        let answer = self.answer(req).await;
+        tracing::debug!(source = %self.name, status = answer.status().as_u16(), "webhook answered");
+        answer
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Answer {
+        if req.uri().path() != self.path {
+            return reply(StatusCode::NOT_FOUND, "no such path");
+        }
+        if req.method() != Method::POST {
+            let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, "only POST");
+            r.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+            return r;
+        }
+        if let Some(token) = &self.token
+            && !presented_tokens(&req).iter().any(|t| token.matches(t))
+        {
+            return reply(StatusCode::UNAUTHORIZED, "missing or wrong token");
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            return reply(StatusCode::PAYLOAD_TOO_LARGE, "body over max_body_bytes");
+        }
+        let signature = self.verifier.as_ref().map(|v| {
+            req.headers()
+                .get(v.header())
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+        let body = match Limited::new(req.into_body(), self.max_body).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return reply(StatusCode::PAYLOAD_TOO_LARGE, "body over max_body_bytes");
+            }
+            Err(_) => return reply(StatusCode::BAD_REQUEST, "the body could not be read"),
+        };
+        if let (Some(v), Some(sig)) = (&self.verifier, signature) {
+            let ok = sig
+                .as_deref()
+                .and_then(|h| crate::hex::decode::<32>(h.trim()))
+                .is_some_and(|sig| hmac::verify(&v.key, &body, &sig).is_ok());
+            if !ok {
+                return reply(StatusCode::UNAUTHORIZED, "missing or wrong signature");
+            }
+        }
+        let lines = match split_events(&body) {
+            Ok(lines) => lines,
+            Err(why) => {
+                let kept = &body[..body.len().min(KEPT_OF_BAD_BODY)];
+                let path = format!("{} (POST {})", self.listener.addr, self.path);
+                let rejection = Rejection::NotJson(why);
+                if self
+                    .rejected
+                    .record(
+                        &self.name,
+                        &path,
+                        (0, body.len() as u64),
+                        rejection,
+                        kept,
+                        &self.stop,
+                    )
+                    .await
+                    .is_err()
+                {
+                    return reply(StatusCode::SERVICE_UNAVAILABLE, "stopping");
+                }
+                return reply(StatusCode::BAD_REQUEST, "the body is not JSON");
+            }
+        };
+        let count = lines.len();
+        match self.journal_lines(lines).await {
+            Ok(()) => reply(StatusCode::OK, &format!("{{\"accepted\":{count}}}")),
+            Err(e) => {
+                let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, "try again later");
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                if !matches!(e, AppendError::Full) {
+                    tracing::error!(source = %self.name, error = %e, "cannot take a webhook");
+                }
+                r
+            }
+        }
+    }
+
+    /// Appends the request's lines in appends of at most the journal's batch size.
+    async fn journal_lines(&self, lines: Vec<Vec<u8>>) -> Result<(), AppendError> {
+        let mut batch = Vec::new();
+        for line in lines {
+            if !batch.is_empty() && batch.len() + line.len() >= self.journal.batch_limit() {
+                self.journal.try_append(std::mem::take(&mut batch)).await?;
+            }
+            batch.extend_from_slice(&line);
+            batch.push(b'\n');
+        }
+        if !batch.is_empty() {
+            self.journal.try_append(batch).await?;
+        }
+        Ok(())
+    }
+}
+
+fn reply(status: StatusCode, text: &str) -> Answer {
+    let body = if text.starts_with('{') {
+        text.to_string()
+    } else {
+        format!("{{\"error\":{}}}", serde_json::Value::from(text))
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The tokens a request presents: the `Authorization` header (after `Bearer `, or bare) and the
+/// `token` query parameter.
+fn presented_tokens(req: &Request<Incoming>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        let bare = v
+            .get(..7)
+            .filter(|p| p.eq_ignore_ascii_case("bearer "))
+            .map_or(v, |_| v[7..].trim());
+        out.push(bare.to_string());
+    }
+    if let Some(query) = req.uri().query() {
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            if k == "token" {
+                out.push(v.into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The events of a body, one line each: a JSON array's elements, one JSON value, or NDJSON.
+/// Line breaks inside an event (pretty-printed JSON) can only be whitespace between tokens, so
+/// they are written as spaces; every other byte is kept.
+pub fn split_events(body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
+    let one_line = |raw: &str| -> Vec<u8> {
+        raw.bytes()
+            .map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b })
+            .collect()
+    };
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err("the body is empty".into());
+    }
+    if trimmed.starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(trimmed)
+            .map_err(|e| format!("a JSON array that does not parse: {e}"))?;
+        return Ok(items.iter().map(|r| one_line(r.get())).collect());
+    }
+    if let Ok(one) = serde_json::from_str::<&RawValue>(trimmed) {
+        return Ok(vec![one_line(one.get())]);
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        serde_json::from_str::<serde::de::IgnoredAny>(line)
+            .map_err(|e| format!("line {} is not JSON: {e}", i + 1))?;
+        out.push(line.as_bytes().to_vec());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_become_lines() {
+        let lines = |b: &str| {
+            split_events(b.as_bytes()).map(|v| {
+                v.into_iter()
+                    .map(|l| String::from_utf8(l).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(lines("{\"a\":\n 1}\n").unwrap(), ["{\"a\":  1}"]);
+        assert_eq!(
+            lines("[{\"a\":1}, {\"b\":\"x y\"}]").unwrap(),
+            ["{\"a\":1}", "{\"b\":\"x y\"}"]
+        );
+        assert_eq!(
+            lines("{\"a\":1}\n{\"b\":2}\n").unwrap(),
+            ["{\"a\":1}", "{\"b\":2}"]
+        );
+        assert_eq!(lines("[]").unwrap(), Vec::<String>::new());
+        assert!(lines("not json").is_err());
+        assert!(lines("{\"a\":1}\nnope\n").is_err());
+        assert!(lines("").is_err());
+    }
+
+    #[test]
+    fn tokens_compare_by_value() {
+        let t = Token::new("s3cret");
+        assert!(t.matches("s3cret"));
+        assert!(!t.matches("s3creT"));
+        assert!(!t.matches(""));
+    }
+}
