@@ -166,6 +166,7 @@ impl Pipeline {
                 rejected: rejected.clone(),
                 stop: stop.clone(),
                 lines_read: crate::metrics::get().lines_read_of(name),
+                unmapped: crate::metrics::get().unmapped_of(name),
             };
             if let Some(path) = &s.file {
                 let source = FileSource {

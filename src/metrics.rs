@@ -157,6 +157,15 @@ impl Metrics {
             .clone()
     }
 
+    /// The counter of events of `source` that no mapping covers.
+    pub fn unmapped_of(&self, source: &str) -> Counter {
+        self.events_unmapped
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .clone()
+    }
+
     pub fn rejected(&self, source: &str, reason: &str) {
         self.lines_rejected
             .get_or_create(&RejectLabels {

@@ -76,6 +76,10 @@ pub fn render(
             continue;
         }
         let object = match parse_line(info.format, line) {
+            Err(crate::event::Rejection::Unmapped(kind)) => serde_json::json!({
+                "skipped": format!("event type {kind:?} is not mapped")
+            })
+            .to_string(),
             Err(rejection) => serde_json::json!({ "rejected": rejection.to_string() }).to_string(),
             Ok(event) if !sink.filter.accepts(&info.name, &event) => serde_json::json!({
                 "skipped": format!("sink {} does not take {}:{} from source {}", sink.name, event.kind, event.action.as_str(), info.name)

@@ -8,6 +8,7 @@
 
 pub mod flipt;
 pub mod gojson;
+pub mod unleash;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -67,6 +68,7 @@ pub enum Format {
     #[default]
     Auto,
     Flipt,
+    Unleash,
 }
 
 impl Format {
@@ -74,6 +76,7 @@ impl Format {
         match self {
             Format::Auto => "auto",
             Format::Flipt => "flipt",
+            Format::Unleash => "unleash",
         }
     }
 }
@@ -141,8 +144,14 @@ impl Event {
 pub enum Rejection {
     NotJson(String),
     InvalidUtf8,
-    TooLong { len: u64, max: u64 },
+    TooLong {
+        len: u64,
+        max: u64,
+    },
     NotAnEvent(String),
+    /// An event of a kind no mapping covers (Unleash's client metrics, favourites, …): counted
+    /// (`flagtail_events_unmapped_total`) and skipped, never recorded as rejected.
+    Unmapped(String),
 }
 
 impl Rejection {
@@ -153,6 +162,7 @@ impl Rejection {
             Rejection::InvalidUtf8 => "invalid_utf8",
             Rejection::TooLong { .. } => "too_long",
             Rejection::NotAnEvent(_) => "not_an_event",
+            Rejection::Unmapped(_) => "unmapped",
         }
     }
 }
@@ -169,6 +179,7 @@ impl fmt::Display for Rejection {
                 )
             }
             Rejection::NotAnEvent(e) => write!(f, "not an audit event: {e}"),
+            Rejection::Unmapped(t) => write!(f, "event type {t:?} is not mapped"),
         }
     }
 }
@@ -177,6 +188,7 @@ impl fmt::Display for Rejection {
 pub fn parse_line(format: Format, line: &str) -> Result<Event, Rejection> {
     match format {
         Format::Flipt => flipt::parse(line),
+        Format::Unleash => unleash::parse(line),
         Format::Auto => detect(line).and_then(|f| parse_line(f, line)),
     }
 }
@@ -191,13 +203,18 @@ fn detect(line: &str) -> Result<Format, Rejection> {
         kind: Option<&'a RawValue>,
         #[serde(borrow, default)]
         action: Option<&'a RawValue>,
+        #[serde(borrow, default, rename = "createdAt")]
+        created_at: Option<&'a RawValue>,
     }
     let probe: Probe = serde_json::from_str(line).map_err(|e| flipt::json_rejection(&e))?;
+    let dashed = probe.kind.is_some_and(|k| k.get().contains('-'));
     if probe.version.is_some() && probe.kind.is_some() && probe.action.is_some() {
         Ok(Format::Flipt)
+    } else if probe.created_at.is_some() && dashed {
+        Ok(Format::Unleash)
     } else {
         Err(Rejection::NotAnEvent(
-            "no known format matches (flipt needs version, type and action)".into(),
+            "unknown shape: no known format matches (flipt needs version, type and action; unleash createdAt and a type like feature-created)".into(),
         ))
     }
 }

@@ -54,6 +54,8 @@ pub struct Dispatch {
     pub stop: CancellationToken,
     /// `flagtail_lines_read_total` of this source.
     pub lines_read: prometheus_client::metrics::counter::Counter,
+    /// `flagtail_events_unmapped_total` of this source.
+    pub unmapped: prometheus_client::metrics::counter::Counter,
 }
 
 /// What a line was read from.
@@ -118,6 +120,11 @@ impl Dispatch {
         }
         let event = match parse_line(self.info.format, &text) {
             Ok(event) => event,
+            Err(Rejection::Unmapped(kind)) => {
+                tracing::debug!(source = %self.info.name, offset = at.start, kind = %kind, "event type not mapped; skipped");
+                self.unmapped.inc();
+                return self.settle(at, 0, 0).await.map(drop);
+            }
             Err(rejection) => return self.reject(at, rejection, text.as_bytes()).await,
         };
         // The filters are evaluated again when sending: cheaper than keeping a list per line.
