@@ -10,11 +10,10 @@ use crate::ack::Tracker;
 use crate::checkpoint::CheckpointBook;
 use crate::config::Config;
 use crate::config::{DEFAULT_BODY_BYTES, VerifyScheme};
-use crate::delivery::{self, dead_letter};
+use crate::delivery::{self, Ready, dead_letter};
 use crate::intake::{Intakes, Listener};
 use crate::record::SourceInfo;
 use crate::record_log::RecordLog;
-use crate::sink::Sink;
 use crate::source::file::FileSource;
 use crate::source::http::{HttpSource, Token, Verifier};
 use crate::source::journaled::JournalSource;
@@ -36,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 /// if the checkpoints cannot be saved at the end.
 pub async fn run(
     config: Config,
-    sinks: Vec<Arc<Sink>>,
+    sinks: Vec<Ready>,
     mut reloads: mpsc::Receiver<()>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -102,7 +101,7 @@ pub async fn run(
     result.and(saved)
 }
 
-fn reload(current: &Config) -> anyhow::Result<(Config, Vec<Arc<Sink>>)> {
+fn reload(current: &Config) -> anyhow::Result<(Config, Vec<Ready>)> {
     let next = Config::load(&current.path)?;
     if next.file.state_dir != current.file.state_dir {
         return Err(anyhow!(
@@ -128,7 +127,7 @@ struct Pipeline {
 impl Pipeline {
     fn start(
         config: &Config,
-        sinks: Vec<Arc<Sink>>,
+        sinks: Vec<Ready>,
         book: &Arc<CheckpointBook>,
         intakes: &Intakes,
     ) -> Pipeline {
@@ -137,18 +136,22 @@ impl Pipeline {
         let mut sink_tasks = JoinSet::new();
         let mut names = HashMap::new();
         let mut ports = Vec::new();
-        for sink in sinks {
+        for ready in sinks {
             let (tx, rx) = mpsc::channel(delivery::QUEUE);
-            let dead = dead_letter::log(&c.state_dir, &sink.name);
+            let dead = dead_letter::log(&c.state_dir, &ready.sink.name);
+            let sink_name = ready.sink.name.to_string();
+            ports.push(SinkPort {
+                sink: ready.sink.clone(),
+                queue: tx,
+            });
             let task = sink_tasks.spawn(delivery::run_sink(
-                sink.clone(),
+                ready,
                 rx,
                 dead,
                 stop.clone(),
                 c.shutdown_grace,
             ));
-            names.insert(task.id(), sink.name.to_string());
-            ports.push(SinkPort { sink, queue: tx });
+            names.insert(task.id(), sink_name);
         }
         let ports: Arc<[SinkPort]> = ports.into();
         let mut sources = JoinSet::new();

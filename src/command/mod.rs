@@ -5,6 +5,7 @@ pub mod render;
 pub mod replay;
 
 use crate::config::Config;
+use crate::delivery::{Ready, Transport};
 use crate::sink::{self, Sink};
 use std::sync::Arc;
 
@@ -54,9 +55,9 @@ pub fn find_sink(config: &Config, name: &str) -> Result<Arc<Sink>, Failure> {
     })
 }
 
-/// Builds every sink and checks every source's path, as the daemon does before it starts, to
-/// report every config error at once.
-pub fn build_sinks(config: &Config) -> Result<Vec<Arc<Sink>>, Failure> {
+/// Builds every sink with its transport and checks every source's path, as the daemon does
+/// before it starts, to report every config error at once.
+pub fn build_sinks(config: &Config) -> Result<Vec<Ready>, Failure> {
     let mut problems: Vec<String> = config
         .file
         .sources
@@ -81,12 +82,26 @@ pub fn build_sinks(config: &Config) -> Result<Vec<Arc<Sink>>, Failure> {
                 .map(|e| format!("sources.{i}.file: {e}"))
         })
         .collect();
-    match sink::build_all(config) {
-        Ok(sinks) if problems.is_empty() => Ok(sinks),
-        Ok(_) => Err(Failure::usage(config.error(problems).to_string())),
+    let sinks = match sink::build_all(config) {
+        Ok(sinks) => sinks,
         Err(e) => {
             problems.extend(e.problems);
-            Err(Failure::usage(config.error(problems).to_string()))
+            return Err(Failure::usage(config.error(problems).to_string()));
         }
+    };
+    let mut ready = Vec::new();
+    for (i, sink) in sinks.into_iter().enumerate() {
+        match Transport::for_sink(&sink) {
+            Ok(t) => ready.push(Ready {
+                sink,
+                transport: Arc::new(t),
+            }),
+            Err(e) => problems.push(format!("sinks.{i}.ca_file (sink {}): {e}", sink.name)),
+        }
+    }
+    if problems.is_empty() {
+        Ok(ready)
+    } else {
+        Err(Failure::usage(config.error(problems).to_string()))
     }
 }

@@ -9,12 +9,14 @@
 use super::{Failure, find_sink};
 use crate::config::Config;
 use crate::delivery::dead_letter::{self, DeadLetter};
-use crate::delivery::{self, Result as Delivery};
+use crate::delivery::{self, Result as Delivery, Transport};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub async fn replay(config: &Config, name: &str) -> Result<(), Failure> {
     let sink = find_sink(config, name)?;
+    let transport = Transport::for_sink(&sink)
+        .map_err(|e| Failure::usage(format!("sink {name}: ca_file: {e}")))?;
     let log = dead_letter::log(&config.file.state_dir, name);
     let io = |what: &str, e: std::io::Error| {
         Failure::runtime(format!("{what} {}: {e}", log.path().display()))
@@ -55,7 +57,8 @@ pub async fn replay(config: &Config, name: &str) -> Result<(), Failure> {
                 continue;
             }
         };
-        let outcomes = delivery::deliver(&sink, std::slice::from_ref(&record), &never).await;
+        let outcomes =
+            delivery::deliver(&sink, &transport, std::slice::from_ref(&record), &never).await;
         match outcomes.into_iter().next().map(|(_, r)| r) {
             Some(Delivery::Delivered { .. }) => delivered += 1,
             Some(Delivery::Failed {

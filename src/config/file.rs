@@ -7,7 +7,7 @@
 
 use super::{Secret, SecretUrl};
 use crate::event::Format;
-use crate::sink::filter::EventPattern;
+use crate::event::pattern::EventPattern;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -25,6 +25,31 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// How a sink's messages travel: the connection state a sink needs besides its description.
+pub enum Transport {
+    /// Webhooks: an HTTP client (its pool and TLS roots).
+    Http(http::HttpClient),
+    /// `stdout` and `file` sinks: nothing to keep.
+    Write,
+}
+
+impl Transport {
+    /// The transport of `sink` (for webhooks: a client trusting the webpki roots and `ca_file`).
+    pub fn for_sink(sink: &Sink) -> std::result::Result<Transport, String> {
+        match &sink.output {
+            Output::Webhook(hook) => http::client(hook.ca_file.as_deref()).map(Transport::Http),
+            Output::Stdout | Output::File(_) => Ok(Transport::Write),
+        }
+    }
+}
+
+/// A sink ready to run: what it is and how its messages travel.
+#[derive(Clone)]
+pub struct Ready {
+    pub sink: Arc<Sink>,
+    pub transport: Arc<Transport>,
+}
+
 /// Records queued per sink; memory is bounded by the sources' budgets, this only smooths bursts.
 pub const QUEUE: usize = 1024;
 /// File and stdout sinks write and fsync up to this many records at once.
@@ -49,7 +74,7 @@ pub enum Result {
 
 /// Runs the sink's queue until it closes or `stop` fires, then gives requests on the wire `grace`.
 pub async fn run_sink(
-    sink: Arc<Sink>,
+    Ready { sink, transport }: Ready,
     mut queue: mpsc::Receiver<Arc<Record>>,
     dead: RecordLog,
     stop: CancellationToken,
@@ -88,12 +113,13 @@ pub async fn run_sink(
             s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
             _ = stop.cancelled() => break,
         };
-        let (sink, dead, stop) = (sink.clone(), dead.clone(), stop.clone());
+        let (sink, transport, dead, stop) =
+            (sink.clone(), transport.clone(), dead.clone(), stop.clone());
         #[cfg(debug_assertions)]
         fault_injection(&sink);
         in_flight.spawn(async move {
             let started = Instant::now();
-            for (range, result) in deliver(&sink, &batch, &stop).await {
+            for (range, result) in deliver(&sink, &transport, &batch, &stop).await {
                 finish(&sink, &dead, &batch[range], result, started).await;
             }
             drop(slot);
@@ -142,11 +168,18 @@ fn fault_injection(sink: &Sink) {
 pub type Outcomes = Vec<(Range<usize>, Result)>;
 
 /// Renders and sends `records` (one request, or one group write), retrying as the sink's policy says.
-pub async fn deliver(sink: &Sink, records: &[Arc<Record>], stop: &CancellationToken) -> Outcomes {
-    match &sink.output {
-        Output::Webhook(hook) => {
+pub async fn deliver(
+    sink: &Sink,
+    transport: &Transport,
+    records: &[Arc<Record>],
+    stop: &CancellationToken,
+) -> Outcomes {
+    match (&sink.output, transport) {
+        (Output::Webhook(hook), Transport::Http(client)) => {
             let result = match sink.renderer.render_bounded(records).await {
-                Ok(body) => send_with_retries(sink, hook, records, Bytes::from(body), stop).await,
+                Ok(body) => {
+                    send_with_retries(sink, hook, client, records, Bytes::from(body), stop).await
+                }
                 Err(e) => Result::Failed {
                     reason: e.reason,
                     attempts: 0,
@@ -155,13 +188,22 @@ pub async fn deliver(sink: &Sink, records: &[Arc<Record>], stop: &CancellationTo
             };
             vec![(0..records.len(), result)]
         }
-        Output::Stdout | Output::File(_) => write::deliver(sink, records, stop).await,
+        (Output::Webhook(_), Transport::Write) => vec![(
+            0..records.len(),
+            Result::Failed {
+                reason: "a webhook sink was given no HTTP transport".into(),
+                attempts: 0,
+                excerpt: None,
+            },
+        )],
+        (Output::Stdout | Output::File(_), _) => write::deliver(sink, records, stop).await,
     }
 }
 
 async fn send_with_retries(
     sink: &Sink,
     hook: &Webhook,
+    client: &http::HttpClient,
     records: &[Arc<Record>],
     body: Bytes,
     stop: &CancellationToken,
@@ -173,7 +215,7 @@ async fn send_with_retries(
         attempts += 1;
         let headers = hook.headers_for(&body, &key, unix_now());
         let outcome = http::post(
-            &hook.client,
+            client,
             &hook.url,
             &hook.shown,
             &headers,

@@ -8,6 +8,7 @@
 
 pub mod flipt;
 pub mod gojson;
+pub mod pattern;
 pub mod unleash;
 
 use serde::{Deserialize, Serialize};

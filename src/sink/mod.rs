@@ -1,15 +1,14 @@
 //! Sinks: where events go, built from their config section into ready parts.
 //!
 //! A [`Sink`] knows which events it takes ([`filter`]), how to make a body ([`render`]), and where
-//! the body goes ([`Output`]: a webhook with its headers, signature and HTTP client, stdout, or a
-//! file). Sending, retrying and dead-lettering belong to [`crate::delivery`].
+//! the body goes ([`Output`]: a webhook with its headers and signature, stdout, or a file).
+//! Connections, sending, retrying and dead-lettering belong to `delivery`, which builds on this.
 
 pub mod filter;
 pub mod render;
 pub mod sign;
 
 use crate::config::{Config, ConfigError, SinkKind, SinkSection};
-use crate::delivery::http::{self as client, HttpClient};
 use crate::record::Record;
 use ::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use base64::Engine;
@@ -63,7 +62,8 @@ pub struct Webhook {
     pub headers: HeaderMap,
     pub signer: Option<sign::Signer>,
     pub timeout: Duration,
-    pub client: HttpClient,
+    /// Extra trusted CA certificates (PEM) for the transport.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Sink {
@@ -225,16 +225,13 @@ fn build_webhook(
             .map_err(|e| errors.push(format!("{}: {e}", at(key))))
             .ok()
     });
-    let client = client::client(s.ca_file.as_deref())
-        .map_err(|e| errors.push(format!("{}: {e}", at("ca_file"))))
-        .ok()?;
     Some(Webhook {
         url,
         shown: url_text.redacted(),
         headers,
         signer,
         timeout: s.timeout,
-        client,
+        ca_file: s.ca_file.clone(),
     })
 }
 
