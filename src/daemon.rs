@@ -9,9 +9,9 @@
 use crate::ack::Tracker;
 use crate::checkpoint::CheckpointBook;
 use crate::config::Config;
-use crate::config::{DEFAULT_BODY_BYTES, VerifyScheme};
+use crate::config::SourceKind;
 use crate::delivery::{self, Ready, dead_letter};
-use crate::intake::{Intakes, Listener};
+use crate::intake::{Intake, Intakes, Listener};
 use crate::record::SourceInfo;
 use crate::record_log::RecordLog;
 use crate::source::file::FileSource;
@@ -112,9 +112,6 @@ fn reload(current: &Config) -> anyhow::Result<(Config, Vec<Ready>)> {
     Ok((next, sinks))
 }
 
-/// Clients a socket source serves at once unless `max_connections` says otherwise.
-const DEFAULT_CONNECTIONS: usize = 64;
-
 /// Running sources and sink workers of one config.
 struct Pipeline {
     stop: CancellationToken,
@@ -171,61 +168,81 @@ impl Pipeline {
                 lines_read: crate::metrics::get().lines_read_of(name),
                 unmapped: crate::metrics::get().unmapped_of(name),
             };
-            if let Some(path) = &s.file {
-                let source = FileSource {
-                    path: path.clone(),
-                    read_from: s.read_from,
-                    max_line,
-                    book: book.clone(),
-                    dispatch,
-                };
-                let task = sources.spawn(source.run());
-                names.insert(task.id(), name.to_string());
-            } else if let Some(intake) = intakes.get(name) {
-                let max_connections = s.max_connections.map_or(DEFAULT_CONNECTIONS, |n| {
-                    usize::try_from(n).unwrap_or(usize::MAX)
-                });
-                let task = match &intake.listener {
-                    Listener::Socket(listener) => sources.spawn(
-                        SocketSource {
-                            name: name.into(),
-                            listener: listener.clone(),
-                            journal: intake.journal.clone(),
-                            max_connections,
-                            max_line,
-                            rejected,
-                            stop: stop.clone(),
-                        }
-                        .run(),
-                    ),
-                    Listener::Http(listener) => sources.spawn(
-                        HttpSource {
-                            name: name.into(),
-                            listener: listener.clone(),
-                            journal: intake.journal.clone(),
-                            path: s.path.clone().unwrap_or_else(|| "/".into()),
-                            token: s.auth_token.as_ref().map(|t| Token::new(t.expose())),
-                            verifier: s.verify_secret.as_ref().and_then(|secret| {
-                                let scheme = s.verify.unwrap_or_default();
-                                (scheme != VerifyScheme::None).then(|| Verifier {
-                                    scheme,
-                                    key: ring::hmac::Key::new(
-                                        ring::hmac::HMAC_SHA256,
-                                        secret.expose().as_bytes(),
-                                    ),
-                                })
-                            }),
-                            max_body: s.max_body_bytes.map_or(DEFAULT_BODY_BYTES as usize, |n| {
-                                usize::try_from(n).unwrap_or(usize::MAX)
-                            }),
-                            max_connections,
-                            rejected,
-                            stop: stop.clone(),
-                        }
-                        .run(),
-                    ),
-                };
-                names.insert(task.id(), name.to_string());
+            let intake = intakes.get(name).map(|i| &**i);
+            let writer = match (s.kind(), intake) {
+                (Some(SourceKind::File { path, read_from }), _) => {
+                    let source = FileSource {
+                        path: path.to_path_buf(),
+                        read_from,
+                        max_line,
+                        book: book.clone(),
+                        dispatch,
+                    };
+                    let task = sources.spawn(source.run());
+                    names.insert(task.id(), name.to_string());
+                    continue;
+                }
+                (
+                    Some(SourceKind::Socket {
+                        max_connections, ..
+                    }),
+                    Some(Intake {
+                        listener: Listener::Socket(listener),
+                        journal,
+                        ..
+                    }),
+                ) => sources.spawn(
+                    SocketSource {
+                        name: name.into(),
+                        listener: listener.clone(),
+                        journal: journal.clone(),
+                        max_connections,
+                        max_line,
+                        rejected,
+                        stop: stop.clone(),
+                    }
+                    .run(),
+                ),
+                (
+                    Some(SourceKind::Http {
+                        path,
+                        auth_token,
+                        verify,
+                        max_body,
+                        max_connections,
+                        ..
+                    }),
+                    Some(Intake {
+                        listener: Listener::Http(listener),
+                        journal,
+                        ..
+                    }),
+                ) => sources.spawn(
+                    HttpSource {
+                        name: name.into(),
+                        listener: listener.clone(),
+                        journal: journal.clone(),
+                        path: path.to_string(),
+                        token: auth_token.map(|t| Token::new(t.expose())),
+                        verifier: verify.map(|(scheme, secret)| Verifier {
+                            scheme,
+                            key: ring::hmac::Key::new(
+                                ring::hmac::HMAC_SHA256,
+                                secret.expose().as_bytes(),
+                            ),
+                        }),
+                        max_body,
+                        max_connections,
+                        rejected,
+                        stop: stop.clone(),
+                    }
+                    .run(),
+                ),
+                // The intakes were made from this config: a mismatch cannot happen.
+                _ => continue,
+            };
+            names.insert(writer.id(), name.to_string());
+            if let Some(intake) = intake {
                 let reader = JournalSource {
                     journal: intake.journal.clone(),
                     max_line,

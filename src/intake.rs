@@ -4,7 +4,7 @@
 //! changes nothing (the running config stays).
 
 use crate::checkpoint::CheckpointBook;
-use crate::config::{Config, FileMode};
+use crate::config::{Config, SourceKind};
 use crate::journal::Journal;
 use crate::source::http::HttpListener;
 use crate::source::socket::SocketListener;
@@ -20,27 +20,29 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// Whether this listener already serves what `s` asks for.
-    fn serves(&self, s: &crate::config::SourceSection) -> bool {
-        match self {
-            Listener::Socket(l) => s.socket.as_ref() == Some(&l.path),
-            Listener::Http(l) => s.http.as_ref() == Some(&l.addr),
+    /// Whether this listener already serves what `kind` asks for.
+    fn serves(&self, kind: &SourceKind) -> bool {
+        match (self, kind) {
+            (Listener::Socket(l), SourceKind::Socket { path, .. }) => l.path == *path,
+            (Listener::Http(l), SourceKind::Http { addr, .. }) => l.addr == *addr,
+            _ => false,
         }
     }
 
-    fn bind(s: &crate::config::SourceSection) -> anyhow::Result<Option<Listener>> {
-        let name = s.name.as_str();
-        if let Some(path) = &s.socket {
-            let mode = s.socket_mode.unwrap_or(FileMode::PRIVATE).0;
-            let l = SocketListener::bind(path, mode)
-                .with_context(|| format!("source {name}: cannot listen on the socket"))?;
-            return Ok(Some(Listener::Socket(Arc::new(l))));
-        }
-        if let Some(addr) = &s.http {
-            let l = HttpListener::bind(addr).with_context(|| format!("source {name}"))?;
-            return Ok(Some(Listener::Http(Arc::new(l))));
-        }
-        Ok(None)
+    /// Binds what `kind` asks for; `None` for a kind that has no listener (a file).
+    fn bind(name: &str, kind: &SourceKind) -> anyhow::Result<Option<Listener>> {
+        Ok(match kind {
+            SourceKind::Socket { path, mode, .. } => {
+                let l = SocketListener::bind(path, mode.0)
+                    .with_context(|| format!("source {name}: cannot listen on the socket"))?;
+                Some(Listener::Socket(Arc::new(l)))
+            }
+            SourceKind::Http { addr, .. } => {
+                let l = HttpListener::bind(addr).with_context(|| format!("source {name}"))?;
+                Some(Listener::Http(Arc::new(l)))
+            }
+            SourceKind::File { .. } => None,
+        })
     }
 }
 
@@ -77,13 +79,15 @@ impl Intakes {
         let mut next = HashMap::new();
         for s in &c.sources {
             let name = s.name.as_str();
-            if s.socket.is_none() && s.http.is_none() {
+            let Some(kind) = s.kind() else { continue };
+            if matches!(kind, SourceKind::File { .. }) {
                 continue;
             }
             if let Some(old) = self.by_source.get(name)
-                && old.listener.serves(s)
+                && old.listener.serves(&kind)
             {
-                if let (Listener::Socket(l), Some(mode)) = (&old.listener, s.socket_mode)
+                if let (Listener::Socket(l), SourceKind::Socket { mode, .. }) =
+                    (&old.listener, kind)
                     && l.mode != mode.0
                 {
                     use std::os::unix::fs::PermissionsExt;
@@ -103,7 +107,7 @@ impl Intakes {
                         })?
                 }
             };
-            let Some(listener) = Listener::bind(s)? else {
+            let Some(listener) = Listener::bind(name, &kind)? else {
                 continue;
             };
             let trimming = CancellationToken::new();

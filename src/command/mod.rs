@@ -4,7 +4,7 @@ pub mod check;
 pub mod render;
 pub mod replay;
 
-use crate::config::Config;
+use crate::config::{Config, SourceKind};
 use crate::delivery::{Ready, Transport};
 use crate::sink::{self, Sink};
 use std::sync::Arc;
@@ -63,10 +63,10 @@ pub fn build_sinks(config: &Config) -> Result<Vec<Ready>, Failure> {
         .sources
         .iter()
         .enumerate()
-        .filter_map(|(i, s)| {
-            if let Some(path) = &s.socket {
+        .filter_map(|(i, s)| match s.kind()? {
+            SourceKind::Socket { path, .. } => {
                 use std::os::unix::fs::FileTypeExt;
-                return std::fs::symlink_metadata(path)
+                std::fs::symlink_metadata(path)
                     .ok()
                     .filter(|m| !m.file_type().is_socket())
                     .map(|_| {
@@ -74,12 +74,12 @@ pub fn build_sinks(config: &Config) -> Result<Vec<Ready>, Failure> {
                             "sources.{i}.socket: {} exists and is not a socket; flagtail will not replace it",
                             path.display()
                         )
-                    });
+                    })
             }
-            let path = s.file.as_ref()?;
-            crate::source::file::check_path(path)
+            SourceKind::File { path, .. } => crate::source::file::check_path(path)
                 .err()
-                .map(|e| format!("sources.{i}.file: {e}"))
+                .map(|e| format!("sources.{i}.file: {e}")),
+            SourceKind::Http { .. } => None,
         })
         .collect();
     let sinks = match sink::build_all(config) {

@@ -205,6 +205,69 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// Clients a socket or HTTP source serves at once unless `max_connections` says otherwise.
+pub const DEFAULT_CONNECTIONS: usize = 64;
+
+/// What one source section describes, by kind (exactly one of `file`, `socket`, `http`, which the
+/// loader checks), with each kind's keys and their defaults filled in.
+#[derive(Debug, Clone, Copy)]
+pub enum SourceKind<'a> {
+    File {
+        path: &'a std::path::Path,
+        read_from: ReadFrom,
+    },
+    Socket {
+        path: &'a std::path::Path,
+        mode: FileMode,
+        max_connections: usize,
+    },
+    Http {
+        addr: &'a str,
+        path: &'a str,
+        auth_token: Option<&'a Secret>,
+        /// The scheme and the sender's secret, when `verify` is not `none`.
+        verify: Option<(VerifyScheme, &'a Secret)>,
+        max_body: usize,
+        max_connections: usize,
+    },
+}
+
+impl SourceSection {
+    /// The kind of source this section describes; `None` only for a section the loader refuses.
+    pub fn kind(&self) -> Option<SourceKind<'_>> {
+        let max_connections = self.max_connections.map_or(DEFAULT_CONNECTIONS, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        });
+        match (&self.file, &self.socket, &self.http) {
+            (Some(path), None, None) => Some(SourceKind::File {
+                path,
+                read_from: self.read_from,
+            }),
+            (None, Some(path), None) => Some(SourceKind::Socket {
+                path,
+                mode: self.socket_mode.unwrap_or(FileMode::PRIVATE),
+                max_connections,
+            }),
+            (None, None, Some(addr)) => Some(SourceKind::Http {
+                addr,
+                path: self.path.as_deref().unwrap_or("/"),
+                auth_token: self.auth_token.as_ref(),
+                verify: match (self.verify.unwrap_or_default(), &self.verify_secret) {
+                    (VerifyScheme::None, _) | (_, None) => None,
+                    (scheme, Some(secret)) => Some((scheme, secret)),
+                },
+                max_body: self
+                    .max_body_bytes
+                    .map_or(DEFAULT_BODY_BYTES as usize, |n| {
+                        usize::try_from(n).unwrap_or(usize::MAX)
+                    }),
+                max_connections,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Whose webhook signature an HTTP source checks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

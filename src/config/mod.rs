@@ -10,9 +10,9 @@ mod interpolate;
 mod secret;
 
 pub use file::{
-    BatchSection, ByteSize, ConfigFile, DEFAULT_BODY_BYTES, FileMode, JournalSection, LogFormat,
-    LogSection, Name, ReadFrom, SignatureScheme, SinkKind, SinkSection, SourceSection,
-    VerifyScheme,
+    BatchSection, ByteSize, ConfigFile, DEFAULT_BODY_BYTES, DEFAULT_CONNECTIONS, FileMode,
+    JournalSection, LogFormat, LogSection, Name, ReadFrom, SignatureScheme, SinkKind, SinkSection,
+    SourceKind, SourceSection, VerifyScheme,
 };
 pub use interpolate::Substituted;
 pub use secret::{Secret, SecretUrl};
