@@ -12,6 +12,14 @@
 //!   file is missed.
 //!
 //! Reads are plain blocking reads of at most 64 KiB from the page cache, done on the runtime.
+//!
+//! The module is split by job: this file follows and rotates ([`FileSource::run`]); [`resume`]
+//! finds where to start; [`disk`] finds files in the directory and opens only regular files.
+
+mod disk;
+mod resume;
+
+pub use disk::check_path;
 
 use super::lines::LineSplitter;
 use super::{Dispatch, Origin, Span, Stopped, watch};
@@ -19,9 +27,10 @@ use crate::checkpoint::CheckpointBook;
 use crate::config::ReadFrom;
 use crate::metrics;
 use crate::position::{FINGERPRINT_MAX, FileIdentity, Fingerprint, Position};
+use disk::find_copy;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::io::{self, Seek, SeekFrom};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -276,286 +285,6 @@ impl FileSource {
         };
         self.dispatch.incomplete(at, &bytes, why).await
     }
-
-    /// The reader to start with: from the checkpoint if its file is found, else per `read_from`.
-    fn resume(&self) -> io::Result<Option<Reader>> {
-        let name = &self.dispatch.info.name;
-        // A journal position (the source used to be a socket or HTTP source) says nothing here.
-        let Some(Position::File {
-            file: saved,
-            offset,
-        }) = self.book.get(name)
-        else {
-            let r = self.open(0)?;
-            return match (r, self.read_from) {
-                (Some(mut r), ReadFrom::End) => {
-                    let at = last_line_end(&mut r.file)?;
-                    if at > 0 {
-                        let first = first_line_end(&mut r.file)?;
-                        self.take_fingerprint(&mut r, first)?;
-                    }
-                    r.file.seek(SeekFrom::Start(at))?;
-                    r.splitter.reset(at);
-                    Ok(Some(r))
-                }
-                (r, _) => Ok(r),
-            };
-        };
-        let at_path = match open_path(&self.path)? {
-            Opened::File(f) => Some(f),
-            Opened::Missing | Opened::NotRegular(_) => None,
-        };
-        if let Some(f) = at_path
-            && saved.is(&f)?
-            && f.metadata()?.len() >= offset
-        {
-            return Ok(Some(self.reader_at(f, saved, offset)?));
-        }
-        let elsewhere = match find_renamed(&self.path, &saved)? {
-            Some(found) => Some(found),
-            None => find_copy(&self.path, &saved, offset)?,
-        };
-        if let Some((path, f)) = elsewhere
-            && f.metadata()?.len() >= offset
-        {
-            tracing::info!(source = %name, path = %path.display(), offset, "checkpoint is in a rotated or copied file; reading its rest first");
-            // Read under its own name and inode: a copy is another file than the one at the path,
-            // so once it is read to its end the file at the path is followed from its start.
-            let identity = FileIdentity {
-                fingerprint: saved.fingerprint,
-                ..FileIdentity::of_open(&path, &f)?
-            };
-            return Ok(Some(self.reader_at(f, Arc::new(identity), offset)?));
-        }
-        tracing::warn!(
-            source = %name, path = %self.path.display(), offset,
-            "the checkpointed file is gone, truncated or replaced (inode or first line differ); reading the file at the path from the start"
-        );
-        self.open(0)
-    }
-
-    fn reader_at(
-        &self,
-        mut file: File,
-        identity: Arc<FileIdentity>,
-        offset: u64,
-    ) -> io::Result<Reader> {
-        file.seek(SeekFrom::Start(offset))?;
-        let file_key = identity
-            .fingerprint
-            .map(|f| f.short_hex())
-            .unwrap_or_default();
-        Ok(Reader {
-            file,
-            identity,
-            file_key,
-            splitter: LineSplitter::new(offset, self.max_line),
-        })
-    }
-
-    /// Opens the file at the path from `offset`; `None` if there is no regular file there yet.
-    /// Anything else at the path (a directory, a FIFO, a device) is not opened: it is logged and
-    /// the source waits for the next change in the directory.
-    fn open(&self, offset: u64) -> io::Result<Option<Reader>> {
-        match open_path(&self.path)? {
-            Opened::File(f) => {
-                let identity = Arc::new(FileIdentity::of_open(&self.path, &f)?);
-                Ok(Some(self.reader_at(f, identity, offset)?))
-            }
-            Opened::Missing => Ok(None),
-            Opened::NotRegular(kind) => {
-                tracing::error!(source = %self.dispatch.info.name, path = %self.path.display(), "the path is {kind}, not a regular file; waiting for a regular file there");
-                Ok(None)
-            }
-        }
-    }
-}
-
-/// What is at a source's path.
-enum Opened {
-    File(File),
-    Missing,
-    /// Something that is not a regular file (named by its kind): never read.
-    NotRegular(&'static str),
-}
-
-/// Opens `path` if it is a regular file. Anything else is never opened; and should it be swapped
-/// in between the look and the open, the open does not block (a FIFO would wait for a writer) and
-/// the kind is checked again on the open file.
-fn open_path(path: &Path) -> io::Result<Opened> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // Looked at before opening: opening a device can have effects of its own.
-    match fs::metadata(path) {
-        Ok(m) => {
-            if let Some(name) = kind_name(m.file_type()) {
-                return Ok(Opened::NotRegular(name));
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Opened::Missing),
-        Err(e) => return Err(e),
-    }
-    match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-    {
-        Ok(f) => {
-            let kind = f.metadata()?.file_type();
-            Ok(match kind_name(kind) {
-                None => Opened::File(f),
-                Some(name) => Opened::NotRegular(name),
-            })
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Opened::Missing),
-        Err(e) => Err(e),
-    }
-}
-
-/// `None` for a regular file, else what it is ("a directory").
-fn kind_name(kind: fs::FileType) -> Option<&'static str> {
-    use std::os::unix::fs::FileTypeExt;
-    if kind.is_file() {
-        None
-    } else if kind.is_dir() {
-        Some("a directory")
-    } else if kind.is_fifo() {
-        Some("a FIFO")
-    } else if kind.is_char_device() {
-        Some("a character device")
-    } else if kind.is_block_device() {
-        Some("a block device")
-    } else if kind.is_socket() {
-        Some("a socket")
-    } else {
-        Some("not a regular file")
-    }
-}
-
-/// Start-up check of a `file:` path: `Err` if something other than a regular file is there (a
-/// missing file is fine: it is waited for).
-pub fn check_path(path: &Path) -> Result<(), String> {
-    match fs::metadata(path) {
-        Ok(m) => match kind_name(m.file_type()) {
-            None => Ok(()),
-            Some(kind) => Err(format!(
-                "{} is {kind}, not a regular file: flagtail follows append-only files",
-                path.display()
-            )),
-        },
-        Err(_) => Ok(()),
-    }
-}
-
-/// Finds, in the directory of `path`, the file `saved` (same inode and first line) under another name.
-fn find_renamed(path: &Path, saved: &FileIdentity) -> io::Result<Option<(PathBuf, File)>> {
-    let found = candidates(path, |m| saved.same_inode(m), |f| saved.is(f))?;
-    Ok(found.into_iter().next().map(|c| (c.path, c.file)))
-}
-
-/// Finds, in the directory of `path`, another file (not `of` itself) that starts with the same
-/// first line as `of` and reaches `offset`: the copy copytruncate made. If several do (a backup
-/// beside the rotated copy), the longest wins, as it holds the most of the file; then the most
-/// recently written; then the first name. The choice never depends on the directory's order.
-fn find_copy(path: &Path, of: &FileIdentity, offset: u64) -> io::Result<Option<(PathBuf, File)>> {
-    let Some(fp) = of.fingerprint else {
-        return Ok(None);
-    };
-    let found = candidates(
-        path,
-        |m| !of.same_inode(m) && m.len() >= offset.max(fp.len),
-        |f| fp.matches(f),
-    )?;
-    let key = |c: &Candidate| (c.meta.len(), c.meta.modified().ok());
-    let mut best: Option<Candidate> = None;
-    let count = found.len();
-    for c in found {
-        // `found` is sorted by name, so on a tie the first name stays.
-        if best.as_ref().is_none_or(|b| key(&c) > key(b)) {
-            best = Some(c);
-        }
-    }
-    if count > 1
-        && let Some(b) = &best
-    {
-        tracing::info!(path = %path.display(), copy = %b.path.display(), candidates = count, "several files start like the truncated one; taking the longest");
-    }
-    Ok(best.map(|c| (c.path, c.file)))
-}
-
-/// A file beside the followed one that may be its earlier self.
-struct Candidate {
-    path: PathBuf,
-    file: File,
-    meta: fs::Metadata,
-}
-
-/// The regular files beside `path` whose metadata passes `cheap` and whose content `check`,
-/// sorted by name.
-fn candidates(
-    path: &Path,
-    cheap: impl Fn(&fs::Metadata) -> bool,
-    check: impl Fn(&File) -> io::Result<bool>,
-) -> io::Result<Vec<Candidate>> {
-    let mut names: Vec<PathBuf> = fs::read_dir(super::dir_of(path))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    names.sort();
-    let mut out = Vec::new();
-    for name in names {
-        let Ok(m) = fs::metadata(&name) else { continue };
-        if !m.is_file() || !cheap(&m) {
-            continue;
-        }
-        let Ok(Opened::File(file)) = open_path(&name) else {
-            continue;
-        };
-        if check(&file).unwrap_or(false) {
-            out.push(Candidate {
-                path: name,
-                file,
-                meta: m,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// Offset just after the last newline (where `read_from: end` starts, skipping a partial line).
-fn last_line_end(f: &mut File) -> io::Result<u64> {
-    let size = f.metadata()?.len();
-    let mut pos = size;
-    let mut buf = vec![0u8; 64 * 1024];
-    while pos > 0 {
-        let n = (buf.len() as u64).min(pos) as usize;
-        pos -= n as u64;
-        f.seek(SeekFrom::Start(pos))?;
-        f.read_exact(&mut buf[..n])?;
-        if let Some(i) = memchr::memrchr(b'\n', &buf[..n]) {
-            return Ok(pos + i as u64 + 1);
-        }
-    }
-    Ok(0)
-}
-
-/// Offset just after the first newline (or the fingerprint limit).
-fn first_line_end(f: &mut File) -> io::Result<u64> {
-    let mut buf = vec![0u8; FINGERPRINT_MAX as usize];
-    f.seek(SeekFrom::Start(0))?;
-    let mut filled = 0;
-    loop {
-        let n = f.read(&mut buf[filled..])?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-        if let Some(i) = memchr::memchr(b'\n', &buf[..filled]) {
-            return Ok(i as u64 + 1);
-        }
-        if filled == buf.len() {
-            break;
-        }
-    }
-    Ok(filled as u64)
 }
 
 enum Error {
