@@ -255,3 +255,29 @@ async fn the_socket_is_private_refuses_to_replace_a_file_and_survives_a_reload()
     assert!(ft.terminate().await.success());
     assert_eq!((got[0].path.as_str(), got[1].path.as_str()), ("/a", "/b"));
 }
+
+#[test]
+fn render_reads_lines_as_a_socket_source_would() {
+    let s = Setup::new();
+    let (config, _) = socket_config(&s, "", "  - {name: out, type: stdout}\n");
+    let input = s.path("input.jsonl");
+    std::fs::write(&input, format!("{}not json\n", lines(0..1))).unwrap();
+    let (code, out, err) = run_cmd(&[
+        "render",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "out",
+        "--source",
+        "local",
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let out: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(out[0]["body"], flipt_line(0, Encoding::Json).1);
+    assert!(out[1]["rejected"].as_str().unwrap().contains("not JSON"));
+}
