@@ -499,26 +499,13 @@ fn mend_tail(path: &Path, len: u64) -> io::Result<u64> {
         return Ok(0);
     }
     let mut f = OpenOptions::new().read(true).write(true).open(path)?;
-    let mut pos = len;
-    let mut buf = vec![0u8; 64 * 1024];
-    while pos > 0 {
-        let n = (buf.len() as u64).min(pos) as usize;
-        pos -= n as u64;
-        f.seek(SeekFrom::Start(pos))?;
-        f.read_exact(&mut buf[..n])?;
-        if let Some(i) = memchr::memrchr(b'\n', &buf[..n]) {
-            let keep = pos + i as u64 + 1;
-            if keep < len {
-                tracing::warn!(segment = %path.display(), cut = len - keep, "the journal ends in a partial line (a crash mid-write, never acknowledged); cutting it off");
-                f.set_len(keep)?;
-                f.sync_all()?;
-            }
-            return Ok(keep);
-        }
+    let keep = crate::record_log::last_line_end(&mut f, len)?;
+    if keep < len {
+        tracing::warn!(segment = %path.display(), cut = len - keep, "the journal ends in a partial line (a crash mid-write, never acknowledged); cutting it off");
+        f.set_len(keep)?;
+        f.sync_all()?;
     }
-    f.set_len(0)?;
-    f.sync_all()?;
-    Ok(0)
+    Ok(keep)
 }
 
 /// The journal's id: read from `dir/id`, or made (random) and saved.

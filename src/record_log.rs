@@ -173,6 +173,23 @@ pub fn append_lines(path: &Path, mode: u32, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The offset just after the last newline among the first `len` bytes of `f` (0 if there is
+/// none): where a file of whole lines ends, whatever torn bytes follow.
+pub fn last_line_end(f: &mut File, len: u64) -> io::Result<u64> {
+    let mut pos = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while pos > 0 {
+        let n = (buf.len() as u64).min(pos) as usize;
+        pos -= n as u64;
+        f.seek(SeekFrom::Start(pos))?;
+        f.read_exact(&mut buf[..n])?;
+        if let Some(i) = memchr::memrchr(b'\n', &buf[..n]) {
+            return Ok(pos + i as u64 + 1);
+        }
+    }
+    Ok(0)
+}
+
 /// Takes a failed append back off the file, then returns its error.
 fn cut_back(f: &File, len: u64, e: io::Error) -> io::Result<()> {
     if let Err(cut) = f.set_len(len) {

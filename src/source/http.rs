@@ -131,21 +131,10 @@ impl HttpSource {
         let permits = Arc::new(Semaphore::new(me.max_connections));
         let mut conns = JoinSet::new();
         tracing::info!(source = %me.name, address = %me.listener.addr, path = %me.path, "listening for webhooks");
-        loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p.map_err(io::Error::other)?,
-                _ = me.stop.cancelled() => break,
-            };
-            let stream = tokio::select! {
-                accepted = me.listener.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        tracing::warn!(source = %me.name, error = %e, "cannot accept a connection");
-                        continue;
-                    }
-                },
-                _ = me.stop.cancelled() => break,
-            };
+        let accept = || async { me.listener.listener.accept().await.map(|(s, _)| s) };
+        while let Some((permit, stream)) =
+            super::next_connection(&me.name, &permits, &me.stop, accept).await
+        {
             let _ = stream.set_nodelay(true);
             let me = me.clone();
             conns.spawn(async move {

@@ -41,6 +41,35 @@ pub struct SinkPort {
     pub queue: mpsc::Sender<Arc<Record>>,
 }
 
+/// Waits for a free connection slot, then for the next connection from `accept`; `None` once
+/// `stop` fires. The slot is taken before accepting, so a source at `max_connections` stops
+/// accepting (clients wait in the listen queue) instead of failing them. Accept errors (say, out
+/// of file descriptors) are logged and the wait goes on.
+pub async fn next_connection<S, F, Fut>(
+    source: &str,
+    slots: &Arc<tokio::sync::Semaphore>,
+    stop: &CancellationToken,
+    accept: F,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, S)>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<S>>,
+{
+    let slot = tokio::select! {
+        s = slots.clone().acquire_owned() => s.ok()?,
+        _ = stop.cancelled() => return None,
+    };
+    loop {
+        tokio::select! {
+            accepted = accept() => match accepted {
+                Ok(conn) => return Some((slot, conn)),
+                Err(e) => tracing::warn!(source = %source, error = %e, "cannot accept a connection"),
+            },
+            _ = stop.cancelled() => return None,
+        }
+    }
+}
+
 /// The source was told to stop while handing over a line.
 #[derive(Debug)]
 pub struct Stopped;

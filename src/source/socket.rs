@@ -114,21 +114,10 @@ impl SocketSource {
         let mut clients = JoinSet::new();
         let mut number = 0u64;
         tracing::info!(source = %me.name, path = %me.listener.path.display(), "listening");
-        loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p.map_err(io::Error::other)?,
-                _ = me.stop.cancelled() => break,
-            };
-            let stream = tokio::select! {
-                accepted = me.listener.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        tracing::error!(source = %me.name, error = %e, "cannot accept a client");
-                        continue;
-                    }
-                },
-                _ = me.stop.cancelled() => break,
-            };
+        let accept = || async { me.listener.listener.accept().await.map(|(s, _)| s) };
+        while let Some((permit, stream)) =
+            super::next_connection(&me.name, &permits, &me.stop, accept).await
+        {
             number += 1;
             let me = me.clone();
             clients.spawn(async move {

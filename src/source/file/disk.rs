@@ -166,18 +166,7 @@ fn candidates(
 /// Offset just after the last newline (where `read_from: end` starts, skipping a partial line).
 pub(super) fn last_line_end(f: &mut File) -> io::Result<u64> {
     let size = f.metadata()?.len();
-    let mut pos = size;
-    let mut buf = vec![0u8; 64 * 1024];
-    while pos > 0 {
-        let n = (buf.len() as u64).min(pos) as usize;
-        pos -= n as u64;
-        f.seek(SeekFrom::Start(pos))?;
-        f.read_exact(&mut buf[..n])?;
-        if let Some(i) = memchr::memrchr(b'\n', &buf[..n]) {
-            return Ok(pos + i as u64 + 1);
-        }
-    }
-    Ok(0)
+    crate::record_log::last_line_end(f, size)
 }
 
 /// Offset just after the first newline (or the fingerprint limit).
