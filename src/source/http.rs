@@ -12,8 +12,9 @@
 //!   503 with `Retry-After` when the journal is full or cannot be written, 405 for other methods,
 //!   404 for other paths.
 //!
-//! At most `max_connections` connections are served at once (a permit before `accept`). Request
-//! bodies and query strings are never logged. The listener is bound once by the daemon and kept
+//! At most `max_connections` connections are served at once (a permit before `accept`); a client
+//! gets 30 s to send its headers and 30 s for its body, so a stalled one does not keep its slot
+//! (408). Request bodies and query strings are never logged. The listener is bound once by the daemon and kept
 //! across reloads.
 
 use super::Rejected;
@@ -26,7 +27,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use ring::hmac;
 use serde_json::value::RawValue;
 use std::convert::Infallible;
@@ -37,6 +38,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// How long a client may take to send its request's headers, and then its body.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How much of a body that is not JSON is kept in the rejected record.
 const KEPT_OF_BAD_BODY: usize = 64 * 1024;
@@ -145,7 +149,11 @@ impl HttpSource {
                         async move { Ok::<_, Infallible>(me.handle(req).await) }
                     })
                 };
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                // A client that never finishes its headers does not keep its slot.
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => {}
@@ -198,15 +206,17 @@ impl HttpSource {
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
         });
-        let body = match Limited::new(req.into_body(), self.max_body).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e)
+        let read = Limited::new(req.into_body(), self.max_body).collect();
+        let body = match tokio::time::timeout(READ_TIMEOUT, read).await {
+            Err(_) => return reply(StatusCode::REQUEST_TIMEOUT, "the body took too long"),
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e))
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some() =>
             {
                 return reply(StatusCode::PAYLOAD_TOO_LARGE, "body over max_body_bytes");
             }
-            Err(_) => return reply(StatusCode::BAD_REQUEST, "the body could not be read"),
+            Ok(Err(_)) => return reply(StatusCode::BAD_REQUEST, "the body could not be read"),
         };
         if let (Some(v), Some(sig)) = (&self.verifier, signature) {
             let ok = sig
