@@ -142,7 +142,10 @@ mod tests {
     use super::*;
 
     fn at(offset: u64) -> Position {
-        Position::Journal { offset }
+        Position::Journal {
+            id: "j".into(),
+            offset,
+        }
     }
 
     #[tokio::test]

@@ -40,7 +40,7 @@ pub struct Checkpoint {
 #[serde(rename_all = "lowercase")]
 enum Saved {
     File(Checkpoint),
-    Journal { offset: u64 },
+    Journal { id: String, offset: u64 },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -61,7 +61,10 @@ impl From<Saved> for Position {
                 file: Arc::new(c.file),
                 offset: c.offset,
             },
-            Saved::Journal { offset } => Position::Journal { offset },
+            Saved::Journal { id, offset } => Position::Journal {
+                id: id.into(),
+                offset,
+            },
         }
     }
 }
@@ -73,7 +76,10 @@ impl From<&Position> for Saved {
                 file: (**file).clone(),
                 offset: *offset,
             }),
-            Position::Journal { offset } => Saved::Journal { offset: *offset },
+            Position::Journal { id, offset } => Saved::Journal {
+                id: id.to_string(),
+                offset: *offset,
+            },
         }
     }
 }
@@ -275,6 +281,13 @@ mod tests {
     use super::*;
     use crate::position::Fingerprint;
 
+    fn jp(offset: u64) -> Position {
+        Position::Journal {
+            id: "j1".into(),
+            offset,
+        }
+    }
+
     fn file_at(offset: u64) -> Position {
         Position::File {
             file: Arc::new(FileIdentity {
@@ -293,11 +306,11 @@ mod tests {
         let state = dir.path().join("state");
         let book = CheckpointBook::open(&state).unwrap();
         book.set("a", file_at(42));
-        book.set("b", Position::Journal { offset: 7 });
+        book.set("b", jp(7));
         book.save().unwrap();
         let again = CheckpointBook::open(&state).unwrap();
         assert_eq!(again.get("a"), Some(file_at(42)));
-        assert_eq!(again.get("b"), Some(Position::Journal { offset: 7 }));
+        assert_eq!(again.get("b"), Some(jp(7)));
         again.set("a", file_at(50));
         again.save().unwrap();
         let text = fs::read_to_string(state.join("checkpoints.json")).unwrap();
@@ -324,7 +337,7 @@ mod tests {
         .unwrap();
         let book = CheckpointBook::open(dir.path()).unwrap();
         assert_eq!(book.get("a"), Some(file_at(42)));
-        book.set("b", Position::Journal { offset: 1 });
+        book.set("b", jp(1));
         book.save().unwrap();
         let again = CheckpointBook::open(dir.path()).unwrap();
         assert_eq!(again.get("a"), Some(file_at(42)));
@@ -337,15 +350,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let book = CheckpointBook::open(dir.path()).unwrap();
         let durable = book.durable("j");
-        book.set("j", Position::Journal { offset: 10 });
+        book.set("j", jp(10));
         assert_eq!(*durable.borrow(), None, "not on disk yet");
         book.save().unwrap();
-        assert_eq!(*durable.borrow(), Some(Position::Journal { offset: 10 }));
+        assert_eq!(*durable.borrow(), Some(jp(10)));
         let reopened = CheckpointBook::open(dir.path()).unwrap();
-        assert_eq!(
-            *reopened.durable("j").borrow(),
-            Some(Position::Journal { offset: 10 })
-        );
+        assert_eq!(*reopened.durable("j").borrow(), Some(jp(10)));
     }
 
     #[test]

@@ -232,6 +232,8 @@ impl Pipeline {
                             ),
                         }),
                         max_body,
+                        max_line,
+                        grace: c.shutdown_grace,
                         max_connections,
                         rejected,
                         stop: stop.clone(),

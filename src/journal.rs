@@ -8,7 +8,9 @@
 //! - **Writing.** One thread per journal takes every append waiting (from all clients or
 //!   requests), writes them with one `write` and makes them durable with one `fdatasync` (group
 //!   commit); only then is each append answered. Segments end at batch boundaries, so every
-//!   segment holds whole lines. A write that fails is cut back off and the appends refused.
+//!   segment holds whole lines; a segment that reaches its size is closed right after the commit
+//!   that filled it, so the segment being written (the one trimming cannot delete) stays small.
+//!   Writes go at explicit offsets; one that fails is cut back off and its appends refused.
 //! - **Bounded.** `max_bytes` bounds what the segments hold: an append first takes its size from a
 //!   budget that trimming gives back; when it is spent, [`Journal::append`] waits (the socket then
 //!   stops reading) or [`Journal::try_append`] refuses (HTTP answers 503). Nothing accepted is
@@ -18,23 +20,25 @@
 //! - **Reading.** [`JournalReader`] reads lines in order across segments, only up to what has been
 //!   made durable: a line is never dispatched before it would survive a crash.
 //! - **Start.** A last segment that ends in a partial line (a crash mid-write, never answered) is
-//!   cut back to its last newline.
+//!   cut back to its last newline, and the segment is fsynced (bytes a killed process left in the
+//!   page cache are made durable before they count). If the source's checkpoint in this journal
+//!   lies past its end (bytes lost with a power cut after being delivered), a new segment starts
+//!   at the checkpoint, so an offset, and the idempotency key made from it, is never reused.
 
 use crate::checkpoint::{create_private_dir, sync_dir};
 use crate::position::Position;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// A new segment is started once the current one holds this much (or `max_bytes / 4`, if less).
 pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
-/// One group commit writes at most this much.
-const GROUP_BYTES: usize = 4 * 1024 * 1024;
 /// Appends waiting for the writer.
 const QUEUE: usize = 1024;
 
@@ -73,17 +77,20 @@ struct State {
 
 struct Append {
     bytes: Vec<u8>,
+    /// The append's share of the budget: kept by the journal once written, given back if the
+    /// append fails or never reaches the writer.
+    permit: OwnedSemaphorePermit,
     done: oneshot::Sender<Result<(), String>>,
 }
 
 struct Shared {
     dir: PathBuf,
-    id: String,
+    id: Arc<str>,
     max_bytes: u64,
     segment_bytes: u64,
     state: Mutex<State>,
     /// Bytes the segments may still take (permits, one per byte).
-    budget: Semaphore,
+    budget: Arc<Semaphore>,
     /// End of the durable stream: readers read up to here.
     committed: watch::Sender<u64>,
 }
@@ -100,19 +107,36 @@ impl Journal {
     /// source's saved position: a journal made anew starts its stream there, so positions never
     /// go backwards.
     pub fn open(dir: &Path, max_bytes: u64, checkpoint: Option<&Position>) -> io::Result<Journal> {
+        let made = !dir.exists();
         create_private_dir(dir)?;
-        let id = read_or_make_id(dir)?;
+        if made && let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        let id: Arc<str> = read_or_make_id(dir)?.into();
+        // The source's position in this journal, if it has one here.
+        let saved = match checkpoint {
+            Some(Position::Journal { id: of, offset }) if *of == id => Some(*offset),
+            _ => None,
+        };
         let mut segments = list_segments(dir)?;
         if segments.is_empty() {
-            let base = match checkpoint {
-                Some(Position::Journal { offset }) => *offset,
-                _ => 0,
-            };
+            let base = saved.unwrap_or(0);
             create_segment(dir, base)?;
             segments.push_back(Segment { base, len: 0 });
         }
         if let Some(last) = segments.back_mut() {
             last.len = mend_tail(&segment_path(dir, last.base), last.len)?;
+        }
+        let end = segments.back().map_or(0, |s| s.base + s.len);
+        if let Some(saved) = saved
+            && saved > end
+        {
+            tracing::warn!(journal = %dir.display(), checkpoint = saved, end, "the journal ends before its checkpoint (lines lost after delivery, by a power cut?); going on from the checkpoint");
+            create_segment(dir, saved)?;
+            segments.push_back(Segment {
+                base: saved,
+                len: 0,
+            });
         }
         let size: u64 = segments.iter().map(|s| s.len).sum();
         let end = segments.back().map_or(0, |s| s.base + s.len);
@@ -125,7 +149,7 @@ impl Journal {
             max_bytes,
             segment_bytes: SEGMENT_BYTES.min((max_bytes / 4).max(1)),
             state: Mutex::new(State { segments }),
-            budget: Semaphore::new(budget),
+            budget: Arc::new(Semaphore::new(budget)),
             committed: watch::channel(end).0,
         });
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -143,8 +167,8 @@ impl Journal {
         &self.shared.dir
     }
 
-    /// The journal's id, for idempotency keys.
-    pub fn id(&self) -> &str {
+    /// The journal's id, for idempotency keys and positions.
+    pub fn id(&self) -> &Arc<str> {
         &self.shared.id
     }
 
@@ -166,24 +190,24 @@ impl Journal {
         let permit = self
             .shared
             .budget
-            .acquire_many(n)
+            .clone()
+            .acquire_many_owned(n)
             .await
             .map_err(|_| AppendError::Io("the journal is closed".into()))?;
-        permit.forget();
-        self.write(bytes).await
+        self.write(bytes, permit).await
     }
 
     /// Like [`Journal::append`], but refuses at once when the journal is full.
     pub async fn try_append(&self, bytes: Vec<u8>) -> Result<(), AppendError> {
         let n = self.cost(&bytes)?;
-        match self.shared.budget.try_acquire_many(n) {
-            Ok(permit) => permit.forget(),
+        let permit = match self.shared.budget.clone().try_acquire_many_owned(n) {
+            Ok(permit) => permit,
             Err(TryAcquireError::NoPermits) => return Err(AppendError::Full),
             Err(TryAcquireError::Closed) => {
                 return Err(AppendError::Io("the journal is closed".into()));
             }
-        }
-        self.write(bytes).await
+        };
+        self.write(bytes, permit).await
     }
 
     fn cost(&self, bytes: &[u8]) -> Result<u32, AppendError> {
@@ -193,21 +217,22 @@ impl Journal {
         u32::try_from(bytes.len()).map_err(|_| AppendError::TooLarge)
     }
 
-    async fn write(&self, bytes: Vec<u8>) -> Result<(), AppendError> {
-        let len = bytes.len();
+    async fn write(&self, bytes: Vec<u8>, permit: OwnedSemaphorePermit) -> Result<(), AppendError> {
         let (done, answer) = oneshot::channel();
-        let sent = self.appends.send(Append { bytes, done }).await;
-        let result = match sent {
-            Ok(()) => answer
-                .await
-                .unwrap_or_else(|_| Err("the journal writer stopped".into())),
-            Err(_) => Err("the journal writer stopped".into()),
+        let append = Append {
+            bytes,
+            permit,
+            done,
         };
-        // What was not written goes back to the budget.
-        result.map_err(|e| {
-            self.shared.budget.add_permits(len);
-            AppendError::Io(e)
-        })
+        // If this is cancelled, or the writer refuses, the permit inside goes back to the budget.
+        self.appends
+            .send(append)
+            .await
+            .map_err(|_| AppendError::Io("the journal writer stopped".into()))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the journal writer stopped".into()))
+            .map_err(AppendError::Io)
     }
 
     /// Deletes the segments wholly before the source's durable position, each time it moves,
@@ -218,8 +243,9 @@ impl Journal {
         stop: CancellationToken,
     ) {
         loop {
+            // Only a position in this journal says what this journal may delete.
             let upto = match &*durable.borrow_and_update() {
-                Some(Position::Journal { offset }) => Some(*offset),
+                Some(Position::Journal { id, offset }) if *id == self.shared.id => Some(*offset),
                 _ => None,
             };
             if let Some(upto) = upto {
@@ -271,26 +297,30 @@ impl Shared {
 
     fn trim(&self, upto: u64) -> io::Result<()> {
         let mut freed = 0u64;
-        loop {
+        let result = loop {
             let gone = {
                 let st = self.lock();
                 match (st.segments.front(), st.segments.len()) {
                     (Some(s), n) if n > 1 && s.base + s.len <= upto => *s,
-                    _ => break,
+                    _ => break Ok(()),
                 }
             };
             match fs::remove_file(segment_path(&self.dir, gone.base)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             }
             self.lock().segments.pop_front();
             freed += gone.len;
-        }
+        };
+        // What was deleted goes back to the budget whatever happened after.
         if freed > 0 {
-            sync_dir(&self.dir)?;
             self.budget
                 .add_permits(usize::try_from(freed).unwrap_or(usize::MAX));
+        }
+        result?;
+        if freed > 0 {
+            sync_dir(&self.dir)?;
         }
         Ok(())
     }
@@ -302,7 +332,9 @@ fn write_loop(shared: &Shared, mut appends: mpsc::Receiver<Append>) {
     while let Some(first) = appends.blocking_recv() {
         let mut batch = vec![first];
         let mut bytes = batch[0].bytes.len();
-        while bytes < GROUP_BYTES {
+        // A group stays within about one segment, so the segment it closes is trimmable soon.
+        let group_bytes = usize::try_from(shared.segment_bytes).unwrap_or(usize::MAX);
+        while bytes < group_bytes {
             match appends.try_recv() {
                 Ok(a) => {
                     bytes += a.bytes.len();
@@ -316,12 +348,18 @@ fn write_loop(shared: &Shared, mut appends: mpsc::Receiver<Append>) {
             tracing::error!(journal = %shared.dir.display(), error = %e, "cannot write the journal; the appends are refused");
         }
         for a in batch {
+            match &result {
+                // Written: its share of the budget stays taken until trimming gives it back.
+                Ok(()) => a.permit.forget(),
+                Err(_) => drop(a.permit),
+            }
             let _ = a.done.send(result.clone());
         }
     }
 }
 
-/// Writes `batch` to the current segment (starting a new one first if it is full) and fsyncs.
+/// Writes `batch` at the end of the current segment and fsyncs; then, if the segment is full,
+/// starts the next one.
 fn commit(shared: &Shared, file: &mut Option<(u64, File)>, batch: &[Append]) -> io::Result<()> {
     let (base, len) = {
         let st = shared.lock();
@@ -332,21 +370,16 @@ fn commit(shared: &Shared, file: &mut Option<(u64, File)>, batch: &[Append]) -> 
             .unwrap_or(Segment { base: 0, len: 0 });
         (last.base, last.len)
     };
+    // A rollover that failed after an earlier commit is tried again first.
     let (base, len) = if len >= shared.segment_bytes {
-        let next = base + len;
-        create_segment(&shared.dir, next)?;
-        shared
-            .lock()
-            .segments
-            .push_back(Segment { base: next, len: 0 });
-        *file = None;
-        (next, 0)
+        roll_over(shared, file, base + len)?;
+        (base + len, 0)
     } else {
         (base, len)
     };
     if file.as_ref().is_none_or(|(b, _)| *b != base) {
         let f = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(segment_path(&shared.dir, base))?;
         *file = Some((base, f));
     }
@@ -357,21 +390,34 @@ fn commit(shared: &Shared, file: &mut Option<(u64, File)>, batch: &[Append]) -> 
     for a in batch {
         out.extend_from_slice(&a.bytes);
     }
-    let written = f.write_all(&out).and_then(|()| f.sync_data());
+    // At an explicit offset: bytes a failed write left behind are overwritten, never followed.
+    let written = f.write_all_at(&out, len).and_then(|()| f.sync_data());
     if let Err(e) = written {
-        // Take a partial write back off, so the segment keeps whole lines.
         let _ = f.set_len(len);
         *file = None;
         return Err(e);
     }
-    let end = {
+    let end = base + len + out.len() as u64;
+    {
         let mut st = shared.lock();
         if let Some(last) = st.segments.back_mut() {
             last.len += out.len() as u64;
         }
-        base + len + out.len() as u64
-    };
+    }
     shared.committed.send_replace(end);
+    if end - base >= shared.segment_bytes
+        && let Err(e) = roll_over(shared, file, end)
+    {
+        tracing::error!(journal = %shared.dir.display(), error = %e, "cannot start a new journal segment; trying again at the next append");
+    }
+    Ok(())
+}
+
+/// Starts the segment at stream offset `base`.
+fn roll_over(shared: &Shared, file: &mut Option<(u64, File)>, base: u64) -> io::Result<()> {
+    create_segment(&shared.dir, base)?;
+    shared.lock().segments.push_back(Segment { base, len: 0 });
+    *file = None;
     Ok(())
 }
 
@@ -495,16 +541,14 @@ fn list_segments(dir: &Path) -> io::Result<VecDeque<Segment>> {
 /// Cuts a segment back to its last newline (a partial line is a write a crash cut short: it was
 /// never acknowledged). Returns the new length.
 fn mend_tail(path: &Path, len: u64) -> io::Result<u64> {
-    if len == 0 {
-        return Ok(0);
-    }
     let mut f = OpenOptions::new().read(true).write(true).open(path)?;
     let keep = crate::record_log::last_line_end(&mut f, len)?;
     if keep < len {
         tracing::warn!(segment = %path.display(), cut = len - keep, "the journal ends in a partial line (a crash mid-write, never acknowledged); cutting it off");
         f.set_len(keep)?;
-        f.sync_all()?;
     }
+    // Whatever a killed process wrote is on disk before it is treated as saved.
+    f.sync_all()?;
     Ok(keep)
 }
 
@@ -525,6 +569,7 @@ fn read_or_make_id(dir: &Path) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn read_all(r: &mut JournalReader) -> String {
         let mut out = Vec::new();
@@ -569,6 +614,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_segment_is_closed_at_once_so_trimming_frees_the_whole_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        // 40 bytes, segments of 10: one 30-byte append fills a segment far past its size.
+        let j = Journal::open(dir.path(), 40, None).unwrap();
+        j.append(vec![b'x'; 29].into_iter().chain([b'\n']).collect())
+            .await
+            .unwrap();
+        let mut r = j.reader(None);
+        assert_eq!(read_all(&mut r).len(), 30);
+        j.shared.trim(r.position()).unwrap();
+        assert_eq!(j.size(), 0, "the filled segment was closed and deleted");
+        // The whole budget is back: another 30-byte append fits at once.
+        j.try_append(vec![b'y'; 29].into_iter().chain([b'\n']).collect())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn a_partial_tail_is_cut_and_positions_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path(), 1 << 20, None).unwrap();
@@ -579,21 +642,25 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(b"torn").unwrap();
         let j = Journal::open(dir.path(), 1 << 20, None).unwrap();
-        assert_eq!(j.id(), id);
+        assert_eq!(**j.id(), *id);
         assert_eq!(fs::read(&seg).unwrap(), b"a\nb\n");
         let mut r = j.reader(Some(2));
         assert_eq!(read_all(&mut r), "b\n");
-        // A journal made anew starts where the checkpoint is.
-        let fresh = tempfile::tempdir().unwrap();
-        let j = Journal::open(
-            fresh.path(),
-            1 << 20,
-            Some(&Position::Journal { offset: 40 }),
-        )
-        .unwrap();
+        // A checkpoint in this journal past its end (delivered lines lost with a power cut): the
+        // stream goes on from the checkpoint, so no offset (and key) is used twice.
+        drop(j);
+        let past = Position::Journal {
+            id: id.as_str().into(),
+            offset: 40,
+        };
+        let j = Journal::open(dir.path(), 1 << 20, Some(&past)).unwrap();
         j.append(b"c\n".to_vec()).await.unwrap();
         let mut r = j.reader(Some(40));
         assert_eq!(read_all(&mut r), "c\n");
-        assert_ne!(j.id(), id);
+        // A checkpoint of another journal says nothing about a journal made anew.
+        let fresh = tempfile::tempdir().unwrap();
+        let j = Journal::open(fresh.path(), 1 << 20, Some(&past)).unwrap();
+        assert_ne!(**j.id(), *id);
+        assert_eq!(j.reader(None).position(), 0);
     }
 }

@@ -27,14 +27,16 @@ pub enum Position {
         file: Arc<FileIdentity>,
         offset: u64,
     },
-    /// In the source's journal (`state_dir/journal/SOURCE/`), counted over all its segments.
-    Journal { offset: u64 },
+    /// In a source's journal (`state_dir/journal/SOURCE/`), counted over all its segments. `id`
+    /// names the journal, so a position is never taken for one in another journal (a directory
+    /// made anew or restored).
+    Journal { id: Arc<str>, offset: u64 },
 }
 
 impl Position {
     pub fn offset(&self) -> u64 {
         match self {
-            Position::File { offset, .. } | Position::Journal { offset } => *offset,
+            Position::File { offset, .. } | Position::Journal { offset, .. } => *offset,
         }
     }
 }

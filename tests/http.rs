@@ -316,3 +316,30 @@ async fn a_reload_rebinds_a_changed_address_and_refuses_one_it_cannot_bind() {
     wait_keys(flag_keys(0..3), || delivered_keys(&rx)).await;
     assert!(ft.terminate().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_max_line_bytes_is_refused_whole_not_half_taken() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let port = free_port();
+    let config = http_config(
+        &s,
+        "max_line_bytes: 400\n",
+        &format!("    http: \"127.0.0.1:{port}\"\n"),
+        &webhook_sink(&rx.url("/"), ""),
+    );
+    let mut ft = Flagtail::start(&config);
+    let long = format!("{{\"pad\": \"{}\"}}", "x".repeat(500));
+    let body = format!("[{}, {long}]", event(0));
+    let (code, answer) = request(port, "POST", "/", &[], &body).await;
+    assert_eq!(code, 413, "{answer}");
+    assert_eq!(request(port, "POST", "/", &[], &event(1)).await.0, 200);
+    let got = rx.wait_delivered(1).await;
+    assert!(ft.terminate().await.success());
+    assert_eq!(
+        key_of(&got[0].body),
+        "flag-1",
+        "nothing of the refused request was taken"
+    );
+    assert_eq!(rx.delivered().len(), 1);
+}

@@ -281,3 +281,25 @@ fn render_reads_lines_as_a_socket_source_would() {
     assert_eq!(out[0]["body"], flipt_line(0, Encoding::Json).1);
     assert!(out[1]["rejected"].as_str().unwrap().contains("not JSON"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connected_through_a_reload_is_told_what_was_journaled() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let (config, sock) = socket_config(&s, "", &webhook_sink(&rx.url("/"), ""));
+    let mut ft = Flagtail::start(&config);
+    let mut conn = connect(&sock).await;
+    conn.write_all(lines(0..3).as_bytes()).await.unwrap();
+    rx.wait_delivered(3).await;
+    ft.signal("HUP");
+    let mut answer = String::new();
+    tokio::time::timeout(PATIENCE, conn.read_to_string(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(answer, "ok 3\n");
+    ft.wait_log("config reloaded").await;
+    assert_eq!(send(&sock, &lines(3..4)).await, "ok 1\n");
+    rx.wait_delivered(4).await;
+    assert!(ft.terminate().await.success());
+}

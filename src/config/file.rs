@@ -207,6 +207,8 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 /// Clients a socket or HTTP source serves at once unless `max_connections` says otherwise.
 pub const DEFAULT_CONNECTIONS: usize = 64;
+/// The most `max_connections` may allow (larger values are taken as this).
+pub const MAX_CONNECTIONS: usize = 1 << 20;
 
 /// What one source section describes, by kind (exactly one of `file`, `socket`, `http`, which the
 /// loader checks), with each kind's keys and their defaults filled in.
@@ -236,7 +238,9 @@ impl SourceSection {
     /// The kind of source this section describes; `None` only for a section the loader refuses.
     pub fn kind(&self) -> Option<SourceKind<'_>> {
         let max_connections = self.max_connections.map_or(DEFAULT_CONNECTIONS, |n| {
-            usize::try_from(n).unwrap_or(usize::MAX)
+            usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(MAX_CONNECTIONS)
         });
         match (&self.file, &self.socket, &self.http) {
             (Some(path), None, None) => Some(SourceKind::File {

@@ -351,8 +351,11 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
             0 => p.push(format!("{at}: needs one of file, socket, http")),
             _ => p.push(format!("{at}: has more than one of file, socket, http")),
         }
-        if s.socket.is_some() && s.max_connections == Some(0) {
+        if s.max_connections == Some(0) {
             p.push(format!("{at}.max_connections: must be at least 1"));
+        }
+        if s.max_connections.is_some() && s.file.is_some() {
+            p.push(format!("{at}.max_connections: not used by a file source"));
         }
         if let Some(addr) = &s.http {
             if addr.parse::<std::net::SocketAddr>().is_err() {

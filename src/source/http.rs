@@ -122,6 +122,10 @@ pub struct HttpSource {
     pub token: Option<Token>,
     pub verifier: Option<Verifier>,
     pub max_body: usize,
+    /// Longest event taken (`max_line_bytes`); a longer one is answered 413.
+    pub max_line: usize,
+    /// How long a connection may take to finish once the source stops (`shutdown_grace`).
+    pub grace: std::time::Duration,
     pub max_connections: usize,
     pub rejected: Rejected,
     pub stop: CancellationToken,
@@ -135,6 +139,10 @@ impl HttpSource {
         let permits = Arc::new(Semaphore::new(me.max_connections));
         let mut conns = JoinSet::new();
         tracing::info!(source = %me.name, address = %me.listener.addr, path = %me.path, "listening for webhooks");
+        let loopback = me.listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+        if me.token.is_none() && me.verifier.is_none() && !loopback {
+            tracing::warn!(source = %me.name, address = %me.listener.addr, "this webhook source takes requests from anyone who can reach it: set auth_token or verify");
+        }
         let accept = || async { me.listener.listener.accept().await.map(|(s, _)| s) };
         while let Some((permit, stream)) =
             super::next_connection(&me.name, &permits, &me.stop, accept).await
@@ -158,9 +166,9 @@ impl HttpSource {
                 tokio::select! {
                     _ = conn.as_mut() => {}
                     _ = me.stop.cancelled() => {
-                        // Requests being answered finish; no new one starts.
+                        // Requests being answered finish, within the grace; no new one starts.
                         conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+                        let _ = tokio::time::timeout(me.grace, conn).await;
                     }
                 }
                 drop(permit);
@@ -227,33 +235,44 @@ impl HttpSource {
                 return reply(StatusCode::UNAUTHORIZED, "missing or wrong signature");
             }
         }
-        let lines = match split_events(&body) {
-            Ok(lines) => lines,
-            Err(why) => {
+        let events = match Events::of(&body, self.max_line) {
+            Ok(events) => events,
+            Err(BodyError::TooLong(len)) => {
+                return reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("an event of {len} bytes is over max_line_bytes"),
+                );
+            }
+            Err(BodyError::NotJson(why)) => {
                 let kept = &body[..body.len().min(KEPT_OF_BAD_BODY)];
                 let path = format!("{} (POST {})", self.listener.addr, self.path);
-                let rejection = Rejection::NotJson(why);
-                if self
+                let range = (0, body.len() as u64);
+                let recorded = self
                     .rejected
                     .record(
                         &self.name,
                         &path,
-                        (0, body.len() as u64),
-                        rejection,
+                        range,
+                        Rejection::NotJson(why),
                         kept,
                         &self.stop,
                     )
-                    .await
-                    .is_err()
-                {
+                    .await;
+                if recorded.is_err() {
                     return reply(StatusCode::SERVICE_UNAVAILABLE, "stopping");
                 }
                 return reply(StatusCode::BAD_REQUEST, "the body is not JSON");
             }
         };
-        let count = lines.len();
-        match self.journal_lines(lines).await {
-            Ok(()) => reply(StatusCode::OK, &format!("{{\"accepted\":{count}}}")),
+        if events.count == 0 {
+            return reply(StatusCode::OK, "{\"accepted\":0}");
+        }
+        // One append: the request is taken whole or not at all.
+        match self.journal.try_append(events.lines).await {
+            Ok(()) => reply(
+                StatusCode::OK,
+                &format!("{{\"accepted\":{}}}", events.count),
+            ),
             Err(e) => {
                 let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, "try again later");
                 r.headers_mut()
@@ -264,22 +283,6 @@ impl HttpSource {
                 r
             }
         }
-    }
-
-    /// Appends the request's lines in appends of at most the journal's batch size.
-    async fn journal_lines(&self, lines: Vec<Vec<u8>>) -> Result<(), AppendError> {
-        let mut batch = Vec::new();
-        for line in lines {
-            if !batch.is_empty() && batch.len() + line.len() >= self.journal.batch_limit() {
-                self.journal.try_append(std::mem::take(&mut batch)).await?;
-            }
-            batch.extend_from_slice(&line);
-            batch.push(b'\n');
-        }
-        if !batch.is_empty() {
-            self.journal.try_append(batch).await?;
-        }
-        Ok(())
     }
 }
 
@@ -324,39 +327,99 @@ fn presented_tokens(req: &Request<Incoming>) -> Vec<String> {
     out
 }
 
-/// The events of a body, one line each: a JSON array's elements, one JSON value, or NDJSON.
-/// Line breaks inside an event (pretty-printed JSON) can only be whitespace between tokens, so
-/// they are written as spaces; every other byte is kept.
-pub fn split_events(body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
-    let one_line = |raw: &str| -> Vec<u8> {
-        raw.bytes()
-            .map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b })
-            .collect()
-    };
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err("the body is empty".into());
-    }
-    if trimmed.starts_with('[') {
-        let items: Vec<&RawValue> = serde_json::from_str(trimmed)
-            .map_err(|e| format!("a JSON array that does not parse: {e}"))?;
-        return Ok(items.iter().map(|r| one_line(r.get())).collect());
-    }
-    if let Ok(one) = serde_json::from_str::<&RawValue>(trimmed) {
-        return Ok(vec![one_line(one.get())]);
-    }
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
+/// Why a body cannot be taken.
+#[derive(Debug)]
+pub enum BodyError {
+    NotJson(String),
+    /// An event longer than `max_line_bytes` (its length).
+    TooLong(usize),
+}
+
+/// The events of a body as journal lines: a JSON array's elements, one JSON value, or NDJSON,
+/// each on one line, written into one buffer as they are found (no allocation per event). Line
+/// breaks inside an event (pretty-printed JSON) can only be whitespace between tokens, so they
+/// are written as spaces; every other byte is kept.
+#[derive(Debug)]
+pub struct Events {
+    /// The lines, each ending in `\n`.
+    pub lines: Vec<u8>,
+    pub count: usize,
+    /// The length of an event over the limit, which stopped the reading.
+    too_long: Option<usize>,
+}
+
+impl Events {
+    pub fn of(body: &[u8], max_line: usize) -> Result<Events, BodyError> {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| BodyError::NotJson("the body is not UTF-8".into()))?;
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err(BodyError::NotJson("the body is empty".into()));
         }
-        serde_json::from_str::<serde::de::IgnoredAny>(line)
-            .map_err(|e| format!("line {} is not JSON: {e}", i + 1))?;
-        out.push(line.as_bytes().to_vec());
+        let mut events = Events {
+            lines: Vec::with_capacity(body.len() + 1),
+            count: 0,
+            too_long: None,
+        };
+        if trimmed.starts_with('[') {
+            let mut de = serde_json::Deserializer::from_str(trimmed);
+            serde::Deserializer::deserialize_seq(&mut de, Elements(&mut events, max_line))
+                .and_then(|()| de.end())
+                .map_err(|e| match events.too_long {
+                    Some(len) => BodyError::TooLong(len),
+                    None => BodyError::NotJson(format!("a JSON array that does not parse: {e}")),
+                })?;
+            return Ok(events);
+        }
+        if serde_json::from_str::<&RawValue>(trimmed).is_ok() {
+            events.push(trimmed, max_line)?;
+            return Ok(events);
+        }
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            serde_json::from_str::<serde::de::IgnoredAny>(line)
+                .map_err(|e| BodyError::NotJson(format!("line {} is not JSON: {e}", i + 1)))?;
+            events.push(line, max_line)?;
+        }
+        Ok(events)
     }
-    Ok(out)
+
+    fn push(&mut self, raw: &str, max_line: usize) -> Result<(), BodyError> {
+        if raw.len() > max_line {
+            self.too_long = Some(raw.len());
+            return Err(BodyError::TooLong(raw.len()));
+        }
+        self.lines.extend(
+            raw.bytes()
+                .map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+        );
+        self.lines.push(b'\n');
+        self.count += 1;
+        Ok(())
+    }
+}
+
+/// Visits a JSON array, writing each element's text as a line.
+struct Elements<'e>(&'e mut Events, usize);
+
+impl<'de> serde::de::Visitor<'de> for Elements<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(raw) = seq.next_element::<&RawValue>()? {
+            if self.0.push(raw.get(), self.1).is_err() {
+                return Err(serde::de::Error::custom("an event is over max_line_bytes"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -366,25 +429,30 @@ mod tests {
     #[test]
     fn bodies_become_lines() {
         let lines = |b: &str| {
-            split_events(b.as_bytes()).map(|v| {
-                v.into_iter()
-                    .map(|l| String::from_utf8(l).unwrap())
-                    .collect::<Vec<_>>()
-            })
+            Events::of(b.as_bytes(), 100).map(|e| (String::from_utf8(e.lines).unwrap(), e.count))
         };
-        assert_eq!(lines("{\"a\":\n 1}\n").unwrap(), ["{\"a\":  1}"]);
+        assert_eq!(
+            lines("{\"a\":\n 1}\n").unwrap(),
+            ("{\"a\":  1}\n".into(), 1)
+        );
         assert_eq!(
             lines("[{\"a\":1}, {\"b\":\"x y\"}]").unwrap(),
-            ["{\"a\":1}", "{\"b\":\"x y\"}"]
+            ("{\"a\":1}\n{\"b\":\"x y\"}\n".into(), 2)
         );
         assert_eq!(
             lines("{\"a\":1}\n{\"b\":2}\n").unwrap(),
-            ["{\"a\":1}", "{\"b\":2}"]
+            ("{\"a\":1}\n{\"b\":2}\n".into(), 2)
         );
-        assert_eq!(lines("[]").unwrap(), Vec::<String>::new());
-        assert!(lines("not json").is_err());
-        assert!(lines("{\"a\":1}\nnope\n").is_err());
-        assert!(lines("").is_err());
+        assert_eq!(lines("[]").unwrap(), (String::new(), 0));
+        assert!(matches!(lines("not json"), Err(BodyError::NotJson(_))));
+        assert!(matches!(
+            lines("{\"a\":1}\nnope\n"),
+            Err(BodyError::NotJson(_))
+        ));
+        assert!(matches!(lines("[1,"), Err(BodyError::NotJson(_))));
+        assert!(matches!(lines(""), Err(BodyError::NotJson(_))));
+        let long = format!("[1, \"{}\"]", "x".repeat(200));
+        assert!(matches!(lines(&long), Err(BodyError::TooLong(202))));
     }
 
     #[test]

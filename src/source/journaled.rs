@@ -21,14 +21,14 @@ impl JournalSource {
     /// Dispatches the journal's lines until the dispatch's stop token fires.
     pub async fn run(self) -> io::Result<()> {
         let start = match self.book.get(&self.dispatch.info.name) {
-            Some(Position::Journal { offset }) => Some(offset),
+            Some(Position::Journal { id, offset }) if id == *self.journal.id() => Some(offset),
             _ => None,
         };
         let mut reader = self.journal.reader(start);
         let mut splitter = LineSplitter::new(reader.position(), self.max_line);
         let origin = Origin::Journal {
             dir: self.journal.dir(),
-            key: self.journal.id(),
+            id: self.journal.id(),
         };
         loop {
             if !reader.wait(&self.dispatch.stop).await {

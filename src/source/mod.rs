@@ -67,6 +67,11 @@ where
             },
             _ = stop.cancelled() => return None,
         }
+        // Out of file descriptors, say: wait a little instead of spinning on the error.
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            _ = stop.cancelled() => return None,
+        }
     }
 }
 
@@ -96,7 +101,7 @@ pub enum Origin<'a> {
         key: &'a str,
     },
     /// A source's journal (its directory), and the journal's id (for keys).
-    Journal { dir: &'a Path, key: &'a str },
+    Journal { dir: &'a Path, id: &'a Arc<str> },
 }
 
 impl Origin<'_> {
@@ -104,7 +109,8 @@ impl Origin<'_> {
     /// another file (or a journal made anew).
     fn key(&self) -> &str {
         match self {
-            Origin::File { key, .. } | Origin::Journal { key, .. } => key,
+            Origin::File { key, .. } => key,
+            Origin::Journal { id, .. } => id,
         }
     }
 
@@ -123,7 +129,10 @@ impl Origin<'_> {
                 file: Arc::clone(file),
                 offset,
             },
-            Origin::Journal { .. } => Position::Journal { offset },
+            Origin::Journal { id, .. } => Position::Journal {
+                id: Arc::clone(id),
+                offset,
+            },
         }
     }
 }

@@ -5,7 +5,8 @@
 //! source's [`Journal`] as they arrive, one append per read; the lines count as received only once
 //! that append is durable. When the client ends its side of the connection, flagtail answers
 //! `ok N` (N lines journaled from this connection) and closes: a client that reads that answer knows
-//! its lines survive a crash. A line over `max_line_bytes` is rejected (recorded, never buffered
+//! its lines survive a crash. A client still connected when flagtail stops or reloads gets the same
+//! answer for what was journaled so far (a partial line it was sending is not counted). A line over `max_line_bytes` is rejected (recorded, never buffered
 //! whole); a client that disconnects mid-line loses only that partial line, which is recorded as
 //! rejected. When the journal is full, the client's lines are not read until it has room again.
 //!
@@ -37,6 +38,8 @@ pub struct SocketListener {
     pub path: PathBuf,
     pub mode: u32,
     listener: UnixListener,
+    /// Device and inode of the socket file, so only ours is removed.
+    file: (u64, u64),
 }
 
 impl SocketListener {
@@ -44,14 +47,29 @@ impl SocketListener {
     pub fn bind(path: &Path, mode: u32) -> io::Result<SocketListener> {
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {
-                if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!("{}: another process is listening on it", path.display()),
-                    ));
+                // Only a refused connection means nobody listens: anything else (a live listener,
+                // no permission to connect) leaves the socket alone.
+                match std::os::unix::net::UnixStream::connect(path) {
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        tracing::info!(path = %path.display(), "removing a stale socket left by a crash");
+                        std::fs::remove_file(path)?;
+                    }
+                    Ok(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!("{}: another process is listening on it", path.display()),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!(
+                                "{}: a socket that may be in use ({e}); flagtail will not replace it",
+                                path.display()
+                            ),
+                        ));
+                    }
                 }
-                tracing::info!(path = %path.display(), "removing a stale socket left by a crash");
-                std::fs::remove_file(path)?;
             }
             Ok(_) => {
                 return Err(io::Error::new(
@@ -82,17 +100,25 @@ impl SocketListener {
             let _ = std::fs::remove_file(&tmp);
             return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
         }
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
         Ok(SocketListener {
             path: path.to_path_buf(),
             mode,
             listener,
+            file: (m.dev(), m.ino()),
         })
     }
 }
 
 impl Drop for SocketListener {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        use std::os::unix::fs::MetadataExt;
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.file);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -126,7 +152,8 @@ impl SocketSource {
             });
             while clients.try_join_next().is_some() {}
         }
-        clients.shutdown().await;
+        // Each client answers what it journaled and ends (promptly: every wait observes stop).
+        while clients.join_next().await.is_some() {}
         Ok(())
     }
 
@@ -139,7 +166,8 @@ impl SocketSource {
         loop {
             let read = tokio::select! {
                 r = stream.read(&mut buf) => r,
-                _ = self.stop.cancelled() => return,
+                // Stopping (shutdown or reload): say what was journaled, then close.
+                _ = self.stop.cancelled() => break,
             };
             let n = match read {
                 Ok(0) => break,
@@ -197,7 +225,7 @@ impl SocketSource {
             accepted += lines;
         }
         let (start, partial) = splitter.pending();
-        if !partial.is_empty() {
+        if !partial.is_empty() && !self.stop.is_cancelled() {
             let (partial, end) = (partial.to_vec(), start + partial.len() as u64);
             let why = Rejection::NotAnEvent(
                 "incomplete line: the client disconnected in the middle of it".into(),
@@ -210,10 +238,14 @@ impl SocketSource {
                 return;
             }
         }
-        let _ = stream
-            .write_all(format!("ok {accepted}\n").as_bytes())
-            .await;
-        let _ = stream.shutdown().await;
+        let answer = async {
+            let _ = stream
+                .write_all(format!("ok {accepted}\n").as_bytes())
+                .await;
+            let _ = stream.shutdown().await;
+        };
+        // A client that does not read its answer does not hold the source up.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answer).await;
     }
 
     /// Appends a client's lines; until the journal takes them, the client is not read from
