@@ -614,6 +614,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_a_position_in_this_journal_trims_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 64, None).unwrap();
+        for i in 0..6 {
+            j.append(format!("line-{i:03}\n").into_bytes())
+                .await
+                .unwrap();
+        }
+        let segments = || list_segments(dir.path()).unwrap().len();
+        let before = segments();
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        let foreign = Position::Journal {
+            id: "another".into(),
+            offset: 1000,
+        };
+        let (_tx, rx) = watch::channel(Some(foreign));
+        j.clone().trim(rx, stopped.clone()).await;
+        assert_eq!(
+            segments(),
+            before,
+            "another journal's position deletes nothing"
+        );
+        let own = Position::Journal {
+            id: j.id().clone(),
+            offset: 54,
+        };
+        let (_tx, rx) = watch::channel(Some(own));
+        j.clone().trim(rx, stopped).await;
+        assert!(segments() < before);
+    }
+
+    #[tokio::test]
     async fn a_full_segment_is_closed_at_once_so_trimming_frees_the_whole_budget() {
         let dir = tempfile::tempdir().unwrap();
         // 40 bytes, segments of 10: one 30-byte append fills a segment far past its size.
