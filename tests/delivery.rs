@@ -474,3 +474,47 @@ async fn a_version_1_checkpoint_from_the_previous_release_is_migrated() {
     assert_eq!(saved["version"], "2");
     assert_eq!(saved["sources"]["flipt"]["file"]["offset"], m.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_reads_a_file_mixing_flipt_unleash_and_launchdarkly() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    std::fs::copy("tests/fixtures/mixed-vendors.jsonl", s.log()).unwrap();
+    let text = std::fs::read_to_string(s.config(&webhook_sink(&rx.url("/"), ""))).unwrap();
+    let config = s.path("flagtail.yaml");
+    std::fs::write(&config, text.replace("format: flipt", "format: auto")).unwrap();
+    let mut ft = Flagtail::start(&config);
+    let got = rx.wait_delivered(3).await;
+    let rejected = eventually(|| match s.state_lines("rejected/flipt.jsonl") {
+        r if r.len() == 1 => Ok(r),
+        r => Err(format!("{} rejected", r.len())),
+    })
+    .await;
+    assert!(ft.terminate().await.success());
+    let bodies: Vec<String> = got.iter().map(|r| r.text()).collect();
+    assert_eq!(
+        bodies,
+        [
+            r#"{"version":"0.2","type":"flag","action":"created","metadata":{"actor":{"email":"dev@example.com"}},"payload":{"key":"dark-mode","namespace_key":"default"},"timestamp":"2026-11-23T06:00:00Z","status":"success"}"#,
+            r#"{"version":"0.2","type":"flag","action":"updated","metadata":{"actor":{"email":"admin@example.com"}},"payload":{"enabled":true,"environment":"production","key":"checkout-v2","namespace_key":"default"},"timestamp":"2026-11-23T06:00:01.000Z","status":"success"}"#,
+            r#"{"version":"0.2","type":"flag","action":"updated","metadata":{"actor":{"email":"ariel@acme.com","name":"Ariel Flores"}},"payload":{"enabled":true,"environment":"production","key":"new-ui","name":"New UI","namespace_key":"default"},"timestamp":"2016-08-26T20:38:58.774Z","status":"success"}"#,
+        ]
+    );
+    assert_eq!(
+        rx.delivered().len(),
+        3,
+        "the favourite is unmapped: skipped"
+    );
+    assert!(
+        rejected[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown shape"),
+        "{}",
+        rejected[0]
+    );
+    assert!(
+        ft.stderr().contains("not mapped"),
+        "unmapped events are logged at debug"
+    );
+}

@@ -343,3 +343,43 @@ async fn an_event_over_max_line_bytes_is_refused_whole_not_half_taken() {
     );
     assert_eq!(rx.delivered().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_launchdarkly_webhook_arrives_mapped() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let port = free_port();
+    let config = http_config(
+        &s,
+        "",
+        &format!(
+            "    http: \"127.0.0.1:{port}\"\n    verify: launchdarkly\n    verify_secret: ld-s3cret\n"
+        ),
+        &webhook_sink(&rx.url("/"), ""),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("format: flipt", "format: launchdarkly"),
+    )
+    .unwrap();
+    let mut ft = Flagtail::start(&config);
+    // LaunchDarkly sends its entry pretty-printed or compact; either is one event.
+    let body = std::fs::read_to_string("tests/fixtures/launchdarkly-flag-on.json").unwrap();
+    let sig = flipt_signature("ld-s3cret", &body);
+    assert_eq!(
+        request(port, "POST", "/", &[("X-LD-Signature", &sig)], &body)
+            .await
+            .0,
+        200
+    );
+    let got = rx.wait_delivered(1).await;
+    assert!(ft.terminate().await.success());
+    let event: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(event["type"], "flag");
+    assert_eq!(event["action"], "updated");
+    assert_eq!(event["payload"]["key"], "new-ui");
+    assert_eq!(event["payload"]["enabled"], true);
+    assert_eq!(event["metadata"]["actor"]["name"], "Ariel Flores");
+    assert_eq!(event["timestamp"], "2016-08-26T20:38:58.774Z");
+}

@@ -8,6 +8,7 @@
 
 pub mod flipt;
 pub mod gojson;
+pub mod launchdarkly;
 pub mod pattern;
 pub mod unleash;
 
@@ -70,6 +71,7 @@ pub enum Format {
     Auto,
     Flipt,
     Unleash,
+    Launchdarkly,
 }
 
 impl Format {
@@ -78,6 +80,7 @@ impl Format {
             Format::Auto => "auto",
             Format::Flipt => "flipt",
             Format::Unleash => "unleash",
+            Format::Launchdarkly => "launchdarkly",
         }
     }
 }
@@ -190,6 +193,7 @@ pub fn parse_line(format: Format, line: &str) -> Result<Event, Rejection> {
     match format {
         Format::Flipt => flipt::parse(line),
         Format::Unleash => unleash::parse(line),
+        Format::Launchdarkly => launchdarkly::parse(line),
         Format::Auto => detect(line).and_then(|f| parse_line(f, line)),
     }
 }
@@ -204,8 +208,12 @@ fn detect(line: &str) -> Result<Format, Rejection> {
         kind: Option<&'a RawValue>,
         #[serde(borrow, default)]
         action: Option<&'a RawValue>,
+        #[serde(borrow, default, rename = "kind")]
+        kind_ld: Option<&'a RawValue>,
         #[serde(borrow, default, rename = "createdAt")]
         created_at: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        accesses: Option<&'a RawValue>,
     }
     let probe: Probe = serde_json::from_str(line).map_err(|e| flipt::json_rejection(&e))?;
     let dashed = probe.kind.is_some_and(|k| k.get().contains('-'));
@@ -213,9 +221,11 @@ fn detect(line: &str) -> Result<Format, Rejection> {
         Ok(Format::Flipt)
     } else if probe.created_at.is_some() && dashed {
         Ok(Format::Unleash)
+    } else if probe.kind_ld.is_some() && probe.accesses.is_some() {
+        Ok(Format::Launchdarkly)
     } else {
         Err(Rejection::NotAnEvent(
-            "unknown shape: no known format matches (flipt needs version, type and action; unleash createdAt and a type like feature-created)".into(),
+            "unknown shape: no known format matches (flipt needs version, type and action; unleash createdAt and a type like feature-created; launchdarkly kind and accesses)".into(),
         ))
     }
 }
