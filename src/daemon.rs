@@ -61,10 +61,10 @@ pub async fn run(
             _ = stop.cancelled() => break Ok(()),
             // A dead sink is reported before the source it leaves without a queue.
             ended = pipeline.sinks.join_next_with_id(), if !pipeline.sinks.is_empty() => {
-                break Err(pipeline.ended("sink", ended.map(|r| r.map(|(id, ())| (id, Ok(()))))));
+                break Err(ended_error(&pipeline.names, "sink", ended));
             }
             ended = pipeline.sources.join_next_with_id(), if !pipeline.sources.is_empty() => {
-                break Err(pipeline.ended("source", ended));
+                break Err(ended_error(&pipeline.names, "source", ended));
             }
             Some(()) = reloads.recv() => match reload(&config) {
                 Ok((next, sinks)) => {
@@ -115,8 +115,8 @@ fn reload(current: &Config) -> anyhow::Result<(Config, Vec<Ready>)> {
 /// Running sources and sink workers of one config.
 struct Pipeline {
     stop: CancellationToken,
-    sources: JoinSet<std::io::Result<()>>,
-    sinks: JoinSet<()>,
+    sources: Tasks,
+    sinks: Tasks,
     /// Source and sink names by task, to say which one ended.
     names: HashMap<tokio::task::Id, String>,
 }
@@ -141,13 +141,12 @@ impl Pipeline {
                 sink: ready.sink.clone(),
                 queue: tx,
             });
-            let task = sink_tasks.spawn(delivery::run_sink(
-                ready,
-                rx,
-                dead,
-                stop.clone(),
-                c.shutdown_grace,
-            ));
+            let worker = delivery::run_sink(ready, rx, dead, stop.clone(), c.shutdown_grace);
+            // Like a source, a sink worker only ends when stopped: any other end is an error.
+            let task = sink_tasks.spawn(async move {
+                worker.await;
+                Ok(())
+            });
             names.insert(task.id(), sink_name);
         }
         let ports: Arc<[SinkPort]> = ports.into();
@@ -263,52 +262,55 @@ impl Pipeline {
         }
     }
 
-    /// The error for a `kind` task that ended while the pipeline was meant to run.
-    fn ended(
-        &self,
-        kind: &str,
-        ended: Option<Result<(tokio::task::Id, std::io::Result<()>), tokio::task::JoinError>>,
-    ) -> anyhow::Error {
-        let name = |id| self.names.get(&id).map_or("?", String::as_str);
-        match ended {
-            Some(Ok((id, Err(e)))) => anyhow!("{kind} {}: {e}", name(id)),
-            Some(Ok((id, Ok(())))) => anyhow!("{kind} {} stopped working", name(id)),
-            Some(Err(e)) if e.is_panic() => {
-                let who = name(e.id()).to_string();
-                let why = e.into_panic();
-                let why = why
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| why.downcast_ref::<&str>().copied())
-                    .unwrap_or("?");
-                anyhow!("{kind} {who} panicked: {why}")
-            }
-            Some(Err(e)) => anyhow!("{kind} {} was cancelled", name(e.id())),
-            None => anyhow!("no {kind} is running"),
-        }
-    }
-
     /// Stops reading and waits; sink workers give deliveries in flight `shutdown_grace`. A task
     /// that panicked meanwhile is an error, even if the stop came first.
     async fn stop(&mut self) -> anyhow::Result<()> {
         self.stop.cancel();
-        let mut first = Ok(());
-        while let Some(ended) = self.sources.join_next_with_id().await {
-            if let Err(e) = &ended
-                && e.is_panic()
-                && first.is_ok()
-            {
-                first = Err(self.ended("source", Some(ended)));
-            }
+        let sources = join_all(&mut self.sources, &self.names, "source").await;
+        let sinks = join_all(&mut self.sinks, &self.names, "sink").await;
+        sources.and(sinks)
+    }
+}
+
+/// The tasks of one kind (sources or sink workers): each runs until the pipeline stops.
+type Tasks = JoinSet<std::io::Result<()>>;
+
+/// Waits for every task of `set`; the first that panicked is an error.
+async fn join_all(
+    set: &mut Tasks,
+    names: &HashMap<tokio::task::Id, String>,
+    kind: &str,
+) -> anyhow::Result<()> {
+    let mut first = Ok(());
+    while let Some(ended) = set.join_next_with_id().await {
+        if matches!(&ended, Err(e) if e.is_panic()) && first.is_ok() {
+            first = Err(ended_error(names, kind, Some(ended)));
         }
-        while let Some(ended) = self.sinks.join_next_with_id().await {
-            if let Err(e) = &ended
-                && e.is_panic()
-                && first.is_ok()
-            {
-                first = Err(self.ended("sink", Some(ended.map(|(id, ())| (id, Ok(()))))));
-            }
+    }
+    first
+}
+
+/// The error for a `kind` task that ended while the pipeline was meant to run.
+fn ended_error(
+    names: &HashMap<tokio::task::Id, String>,
+    kind: &str,
+    ended: Option<Result<(tokio::task::Id, std::io::Result<()>), tokio::task::JoinError>>,
+) -> anyhow::Error {
+    let name = |id| names.get(&id).map_or("?", String::as_str);
+    match ended {
+        Some(Ok((id, Err(e)))) => anyhow!("{kind} {}: {e}", name(id)),
+        Some(Ok((id, Ok(())))) => anyhow!("{kind} {} stopped working", name(id)),
+        Some(Err(e)) if e.is_panic() => {
+            let who = name(e.id()).to_string();
+            let why = e.into_panic();
+            let why = why
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| why.downcast_ref::<&str>().copied())
+                .unwrap_or("?");
+            anyhow!("{kind} {who} panicked: {why}")
         }
-        first
+        Some(Err(e)) => anyhow!("{kind} {} was cancelled", name(e.id())),
+        None => anyhow!("no {kind} is running"),
     }
 }

@@ -77,9 +77,7 @@ mod tests {
     use super::*;
 
     fn body(line: &str) -> String {
-        let mut out = Vec::new();
-        parse(line).unwrap().write_flipt_json(&mut out);
-        String::from_utf8(out).unwrap()
+        parse(line).unwrap().webhook_body()
     }
 
     #[test]

@@ -11,10 +11,9 @@
 //! payload has `key` (from the `flag/KEY` or `segment/KEY` part of the resource string),
 //! `namespace_key` (`proj/…`), `environment` (`env/…`) and `name`.
 
-use super::{Action, Event, Rejection, Status, gojson};
+use super::{Action, Event, Rejection};
 use serde::Deserialize;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Map;
 use std::time::{Duration, UNIX_EPOCH};
 
 #[derive(Deserialize)]
@@ -114,24 +113,9 @@ pub fn parse(line: &str) -> Result<Event, Rejection> {
         }
         _ => {}
     }
-    let raw = |v: Value| -> Result<Box<RawValue>, Rejection> {
-        let bytes = gojson::to_vec(&v).map_err(|e| Rejection::NotAnEvent(e.to_string()))?;
-        RawValue::from_string(String::from_utf8_lossy(&bytes).into_owned())
-            .map_err(|e| Rejection::NotAnEvent(e.to_string()))
-    };
     let when = UNIX_EPOCH + Duration::from_millis(e.date);
-    Ok(Event {
-        version: "0.2".into(),
-        kind: kind.into(),
-        action,
-        status: Status::Success,
-        metadata: raw(Value::Object(Map::from_iter([(
-            "actor".to_string(),
-            Value::Object(actor),
-        )])))?,
-        payload: raw(Value::Object(payload))?,
-        timestamp: humantime::format_rfc3339_millis(when).to_string().into(),
-    })
+    let timestamp = humantime::format_rfc3339_millis(when).to_string();
+    Event::mapped(kind, action, actor, payload, timestamp)
 }
 
 #[cfg(test)]
@@ -142,9 +126,7 @@ mod tests {
     const TURNED_ON: &str = r#"{"_links":{"canonical":{"href":"/api/v2/flags/default/new-ui","type":"application/json"},"self":{"href":"/api/v2/auditlog/57c0a8e29969090743529965","type":"application/json"}},"_id":"57c0a8e29969090743529965","date":1472243938774,"accesses":[{"action":"updateOn","resource":"proj/default:env/production:flag/new-ui"}],"kind":"flag","name":"New UI","description":"turned on the flag","shortDescription":"","member":{"_links":{"self":{"href":"/api/v2/members/548f6741c1efad40031b18ae","type":"application/json"}},"_id":"548f6741c1efad40031b18ae","email":"ariel@acme.com","firstName":"Ariel","lastName":"Flores"},"titleVerb":"turned on the flag","title":"Ariel Flores turned on the flag New UI in Production","target":{"_links":{},"name":"New UI","resources":["proj/default:env/production:flag/new-ui"]}}"#;
 
     fn body(line: &str) -> String {
-        let mut out = Vec::new();
-        parse(line).unwrap().write_flipt_json(&mut out);
-        String::from_utf8(out).unwrap()
+        parse(line).unwrap().webhook_body()
     }
 
     #[test]

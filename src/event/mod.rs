@@ -123,6 +123,41 @@ impl Event {
         out.extend_from_slice(b"\"}");
     }
 
+    /// An event mapped from another vendor's format: `version` "0.2", `status` success, and
+    /// `metadata` (`{"actor": actor}`) and `payload` written as Go writes a map (keys sorted,
+    /// `<>&` escaped), as Flipt's webhook would send them.
+    pub fn mapped(
+        kind: &str,
+        action: Action,
+        actor: serde_json::Map<String, serde_json::Value>,
+        payload: serde_json::Map<String, serde_json::Value>,
+        timestamp: String,
+    ) -> Result<Event, Rejection> {
+        let raw = |v: serde_json::Value| -> Result<Box<RawValue>, Rejection> {
+            let bytes = gojson::to_vec(&v).map_err(|e| Rejection::NotAnEvent(e.to_string()))?;
+            RawValue::from_string(String::from_utf8_lossy(&bytes).into_owned())
+                .map_err(|e| Rejection::NotAnEvent(e.to_string()))
+        };
+        let metadata = serde_json::Map::from_iter([("actor".to_string(), actor.into())]);
+        Ok(Event {
+            version: "0.2".into(),
+            kind: kind.into(),
+            action,
+            status: Status::Success,
+            metadata: raw(metadata.into())?,
+            payload: raw(payload.into())?,
+            timestamp: timestamp.into(),
+        })
+    }
+
+    /// The default webhook body as text, for tests.
+    #[cfg(test)]
+    pub fn webhook_body(&self) -> String {
+        let mut out = Vec::new();
+        self.write_flipt_json(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     /// The event as a JSON value, for templates (`{{ payload.key }}`). An error, never `null`,
     /// when `metadata` or `payload` has what a JSON value cannot hold (a number out of range like
     /// `1e999`, nesting deeper than 128 levels): the bytes are kept, but a template cannot see them.

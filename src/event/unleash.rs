@@ -10,9 +10,8 @@
 //! `key` (the feature), `namespace_key` (the project), `environment`, and `enabled` for the
 //! environment on/off events; written as Go writes a map (keys sorted, `<>&` escaped).
 
-use super::{Action, Event, Rejection, Status, gojson};
+use super::{Action, Event, Rejection};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 #[derive(Deserialize)]
@@ -83,23 +82,7 @@ pub fn parse(line: &str) -> Result<Event, Rejection> {
     if let Some(on) = enabled {
         payload.insert("enabled".into(), on.into());
     }
-    let raw = |v: &Value| -> Result<Box<RawValue>, Rejection> {
-        let bytes = gojson::to_vec(v).map_err(|e| Rejection::NotAnEvent(e.to_string()))?;
-        RawValue::from_string(String::from_utf8_lossy(&bytes).into_owned())
-            .map_err(|e| Rejection::NotAnEvent(e.to_string()))
-    };
-    Ok(Event {
-        version: "0.2".into(),
-        kind: kind.into(),
-        action,
-        status: Status::Success,
-        metadata: raw(&Value::Object(Map::from_iter([(
-            "actor".to_string(),
-            Value::Object(actor),
-        )])))?,
-        payload: raw(&Value::Object(payload))?,
-        timestamp: e.created_at.into(),
-    })
+    Event::mapped(kind, action, actor, payload, e.created_at)
 }
 
 /// Unleash's event type → (type, action, `enabled` for on/off events); `None`: unmapped.
@@ -169,9 +152,7 @@ mod tests {
     use super::*;
 
     fn body(line: &str) -> String {
-        let mut out = Vec::new();
-        parse(line).unwrap().write_flipt_json(&mut out);
-        String::from_utf8(out).unwrap()
+        parse(line).unwrap().webhook_body()
     }
 
     #[test]

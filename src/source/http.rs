@@ -84,11 +84,10 @@ pub struct Token {
 
 impl Token {
     pub fn new(token: &str) -> Token {
-        let mut seed = [0u8; 32];
-        for chunk in seed.chunks_mut(8) {
-            chunk.copy_from_slice(&fastrand::u64(..).to_le_bytes());
-        }
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &seed);
+        // A fresh key from the system's random source; only this process ever holds it.
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            // Without a random source the token keys itself: the compare stays constant-time.
+            .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, token.as_bytes()));
         let tag = hmac::sign(&key, token.as_bytes());
         Token { key, tag }
     }
