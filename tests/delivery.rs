@@ -476,7 +476,7 @@ async fn a_version_1_checkpoint_from_the_previous_release_is_migrated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_reads_a_file_mixing_flipt_unleash_and_launchdarkly() {
+async fn auto_reads_a_file_mixing_flipt_unleash_launchdarkly_and_ab_tasty() {
     let rx = Receiver::start().await;
     let s = Setup::new();
     std::fs::copy("tests/fixtures/mixed-vendors.jsonl", s.log()).unwrap();
@@ -484,7 +484,7 @@ async fn auto_reads_a_file_mixing_flipt_unleash_and_launchdarkly() {
     let config = s.path("flagtail.yaml");
     std::fs::write(&config, text.replace("format: flipt", "format: auto")).unwrap();
     let mut ft = Flagtail::start(&config);
-    let got = rx.wait_delivered(3).await;
+    let got = rx.wait_delivered(4).await;
     let rejected = eventually(|| match s.state_lines("rejected/flipt.jsonl") {
         r if r.len() == 1 => Ok(r),
         r => Err(format!("{} rejected", r.len())),
@@ -498,11 +498,12 @@ async fn auto_reads_a_file_mixing_flipt_unleash_and_launchdarkly() {
             r#"{"version":"0.2","type":"flag","action":"created","metadata":{"actor":{"email":"dev@example.com"}},"payload":{"key":"dark-mode","namespace_key":"default"},"timestamp":"2026-11-23T06:00:00Z","status":"success"}"#,
             r#"{"version":"0.2","type":"flag","action":"updated","metadata":{"actor":{"email":"admin@example.com"}},"payload":{"enabled":true,"environment":"production","key":"checkout-v2","namespace_key":"default"},"timestamp":"2026-11-23T06:00:01.000Z","status":"success"}"#,
             r#"{"version":"0.2","type":"flag","action":"updated","metadata":{"actor":{"email":"ariel@acme.com","name":"Ariel Flores"}},"payload":{"enabled":true,"environment":"production","key":"new-ui","name":"New UI","namespace_key":"default"},"timestamp":"2016-08-26T20:38:58.774Z","status":"success"}"#,
+            r#"{"version":"0.2","type":"flag","action":"created","metadata":{"actor":{"email":"ops@acme.io"}},"payload":{"account_id":"acc-1","environment":"env-prod","environment_id":"env-prod","flag_key":"btnColor","flag_type":"string","key":"btnColor"},"timestamp":"2026-11-23T06:00:03+00:00","status":"success"}"#,
         ]
     );
     assert_eq!(
         rx.delivered().len(),
-        3,
+        4,
         "the favourite is unmapped: skipped"
     );
     assert!(

@@ -4,54 +4,46 @@
 //! Field order and spacing in the line do not matter; `metadata` and `payload` are kept as their
 //! JSON text, compacted and Go-escaped, which is what Flipt's webhook would send.
 
+use super::fields::Fields;
 use super::{Action, Event, Rejection, Status, gojson};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
-#[derive(Deserialize)]
-struct Line<'a> {
-    #[serde(borrow)]
-    version: Cow<'a, str>,
-    #[serde(borrow, rename = "type")]
-    kind: Cow<'a, str>,
-    #[serde(borrow)]
-    action: Cow<'a, str>,
-    #[serde(borrow, default)]
-    status: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    metadata: &'a RawValue,
-    #[serde(borrow)]
-    payload: &'a RawValue,
-    #[serde(borrow)]
-    timestamp: Cow<'a, str>,
-}
-
 /// Parses one Flipt audit line.
 pub fn parse(line: &str) -> Result<Event, Rejection> {
-    let l: Line = serde_json::from_str(line).map_err(|e| json_rejection(&e))?;
-    let action = Action::parse(&l.action)
-        .ok_or_else(|| Rejection::NotAnEvent(format!("unknown action {:?}", l.action)))?;
-    let status = match l.status.as_deref() {
+    from_fields(&Fields::parse(line)?)
+}
+
+/// Maps a line already read into its fields.
+pub fn from_fields(f: &Fields<'_>) -> Result<Event, Rejection> {
+    let version: Cow<str> = f.require("version")?;
+    let kind: Cow<str> = f.require("type")?;
+    let action: Cow<str> = f.require("action")?;
+    let action = Action::parse(&action)
+        .ok_or_else(|| Rejection::NotAnEvent(format!("unknown action {action:?}")))?;
+    let status = match f.get::<Cow<str>>("status")?.as_deref() {
         None | Some("") => Status::Absent,
         Some("success") => Status::Success,
         Some("denied") => Status::Denied,
         Some(other) => return Err(Rejection::NotAnEvent(format!("unknown status {other:?}"))),
     };
-    if l.kind.is_empty() {
+    if kind.is_empty() {
         return Err(Rejection::NotAnEvent("empty type".into()));
     }
-    if !l.metadata.get().trim_start().starts_with('{') {
+    let metadata: &RawValue = f.require("metadata")?;
+    let payload: &RawValue = f.require("payload")?;
+    let timestamp: Cow<str> = f.require("timestamp")?;
+    if !metadata.get().trim_start().starts_with('{') {
         return Err(Rejection::NotAnEvent("metadata is not an object".into()));
     }
     Ok(Event {
-        version: l.version.into(),
-        kind: l.kind.into(),
+        version: version.into(),
+        kind: kind.into(),
         action,
         status,
-        metadata: compacted(l.metadata),
-        payload: compacted(l.payload),
-        timestamp: l.timestamp.into(),
+        metadata: compacted(metadata),
+        payload: compacted(payload),
+        timestamp: timestamp.into(),
     })
 }
 
@@ -61,15 +53,6 @@ fn compacted(raw: &RawValue) -> Box<RawValue> {
     // `compact` turns valid JSON into valid JSON made of the same UTF-8 plus ASCII escapes.
     let text = String::from_utf8(out).unwrap_or_default();
     RawValue::from_string(text).unwrap_or_else(|_| raw.to_owned())
-}
-
-/// Tells "not JSON at all" from "JSON, but not the shape of an event".
-pub fn json_rejection(e: &serde_json::Error) -> Rejection {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Data => Rejection::NotAnEvent(e.to_string()),
-        _ => Rejection::NotJson(e.to_string()),
-    }
 }
 
 #[cfg(test)]

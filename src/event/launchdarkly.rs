@@ -11,22 +11,11 @@
 //! payload has `key` (from the `flag/KEY` or `segment/KEY` part of the resource string),
 //! `namespace_key` (`proj/…`), `environment` (`env/…`) and `name`.
 
+use super::fields::Fields;
 use super::{Action, Event, Rejection};
 use serde::Deserialize;
 use serde_json::Map;
 use std::time::{Duration, UNIX_EPOCH};
-
-#[derive(Deserialize)]
-struct Entry {
-    kind: String,
-    date: u64,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    accesses: Vec<Access>,
-    #[serde(default)]
-    member: Option<Member>,
-}
 
 #[derive(Deserialize)]
 struct Access {
@@ -47,12 +36,18 @@ struct Member {
 
 /// Parses one LaunchDarkly audit-log entry.
 pub fn parse(line: &str) -> Result<Event, Rejection> {
-    let e: Entry = serde_json::from_str(line).map_err(|e| super::flipt::json_rejection(&e))?;
-    let access = e
-        .accesses
+    from_fields(&Fields::parse(line)?)
+}
+
+/// Maps an entry already read into its fields.
+pub fn from_fields(f: &Fields<'_>) -> Result<Event, Rejection> {
+    let entry_kind: String = f.require("kind")?;
+    let date: u64 = f.require("date")?;
+    let accesses: Vec<Access> = f.get("accesses")?.unwrap_or_default();
+    let access = accesses
         .first()
         .ok_or_else(|| Rejection::NotAnEvent("no accesses".into()))?;
-    let kind = match e.kind.as_str() {
+    let kind = match entry_kind.as_str() {
         "flag" => "flag",
         "segment" => "segment",
         "project" => "namespace",
@@ -67,10 +62,10 @@ pub fn parse(line: &str) -> Result<Event, Rejection> {
     } else if verb.starts_with("delete") {
         Action::Deleted
     } else {
-        return Err(Rejection::Unmapped(format!("{} {verb}", e.kind)));
+        return Err(Rejection::Unmapped(format!("{entry_kind} {verb}")));
     };
     let mut actor = Map::new();
-    if let Some(m) = &e.member {
+    if let Some(m) = f.get::<Member>("member")? {
         if let Some(email) = m.email.as_deref().filter(|s| !s.is_empty()) {
             actor.insert("email".into(), email.into());
         }
@@ -101,7 +96,7 @@ pub fn parse(line: &str) -> Result<Event, Rejection> {
             }
         }
     }
-    if let Some(name) = e.name {
+    if let Some(name) = f.get::<String>("name")? {
         payload.insert("name".into(), name.into());
     }
     match verb {
@@ -113,7 +108,7 @@ pub fn parse(line: &str) -> Result<Event, Rejection> {
         }
         _ => {}
     }
-    let when = UNIX_EPOCH + Duration::from_millis(e.date);
+    let when = UNIX_EPOCH + Duration::from_millis(date);
     let timestamp = humantime::format_rfc3339_millis(when).to_string();
     Event::mapped(kind, action, actor, payload, timestamp)
 }

@@ -6,12 +6,15 @@
 //! re-orders keys or re-spells numbers. Parsing a line is [`parse_line`]; it never panics and turns
 //! every bad line into a [`Rejection`] with a reason.
 
+pub mod abtasty;
+pub mod fields;
 pub mod flipt;
 pub mod gojson;
 pub mod launchdarkly;
 pub mod pattern;
 pub mod unleash;
 
+use fields::Fields;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::fmt;
@@ -71,6 +74,7 @@ pub enum Format {
     Auto,
     Flipt,
     Unleash,
+    Abtasty,
     Launchdarkly,
 }
 
@@ -80,6 +84,7 @@ impl Format {
             Format::Auto => "auto",
             Format::Flipt => "flipt",
             Format::Unleash => "unleash",
+            Format::Abtasty => "abtasty",
             Format::Launchdarkly => "launchdarkly",
         }
     }
@@ -223,44 +228,37 @@ impl fmt::Display for Rejection {
     }
 }
 
-/// Reads one line (without its line ending) in `format`.
+/// Reads one line (without its line ending) in `format`. The line is read once, into its
+/// top-level fields; `auto` picks the vendor from the keys it finds (SPEC §1.3).
 pub fn parse_line(format: Format, line: &str) -> Result<Event, Rejection> {
+    let fields = Fields::parse(line)?;
+    let format = match format {
+        Format::Auto => detect(&fields)?,
+        known => known,
+    };
     match format {
-        Format::Flipt => flipt::parse(line),
-        Format::Unleash => unleash::parse(line),
-        Format::Launchdarkly => launchdarkly::parse(line),
-        Format::Auto => detect(line).and_then(|f| parse_line(f, line)),
+        Format::Flipt | Format::Auto => flipt::from_fields(&fields),
+        Format::Unleash => unleash::from_fields(&fields),
+        Format::Abtasty => abtasty::from_fields(&fields),
+        Format::Launchdarkly => launchdarkly::from_fields(&fields),
     }
 }
 
-/// Picks the format of one line for `format: auto`.
-fn detect(line: &str) -> Result<Format, Rejection> {
-    #[derive(Deserialize)]
-    struct Probe<'a> {
-        #[serde(borrow, default)]
-        version: Option<&'a RawValue>,
-        #[serde(borrow, default, rename = "type")]
-        kind: Option<&'a RawValue>,
-        #[serde(borrow, default)]
-        action: Option<&'a RawValue>,
-        #[serde(borrow, default, rename = "kind")]
-        kind_ld: Option<&'a RawValue>,
-        #[serde(borrow, default, rename = "createdAt")]
-        created_at: Option<&'a RawValue>,
-        #[serde(borrow, default)]
-        accesses: Option<&'a RawValue>,
-    }
-    let probe: Probe = serde_json::from_str(line).map_err(|e| flipt::json_rejection(&e))?;
-    let dashed = probe.kind.is_some_and(|k| k.get().contains('-'));
-    if probe.version.is_some() && probe.kind.is_some() && probe.action.is_some() {
+/// Picks the vendor of one line for `format: auto` by its keys: Flipt has `version`, `type` and
+/// `action`; Unleash `createdAt` and a dashed `type` (`feature-created`); LaunchDarkly `kind`
+/// and `accesses`; AB Tasty `event` and `date`.
+fn detect(f: &Fields<'_>) -> Result<Format, Rejection> {
+    if f.has("version") && f.has("type") && f.has("action") {
         Ok(Format::Flipt)
-    } else if probe.created_at.is_some() && dashed {
+    } else if f.has("createdAt") && f.str_contains("type", '-') {
         Ok(Format::Unleash)
-    } else if probe.kind_ld.is_some() && probe.accesses.is_some() {
+    } else if f.has("kind") && f.has("accesses") {
         Ok(Format::Launchdarkly)
+    } else if f.has("event") && f.has("date") {
+        Ok(Format::Abtasty)
     } else {
         Err(Rejection::NotAnEvent(
-            "unknown shape: no known format matches (flipt needs version, type and action; unleash createdAt and a type like feature-created; launchdarkly kind and accesses)".into(),
+            "unknown shape: no known format matches (flipt needs version, type and action; unleash createdAt and a type like feature-created; launchdarkly kind and accesses; abtasty event and date)".into(),
         ))
     }
 }

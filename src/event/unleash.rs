@@ -10,31 +10,9 @@
 //! `key` (the feature), `namespace_key` (the project), `environment`, and `enabled` for the
 //! environment on/off events; written as Go writes a map (keys sorted, `<>&` escaped).
 
+use super::fields::Fields;
 use super::{Action, Event, Rejection};
-use serde::Deserialize;
 use serde_json::{Map, Value};
-
-#[derive(Deserialize)]
-struct UnleashEvent {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default, rename = "createdBy")]
-    created_by: Option<String>,
-    #[serde(default, rename = "createdByUserId")]
-    created_by_user_id: Option<i64>,
-    #[serde(rename = "createdAt")]
-    created_at: String,
-    #[serde(default)]
-    data: Option<Value>,
-    #[serde(default, rename = "preData")]
-    pre_data: Option<Value>,
-    #[serde(default, rename = "featureName")]
-    feature_name: Option<String>,
-    #[serde(default)]
-    project: Option<String>,
-    #[serde(default)]
-    environment: Option<String>,
-}
 
 /// Unleash's user id for changes made with authentication turned off.
 const UNAUTHENTICATED: i64 = -1337;
@@ -43,16 +21,21 @@ const ADMIN_TOKEN: i64 = -42;
 
 /// Parses one Unleash event object.
 pub fn parse(line: &str) -> Result<Event, Rejection> {
-    let e: UnleashEvent =
-        serde_json::from_str(line).map_err(|e| super::flipt::json_rejection(&e))?;
+    from_fields(&Fields::parse(line)?)
+}
+
+/// Maps an event object already read into its fields.
+pub fn from_fields(f: &Fields<'_>) -> Result<Event, Rejection> {
+    let event_type: String = f.require("type")?;
+    let created_at: String = f.require("createdAt")?;
     let (kind, action, enabled) =
-        map_type(&e.kind).ok_or_else(|| Rejection::Unmapped(e.kind.clone()))?;
+        map_type(&event_type).ok_or_else(|| Rejection::Unmapped(event_type.clone()))?;
     let mut actor = Map::new();
-    if let Some(by) = e.created_by.filter(|b| !b.is_empty()) {
+    if let Some(by) = f.get::<String>("createdBy")?.filter(|b| !b.is_empty()) {
         let key = if by.contains('@') { "email" } else { "name" };
         actor.insert(key.into(), by.into());
     }
-    match e.created_by_user_id {
+    match f.get::<i64>("createdByUserId")? {
         Some(UNAUTHENTICATED) => {
             actor.insert("authentication".into(), "none".into());
         }
@@ -61,28 +44,29 @@ pub fn parse(line: &str) -> Result<Event, Rejection> {
         }
         _ => {}
     }
+    let (data, pre_data) = (f.get::<Value>("data")?, f.get::<Value>("preData")?);
     let base = match action {
-        Action::Deleted => e.pre_data.or(e.data),
-        _ => e.data.or(e.pre_data),
+        Action::Deleted => pre_data.or(data),
+        _ => data.or(pre_data),
     };
     let mut payload = match base {
         Some(Value::Object(m)) => m,
         None | Some(Value::Null) => Map::new(),
         Some(other) => Map::from_iter([("data".to_string(), other)]),
     };
-    if let Some(f) = e.feature_name {
+    if let Some(f) = f.get::<String>("featureName")? {
         payload.insert("key".into(), f.into());
     }
-    if let Some(p) = e.project {
+    if let Some(p) = f.get::<String>("project")? {
         payload.insert("namespace_key".into(), p.into());
     }
-    if let Some(env) = e.environment {
+    if let Some(env) = f.get::<String>("environment")? {
         payload.insert("environment".into(), env.into());
     }
     if let Some(on) = enabled {
         payload.insert("enabled".into(), on.into());
     }
-    Event::mapped(kind, action, actor, payload, e.created_at)
+    Event::mapped(kind, action, actor, payload, created_at)
 }
 
 /// Unleash's event type → (type, action, `enabled` for on/off events); `None`: unmapped.
