@@ -18,14 +18,28 @@ pub struct Cli {
 
 #[derive(Debug, Args, Clone)]
 pub struct ConfigArg {
-    /// Config file (YAML, or TOML by its .toml extension).
-    #[arg(
-        long,
-        global = true,
-        env = "FLAGTAIL_CONFIG",
-        default_value = "./flagtail.yaml"
-    )]
-    pub config: PathBuf,
+    /// Config file (YAML, or TOML by its .toml extension). Default `./flagtail.yaml`, unless
+    /// --flipt-config is given alone.
+    #[arg(long, global = true, env = "FLAGTAIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// A Flipt config.yml: its audit log file and webhook sinks are read as flagtail config
+    /// (added to --config's, when both are given).
+    #[arg(long, global = true, env = "FLAGTAIL_FLIPT_CONFIG")]
+    pub flipt_config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The files to read: `--config`, `--flipt-config`, or `./flagtail.yaml` when neither is given.
+    pub fn paths(&self) -> crate::config::ConfigPaths {
+        let flagtail = match (&self.config, &self.flipt_config) {
+            (None, None) => Some(PathBuf::from("./flagtail.yaml")),
+            (config, _) => config.clone(),
+        };
+        crate::config::ConfigPaths {
+            flagtail,
+            flipt: self.flipt_config.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -54,7 +54,10 @@ pub async fn run(
     let mut intakes = Intakes::default();
     intakes.update(&config, &book)?;
     let mut pipeline = Pipeline::start(&config, sinks, &book, &intakes);
-    tracing::info!(config = %config.path.display(), sources = config.file.sources.len(), sinks = config.file.sinks.len(), "flagtail started");
+    for note in &config.notes {
+        tracing::warn!("{note}");
+    }
+    tracing::info!(config = %config.paths, sources = config.file.sources.len(), sinks = config.file.sinks.len(), "flagtail started");
     let result = loop {
         tokio::select! {
             biased;
@@ -78,7 +81,7 @@ pub async fn run(
                     }
                     config = next;
                     pipeline = Pipeline::start(&config, sinks, &book, &intakes);
-                    tracing::info!(config = %config.path.display(), "config reloaded");
+                    tracing::info!(config = %config.paths, "config reloaded");
                 }
                 Err(e) => tracing::error!("reload refused, the running config stays: {e:#}"),
             },
@@ -102,7 +105,7 @@ pub async fn run(
 }
 
 fn reload(current: &Config) -> anyhow::Result<(Config, Vec<Ready>)> {
-    let next = Config::load(&current.path)?;
+    let next = Config::load_from(&current.paths)?;
     if next.file.state_dir != current.file.state_dir {
         return Err(anyhow!(
             "state_dir cannot change on reload; restart flagtail to move it"

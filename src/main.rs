@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli.config.config) {
+    let config = match Config::load_from(&cli.config.paths()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("flagtail: {e}");

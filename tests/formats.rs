@@ -24,6 +24,19 @@ fn fixture(name: &str) -> PathBuf {
     PathBuf::from("tests/fixtures/formats").join(name)
 }
 
+/// The Flipt webhook body `line` becomes, `None` when it is unmapped (skipped).
+fn body_of(format: Format, line: &str) -> Result<Option<String>, Rejection> {
+    match parse_line(format, line) {
+        Ok(e) => {
+            let mut out = Vec::new();
+            e.write_flipt_json(&mut out);
+            Ok(Some(String::from_utf8(out).unwrap()))
+        }
+        Err(Rejection::Unmapped(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The expected body of each input line, or `None` for a line that is unmapped (skipped).
 fn expected(format: &str) -> Vec<Option<String>> {
     let inputs = std::fs::read_to_string(fixture(&format!("{format}.jsonl"))).unwrap();
@@ -32,13 +45,9 @@ fn expected(format: &str) -> Vec<Option<String>> {
         let f = FORMATS.iter().find(|(n, _)| *n == format).unwrap().1;
         let text: String = inputs
             .lines()
-            .map(|l| match parse_line(f, l) {
-                Ok(e) => {
-                    let mut out = Vec::new();
-                    e.write_flipt_json(&mut out);
-                    String::from_utf8(out).unwrap() + "\n"
-                }
-                Err(Rejection::Unmapped(_)) => "unmapped\n".into(),
+            .map(|l| match body_of(f, l) {
+                Ok(Some(body)) => body + "\n",
+                Ok(None) => "unmapped\n".into(),
                 Err(e) => panic!("{format}: fixture line is not an event: {e}: {l}"),
             })
             .collect();
@@ -49,7 +58,11 @@ fn expected(format: &str) -> Vec<Option<String>> {
         .lines()
         .map(|l| (l != "unmapped").then(|| l.to_string()))
         .collect();
-    assert_eq!(out.len(), inputs.lines().count(), "{format}: one expectation per line");
+    assert_eq!(
+        out.len(),
+        inputs.lines().count(),
+        "{format}: one expectation per line"
+    );
     out
 }
 
@@ -59,15 +72,7 @@ fn every_fixture_line_maps_to_its_expected_body_with_its_format_and_with_auto() 
         let inputs = std::fs::read_to_string(fixture(&format!("{name}.jsonl"))).unwrap();
         for (i, (line, want)) in inputs.lines().zip(expected(name)).enumerate() {
             for f in [format, Format::Auto] {
-                let got = match parse_line(f, line) {
-                    Ok(e) => {
-                        let mut out = Vec::new();
-                        e.write_flipt_json(&mut out);
-                        Some(String::from_utf8(out).unwrap())
-                    }
-                    Err(Rejection::Unmapped(_)) => None,
-                    Err(e) => panic!("{name} line {}: {e}", i + 1),
-                };
+                let got = body_of(f, line).unwrap_or_else(|e| panic!("{name} line {}: {e}", i + 1));
                 assert_eq!(got, want, "{name} line {} read as {}", i + 1, f.as_str());
             }
         }
@@ -81,7 +86,11 @@ fn families(format: &str) -> BTreeSet<String> {
         .flatten()
         .map(|b| {
             let v: serde_json::Value = serde_json::from_str(&b).unwrap();
-            format!("{}:{}", v["type"].as_str().unwrap(), v["action"].as_str().unwrap())
+            format!(
+                "{}:{}",
+                v["type"].as_str().unwrap(),
+                v["action"].as_str().unwrap()
+            )
         })
         .collect()
 }
@@ -111,16 +120,23 @@ fn every_mapped_family_has_a_fixture() {
         ]))
         .collect::<BTreeSet<_>>();
     assert_eq!(families("unleash"), unleash);
-    let ab = want(&["flag:created", "flag:updated", "flag:deleted", "environment:updated"])
-        .into_iter()
-        .chain(all(&["access"]))
-        .collect::<BTreeSet<_>>();
+    let ab = want(&[
+        "flag:created",
+        "flag:updated",
+        "flag:deleted",
+        "environment:updated",
+    ])
+    .into_iter()
+    .chain(all(&["access"]))
+    .collect::<BTreeSet<_>>();
     assert_eq!(families("abtasty"), ab);
     assert_eq!(
         families("launchdarkly"),
         all(&["flag", "segment", "namespace", "environment"])
             .into_iter()
-            .filter(|f| f != "namespace:deleted" && f != "segment:updated" && f != "environment:updated")
+            .filter(|f| f != "namespace:deleted"
+                && f != "segment:updated"
+                && f != "environment:updated")
             .collect::<BTreeSet<_>>()
     );
     assert!(families("flipt").len() >= 10);
@@ -167,7 +183,11 @@ async fn delivers_its_fixture(name: &str) {
     std::fs::copy(fixture(&format!("{name}.jsonl")), s.log()).unwrap();
     let text = std::fs::read_to_string(s.config(&webhook_sink(&rx.url("/"), ""))).unwrap();
     let config = s.path("flagtail.yaml");
-    std::fs::write(&config, text.replace("format: flipt", &format!("format: {name}"))).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("format: flipt", &format!("format: {name}")),
+    )
+    .unwrap();
     let want: Vec<String> = expected(name).into_iter().flatten().collect();
     let mut ft = Flagtail::start(&config);
     let got = rx.wait_delivered(want.len()).await;
@@ -199,4 +219,76 @@ async fn the_binary_reads_ab_tasty_webhooks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_reads_launchdarkly_entries() {
     delivers_its_fixture("launchdarkly").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_see_the_vendor_object_as_source_line() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    append(
+        &s.log(),
+        concat!(
+            r#"{"id":2,"type":"feature-updated","createdBy":"admin@example.com","createdByUserId":1,"createdAt":"2026-11-23T06:02:00.000Z","data":{"description":"faster"},"preData":{"description":"new"},"featureName":"checkout-v2","project":"default"}"#,
+            "\n",
+            r#"{"_id":"a1","date":1763877600000,"kind":"flag","name":"New UI","accesses":[{"action":"updateOn","resource":"proj/default:env/production:flag/new-ui"}],"previousVersion":{"on":false},"currentVersion":{"on":true}}"#,
+            "\n",
+        ),
+    );
+    let body = r#"{"what": "{{ type }}/{{ action }} {{ payload.key }}", "change": "{% if source.line.preData is defined %}{{ source.line.preData.description }} -> {{ source.line.data.description }}{% else %}{{ source.line.previousVersion.on }} -> {{ source.line.currentVersion.on }}{% endif %}", "format": "{{ source.format }}"}"#;
+    let text = std::fs::read_to_string(s.config(&webhook_sink(
+        &rx.url("/"),
+        &format!("    body: '{body}'\n"),
+    )))
+    .unwrap();
+    let config = s.path("flagtail.yaml");
+    std::fs::write(&config, text.replace("format: flipt", "format: auto")).unwrap();
+    let mut ft = Flagtail::start(&config);
+    let got = rx.wait_delivered(2).await;
+    assert!(ft.terminate().await.success(), "{}", ft.stderr());
+    assert_eq!(
+        got[0].text(),
+        r#"{"what": "flag/updated checkout-v2", "change": "new -> faster", "format": "auto"}"#
+    );
+    assert_eq!(
+        got[1].text(),
+        r#"{"what": "flag/updated new-ui", "change": "false -> true", "format": "auto"}"#
+    );
+}
+
+#[test]
+fn the_readme_config_of_each_vendor_passes_check() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let s = Setup::new();
+    let env = [
+        ("INGEST_TOKEN", "tok-123"),
+        ("AUDIT_WEBHOOK_URL", "https://audit.example.com/flags"),
+        ("FLAGTAIL_SECRET", "s3cr3t"),
+        ("LD_WEBHOOK_SECRET", "ld-s3cr3t"),
+        (
+            "SLACK_WEBHOOK_URL",
+            "https://hooks.slack.com/services/T0/B0/x",
+        ),
+    ];
+    for vendor in ["Flipt", "Unleash", "AB Tasty", "LaunchDarkly"] {
+        let heading = format!("\n## Use with {vendor}\n");
+        let at = readme
+            .find(&heading)
+            .unwrap_or_else(|| panic!("README has no {heading:?}"));
+        let section = &readme[at + heading.len()..];
+        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+        let start = section.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let path = s.path(&format!("{}.yaml", vendor.replace(' ', "")));
+        std::fs::write(&path, block).unwrap();
+        let flag = if vendor == "Flipt" {
+            "--flipt-config"
+        } else {
+            "--config"
+        };
+        let (code, out, err) = run_cmd_env(&["check", flag, path.to_str().unwrap()], &env);
+        assert_eq!(code, 0, "{vendor}: {err}");
+        assert!(out.contains("\"sinks\""), "{vendor}: {out}");
+        let table = section.matches("\n| ").count();
+        assert!(table >= 5, "{vendor}: the section has its mapping table");
+    }
 }

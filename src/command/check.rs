@@ -7,6 +7,9 @@ use crate::config::Config;
 pub fn check(config: &Config) -> Result<(), Failure> {
     build_sinks(config)?;
     println!("{}", config.to_redacted_json());
-    eprintln!("config {} is valid", config.path.display());
+    for note in &config.notes {
+        eprintln!("note: {note}");
+    }
+    eprintln!("config {} is valid", config.paths);
     Ok(())
 }

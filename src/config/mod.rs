@@ -6,6 +6,8 @@
 //! and throw them away.
 
 mod file;
+pub mod flipt;
+pub mod gotemplate;
 mod interpolate;
 mod secret;
 
@@ -35,27 +37,50 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("LOG__LEVEL", "log.level"),
 ];
 
+/// Where a config comes from: flagtail's own file, a Flipt `config.yml` (`--flipt-config`), or
+/// both (Flipt's sections are then added to flagtail's).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigPaths {
+    pub flagtail: Option<PathBuf>,
+    pub flipt: Option<PathBuf>,
+}
+
+impl fmt::Display for ConfigPaths {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.flagtail, &self.flipt) {
+            (Some(a), Some(b)) => write!(f, "{} + Flipt config {}", a.display(), b.display()),
+            (Some(a), None) => write!(f, "{}", a.display()),
+            (None, Some(b)) => write!(f, "Flipt config {}", b.display()),
+            (None, None) => f.write_str("(no config)"),
+        }
+    }
+}
+
 /// A config that parsed and passed every check.
 #[derive(Debug)]
 pub struct Config {
-    /// The file it came from, for messages and SIGHUP reloads.
-    pub path: PathBuf,
+    /// The files it came from, for messages and SIGHUP reloads.
+    pub paths: ConfigPaths,
     pub file: ConfigFile,
     /// Values that `${VAR}` substitution changed, by key path (`sinks.0.body`): `check` shows them
     /// as written instead of what the variables hold.
     pub written: BTreeMap<String, Substituted>,
+    /// Sections made from the Flipt config, to name their Flipt keys in problems.
+    pub origins: Vec<flipt::Origin>,
+    /// What a Flipt config had that was not carried over; logged at start, printed by `check`.
+    pub notes: Vec<String>,
 }
 
 /// Everything wrong with a config, one line per problem, each naming its key.
 #[derive(Debug)]
 pub struct ConfigError {
-    pub path: PathBuf,
+    pub paths: ConfigPaths,
     pub problems: Vec<String>,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "config {}:", self.path.display())?;
+        write!(f, "config {}:", self.paths)?;
         for p in &self.problems {
             write!(f, "\n  {p}")?;
         }
@@ -71,23 +96,33 @@ const MAX_PROBLEMS: usize = 64;
 impl Config {
     /// Reads, substitutes and checks the config at `path`, reporting every problem found.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_from(&ConfigPaths {
+            flagtail: Some(path.to_path_buf()),
+            flipt: None,
+        })
+    }
+
+    /// Reads flagtail's config, a Flipt config, or both (Flipt's sections added after flagtail's),
+    /// then substitutes and checks the whole, reporting every problem found.
+    pub fn load_from(paths: &ConfigPaths) -> Result<Config, ConfigError> {
         let fail = |problems: Vec<String>| ConfigError {
-            path: path.to_path_buf(),
+            paths: paths.clone(),
             problems,
         };
-        if !path.is_file() {
-            return Err(fail(vec![format!(
-                "cannot read {}: no such file",
-                path.display()
-            )]));
-        }
-        let is_toml = path.extension().is_some_and(|e| e == "toml");
         let mut figment = Figment::new();
-        figment = if is_toml {
-            figment.merge(Toml::file_exact(path))
-        } else {
-            figment.merge(Yaml::file_exact(path))
-        };
+        if let Some(path) = &paths.flagtail {
+            if !path.is_file() {
+                return Err(fail(vec![format!(
+                    "cannot read {}: no such file",
+                    path.display()
+                )]));
+            }
+            figment = if path.extension().is_some_and(|e| e == "toml") {
+                figment.merge(Toml::file_exact(path))
+            } else {
+                figment.merge(Yaml::file_exact(path))
+            };
+        }
         figment = figment.merge(Env::prefixed("FLAGTAIL_").filter_map(|key| {
             ENV_KEYS
                 .iter()
@@ -96,13 +131,23 @@ impl Config {
         }));
 
         let mut dict: Dict = figment.extract().map_err(|e| fail(figment_problems(e)))?;
+        let mut origins = Vec::new();
+        let mut notes = Vec::new();
+        if let Some(path) = &paths.flipt {
+            let translated = flipt::read(path).map_err(&fail)?;
+            origins = append_sections(&mut dict, translated.sources, "sources")
+                .into_iter()
+                .chain(append_sections(&mut dict, translated.sinks, "sinks"))
+                .collect();
+            notes = translated.notes;
+        }
         let mut problems = Vec::new();
         let mut written = BTreeMap::new();
         interpolate::interpolate_dict(&mut dict, "", &mut problems, &mut written);
         if !problems.is_empty() {
             return Err(fail(problems));
         }
-        let name = path.display().to_string();
+        let name = paths.to_string();
         let (file, mut problems, set_aside) = extract_all(dict, &name);
         if let Some(file) = &file {
             // A value set aside above was already reported; checks that miss it would only repeat it.
@@ -116,21 +161,22 @@ impl Config {
                     .filter(|p| !set_aside.iter().any(|key| under(p, key))),
             );
         }
-        let problems: Vec<String> =
-            problems
-                .into_iter()
-                .map(|p| scrub(p, &written))
-                .fold(Vec::new(), |mut seen, p| {
-                    if !seen.contains(&p) {
-                        seen.push(p);
-                    }
-                    seen
-                });
+        let problems: Vec<String> = problems
+            .into_iter()
+            .map(|p| from_flipt(scrub(p, &written), &origins))
+            .fold(Vec::new(), |mut seen, p| {
+                if !seen.contains(&p) {
+                    seen.push(p);
+                }
+                seen
+            });
         match file {
             Some(file) if problems.is_empty() => Ok(Config {
-                path: path.to_path_buf(),
+                paths: paths.clone(),
                 file,
                 written,
+                origins,
+                notes,
             }),
             _ => Err(fail(problems)),
         }
@@ -139,8 +185,11 @@ impl Config {
     /// Problems found later, while building from this config (templates, secret and CA files).
     pub fn error(&self, problems: Vec<String>) -> ConfigError {
         ConfigError {
-            path: self.path.clone(),
-            problems,
+            paths: self.paths.clone(),
+            problems: problems
+                .into_iter()
+                .map(|p| from_flipt(p, &self.origins))
+                .collect(),
         }
     }
 
@@ -180,6 +229,63 @@ impl Config {
         }
         serde_json::to_string_pretty(&value).unwrap_or_default()
     }
+}
+
+/// Appends sections made from the Flipt config to the list at `list` (`sources` or `sinks`),
+/// and says where each now is.
+fn append_sections(
+    dict: &mut Dict,
+    sections: Vec<(serde_json::Value, String)>,
+    list: &str,
+) -> Vec<flipt::Origin> {
+    use figment::value::Value;
+    let Value::Array(_, items) = dict
+        .entry(list.to_string())
+        .or_insert_with(|| Value::from(Vec::<Value>::new()))
+    else {
+        // Not a list: extraction reports it, and the Flipt sections have nowhere to go.
+        return Vec::new();
+    };
+    let mut origins = Vec::new();
+    for (section, flipt_key) in sections {
+        let name = section["name"].as_str().unwrap_or_default().to_string();
+        if let Ok(value) = Value::serialize(&section) {
+            origins.push(flipt::Origin {
+                key: format!("{list}.{}", items.len()),
+                flipt_key,
+                name,
+            });
+            items.push(value);
+        }
+    }
+    origins
+}
+
+/// A problem about a section made from the Flipt config, with its key as the Flipt key the user
+/// wrote (`audit.sinks.webhook.templates.0.url (flipt-template-1): …`).
+fn from_flipt(problem: String, origins: &[flipt::Origin]) -> String {
+    let end = problem.find([':', ' ']).unwrap_or(problem.len());
+    let (key, rest) = problem.split_at(end);
+    for o in origins {
+        let Some(sub) = key.strip_prefix(&o.key) else {
+            continue;
+        };
+        if !(sub.is_empty() || sub.starts_with('.')) {
+            continue;
+        }
+        // The Flipt key of the section already names the value (`audit.sinks.log.file`).
+        let sub = match (o.flipt_key.rsplit('.').next(), sub) {
+            (Some(last), s) if s == format!(".{last}") => "",
+            (_, s) if o.key.starts_with("sources") && s == ".file" => "",
+            (_, s) => s,
+        };
+        let rest = rest
+            .strip_prefix(&format!(" (sink {})", o.name))
+            .or_else(|| rest.strip_prefix(&format!(" (source {})", o.name)))
+            .unwrap_or(rest);
+        return format!("{}{sub} ({}){rest}", o.flipt_key, o.name);
+    }
+    problem
 }
 
 /// A problem about a key whose value came from `${VAR}`, with that value written as the user wrote

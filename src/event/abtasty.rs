@@ -64,7 +64,10 @@ pub fn from_fields(f: &Fields<'_>) -> Result<Event, Rejection> {
         if payload.contains_key(to) {
             return;
         }
-        if let Some(v) = from.iter().find_map(|k| payload.get(*k).filter(|v| !v.is_null())) {
+        if let Some(v) = from
+            .iter()
+            .find_map(|k| payload.get(*k).filter(|v| !v.is_null()))
+        {
             let v = v.clone();
             payload.insert(to.into(), v);
         }
@@ -148,8 +151,16 @@ mod tests {
     fn status_events_read_enabled_from_the_status() {
         let paused = TURNED_ON
             .replace("Feature.active", "Feature.status")
-            .replace(r#""campaign_status":"active""#, r#""campaign_status":"interrupted""#);
-        assert!(parse(&paused).unwrap().webhook_body().contains(r#""enabled":false"#));
+            .replace(
+                r#""campaign_status":"active""#,
+                r#""campaign_status":"interrupted""#,
+            );
+        assert!(
+            parse(&paused)
+                .unwrap()
+                .webhook_body()
+                .contains(r#""enabled":false"#)
+        );
         let unknown = paused.replace("interrupted", "archived");
         assert!(!parse(&unknown).unwrap().webhook_body().contains("enabled"));
     }

@@ -22,7 +22,9 @@ impl<'a> Fields<'a> {
         let fields: Fields = serde_json::from_str(line).map_err(|e| json_rejection(&e))?;
         for (i, (key, _)) in fields.entries.iter().enumerate() {
             if fields.entries[..i].iter().any(|(k, _)| k == key) {
-                return Err(Rejection::NotAnEvent(format!("field {key:?} is written twice")));
+                return Err(Rejection::NotAnEvent(format!(
+                    "field {key:?} is written twice"
+                )));
             }
         }
         Ok(fields)
@@ -121,8 +123,18 @@ mod tests {
         assert_eq!(f.raw("a").unwrap().get(), "1.50");
         assert_eq!(f.raw("bA").unwrap().get(), r#"{"x": [1, 2]}"#);
         assert_eq!(f.get::<String>("c").unwrap(), None);
-        assert!(f.require::<String>("d").unwrap_err().to_string().contains("\"d\""));
-        assert!(f.require::<String>("a").unwrap_err().to_string().contains("\"a\""));
+        assert!(
+            f.require::<String>("d")
+                .unwrap_err()
+                .to_string()
+                .contains("\"d\"")
+        );
+        assert!(
+            f.require::<String>("a")
+                .unwrap_err()
+                .to_string()
+                .contains("\"a\"")
+        );
     }
 
     #[test]

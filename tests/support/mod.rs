@@ -306,13 +306,17 @@ impl Flagtail {
     }
 
     pub fn start_env(config: &Path, env: &[(&str, &str)]) -> Flagtail {
-        let dir = config.parent().unwrap();
+        let args = ["--config", config.to_str().unwrap()];
+        Flagtail::start_args(&args, config.parent().unwrap(), env)
+    }
+
+    /// Runs the daemon with `args`, its stderr kept in `dir`.
+    pub fn start_args(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Flagtail {
         let n = std::fs::read_dir(dir).unwrap().count();
         let stderr_path = dir.join(format!("flagtail-{n}.stderr"));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut cmd = tokio::process::Command::new(bin());
-        cmd.arg("--config")
-            .arg(config)
+        cmd.args(args)
             .stdout(Stdio::null())
             .stderr(stderr)
             .env("RUST_LOG", "flagtail=debug")
