@@ -110,7 +110,7 @@ async fn a_full_disk_never_leaves_a_torn_or_doubled_line_in_the_file_sink() {
         out.display()
     ));
     let mut ft = Flagtail::start(&config);
-    ft.wait_log("write failed; retrying").await;
+    ft.wait_log("will retry").await;
     std::fs::remove_file(&filler).unwrap();
     let lines = eventually(|| {
         let text = std::fs::read_to_string(&out).unwrap_or_default();

@@ -5,6 +5,7 @@
 //! (connection errors, timeouts, 408, 429, 5xx except 501; with the server's `Retry-After`), or
 //! final (any other status).
 
+use super::retry::Attempt;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
@@ -62,33 +63,19 @@ pub fn client(ca_file: Option<&Path>) -> Result<HttpClient, String> {
         .build(https))
 }
 
-/// How one attempt ended.
-#[derive(Debug)]
-pub enum Attempt {
-    Delivered,
-    /// Worth another try, after at least `retry_after` if the server said so.
-    Retry {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
-    Final {
-        reason: String,
-    },
-}
-
 /// POSTs `body` with `headers` to `url`, within `timeout`.
 pub async fn post(
     client: &HttpClient,
     url: &Uri,
     shown: &str,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: Bytes,
     timeout: Duration,
 ) -> Attempt {
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = url.clone();
-    *req.headers_mut() = headers.clone();
+    *req.headers_mut() = headers;
     let exchange = async {
         let resp = client.request(req).await?;
         let status = resp.status();

@@ -209,51 +209,18 @@ async fn send_with_retries(
     stop: &CancellationToken,
 ) -> Result {
     let key = Sink::delivery_key(records);
-    let mut backoff = retry::Backoff::start(sink.retry);
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
+    retry::until_done(sink, &key, stop, || {
         let headers = hook.headers_for(&body, &key, unix_now());
-        let outcome = http::post(
+        http::post(
             client,
             &hook.url,
             &hook.shown,
-            &headers,
+            headers,
             body.clone(),
             hook.timeout,
         )
-        .await;
-        let (reason, retry_after) = match outcome {
-            http::Attempt::Delivered => return Result::Delivered { attempts },
-            http::Attempt::Final { reason } => {
-                return Result::Failed {
-                    reason,
-                    attempts,
-                    excerpt: None,
-                };
-            }
-            http::Attempt::Retry {
-                reason,
-                retry_after,
-            } => (reason, retry_after),
-        };
-        let wait = match backoff.next_delay(retry_after) {
-            Ok(wait) => wait,
-            Err(why) => {
-                return Result::Failed {
-                    reason: format!("{reason}; {why}"),
-                    attempts,
-                    excerpt: None,
-                };
-            }
-        };
-        tracing::info!(sink = %sink.name, key = %key, attempt = attempts, retry_in = ?wait, "{reason}");
-        sink.metrics.retries.inc();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => return Result::Abandoned,
-        }
-    }
+    })
+    .await
 }
 
 /// Makes the outcome durable, then acknowledges the records.

@@ -1,11 +1,80 @@
-//! When to try a delivery again (SPEC §4): exponential backoff with jitter from `initial_backoff`,
-//! doubling up to [`MAX_DELAY`], until `max_backoff_duration` has passed since the first attempt.
-//! A server's `Retry-After` replaces the computed delay; one longer than the time left ends the
-//! retries at once instead of sending early.
+//! The one attempt-and-retry loop every transport uses ([`until_done`]), and when to try again
+//! (SPEC §4): exponential backoff with jitter from `initial_backoff`, doubling up to
+//! [`MAX_DELAY`], until `max_backoff_duration` has passed since the first attempt. A receiver's
+//! `Retry-After` replaces the computed delay; one longer than the time left ends the retries at
+//! once instead of sending early.
 
-use crate::sink::RetryPolicy;
+use super::Result as Outcome;
+use crate::sink::{RetryPolicy, Sink};
+use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How one attempt ended, whatever the transport.
+#[derive(Debug)]
+pub enum Attempt {
+    Delivered,
+    /// Worth another try, after at least `retry_after` if the receiver said so.
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Not worth another try (a 4xx): dead-lettered at once.
+    Final {
+        reason: String,
+    },
+}
+
+/// Runs `attempt` until it delivers, fails for good, runs out of `max_backoff_duration`, or `stop`
+/// fires while waiting to try again (then [`Outcome::Abandoned`]: not acknowledged, so sent again
+/// after a restart). `key` names the delivery in logs.
+pub async fn until_done<F, Fut>(
+    sink: &Sink,
+    key: &str,
+    stop: &CancellationToken,
+    mut attempt: F,
+) -> Outcome
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Attempt>,
+{
+    let mut backoff = Backoff::start(sink.retry);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (reason, retry_after) = match attempt().await {
+            Attempt::Delivered => return Outcome::Delivered { attempts },
+            Attempt::Final { reason } => {
+                return Outcome::Failed {
+                    reason,
+                    attempts,
+                    excerpt: None,
+                };
+            }
+            Attempt::Retry {
+                reason,
+                retry_after,
+            } => (reason, retry_after),
+        };
+        let wait = match backoff.next_delay(retry_after) {
+            Ok(wait) => wait,
+            Err(why) => {
+                return Outcome::Failed {
+                    reason: format!("{reason}; {why}"),
+                    attempts,
+                    excerpt: None,
+                };
+            }
+        };
+        tracing::info!(sink = %sink.name, key = %key, attempt = attempts, retry_in = ?wait, "{reason}; will retry");
+        sink.metrics.retries.inc();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return Outcome::Abandoned,
+        }
+    }
+}
 
 /// No single wait is longer than this.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);

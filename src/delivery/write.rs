@@ -7,6 +7,7 @@
 //! alone (they are dead-lettered); the rest of the group is written. I/O errors are retried with
 //! the sink's backoff like a failed request.
 
+use super::retry::{Attempt, until_done};
 use super::{Outcomes, Result};
 use crate::record::Record;
 use crate::record_log::append_lines;
@@ -48,10 +49,11 @@ pub async fn deliver(sink: &Sink, records: &[Arc<Record>], stop: &CancellationTo
 
 async fn write_with_retries(sink: &Sink, out: Vec<u8>, stop: &CancellationToken) -> Result {
     let out = Arc::new(out);
-    let mut backoff = super::retry::Backoff::start(sink.retry);
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
+    let what = match &sink.output {
+        Output::File(file) => file.path.display().to_string(),
+        _ => "stdout".to_string(),
+    };
+    until_done(sink, &what, stop, || async {
         let result = match &sink.output {
             Output::File(file) => {
                 let (path, mode, bytes) = (file.path.clone(), file.mode, out.clone());
@@ -61,26 +63,15 @@ async fn write_with_retries(sink: &Sink, out: Vec<u8>, stop: &CancellationToken)
             }
             _ => write_stdout(&out),
         };
-        let Err(e) = result else {
-            return Result::Delivered { attempts };
-        };
-        match backoff.next_delay(None) {
-            Ok(wait) => {
-                tracing::warn!(sink = %sink.name, error = %e, "write failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return Result::Abandoned,
-                }
-            }
-            Err(why) => {
-                return Result::Failed {
-                    reason: format!("write: {e}; {why}"),
-                    attempts,
-                    excerpt: None,
-                };
-            }
+        match result {
+            Ok(()) => Attempt::Delivered,
+            Err(e) => Attempt::Retry {
+                reason: format!("write: {e}"),
+                retry_after: None,
+            },
         }
-    }
+    })
+    .await
 }
 
 fn write_stdout(bytes: &[u8]) -> io::Result<()> {
