@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 pub async fn replay(config: &Config, name: &str) -> Result<(), Failure> {
     let sink = find_sink(config, name)?;
-    let transport = Transport::for_sink(&sink)
-        .map_err(|e| Failure::usage(format!("sink {name}: ca_file: {e}")))?;
+    let mut link = Transport::for_sink(&sink)
+        .map_err(|e| Failure::usage(format!("sink {name}: ca_file: {e}")))?
+        .link();
     let log = dead_letter::log(&config.file.state_dir, name);
     let io = |what: &str, e: std::io::Error| {
         Failure::runtime(format!("{what} {}: {e}", log.path().display()))
@@ -58,7 +59,7 @@ pub async fn replay(config: &Config, name: &str) -> Result<(), Failure> {
             }
         };
         let outcomes =
-            delivery::deliver(&sink, &transport, std::slice::from_ref(&record), &never).await;
+            delivery::deliver(&sink, &mut link, std::slice::from_ref(&record), &never).await;
         match outcomes.into_iter().next().map(|(_, r)| r) {
             Some(Delivery::Delivered { .. }) => delivered += 1,
             Some(Delivery::Failed {

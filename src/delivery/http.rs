@@ -1,31 +1,36 @@
-//! The HTTP client of webhook sinks and one attempt at a request.
+//! The HTTP side of webhook sinks: one worker's connection and one attempt at a request.
 //!
-//! hyper 1 over rustls (ring provider) with keep-alive; trusted roots are the webpki roots plus a
-//! sink's `ca_file`. An attempt ends in one of three ways (SPEC §4): delivered (2xx), worth retrying
-//! (connection errors, timeouts, 408, 429, 5xx except 501; with the server's `Retry-After`), or
-//! final (any other status).
+//! Each delivery worker owns one HTTP/1.1 connection (hyper's `client::conn::http1`) to its sink's
+//! receiver, kept alive between requests and opened again when the receiver closes it or an
+//! attempt fails; a request the connection could not take before sending anything goes out at once
+//! on a new one. TLS is rustls (ring provider) trusting the webpki roots plus a sink's `ca_file`.
+//! An attempt ends in one of three ways (SPEC §4): delivered (2xx), worth retrying (connection
+//! errors, timeouts, 408, 429, 5xx except 501; with the receiver's `Retry-After`), or final (any
+//! other status).
 
 use super::retry::Attempt;
+use crate::sink::Webhook;
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tower_service::Service;
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// Opens TCP or TLS connections to a sink's receiver.
+pub type Connector = HttpsConnector<HttpConnector>;
 
 /// Response bodies are read (to keep the connection) up to this size, and quoted in errors.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
-/// A client trusting the webpki roots and, if given, the certificates in `ca_file`.
-pub fn client(ca_file: Option<&Path>) -> Result<HttpClient, String> {
+/// A connector trusting the webpki roots and, if given, the certificates in `ca_file`.
+pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -53,63 +58,113 @@ pub fn client(ca_file: Option<&Path>) -> Result<HttpClient, String> {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(https))
+        .wrap_connector(http))
 }
 
-/// POSTs `body` with `headers` to `url`, within `timeout`.
-pub async fn post(
-    client: &HttpClient,
-    url: &Uri,
-    shown: &str,
-    headers: HeaderMap,
-    body: Bytes,
-    timeout: Duration,
-) -> Attempt {
-    let mut req = Request::new(Full::new(body));
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = url.clone();
-    *req.headers_mut() = headers;
-    let exchange = async {
-        let resp = client.request(req).await?;
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let body = read_body(resp.into_body()).await;
-        Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, body))
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        // A 2xx cut short (fewer bytes than its Content-Length, a broken chunk) is not an answer:
-        // the receiver may not have taken the event. Any other status stands as it is.
-        Ok(Ok((status, _, Err(e)))) if status.is_success() => Attempt::Retry {
-            reason: format!(
-                "POST {shown}: {status} but the response was cut short: {}",
-                error_chain(&e)
-            ),
-            retry_after: None,
-        },
-        Ok(Ok((status, retry_after, Err(_)))) => classify(status, retry_after, b"", shown),
-        Err(_) => Attempt::Retry {
-            reason: format!(
-                "POST {shown}: no response within {}",
-                humantime::format_duration(timeout)
-            ),
-            retry_after: None,
-        },
-        Ok(Err(e)) => Attempt::Retry {
-            reason: format!("POST {shown}: {}", error_chain(&e)),
-            retry_after: None,
-        },
-        Ok(Ok((status, retry_after, Ok(body)))) => classify(status, retry_after, &body, shown),
+/// One worker's connection to a sink's receiver, opened when first needed.
+pub struct Connection {
+    connector: Connector,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+impl Connection {
+    pub fn new(connector: Connector) -> Connection {
+        Connection {
+            connector,
+            sender: None,
+        }
+    }
+
+    /// POSTs `body` with `headers` to the sink's receiver, within the sink's `timeout`.
+    pub async fn post(&mut self, hook: &Webhook, headers: HeaderMap, body: Bytes) -> Attempt {
+        let shown = &hook.shown;
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = hook.target.clone();
+        *req.headers_mut() = headers;
+        let exchange = async {
+            let resp = self.send(hook, req).await?;
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let body = read_body(resp.into_body()).await;
+            Ok::<_, Failure>((status, retry_after, body))
+        };
+        let outcome = tokio::time::timeout(hook.timeout, exchange).await;
+        if !matches!(outcome, Ok(Ok((_, _, Ok(_))))) {
+            // The connection's state is unknown: the next attempt opens a new one.
+            self.sender = None;
+        }
+        match outcome {
+            // A 2xx cut short (fewer bytes than its Content-Length, a broken chunk) is not an
+            // answer: the receiver may not have taken the event. Any other status stands as it is.
+            Ok(Ok((status, _, Err(e)))) if status.is_success() => Attempt::Retry {
+                reason: format!(
+                    "POST {shown}: {status} but the response was cut short: {}",
+                    error_chain(&e)
+                ),
+                retry_after: None,
+            },
+            Ok(Ok((status, retry_after, Err(_)))) => classify(status, retry_after, b"", shown),
+            Err(_) => Attempt::Retry {
+                reason: format!(
+                    "POST {shown}: no response within {}",
+                    humantime::format_duration(hook.timeout)
+                ),
+                retry_after: None,
+            },
+            Ok(Err(e)) => Attempt::Retry {
+                reason: format!("POST {shown}: {}", error_chain(e.as_ref())),
+                retry_after: None,
+            },
+            Ok(Ok((status, retry_after, Ok(body)))) => classify(status, retry_after, &body, shown),
+        }
+    }
+
+    /// Sends `req` on the open connection, or on a new one if there is none or the open one
+    /// could not take it before sending anything (the receiver closed it while it was idle).
+    async fn send(
+        &mut self,
+        hook: &Webhook,
+        req: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
+        let open = match self.sender.as_mut() {
+            Some(sender) => sender.ready().await.is_ok().then_some(sender),
+            None => None,
+        };
+        let req = match open {
+            Some(sender) => match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(req) => req,
+                    None => return Err(e.into_error().into()),
+                },
+            },
+            None => req,
+        };
+        let sender = self.open(hook).await?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    async fn open(&mut self, hook: &Webhook) -> Result<&mut SendRequest<Full<Bytes>>, Failure> {
+        self.sender = None;
+        std::future::poll_fn(|cx| self.connector.poll_ready(cx)).await?;
+        let stream = self.connector.call(hook.url.clone()).await?;
+        let (sender, conn) = http1::handshake(stream).await?;
+        // Drives the connection; ends when the receiver closes it or the sender is dropped.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(self.sender.insert(sender))
     }
 }
 

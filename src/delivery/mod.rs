@@ -15,32 +15,46 @@ mod write;
 
 use crate::record::Record;
 use crate::record_log::RecordLog;
-use crate::sink::{Output, Sink, Webhook, unix_now};
+use crate::sink::{Output, Sink, unix_now};
 use bytes::Bytes;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How a sink's messages travel: the connection state a sink needs besides its description.
+/// How a sink's messages travel: what its delivery workers share.
 pub enum Transport {
-    /// Webhooks: an HTTP client (its pool and TLS roots).
-    Http(http::HttpClient),
+    /// Webhooks: how to open connections (TLS roots and `ca_file`).
+    Http(http::Connector),
     /// `stdout` and `file` sinks: nothing to keep.
     Write,
 }
 
 impl Transport {
-    /// The transport of `sink` (for webhooks: a client trusting the webpki roots and `ca_file`).
+    /// The transport of `sink` (for webhooks: trusting the webpki roots and `ca_file`).
     pub fn for_sink(sink: &Sink) -> std::result::Result<Transport, String> {
         match &sink.output {
-            Output::Webhook(hook) => http::client(hook.ca_file.as_deref()).map(Transport::Http),
+            Output::Webhook(hook) => http::connector(hook.ca_file.as_deref()).map(Transport::Http),
             Output::Stdout | Output::File(_) => Ok(Transport::Write),
         }
     }
+
+    /// What one delivery worker holds: its own connection, for webhooks.
+    pub fn link(&self) -> Link {
+        match self {
+            Transport::Http(connector) => Link::Http(http::Connection::new(connector.clone())),
+            Transport::Write => Link::Write,
+        }
+    }
+}
+
+/// One delivery worker's end of a transport.
+pub enum Link {
+    Http(http::Connection),
+    Write,
 }
 
 /// A sink ready to run: what it is and how its messages travel.
@@ -72,74 +86,105 @@ pub enum Result {
     Abandoned,
 }
 
-/// Runs the sink's queue until it closes or `stop` fires, then gives requests on the wire `grace`.
+/// Runs the sink's `concurrency` delivery workers until the queue closes or `stop` fires, then
+/// gives requests on the wire `grace`. Each worker takes the next group of records from the queue
+/// (one request's worth, or a group write), delivers it on its own connection, and only then takes
+/// more; with `concurrency: 1` records go out in order.
 pub async fn run_sink(
     Ready { sink, transport }: Ready,
-    mut queue: mpsc::Receiver<Arc<Record>>,
+    queue: mpsc::Receiver<Arc<Record>>,
     dead: RecordLog,
     stop: CancellationToken,
     grace: Duration,
 ) {
-    let slots = Arc::new(Semaphore::new(sink.concurrency));
-    let mut in_flight = JoinSet::new();
-    let group = match sink.output {
-        Output::Webhook(_) => sink.max_events,
-        Output::Stdout | Output::File(_) => sink.max_events.max(WRITE_GROUP),
-    };
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            r = queue.recv() => match r { Some(r) => r, None => break },
-        };
-        let mut batch = vec![first];
-        while batch.len() < group {
-            match queue.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        if batch.len() < sink.max_events && !sink.linger.is_zero() {
-            let until = Instant::now() + sink.linger;
-            while batch.len() < sink.max_events {
-                tokio::select! {
-                    r = queue.recv() => match r { Some(r) => batch.push(r), None => break },
-                    _ = tokio::time::sleep_until(until) => break,
-                    _ = stop.cancelled() => break,
-                }
-            }
-        }
-        let slot = tokio::select! {
-            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
-            _ = stop.cancelled() => break,
-        };
-        let (sink, transport, dead, stop) =
-            (sink.clone(), transport.clone(), dead.clone(), stop.clone());
-        #[cfg(debug_assertions)]
-        fault_injection(&sink);
-        in_flight.spawn(async move {
-            let started = Instant::now();
-            for (range, result) in deliver(&sink, &transport, &batch, &stop).await {
-                finish(&sink, &dead, &batch[range], result, started).await;
-            }
-            drop(slot);
-        });
-        while let Some(done) = in_flight.try_join_next() {
+    let queue = Arc::new(Mutex::new(queue));
+    let mut workers = JoinSet::new();
+    for _ in 0..sink.concurrency.max(1) {
+        let link = transport.link();
+        let (sink, queue, dead, stop) = (sink.clone(), queue.clone(), dead.clone(), stop.clone());
+        workers.spawn(worker(sink, link, queue, dead, stop));
+    }
+    let ended = async {
+        while let Some(done) = workers.join_next().await {
             surface_panic(done);
         }
+    };
+    tokio::select! {
+        () = ended => return,
+        () = stop.cancelled() => {}
     }
     let drained = tokio::time::timeout(grace, async {
-        while let Some(done) = in_flight.join_next().await {
+        while let Some(done) = workers.join_next().await {
             surface_panic(done);
         }
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(sink = %sink.name, left = in_flight.len(), "shutdown_grace ran out; unfinished deliveries will be sent again after restart");
-        in_flight.abort_all();
+        tracing::warn!(sink = %sink.name, left = workers.len(), "shutdown_grace ran out; unfinished deliveries will be sent again after restart");
+        workers.abort_all();
         // Wait for the aborts, so no late acknowledgement reaches a tracker after a reload.
-        while in_flight.join_next().await.is_some() {}
+        while workers.join_next().await.is_some() {}
     }
+}
+
+/// One delivery worker: takes a group of records, delivers it, makes the outcome durable, and
+/// goes back for more, until the queue closes or `stop` fires.
+async fn worker(
+    sink: Arc<Sink>,
+    mut link: Link,
+    queue: Arc<Mutex<mpsc::Receiver<Arc<Record>>>>,
+    dead: RecordLog,
+    stop: CancellationToken,
+) {
+    while let Some(batch) = next_group(&sink, &queue, &stop).await {
+        #[cfg(debug_assertions)]
+        fault_injection(&sink);
+        let started = Instant::now();
+        for (range, result) in deliver(&sink, &mut link, &batch, &stop).await {
+            finish(&sink, &dead, &batch[range], result, started).await;
+        }
+    }
+}
+
+/// The next group of records for one request (`batch.max_events`, waiting up to `linger` for
+/// more) or one group write; `None` once the queue is closed or `stop` fired.
+async fn next_group(
+    sink: &Sink,
+    queue: &Mutex<mpsc::Receiver<Arc<Record>>>,
+    stop: &CancellationToken,
+) -> Option<Vec<Arc<Record>>> {
+    let group = match sink.output {
+        Output::Webhook(_) => sink.max_events,
+        Output::Stdout | Output::File(_) => sink.max_events.max(WRITE_GROUP),
+    };
+    let mut queue = tokio::select! {
+        biased;
+        _ = stop.cancelled() => return None,
+        q = queue.lock() => q,
+    };
+    let first = tokio::select! {
+        biased;
+        _ = stop.cancelled() => return None,
+        r = queue.recv() => r?,
+    };
+    let mut batch = vec![first];
+    while batch.len() < group {
+        match queue.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
+        }
+    }
+    if batch.len() < sink.max_events && !sink.linger.is_zero() {
+        let until = Instant::now() + sink.linger;
+        while batch.len() < sink.max_events {
+            tokio::select! {
+                r = queue.recv() => match r { Some(r) => batch.push(r), None => break },
+                _ = tokio::time::sleep_until(until) => break,
+                _ = stop.cancelled() => break,
+            }
+        }
+    }
+    Some(batch)
 }
 
 /// A delivery that panicked left its records unacknowledged for good: the sink worker goes down
@@ -167,18 +212,27 @@ fn fault_injection(sink: &Sink) {
 /// that shared a fate.
 pub type Outcomes = Vec<(Range<usize>, Result)>;
 
-/// Renders and sends `records` (one request, or one group write), retrying as the sink's policy says.
+/// Renders and sends `records` (one request, or one group write) over `link`, retrying as the
+/// sink's policy says.
 pub async fn deliver(
     sink: &Sink,
-    transport: &Transport,
+    link: &mut Link,
     records: &[Arc<Record>],
     stop: &CancellationToken,
 ) -> Outcomes {
-    match (&sink.output, transport) {
-        (Output::Webhook(hook), Transport::Http(client)) => {
+    match (&sink.output, link) {
+        (Output::Webhook(hook), Link::Http(conn)) => {
             let result = match sink.renderer.render_bounded(records).await {
                 Ok(body) => {
-                    send_with_retries(sink, hook, client, records, Bytes::from(body), stop).await
+                    let (body, key) = (Bytes::from(body), Sink::delivery_key(records));
+                    let mut tries = retry::Tries::new(sink, &key);
+                    loop {
+                        let headers = hook.headers_for(&body, &key, unix_now());
+                        let attempt = conn.post(hook, headers, body.clone()).await;
+                        if let Some(done) = tries.settle(attempt, stop).await {
+                            break done;
+                        }
+                    }
                 }
                 Err(e) => Result::Failed {
                     reason: e.reason,
@@ -188,7 +242,7 @@ pub async fn deliver(
             };
             vec![(0..records.len(), result)]
         }
-        (Output::Webhook(_), Transport::Write) => vec![(
+        (Output::Webhook(_), Link::Write) => vec![(
             0..records.len(),
             Result::Failed {
                 reason: "a webhook sink was given no HTTP transport".into(),
@@ -198,29 +252,6 @@ pub async fn deliver(
         )],
         (Output::Stdout | Output::File(_), _) => write::deliver(sink, records, stop).await,
     }
-}
-
-async fn send_with_retries(
-    sink: &Sink,
-    hook: &Webhook,
-    client: &http::HttpClient,
-    records: &[Arc<Record>],
-    body: Bytes,
-    stop: &CancellationToken,
-) -> Result {
-    let key = Sink::delivery_key(records);
-    retry::until_done(sink, &key, stop, || {
-        let headers = hook.headers_for(&body, &key, unix_now());
-        http::post(
-            client,
-            &hook.url,
-            &hook.shown,
-            headers,
-            body.clone(),
-            hook.timeout,
-        )
-    })
-    .await
 }
 
 /// Makes the outcome durable, then acknowledges the records.

@@ -1,4 +1,4 @@
-//! The one attempt-and-retry loop every transport uses ([`until_done`]), and when to try again
+//! The one retry policy every transport uses ([`Tries`]), and when to try again
 //! (SPEC §4): exponential backoff with jitter from `initial_backoff`, doubling up to
 //! [`MAX_DELAY`], until `max_backoff_duration` has passed since the first attempt. A receiver's
 //! `Retry-After` replaces the computed delay; one longer than the time left ends the retries at
@@ -6,7 +6,6 @@
 
 use super::Result as Outcome;
 use crate::sink::{RetryPolicy, Sink};
-use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,52 +25,71 @@ pub enum Attempt {
     },
 }
 
-/// Runs `attempt` until it delivers, fails for good, runs out of `max_backoff_duration`, or `stop`
-/// fires while waiting to try again (then [`Outcome::Abandoned`]: not acknowledged, so sent again
-/// after a restart). `key` names the delivery in logs.
-pub async fn until_done<F, Fut>(
-    sink: &Sink,
-    key: &str,
-    stop: &CancellationToken,
-    mut attempt: F,
-) -> Outcome
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Attempt>,
-{
-    let mut backoff = Backoff::start(sink.retry);
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let (reason, retry_after) = match attempt().await {
-            Attempt::Delivered => return Outcome::Delivered { attempts },
+/// One delivery's attempts: every transport sends, then hands the attempt's outcome to
+/// [`Tries::settle`], which decides whether and when to try again, waits, logs and counts:
+///
+/// ```ignore
+/// let mut tries = Tries::new(sink, &key);
+/// let result = loop {
+///     let attempt = send().await;
+///     if let Some(done) = tries.settle(attempt, stop).await { break done; }
+/// };
+/// ```
+///
+/// A delivery ends when it is delivered, fails for good, runs out of `max_backoff_duration`, or
+/// `stop` fires while it waits to try again (then [`Outcome::Abandoned`]: not acknowledged, so
+/// sent again after a restart).
+pub struct Tries<'a> {
+    sink: &'a Sink,
+    /// Names the delivery in logs.
+    key: &'a str,
+    backoff: Backoff,
+    attempts: u32,
+}
+
+impl<'a> Tries<'a> {
+    pub fn new(sink: &'a Sink, key: &'a str) -> Tries<'a> {
+        Tries {
+            sink,
+            key,
+            backoff: Backoff::start(sink.retry),
+            attempts: 0,
+        }
+    }
+
+    /// After an attempt: the delivery's outcome, or `None` (after the wait) to try again.
+    pub async fn settle(&mut self, attempt: Attempt, stop: &CancellationToken) -> Option<Outcome> {
+        self.attempts += 1;
+        let attempts = self.attempts;
+        let (reason, retry_after) = match attempt {
+            Attempt::Delivered => return Some(Outcome::Delivered { attempts }),
             Attempt::Final { reason } => {
-                return Outcome::Failed {
+                return Some(Outcome::Failed {
                     reason,
                     attempts,
                     excerpt: None,
-                };
+                });
             }
             Attempt::Retry {
                 reason,
                 retry_after,
             } => (reason, retry_after),
         };
-        let wait = match backoff.next_delay(retry_after) {
+        let wait = match self.backoff.next_delay(retry_after) {
             Ok(wait) => wait,
             Err(why) => {
-                return Outcome::Failed {
+                return Some(Outcome::Failed {
                     reason: format!("{reason}; {why}"),
                     attempts,
                     excerpt: None,
-                };
+                });
             }
         };
-        tracing::info!(sink = %sink.name, key = %key, attempt = attempts, retry_in = ?wait, "{reason}; will retry");
-        sink.metrics.retries.inc();
+        tracing::info!(sink = %self.sink.name, key = %self.key, attempt = attempts, retry_in = ?wait, "{reason}; will retry");
+        self.sink.metrics.retries.inc();
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => return Outcome::Abandoned,
+            _ = tokio::time::sleep(wait) => None,
+            _ = stop.cancelled() => Some(Outcome::Abandoned),
         }
     }
 }

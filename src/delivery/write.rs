@@ -7,7 +7,7 @@
 //! alone (they are dead-lettered); the rest of the group is written. I/O errors are retried with
 //! the sink's backoff like a failed request.
 
-use super::retry::{Attempt, until_done};
+use super::retry::{Attempt, Tries};
 use super::{Outcomes, Result};
 use crate::record::Record;
 use crate::record_log::append_lines;
@@ -53,7 +53,8 @@ async fn write_with_retries(sink: &Sink, out: Vec<u8>, stop: &CancellationToken)
         Output::File(file) => file.path.display().to_string(),
         _ => "stdout".to_string(),
     };
-    until_done(sink, &what, stop, || async {
+    let mut tries = Tries::new(sink, &what);
+    loop {
         let result = match &sink.output {
             Output::File(file) => {
                 let (path, mode, bytes) = (file.path.clone(), file.mode, out.clone());
@@ -63,15 +64,17 @@ async fn write_with_retries(sink: &Sink, out: Vec<u8>, stop: &CancellationToken)
             }
             _ => write_stdout(&out),
         };
-        match result {
+        let attempt = match result {
             Ok(()) => Attempt::Delivered,
             Err(e) => Attempt::Retry {
                 reason: format!("write: {e}"),
                 retry_after: None,
             },
+        };
+        if let Some(done) = tries.settle(attempt, stop).await {
+            return done;
         }
-    })
-    .await
+    }
 }
 
 fn write_stdout(bytes: &[u8]) -> io::Result<()> {

@@ -55,7 +55,10 @@ pub struct FileOutput {
 }
 
 pub struct Webhook {
+    /// Where to connect (scheme, host, port), user info removed.
     pub url: ::http::Uri,
+    /// The request line's target: the URL's path and query.
+    pub target: ::http::Uri,
     /// The URL with its path masked, for logs and errors.
     pub shown: String,
     /// Configured headers plus `Content-Type` and `User-Agent`.
@@ -225,8 +228,33 @@ fn build_webhook(
             .map_err(|e| errors.push(format!("{}: {e}", at(key))))
             .ok()
     });
+    // HTTP/1.1 needs Host; the connection is opened to `url`, the request line carries `target`.
+    if !headers.contains_key(::http::header::HOST)
+        && let Some(authority) = url.authority()
+    {
+        let default_port = match url.scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        };
+        let host = match authority.port_u16() {
+            Some(port) if port == default_port => authority.host(),
+            _ => authority.as_str(),
+        };
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(::http::header::HOST, v);
+        }
+    }
+    let target = url.path_and_query().map_or_else(
+        || ::http::Uri::from_static("/"),
+        |pq| {
+            pq.as_str()
+                .parse()
+                .unwrap_or_else(|_| ::http::Uri::from_static("/"))
+        },
+    );
     Some(Webhook {
         url,
+        target,
         shown: url_text.redacted(),
         headers,
         signer,
