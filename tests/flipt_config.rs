@@ -48,9 +48,10 @@ async fn runs_from_a_flipt_config_with_a_templated_webhook() {
         - url: {}
           headers:
             Content-Type: application/json
-            Authorization: "Bearer ${{SLACK_TOKEN}}"
+            Authorization: "${{SLACK_AUTH}}"
+            X-Note: "not ${{SLACK_AUTH}}: Flipt fills only a whole ${{VAR}} value"
           body: |-
-            {{"text": "{{{{ .Type }}}} {{{{ .Action }}}} {{{{ .Payload.key }}}} by {{{{ .Metadata.Actor.email }}}} ({{{{ .Payload.nope }}}})", "flag": {{{{ toJson .Payload }}}}, "at": "{{{{ .Timestamp }}}}", "v": "{{{{ .Version }}}}", "s": "{{{{ .Status }}}}"}}
+            {{"text": "{{{{ .Type }}}} {{{{ .Action }}}} {{{{ .Payload.key }}}} by {{{{ .Metadata.Actor.email }}}} ({{{{ .Payload.nope }}}}) for ${{{{ .Payload.price }}}}, {{{{ .Payload.big }}}} {{{{ .Payload.tags }}}}", "flag": {{{{ toJson .Payload }}}}, "at": "{{{{ .Timestamp }}}}", "v": "{{{{ .Version }}}}", "s": "{{{{ .Status }}}}"}}
 "#,
             rx.url("/slack")
         ),
@@ -58,11 +59,11 @@ async fn runs_from_a_flipt_config_with_a_templated_webhook() {
     append(
         &s.log(),
         concat!(
-            r#"{"version": "0.2", "type": "flag", "action": "created", "status": "success", "metadata": {"actor":{"email":"dev@example.com"}}, "payload": {"key":"dark-mode","name":"A<B & C","rollout":1.50}, "timestamp": "2026-11-23T06:00:00Z"}"#,
+            r#"{"version": "0.2", "type": "flag", "action": "created", "status": "success", "metadata": {"actor":{"email":"dev@example.com"}}, "payload": {"key":"dark-mode","name":"A<B & C","rollout":1.50,"price":12,"big":1000000,"tags":["a","b"]}, "timestamp": "2026-11-23T06:00:00Z"}"#,
             "\n",
             r#"{"version": "0.2", "type": "flag", "action": "updated", "status": "success", "metadata": {"actor":{"email":"dev@example.com"}}, "payload": {"key":"dark-mode"}, "timestamp": "2026-11-23T06:00:01Z"}"#,
             "\n",
-            r#"{"version": "0.2", "type": "flag", "action": "created", "status": "success", "metadata": {"actor":{}}, "payload": {"key":"light-mode"}, "timestamp": "2026-11-23T06:00:02Z"}"#,
+            r#"{"version": "0.2", "type": "flag", "action": "created", "status": "success", "metadata": {}, "payload": {"key":"light-mode"}, "timestamp": "2026-11-23T06:00:02Z"}"#,
             "\n",
         ),
     );
@@ -71,7 +72,7 @@ async fn runs_from_a_flipt_config_with_a_templated_webhook() {
         &["--flipt-config", config.to_str().unwrap()],
         s.dir.path(),
         &[
-            ("SLACK_TOKEN", "xoxb-1"),
+            ("SLACK_AUTH", "Bearer xoxb-1"),
             ("FLAGTAIL_STATE_DIR", state.to_str().unwrap()),
             ("FLAGTAIL_ADMIN__LISTEN", ""),
         ],
@@ -79,10 +80,12 @@ async fn runs_from_a_flipt_config_with_a_templated_webhook() {
     let got = rx.wait_delivered(2).await;
     assert!(ft.terminate().await.success(), "{}", ft.stderr());
     // What Flipt's Go template would have sent: text/template prints strings as they are, a
-    // missing key as `<no value>`, and toJson is Go's json.Marshal (keys sorted, `<>&` escaped).
+    // missing key as `<no value>` (an event without an actor too), numbers as float64 (`1e+06`),
+    // lists as `[a b]`; `${` that is not a whole `${VAR}` value stays text; and toJson is Go's
+    // json.Marshal (keys sorted, `<>&` escaped).
     assert_eq!(
         got[0].text(),
-        r#"{"text": "flag created dark-mode by dev@example.com (<no value>)", "flag": {"key":"dark-mode","name":"A\u003cB \u0026 C","rollout":1.5}, "at": "2026-11-23T06:00:00Z", "v": "0.2", "s": "success"}"#
+        r#"{"text": "flag created dark-mode by dev@example.com (<no value>) for $12, 1e+06 [a b]", "flag": {"big":1000000,"key":"dark-mode","name":"A\u003cB \u0026 C","price":12,"rollout":1.5,"tags":["a","b"]}, "at": "2026-11-23T06:00:00Z", "v": "0.2", "s": "success"}"#
     );
     assert!(
         got[1]
@@ -91,6 +94,10 @@ async fn runs_from_a_flipt_config_with_a_templated_webhook() {
     );
     assert_eq!(got[0].path, "/slack");
     assert_eq!(got[0].header("authorization"), "Bearer xoxb-1");
+    assert_eq!(
+        got[0].header("x-note"),
+        "not ${SLACK_AUTH}: Flipt fills only a whole ${VAR} value"
+    );
     assert_eq!(got[0].header("content-type"), "application/json");
     assert_eq!(
         rx.delivered().len(),
@@ -190,4 +197,52 @@ async fn a_flipt_config_adds_its_signed_webhook_to_a_flagtail_config() {
         "{out}"
     );
     assert!(!out.contains("flipt-s3cret") && !err.contains("flipt-s3cret"));
+}
+
+#[test]
+fn problems_in_a_flipt_config_name_the_keys_written_there() {
+    let s = Setup::new();
+    let check = |args: &[&str]| {
+        let (code, _, err) = run_cmd(&[&["check"], args].concat());
+        assert_eq!(code, 2, "{err}");
+        err
+    };
+    // A file that does not parse is an error, never "no audit section".
+    let broken = s.path("broken.yml");
+    std::fs::write(&broken, "audit:\n  sinks: [unclosed\n").unwrap();
+    let err = check(&["--flipt-config", broken.to_str().unwrap()]);
+    assert!(err.contains("broken.yml"), "{err}");
+    // An events pattern is Flipt's `audit.events`, once, not a key of each sink.
+    let config = flipt_config(&s, "      url: http://127.0.0.1:9/hook\n");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"flag:created\"", "\"bogus\"")
+        .replace("max_backoff_duration: 3s", "max_backoff_duration: soon");
+    std::fs::write(&config, text).unwrap();
+    let err = check(&["--flipt-config", config.to_str().unwrap()]);
+    assert!(err.contains("audit.events.0 (flipt-webhook)"), "{err}");
+    assert!(
+        err.contains("audit.sinks.webhook.max_backoff_duration (flipt-webhook)"),
+        "{err}"
+    );
+    assert!(!err.contains("sinks.0"), "{err}");
+    // A name flagtail gives a Flipt section, taken by the user's own config.
+    let config = flipt_config(&s, "      url: http://127.0.0.1:9/hook\n");
+    let own = s.path("flagtail.yaml");
+    std::fs::write(&own, "sinks:\n  - name: flipt-webhook\n    type: stdout\n").unwrap();
+    let err = check(&[
+        "--config",
+        own.to_str().unwrap(),
+        "--flipt-config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("sinks.0.name: \"flipt-webhook\" is the name flagtail gives"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("flipt-webhook").count(),
+        1,
+        "reported once: {err}"
+    );
 }

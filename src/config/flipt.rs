@@ -101,23 +101,80 @@ struct Template {
     headers: BTreeMap<String, String>,
 }
 
-/// Where a section made from the Flipt config came from, to name it in problems.
-#[derive(Debug, Clone)]
+/// A source or sink section made from the Flipt config.
+#[derive(Debug)]
+pub struct Section {
+    /// In flagtail's shape (`{"name": …, "url": …}`).
+    pub value: Value,
+    /// The Flipt key it was made from (`audit.sinks.webhook.templates.0`).
+    pub flipt_key: String,
+    /// Keys of the section that came from elsewhere in the Flipt config (`events` from
+    /// `audit.events`), to name them as written.
+    pub keys: Vec<(String, String)>,
+}
+
+impl Section {
+    fn name(&self) -> &str {
+        self.value["name"].as_str().unwrap_or_default()
+    }
+}
+
+/// Where a section made from the Flipt config is in flagtail's, to name its Flipt keys in problems.
+#[derive(Debug)]
 pub struct Origin {
     /// The section's key in flagtail's config (`sinks.2`).
     pub key: String,
-    /// The Flipt key it was made from (`audit.sinks.webhook.templates.0`).
-    pub flipt_key: String,
-    /// The section's name (`flipt-template-1`).
     pub name: String,
+    pub flipt_key: String,
+    pub keys: Vec<(String, String)>,
+}
+
+impl Origin {
+    pub fn new(key: String, section: Section) -> Origin {
+        Origin {
+            key,
+            name: section.name().to_string(),
+            flipt_key: section.flipt_key,
+            keys: section.keys,
+        }
+    }
+
+    /// A problem about this section with its key as the Flipt key the user wrote
+    /// (`sinks.3.url: …` → `audit.sinks.webhook.templates.0.url (flipt-template-1): …`); `None`
+    /// for a problem about its name, which only flagtail chose (the clash is reported on the
+    /// user's own section). The problem as it was when it is about another key.
+    pub fn rename(&self, problem: &str) -> Option<Option<String>> {
+        let end = problem.find([':', ' ']).unwrap_or(problem.len());
+        let (key, rest) = problem.split_at(end);
+        let sub = key.strip_prefix(&self.key)?;
+        if !(sub.is_empty() || sub.starts_with('.')) {
+            return None;
+        }
+        let mut parts = sub.trim_start_matches('.').splitn(2, '.');
+        let (first, more) = (parts.next().unwrap_or(""), parts.next());
+        if first == "name" {
+            return Some(None);
+        }
+        let flipt = match self.keys.iter().find(|(k, _)| k == first) {
+            Some((_, flipt)) => match more {
+                Some(more) => format!("{flipt}.{more}"),
+                None => flipt.clone(),
+            },
+            None => format!("{}{sub}", self.flipt_key),
+        };
+        let rest = rest
+            .strip_prefix(&format!(" (sink {})", self.name))
+            .or_else(|| rest.strip_prefix(&format!(" (source {})", self.name)))
+            .unwrap_or(rest);
+        Some(Some(format!("{flipt} ({}){rest}", self.name)))
+    }
 }
 
 /// Sections made from a Flipt config, to be appended to flagtail's.
 #[derive(Debug, Default)]
 pub struct Translated {
-    /// Each with the Flipt key it came from.
-    pub sources: Vec<(Value, String)>,
-    pub sinks: Vec<(Value, String)>,
+    pub sources: Vec<Section>,
+    pub sinks: Vec<Section>,
     /// What was not carried over, for the log and `check`.
     pub notes: Vec<String>,
 }
@@ -142,22 +199,45 @@ pub fn read(path: &Path) -> Result<Translated, Vec<String>> {
             .find(|(var, _)| key == *var)
             .map(|(_, key)| (*key).into())
     }));
-    let audit: Audit = match figment.find_value("audit") {
-        Err(_) => Audit::default(),
-        Ok(_) => figment.extract_inner("audit").map_err(|e| {
-            e.into_iter()
-                .map(|e| {
-                    let key = e.path.join(".");
-                    format!(
-                        "{}: {}",
-                        if key.is_empty() { "audit".into() } else { key },
-                        e.kind
-                    )
-                })
-                .collect::<Vec<_>>()
-        })?,
+    let problems = |e: figment::Error| {
+        e.into_iter()
+            .map(|e| {
+                let key = e.path.join(".");
+                let at = if key.is_empty() {
+                    format!("--flipt-config {}", path.display())
+                } else {
+                    key
+                };
+                format!("{at}: {}", e.kind)
+            })
+            .collect::<Vec<_>>()
+    };
+    // The whole file first: one that does not parse is an error, never "no audit section".
+    let whole: figment::value::Dict = figment.extract().map_err(problems)?;
+    let audit: Audit = match whole.contains_key("audit") {
+        false => Audit::default(),
+        true => figment.extract_inner("audit").map_err(problems)?,
     };
     translate(audit)
+}
+
+/// A value from the Flipt config as flagtail's config must hold it: Flipt fills a value that is
+/// entirely `${VAR}` from the environment and leaves any other `${` as it is, where flagtail would
+/// fill every `${…}`; so only the whole-value form is left for flagtail to fill.
+fn as_written(value: &str) -> Value {
+    // Flipt's pattern: `^\$\{([a-zA-Z_]+[a-zA-Z0-9_]*)}$`.
+    let whole = value
+        .strip_prefix("${")
+        .and_then(|v| v.strip_suffix('}'))
+        .is_some_and(|name| {
+            name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+    if whole {
+        Value::String(value.to_string())
+    } else {
+        Value::String(value.replace("${", "$${"))
+    }
 }
 
 fn translate(audit: Audit) -> Result<Translated, Vec<String>> {
@@ -166,10 +246,11 @@ fn translate(audit: Audit) -> Result<Translated, Vec<String>> {
     let log = &audit.sinks.log;
     let from_log = match (log.enabled, log.file.as_deref()) {
         (true, Some(file)) if !file.is_empty() => {
-            out.sources.push((
-                json!({"name": LOG_SOURCE, "file": file, "format": "flipt"}),
-                "audit.sinks.log.file".into(),
-            ));
+            out.sources.push(Section {
+                value: json!({"name": LOG_SOURCE, "file": as_written(file), "format": "flipt"}),
+                flipt_key: "audit.sinks.log".into(),
+                keys: vec![("file".into(), "audit.sinks.log.file".into())],
+            });
             true
         }
         (true, _) => {
@@ -193,12 +274,18 @@ fn translate(audit: Audit) -> Result<Translated, Vec<String>> {
     let hook = &audit.sinks.webhook;
     // What every sink made here shares: Flipt's events filter, retry budget, and (when the Flipt
     // config names a log file) only that log's events, as Flipt's own sinks only see Flipt's.
-    let common = |sink: &mut serde_json::Map<String, Value>| {
+    let common = |sink: &mut serde_json::Map<String, Value>, keys: &mut Vec<(String, String)>| {
         if let Some(events) = &audit.events {
-            sink.insert("events".into(), json!(events));
+            let events: Vec<Value> = events.iter().map(|e| as_written(e)).collect();
+            sink.insert("events".into(), Value::Array(events));
+            keys.push(("events".into(), "audit.events".into()));
         }
         if let Some(d) = &hook.max_backoff_duration {
-            sink.insert("max_backoff_duration".into(), json!(d));
+            sink.insert("max_backoff_duration".into(), as_written(d));
+            keys.push((
+                "max_backoff_duration".into(),
+                "audit.sinks.webhook.max_backoff_duration".into(),
+            ));
         }
         if from_log {
             sink.insert("sources".into(), json!([LOG_SOURCE]));
@@ -208,15 +295,19 @@ fn translate(audit: Audit) -> Result<Translated, Vec<String>> {
         match (&hook.url, hook.templates.is_empty()) {
             (Some(url), true) if !url.is_empty() => {
                 let mut sink = serde_json::Map::new();
+                let mut keys = Vec::new();
                 sink.insert("name".into(), json!(WEBHOOK_SINK));
-                sink.insert("url".into(), json!(url));
+                sink.insert("url".into(), as_written(url));
                 if let Some(secret) = hook.signing_secret.as_ref().filter(|s| !s.is_empty()) {
-                    sink.insert("signing_secret".into(), json!(secret));
+                    sink.insert("signing_secret".into(), as_written(secret));
                     sink.insert("signature".into(), json!("flipt"));
                 }
-                common(&mut sink);
-                out.sinks
-                    .push((Value::Object(sink), "audit.sinks.webhook".into()));
+                common(&mut sink, &mut keys);
+                out.sinks.push(Section {
+                    value: Value::Object(sink),
+                    flipt_key: "audit.sinks.webhook".into(),
+                    keys,
+                });
             }
             (Some(url), false) if !url.is_empty() => problems.push(
                 "audit.sinks.webhook: only one of url or templates is allowed (as in Flipt)".into(),
@@ -235,10 +326,11 @@ fn translate(audit: Audit) -> Result<Translated, Vec<String>> {
             let at = format!("audit.sinks.webhook.templates.{i}");
             let name = format!("flipt-template-{}", i + 1);
             let mut sink = serde_json::Map::new();
+            let mut keys = Vec::new();
             sink.insert("name".into(), json!(name));
             match &t.url {
                 Some(url) => {
-                    sink.insert("url".into(), json!(url));
+                    sink.insert("url".into(), as_written(url));
                 }
                 None => problems.push(format!("{at}.url ({name}): a template needs a url")),
             }
@@ -250,22 +342,31 @@ fn translate(audit: Audit) -> Result<Translated, Vec<String>> {
             if let Some(key) = content_type
                 && let Some(value) = headers.remove(&key)
             {
-                sink.insert("content_type".into(), json!(value));
+                sink.insert("content_type".into(), as_written(&value));
+                keys.push(("content_type".into(), format!("{at}.headers.{key}")));
             }
             if !headers.is_empty() {
-                sink.insert("headers".into(), json!(headers));
+                let headers: serde_json::Map<String, Value> = headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), as_written(v)))
+                    .collect();
+                sink.insert("headers".into(), Value::Object(headers));
             }
             match gotemplate::translate(t.body.as_deref().unwrap_or("")) {
                 Ok(body) => {
-                    sink.insert("body".into(), json!(body));
+                    sink.insert("body".into(), as_written(&body));
                 }
                 Err(e) => problems.push(format!(
                     "{at}.body ({name}): the Go template construct {:?} cannot be translated: {}",
                     e.construct, e.reason
                 )),
             }
-            common(&mut sink);
-            out.sinks.push((Value::Object(sink), at));
+            common(&mut sink, &mut keys);
+            out.sinks.push(Section {
+                value: Value::Object(sink),
+                flipt_key: at,
+                keys,
+            });
         }
     }
     if problems.is_empty() {
@@ -352,17 +453,25 @@ audit:
         ))
         .unwrap();
         assert_eq!(
-            t.sources[0].0,
+            t.sources[0].value,
             json!({"name": "flipt-log", "file": "/var/log/flipt/audit.log", "format": "flipt"})
         );
         assert_eq!(
-            t.sinks[0].0,
+            t.sinks[0].value,
             json!({"name": "flipt-template-1", "url": "https://hooks.slack.com/x",
                    "content_type": "application/json", "headers": {"X-Team": "core"},
                    "body": "{\"text\": \"{{ type }}\"}", "events": ["flag:*"],
                    "max_backoff_duration": "30s", "sources": ["flipt-log"]})
         );
-        assert_eq!(t.sinks[0].1, "audit.sinks.webhook.templates.0");
+        assert_eq!(t.sinks[0].flipt_key, "audit.sinks.webhook.templates.0");
+    }
+
+    #[test]
+    fn only_a_whole_dollar_brace_value_is_filled_as_in_flipt() {
+        assert_eq!(as_written("${SLACK_URL}"), json!("${SLACK_URL}"));
+        assert_eq!(as_written("Bearer ${TOKEN}"), json!("Bearer $${TOKEN}"));
+        assert_eq!(as_written("${A-B}"), json!("$${A-B}"));
+        assert_eq!(as_written("price ${{ .x }}"), json!("price $${{ .x }}"));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Only what Flipt's documentation shows is translated: `{{ .Type }}`, `{{ .Action }}`,
 //! `{{ .Status }}`, `{{ .Version }}`, `{{ .Timestamp }}`, `{{ .Metadata.Actor.KEY }}`,
-//! `{{ .Payload.KEY… }}`, `{{ toJson .X }}`, comments, and the `{{-`/`-}}` trim markers. A key
-//! that is missing prints `<no value>`, as Go does. Anything else (`if`, `range`, pipelines,
+//! `{{ .Payload.KEY… }}`, `{{ toJson .X }}`, comments, and the `{{-`/`-}}` trim markers. Values
+//! under `metadata` and `payload` print as Go prints them (the `goField` filter: `1e+06`, `<nil>`,
+//! `map[k:v]`, `<no value>` for a missing key). Anything else (`if`, `range`, pipelines,
 //! variables, other functions) is refused with the construct named, so a template never runs
 //! with a meaning other than the one it had in Flipt.
 
@@ -59,10 +60,26 @@ pub fn translate(go: &str) -> Result<String, Untranslatable> {
             text = text.trim_end_matches(GO_SPACE);
         }
         push_text(&mut out, text)?;
-        let close = inner.find("}}").ok_or_else(|| Untranslatable {
-            construct: "{{".into(),
-            reason: "an action is opened and never closed".into(),
-        })?;
+        // A comment runs to `*/`, and may hold `}}`; the action then closes right after it.
+        let from = match inner.trim_start_matches(GO_SPACE).strip_prefix("/*") {
+            Some(comment) => match comment.find("*/") {
+                Some(end) => inner.len() - comment.len() + end + 2,
+                None => {
+                    return Err(Untranslatable {
+                        construct: "/*".into(),
+                        reason: "a comment is opened and never closed".into(),
+                    });
+                }
+            },
+            None => 0,
+        };
+        let close = inner[from..]
+            .find("}}")
+            .map(|at| from + at)
+            .ok_or_else(|| Untranslatable {
+                construct: "{{".into(),
+                reason: "an action is opened and never closed".into(),
+            })?;
         let mut body = &inner[..close];
         rest = &inner[close + 2..];
         trim_next = false;
@@ -125,25 +142,16 @@ fn action_to_tera(action: &str) -> Result<String, Untranslatable> {
     }
     let words: Vec<&str> = action.split_whitespace().collect();
     match words.as_slice() {
-        [path] if path.starts_with('.') => {
-            let (expr, printable) = field(path)?;
-            if !printable {
-                return refuse(
-                    path,
-                    "prints a Go map, which has no translation; write {{ toJson … }} to print it as JSON",
-                );
+        [path] if path.starts_with('.') => Ok(match field(path)? {
+            Field::Text(name) => format!("{{{{ {name} }}}}"),
+            Field::Under(base, path) => format!("{{{{ {base} | goField(path=\"{path}\") }}}}"),
+        }),
+        ["toJson", path] if path.starts_with('.') => Ok(match field(path)? {
+            Field::Text(name) => format!("{{{{ {name} | toJson }}}}"),
+            Field::Under(base, path) => {
+                format!("{{{{ {base} | goField(path=\"{path}\", json=true) }}}}")
             }
-            Ok(if expr.contains('[') {
-                // A missing key prints `<no value>` in Go.
-                format!("{{{{ {expr} | default(value=\"<no value>\") }}}}")
-            } else {
-                format!("{{{{ {expr} }}}}")
-            })
-        }
-        ["toJson", path] if path.starts_with('.') => {
-            let (expr, _) = field(path)?;
-            Ok(format!("{{{{ {expr} | toJson }}}}"))
-        }
+        }),
         [first, ..] if KEYWORDS.contains(first) => refuse(
             first,
             "control structures are not translated; only {{ .Field }}, {{ .Metadata.Actor.KEY }}, {{ .Payload.KEY }} and {{ toJson .X }} are",
@@ -157,9 +165,17 @@ fn action_to_tera(action: &str) -> Result<String, Untranslatable> {
     }
 }
 
-/// A field path (`.Payload.key`) as a Tera expression, and whether Go prints it as text (a map
-/// prints as `map[…]`, which has no translation).
-fn field(path: &str) -> Result<(String, bool), Untranslatable> {
+/// A field of Flipt's event, as Tera reads it.
+enum Field {
+    /// One of the event's text fields (`type`), printed as it is.
+    Text(&'static str),
+    /// A value under `metadata` or `payload` at a dotted path (`actor.email`; empty for the map
+    /// itself), printed by the `goField` filter as Go prints it.
+    Under(&'static str, String),
+}
+
+/// A field path (`.Payload.key`) of Flipt's audit event.
+fn field(path: &str) -> Result<Field, Untranslatable> {
     let refuse = |reason: String| Untranslatable {
         construct: path.to_string(),
         reason,
@@ -184,20 +200,16 @@ fn field(path: &str) -> Result<(String, bool), Untranslatable> {
             "the event has no field {first}; it has Version, Type, Action, Status, Timestamp, Metadata and Payload"
         )));
     };
-    let index = |base: &str, keys: &[&str]| {
-        keys.iter()
-            .fold(base.to_string(), |e, k| format!("{e}[\"{k}\"]"))
-    };
     match (*name, keys) {
-        ("metadata", []) => Ok(("metadata".into(), false)),
-        ("metadata", ["Actor"]) => Ok(("metadata.actor".into(), false)),
-        ("metadata", ["Actor", key]) => Ok((index("metadata.actor", &[key]), true)),
+        ("metadata", ["Actor", rest @ ..]) if rest.len() <= 1 => {
+            let path = ["actor"].iter().chain(rest).copied().collect::<Vec<_>>();
+            Ok(Field::Under("metadata", path.join(".")))
+        }
         ("metadata", _) => Err(refuse(
-            "Metadata has only Actor, whose keys are strings".into(),
+            "Metadata has only Actor, whose keys are text (.Metadata.Actor.email)".into(),
         )),
-        ("payload", []) => Ok(("payload".into(), false)),
-        ("payload", keys) => Ok((index("payload", keys), true)),
-        (name, []) => Ok((name.to_string(), true)),
+        ("payload", keys) => Ok(Field::Under("payload", keys.join("."))),
+        (name, []) => Ok(Field::Text(name)),
         (_, _) => Err(refuse(format!("{first} is text and has no fields"))),
     }
 }
@@ -211,19 +223,19 @@ mod tests {
         assert_eq!(
             translate(r#"{"type": "{{ .Type }}", "who": "{{.Metadata.Actor.email}}", "p": {{ toJson .Payload }}}"#)
                 .unwrap(),
-            r#"{"type": "{{ type }}", "who": "{{ metadata.actor["email"] | default(value="<no value>") }}", "p": {{ payload | toJson }}}"#
+            r#"{"type": "{{ type }}", "who": "{{ metadata | goField(path="actor.email") }}", "p": {{ payload | goField(path="", json=true) }}}"#
         );
         assert_eq!(
-            translate("{{ .Payload.a.b }}").unwrap(),
-            r#"{{ payload["a"]["b"] | default(value="<no value>") }}"#
+            translate("{{ .Payload.a.b }} {{ .Payload }} {{ toJson .Action }}").unwrap(),
+            r#"{{ payload | goField(path="a.b") }} {{ payload | goField(path="") }} {{ action | toJson }}"#
         );
     }
 
     #[test]
     fn trim_markers_and_comments_are_applied_here() {
         assert_eq!(
-            translate("[ \n {{- .Action -}} \n ]{{/* note */}}").unwrap(),
-            "[{{ action }}]"
+            translate("[ \n {{- .Action -}} \n ]{{/* a }} b */}}{{- /* x */ -}} !").unwrap(),
+            "[{{ action }}]!"
         );
     }
 
@@ -241,7 +253,8 @@ mod tests {
         assert_eq!(construct("{{ .Type | printf \"%s\" }}"), "|");
         assert_eq!(construct("{{ printf .Type }}"), "printf");
         assert_eq!(construct("{{ $x := .Type }}"), "$x");
-        assert_eq!(construct("{{ .Payload }}"), ".Payload");
+        assert_eq!(construct("{{ .Metadata }}"), ".Metadata");
+        assert_eq!(construct("{{/*/}}"), "/*");
         assert_eq!(construct("{{ .Nope }}"), ".Nope");
         assert_eq!(construct("{{ .Type.x }}"), ".Type.x");
         assert_eq!(construct("{{ .Type "), "{{");

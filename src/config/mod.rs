@@ -133,19 +133,29 @@ impl Config {
         let mut dict: Dict = figment.extract().map_err(|e| fail(figment_problems(e)))?;
         let mut origins = Vec::new();
         let mut notes = Vec::new();
+        let mut clashes = Vec::new();
         if let Some(path) = &paths.flipt {
             let translated = flipt::read(path).map_err(&fail)?;
-            origins = append_sections(&mut dict, translated.sources, "sources")
-                .into_iter()
-                .chain(append_sections(&mut dict, translated.sinks, "sinks"))
-                .collect();
+            origins = append_sections(&mut dict, translated.sources, "sources", &mut clashes);
+            origins.extend(append_sections(
+                &mut dict,
+                translated.sinks,
+                "sinks",
+                &mut clashes,
+            ));
             notes = translated.notes;
         }
         let mut problems = Vec::new();
         let mut written = BTreeMap::new();
         interpolate::interpolate_dict(&mut dict, "", &mut problems, &mut written);
         if !problems.is_empty() {
-            return Err(fail(problems));
+            problems.extend(clashes);
+            return Err(fail(
+                problems
+                    .into_iter()
+                    .filter_map(|p| from_flipt(p, &origins))
+                    .collect(),
+            ));
         }
         let name = paths.to_string();
         let (file, mut problems, set_aside) = extract_all(dict, &name);
@@ -163,7 +173,8 @@ impl Config {
         }
         let problems: Vec<String> = problems
             .into_iter()
-            .map(|p| from_flipt(scrub(p, &written), &origins))
+            .filter_map(|p| from_flipt(scrub(p, &written), &origins))
+            .chain(clashes)
             .fold(Vec::new(), |mut seen, p| {
                 if !seen.contains(&p) {
                     seen.push(p);
@@ -188,7 +199,7 @@ impl Config {
             paths: self.paths.clone(),
             problems: problems
                 .into_iter()
-                .map(|p| from_flipt(p, &self.origins))
+                .filter_map(|p| from_flipt(p, &self.origins))
                 .collect(),
         }
     }
@@ -231,12 +242,14 @@ impl Config {
     }
 }
 
-/// Appends sections made from the Flipt config to the list at `list` (`sources` or `sinks`),
-/// and says where each now is.
+/// Appends sections made from the Flipt config to the list at `list` (`sources` or `sinks`), and
+/// says where each now is. A section of the user's own with a name flagtail gives one of them is a
+/// problem of that section.
 fn append_sections(
     dict: &mut Dict,
-    sections: Vec<(serde_json::Value, String)>,
+    sections: Vec<flipt::Section>,
     list: &str,
+    problems: &mut Vec<String>,
 ) -> Vec<flipt::Origin> {
     use figment::value::Value;
     let Value::Array(_, items) = dict
@@ -247,45 +260,34 @@ fn append_sections(
         return Vec::new();
     };
     let mut origins = Vec::new();
-    for (section, flipt_key) in sections {
-        let name = section["name"].as_str().unwrap_or_default().to_string();
-        if let Ok(value) = Value::serialize(&section) {
-            origins.push(flipt::Origin {
-                key: format!("{list}.{}", items.len()),
-                flipt_key,
-                name,
-            });
+    for section in sections {
+        let name = section.value["name"].as_str().unwrap_or_default();
+        for (i, item) in items.iter().enumerate() {
+            if item.find_ref("name").and_then(|n| n.as_str()) == Some(name) {
+                problems.push(format!(
+                    "{list}.{i}.name: {name:?} is the name flagtail gives what it makes from --flipt-config ({}); rename this one",
+                    section.flipt_key
+                ));
+            }
+        }
+        if let Ok(value) = Value::serialize(&section.value) {
+            origins.push(flipt::Origin::new(
+                format!("{list}.{}", items.len()),
+                section,
+            ));
             items.push(value);
         }
     }
     origins
 }
 
-/// A problem about a section made from the Flipt config, with its key as the Flipt key the user
-/// wrote (`audit.sinks.webhook.templates.0.url (flipt-template-1): …`).
-fn from_flipt(problem: String, origins: &[flipt::Origin]) -> String {
-    let end = problem.find([':', ' ']).unwrap_or(problem.len());
-    let (key, rest) = problem.split_at(end);
-    for o in origins {
-        let Some(sub) = key.strip_prefix(&o.key) else {
-            continue;
-        };
-        if !(sub.is_empty() || sub.starts_with('.')) {
-            continue;
-        }
-        // The Flipt key of the section already names the value (`audit.sinks.log.file`).
-        let sub = match (o.flipt_key.rsplit('.').next(), sub) {
-            (Some(last), s) if s == format!(".{last}") => "",
-            (_, s) if o.key.starts_with("sources") && s == ".file" => "",
-            (_, s) => s,
-        };
-        let rest = rest
-            .strip_prefix(&format!(" (sink {})", o.name))
-            .or_else(|| rest.strip_prefix(&format!(" (source {})", o.name)))
-            .unwrap_or(rest);
-        return format!("{}{sub} ({}){rest}", o.flipt_key, o.name);
+/// A problem with its key as the Flipt key the user wrote, when it is about a section made from
+/// the Flipt config; `None` when it only repeats a name clash already reported.
+fn from_flipt(problem: String, origins: &[flipt::Origin]) -> Option<String> {
+    match origins.iter().find_map(|o| o.rename(&problem)) {
+        Some(renamed) => renamed,
+        None => Some(problem),
     }
-    problem
 }
 
 /// A problem about a key whose value came from `${VAR}`, with that value written as the user wrote

@@ -20,14 +20,30 @@ impl<'a> Fields<'a> {
     /// Reads the top level of `line`.
     pub fn parse(line: &'a str) -> Result<Fields<'a>, Rejection> {
         let fields: Fields = serde_json::from_str(line).map_err(|e| json_rejection(&e))?;
-        for (i, (key, _)) in fields.entries.iter().enumerate() {
-            if fields.entries[..i].iter().any(|(k, _)| k == key) {
-                return Err(Rejection::NotAnEvent(format!(
-                    "field {key:?} is written twice"
-                )));
-            }
+        if let Some(key) = fields.repeated() {
+            return Err(Rejection::NotAnEvent(format!(
+                "field {key:?} is written twice"
+            )));
         }
         Ok(fields)
+    }
+
+    /// A key written more than once, if any. Linear for the usual handful of fields; a line with
+    /// many (a hostile one, up to `max_line_bytes` of keys) is checked through a set.
+    fn repeated(&self) -> Option<&str> {
+        const FEW: usize = 16;
+        if self.entries.len() <= FEW {
+            return self.entries.iter().enumerate().find_map(|(i, (key, _))| {
+                self.entries[..i]
+                    .iter()
+                    .any(|(k, _)| k == key)
+                    .then_some(key.as_ref())
+            });
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.entries.len());
+        self.entries
+            .iter()
+            .find_map(|(key, _)| (!seen.insert(key.as_ref())).then_some(key.as_ref()))
     }
 
     /// The text of field `key`, if present.
@@ -145,5 +161,19 @@ mod tests {
             Fields::parse(r#"{"a":1,"a":2}"#).err().unwrap().tag(),
             "not_an_event"
         );
+        let many: Vec<String> = (0..40)
+            .chain([7])
+            .map(|i| format!("\"k{i}\":{i}"))
+            .collect();
+        let line = format!("{{{}}}", many.join(","));
+        assert!(
+            Fields::parse(&line)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("k7")
+        );
+        let line = line.replace("\"k7\":7}", "\"k40\":7}");
+        assert!(Fields::parse(&line).is_ok());
     }
 }

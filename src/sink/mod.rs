@@ -5,6 +5,7 @@
 //! Connections, sending, retrying and dead-lettering belong to `delivery`, which builds on this.
 
 pub mod filter;
+pub mod gofmt;
 pub mod render;
 pub mod sign;
 

@@ -2,7 +2,8 @@
 //!
 //! Template context (SPEC §2): the event's fields at top level, `event` (the same object),
 //! `source` (`{name, format, line}`), and for batching sinks `events` (the list). The `toJson`
-//! filter writes a value as Go's `json.Marshal` would, as Flipt's templates do. A template that
+//! filter writes a value as Go's `json.Marshal` would, as Flipt's templates do; `goField` prints a
+//! field as a Flipt template translated from Go would ([`super::gofmt`]). A template that
 //! fails to render, renders invalid JSON under a JSON content type, renders more than
 //! `max_body_bytes`, or runs past its time limit is a delivery error of that event (it is
 //! dead-lettered), never a crash or a hang: templates run off the async threads
@@ -79,6 +80,7 @@ impl Renderer {
                 let mut tera = Tera::new();
                 tera.autoescape_on(Vec::<&str>::new());
                 tera.register_filter("toJson", to_json);
+                tera.register_filter("goField", go_field);
                 tera.add_raw_template(TEMPLATE, text)
                     .map_err(|e| describe(&e))?;
                 Some(tera)
@@ -279,6 +281,20 @@ pub fn flipt_body(records: &[Arc<Record>], batched: bool) -> Vec<u8> {
 fn to_json(value: Value, _: Kwargs, _: &State) -> TeraResult<Value> {
     let v = serde_json::to_value(&value).map_err(tera::Error::message)?;
     let bytes = gojson::to_vec(&v).map_err(tera::Error::message)?;
+    Ok(Value::from(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// `{{ payload | goField(path="a.b") }}`: the field as a Flipt (Go) template prints it, `<no
+/// value>` when missing; with `json=true`, as Flipt's `toJson` writes it (`null` when missing).
+fn go_field(value: Value, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    let path: &str = kwargs.must_get("path")?;
+    let json: bool = kwargs.get("json")?.unwrap_or(false);
+    let v = serde_json::to_value(&value).map_err(tera::Error::message)?;
+    if !json {
+        return Ok(Value::from(super::gofmt::field(&v, path)));
+    }
+    let at = super::gofmt::lookup(&v, path).unwrap_or(&serde_json::Value::Null);
+    let bytes = gojson::to_vec(at).map_err(tera::Error::message)?;
     Ok(Value::from(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
