@@ -65,19 +65,88 @@ pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
         .wrap_connector(http))
 }
 
-/// One worker's connection to a sink's receiver, opened when first needed.
+/// One worker's connection to a sink's receiver, opened when first needed. The worker drives it
+/// itself while a request is out (no connection task to hand each request to and back).
 pub struct Connection {
     connector: Connector,
-    sender: Option<SendRequest<Full<Bytes>>>,
+    open: Option<Open>,
 }
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
+type Stream = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+
+/// An open HTTP/1.1 connection: where requests go in, and the connection itself, which only
+/// moves while it is polled.
+struct Open {
+    sender: SendRequest<Full<Bytes>>,
+    wire: http1::Connection<Stream, Full<Bytes>>,
+}
+
+/// What a request came to: the response's status, `Retry-After`, and its body (or why the body
+/// could not be read).
+type Answer = (StatusCode, Option<Duration>, Result<Vec<u8>, hyper::Error>);
+
+impl Open {
+    async fn connect(connector: &mut Connector, hook: &Webhook) -> Result<Open, Failure> {
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let stream = connector.call(hook.url.clone()).await?;
+        let (sender, wire) = http1::handshake(stream).await?;
+        Ok(Open { sender, wire })
+    }
+
+    /// Runs `work` while driving the connection; `true` with it if the connection ended.
+    async fn drive<T>(
+        wire: &mut http1::Connection<Stream, Full<Bytes>>,
+        work: impl std::future::Future<Output = T>,
+    ) -> (T, bool) {
+        tokio::pin!(work);
+        tokio::select! {
+            biased;
+            out = &mut work => (out, false),
+            _ = wire => (work.await, true),
+        }
+    }
+
+    /// Sends `req` and reads the answer. `Err(Ok(req))`: the connection could not take the
+    /// request before sending any of it (the receiver closed it while idle), so it can go out on
+    /// a new one.
+    async fn exchange(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> (Result<Answer, Result<Request<Full<Bytes>>, Failure>>, bool) {
+        let Open { sender, wire } = self;
+        let (ready, ended) = Open::drive(wire, sender.ready()).await;
+        if ready.is_err() || ended {
+            return (Err(Ok(req)), true);
+        }
+        let work = async {
+            let resp = match sender.try_send_request(req).await {
+                Ok(resp) => resp,
+                Err(mut e) => {
+                    return Err(match e.take_message() {
+                        Some(req) => Ok(req),
+                        None => Err(Failure::from(e.into_error())),
+                    });
+                }
+            };
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let body = read_body(resp.into_body()).await;
+            Ok((status, retry_after, body))
+        };
+        Open::drive(wire, work).await
+    }
+}
 
 impl Connection {
     pub fn new(connector: Connector) -> Connection {
         Connection {
             connector,
-            sender: None,
+            open: None,
         }
     }
 
@@ -88,21 +157,10 @@ impl Connection {
         *req.method_mut() = Method::POST;
         *req.uri_mut() = hook.target.clone();
         *req.headers_mut() = headers;
-        let exchange = async {
-            let resp = self.send(hook, req).await?;
-            let status = resp.status();
-            let retry_after = resp
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
-            let body = read_body(resp.into_body()).await;
-            Ok::<_, Failure>((status, retry_after, body))
-        };
-        let outcome = tokio::time::timeout(hook.timeout, exchange).await;
+        let outcome = tokio::time::timeout(hook.timeout, self.send(hook, req)).await;
         if !matches!(outcome, Ok(Ok((_, _, Ok(_))))) {
             // The connection's state is unknown: the next attempt opens a new one.
-            self.sender = None;
+            self.open = None;
         }
         match outcome {
             // A 2xx cut short (fewer bytes than its Content-Length, a broken chunk) is not an
@@ -135,36 +193,29 @@ impl Connection {
     async fn send(
         &mut self,
         hook: &Webhook,
-        req: Request<Full<Bytes>>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
-        let open = match self.sender.as_mut() {
-            Some(sender) => sender.ready().await.is_ok().then_some(sender),
-            None => None,
-        };
-        let req = match open {
-            Some(sender) => match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
-                Err(mut e) => match e.take_message() {
-                    Some(req) => req,
-                    None => return Err(e.into_error().into()),
-                },
-            },
-            None => req,
-        };
-        let sender = self.open(hook).await?;
-        Ok(sender.send_request(req).await?)
-    }
-
-    async fn open(&mut self, hook: &Webhook) -> Result<&mut SendRequest<Full<Bytes>>, Failure> {
-        self.sender = None;
-        std::future::poll_fn(|cx| self.connector.poll_ready(cx)).await?;
-        let stream = self.connector.call(hook.url.clone()).await?;
-        let (sender, conn) = http1::handshake(stream).await?;
-        // Drives the connection; ends when the receiver closes it or the sender is dropped.
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(self.sender.insert(sender))
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Answer, Failure> {
+        for fresh in [false, true] {
+            let open = match self.open.take() {
+                Some(open) if !fresh => open,
+                _ => Open::connect(&mut self.connector, hook).await?,
+            };
+            let open = self.open.insert(open);
+            let (result, ended) = open.exchange(req).await;
+            if ended {
+                self.open = None;
+            }
+            match result {
+                Ok(answer) => return Ok(answer),
+                Err(Ok(back)) if !fresh => {
+                    self.open = None;
+                    req = back;
+                }
+                Err(Ok(_)) => return Err("the new connection could not take the request".into()),
+                Err(Err(e)) => return Err(e),
+            }
+        }
+        Err("no connection could take the request".into())
     }
 }
 

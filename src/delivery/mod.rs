@@ -45,7 +45,9 @@ impl Transport {
     /// What one delivery worker holds: its own connection, for webhooks.
     pub fn link(&self) -> Link {
         match self {
-            Transport::Http(connector) => Link::Http(http::Connection::new(connector.clone())),
+            Transport::Http(connector) => {
+                Link::Http(Box::new(http::Connection::new(connector.clone())))
+            }
             Transport::Write => Link::Write,
         }
     }
@@ -53,7 +55,7 @@ impl Transport {
 
 /// One delivery worker's end of a transport.
 pub enum Link {
-    Http(http::Connection),
+    Http(Box<http::Connection>),
     Write,
 }
 
