@@ -5,6 +5,7 @@
 //! I/O; turning this into running parts is [`super::Config::build`]. Every field's doc ends with its
 //! default, and the README's table is written from these.
 
+use super::policy::{Rate, RetryOn, Schedule};
 use super::{Secret, SecretUrl};
 use crate::event::Format;
 use crate::event::pattern::EventPattern;
@@ -337,6 +338,24 @@ pub struct SinkSection {
     /// First retry delay; doubles each retry, with jitter. Default `500ms`.
     #[serde(default = "default_initial_backoff", with = "humantime_serde")]
     pub initial_backoff: Duration,
+    /// Statuses tried again (codes and classes; `5xx` leaves out 501), besides connection errors
+    /// and timeouts, which always are. Default `[408, 429, 5xx]`.
+    #[serde(default)]
+    pub retry_on: RetryOn,
+    /// Explicit delays between attempts instead of the exponential ones; when they run out the
+    /// delivery is dead-lettered. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_schedule: Option<Schedule>,
+    /// Longest `Retry-After` honoured; a longer one is cut to this (with a warning). Default `5m`.
+    #[serde(default = "default_max_retry_after", with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    /// Requests per period (`1/s`, `100/m`), evenly spaced; waiting holds the queue back and never
+    /// drops. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Rate>,
+    /// Requests allowed back to back before `rate_limit`'s spacing applies. Default 1.
+    #[serde(default = "default_burst", deserialize_with = "lenient_u32")]
+    pub rate_limit_burst: u32,
     /// Limit of one attempt. Default `10s`.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -527,6 +546,12 @@ fn default_content_type() -> String {
 }
 fn default_max_backoff() -> Duration {
     Duration::from_secs(15)
+}
+fn default_max_retry_after() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_burst() -> u32 {
+    1
 }
 fn default_initial_backoff() -> Duration {
     Duration::from_millis(500)

@@ -9,6 +9,7 @@ mod file;
 pub mod flipt;
 pub mod gotemplate;
 mod interpolate;
+pub mod policy;
 mod secret;
 
 pub use file::{
@@ -547,6 +548,14 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
         if s.signing_secret.is_some() && s.signing_secret_file.is_some() {
             p.push(format!(
                 "{at}.signing_secret_file: set either signing_secret or signing_secret_file"
+            ));
+        }
+        if s.rate_limit_burst == 0 {
+            p.push(format!("{at}.rate_limit_burst: must be at least 1"));
+        }
+        if s.retry_schedule.as_ref().is_some_and(|d| d.0.is_empty()) {
+            p.push(format!(
+                "{at}.retry_schedule: an empty list would never retry; omit it for exponential backoff"
             ));
         }
         if s.initial_backoff < std::time::Duration::from_millis(1) {

@@ -170,7 +170,6 @@ impl Connection {
                     "POST {shown}: {status} but the response was cut short: {}",
                     error_chain(&e)
                 ),
-                retry_after: None,
             },
             Ok(Ok((status, retry_after, Err(_)))) => classify(status, retry_after, b"", shown),
             Err(_) => Attempt::Retry {
@@ -178,11 +177,9 @@ impl Connection {
                     "POST {shown}: no response within {}",
                     humantime::format_duration(hook.timeout)
                 ),
-                retry_after: None,
             },
             Ok(Err(e)) => Attempt::Retry {
                 reason: format!("POST {shown}: {}", error_chain(e.as_ref())),
-                retry_after: None,
             },
             Ok(Ok((status, retry_after, Ok(body)))) => classify(status, retry_after, &body, shown),
         }
@@ -251,16 +248,12 @@ fn classify(
         if text.trim().is_empty() { "" } else { ": " },
         text.trim()
     );
-    let retry = status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED);
-    if retry {
-        Attempt::Retry {
-            reason,
-            retry_after,
-        }
-    } else {
-        Attempt::Final { reason }
+    // Whether it is tried again is the sink's `retry_on`, decided in one place for every
+    // transport.
+    Attempt::Refused {
+        status: status.as_u16(),
+        reason,
+        retry_after,
     }
 }
 
@@ -296,18 +289,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statuses_are_classified_as_the_spec_says() {
+    fn success_is_delivered_and_any_other_status_is_a_refusal_with_its_code() {
         let kind = |code: u16| match classify(StatusCode::from_u16(code).unwrap(), None, b"", "u") {
-            Attempt::Delivered => "ok",
-            Attempt::Retry { .. } => "retry",
-            Attempt::Final { .. } => "final",
+            Attempt::Delivered => 0,
+            Attempt::Refused { status, .. } => status,
+            _ => 1,
         };
-        assert_eq!(kind(204), "ok");
-        for code in [408, 429, 500, 502, 503, 504] {
-            assert_eq!(kind(code), "retry", "{code}");
-        }
-        for code in [301, 400, 401, 404, 409, 501] {
-            assert_eq!(kind(code), "final", "{code}");
+        assert_eq!(kind(204), 0);
+        for code in [301, 404, 408, 429, 501, 503] {
+            assert_eq!(kind(code), code);
         }
     }
 

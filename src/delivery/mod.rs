@@ -229,6 +229,12 @@ pub async fn deliver(
                     let (body, key) = (Bytes::from(body), Sink::delivery_key(records));
                     let mut tries = retry::Tries::new(sink, &key);
                     loop {
+                        // Every request, retries too, takes a slot of the rate limit.
+                        if let Some(pace) = &sink.pace
+                            && !pace.wait(stop).await
+                        {
+                            break Result::Abandoned;
+                        }
                         let headers = hook.headers_for(&body, &key, unix_now());
                         let attempt = conn.post(hook, headers, body.clone()).await;
                         if let Some(done) = tries.settle(attempt, stop).await {

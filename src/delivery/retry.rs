@@ -1,8 +1,9 @@
-//! The one retry policy every transport uses ([`Tries`]), and when to try again
-//! (SPEC §4): exponential backoff with jitter from `initial_backoff`, doubling up to
-//! [`MAX_DELAY`], until `max_backoff_duration` has passed since the first attempt. A receiver's
-//! `Retry-After` replaces the computed delay; one longer than the time left ends the retries at
-//! once instead of sending early.
+//! The one retry policy every transport uses ([`Tries`]), and when to try again (SPEC §4):
+//! exponential backoff with jitter from `initial_backoff`, doubling up to [`MAX_DELAY`], or the
+//! sink's explicit `retry_schedule`, until `max_backoff_duration` has passed since the first
+//! attempt. A refusal is tried again only if its status is in `retry_on`. A receiver's
+//! `Retry-After` replaces the computed delay, cut to `max_retry_after`; one that reaches past
+//! `max_backoff_duration` is still waited for, once, and the attempt after it is the last.
 
 use super::Result as Outcome;
 use crate::sink::{RetryPolicy, Sink};
@@ -14,12 +15,19 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub enum Attempt {
     Delivered,
-    /// Worth another try, after at least `retry_after` if the receiver said so.
-    Retry {
+    /// The receiver answered with a failure status: tried again if the sink's `retry_on` lists
+    /// it, after at least `retry_after` if the receiver said so.
+    Refused {
+        status: u16,
         reason: String,
         retry_after: Option<Duration>,
     },
-    /// Not worth another try (a 4xx): dead-lettered at once.
+    /// No answer (connection error, timeout, an answer cut short, a failed write): always worth
+    /// another try.
+    Retry {
+        reason: String,
+    },
+    /// Not worth another try, whatever the policy.
     Final {
         reason: String,
     },
@@ -43,7 +51,7 @@ pub struct Tries<'a> {
     sink: &'a Sink,
     /// Names the delivery in logs.
     key: &'a str,
-    backoff: Backoff,
+    backoff: Backoff<'a>,
     attempts: u32,
 }
 
@@ -52,7 +60,7 @@ impl<'a> Tries<'a> {
         Tries {
             sink,
             key,
-            backoff: Backoff::start(sink.retry),
+            backoff: Backoff::start(&sink.retry),
             attempts: 0,
         }
     }
@@ -70,11 +78,27 @@ impl<'a> Tries<'a> {
                     excerpt: None,
                 });
             }
-            Attempt::Retry {
+            Attempt::Refused {
+                status,
                 reason,
                 retry_after,
-            } => (reason, retry_after),
+            } => {
+                if !self.sink.retry.retry_on.retries(status) {
+                    return Some(Outcome::Failed {
+                        reason: format!("{reason} (not in retry_on)"),
+                        attempts,
+                        excerpt: None,
+                    });
+                }
+                (reason, retry_after)
+            }
+            Attempt::Retry { reason } => (reason, None),
         };
+        if let Some(asked) = retry_after
+            && asked > self.sink.retry.max_retry_after
+        {
+            tracing::warn!(sink = %self.sink.name, key = %self.key, "the receiver asked to wait {}; waiting max_retry_after ({}) instead", humantime::format_duration(asked), humantime::format_duration(self.sink.retry.max_retry_after));
+        }
         let wait = match self.backoff.next_delay(retry_after) {
             Ok(wait) => wait,
             Err(why) => {
@@ -97,45 +121,64 @@ impl<'a> Tries<'a> {
 /// No single wait is longer than this.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
 
-pub struct Backoff {
-    policy: RetryPolicy,
+pub struct Backoff<'p> {
+    policy: &'p RetryPolicy,
     deadline: Instant,
+    /// The next exponential delay.
     next: Duration,
+    /// Retries done, for the explicit schedule.
+    step: usize,
 }
 
-impl Backoff {
-    pub fn start(policy: RetryPolicy) -> Backoff {
+impl<'p> Backoff<'p> {
+    pub fn start(policy: &'p RetryPolicy) -> Backoff<'p> {
         Backoff {
             policy,
             deadline: Instant::now() + policy.max_elapsed,
             next: policy.initial_backoff,
+            step: 0,
         }
     }
 
-    /// How long to wait before the next attempt, or `Err(why not)` when time is up.
+    /// How long to wait before the next attempt, or `Err(why not)` when there is none.
     pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Result<Duration, String> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        let left = self.deadline.saturating_duration_since(now);
         if left.is_zero() {
             return Err(format!(
                 "gave up after max_backoff_duration {}",
                 humantime::format_duration(self.policy.max_elapsed)
             ));
         }
-        if let Some(wait) = retry_after {
-            if wait > left {
-                return Err(format!(
-                    "server asked to retry after {}s, beyond max_backoff_duration",
-                    wait.as_secs()
-                ));
+        let planned = match &self.policy.schedule {
+            Some(schedule) => {
+                let Some(wait) = schedule.get(self.step) else {
+                    return Err(format!(
+                        "retry_schedule ran out after {} retries",
+                        schedule.len()
+                    ));
+                };
+                self.step += 1;
+                *wait
             }
-            return Ok(wait);
+            None => {
+                // Equal jitter: half the delay fixed, half random.
+                let base = self.next;
+                self.next = (self.next * 2).min(MAX_DELAY);
+                let half = base / 2;
+                half + half.mul_f64(fastrand::f64())
+            }
+        };
+        match retry_after.map(|asked| asked.min(self.policy.max_retry_after)) {
+            // Honoured even past the deadline, once: the attempt after it is the last.
+            Some(wait) => {
+                if wait >= left {
+                    self.deadline = now;
+                }
+                Ok(wait)
+            }
+            None => Ok(planned.min(left)),
         }
-        // Equal jitter: half the delay fixed, half random.
-        let base = self.next;
-        self.next = (self.next * 2).min(MAX_DELAY);
-        let half = base / 2;
-        let jittered = half + half.mul_f64(fastrand::f64());
-        Ok(jittered.min(left))
     }
 }
 
@@ -147,12 +190,16 @@ mod tests {
         RetryPolicy {
             initial_backoff: Duration::from_millis(initial_ms),
             max_elapsed: Duration::from_millis(max_ms),
+            retry_on: Default::default(),
+            schedule: None,
+            max_retry_after: Duration::from_secs(300),
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn delays_grow_with_jitter_and_stop_at_the_deadline() {
-        let mut b = Backoff::start(policy(100, 1000));
+        let p = policy(100, 1000);
+        let mut b = Backoff::start(&p);
         let first = b.next_delay(None).unwrap();
         let second = b.next_delay(None).unwrap();
         assert!(
@@ -173,16 +220,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn retry_after_wins_or_ends_retrying() {
-        let mut b = Backoff::start(policy(100, 10_000));
+    async fn retry_after_is_capped_and_honoured_once_past_the_deadline() {
+        let mut p = policy(100, 10_000);
+        p.max_retry_after = Duration::from_secs(30);
+        let mut b = Backoff::start(&p);
         assert_eq!(
             b.next_delay(Some(Duration::from_secs(3))).unwrap(),
             Duration::from_secs(3)
         );
+        assert_eq!(
+            b.next_delay(Some(Duration::from_secs(3600))).unwrap(),
+            Duration::from_secs(30),
+            "cut to max_retry_after, and waited although it passes the deadline"
+        );
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(b.next_delay(None).is_err(), "that was the last attempt");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_explicit_schedule_is_followed_then_runs_out() {
+        let mut p = policy(100, 600_000);
+        p.schedule = Some(vec![Duration::from_secs(1), Duration::from_secs(5)]);
+        let mut b = Backoff::start(&p);
+        assert_eq!(b.next_delay(None).unwrap(), Duration::from_secs(1));
+        assert_eq!(b.next_delay(None).unwrap(), Duration::from_secs(5));
         assert!(
-            b.next_delay(Some(Duration::from_secs(60)))
+            b.next_delay(None)
                 .unwrap_err()
-                .contains("retry after 60s")
+                .contains("retry_schedule ran out")
         );
     }
 }

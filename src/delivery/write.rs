@@ -68,7 +68,6 @@ async fn write_with_retries(sink: &Sink, out: Vec<u8>, stop: &CancellationToken)
             Ok(()) => Attempt::Delivered,
             Err(e) => Attempt::Retry {
                 reason: format!("write: {e}"),
-                retry_after: None,
             },
         };
         if let Some(done) = tries.settle(attempt, stop).await {

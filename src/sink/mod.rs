@@ -6,6 +6,7 @@
 
 pub mod filter;
 pub mod gofmt;
+pub mod pace;
 pub mod render;
 pub mod sign;
 
@@ -32,14 +33,22 @@ pub struct Sink {
     /// Requests in flight.
     pub concurrency: usize,
     pub retry: RetryPolicy,
+    /// The sink's `rate_limit`, shared by its delivery workers.
+    pub pace: Option<pace::Pace>,
     pub metrics: crate::metrics::SinkMetrics,
 }
 
-/// How long one delivery is retried.
-#[derive(Debug, Clone, Copy)]
+/// When and how long one delivery is retried (the sink's retry keys).
+#[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub initial_backoff: Duration,
     pub max_elapsed: Duration,
+    /// Refusals tried again.
+    pub retry_on: crate::config::policy::RetryOn,
+    /// Explicit delays instead of exponential ones.
+    pub schedule: Option<Vec<Duration>>,
+    /// Longest `Retry-After` honoured.
+    pub max_retry_after: Duration,
 }
 
 pub enum Output {
@@ -122,7 +131,13 @@ impl Sink {
                 retry: RetryPolicy {
                     initial_backoff: s.initial_backoff,
                     max_elapsed: s.max_backoff_duration,
+                    retry_on: s.retry_on.clone(),
+                    schedule: s.retry_schedule.as_ref().map(|d| d.0.clone()),
+                    max_retry_after: s.max_retry_after,
                 },
+                pace: s
+                    .rate_limit
+                    .map(|rate| pace::Pace::new(rate.interval(), s.rate_limit_burst)),
                 metrics: crate::metrics::get().sink(s.name.as_str()),
             }),
             _ => Err(errors),

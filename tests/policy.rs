@@ -1,0 +1,133 @@
+//! A sink's delivery policy against a real receiver: `rate_limit`, `retry_on`, `retry_schedule`,
+//! `max_retry_after`.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_at_5_per_second_is_spaced_and_nothing_is_dropped() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    s.write_lines(0..20, Encoding::Json);
+    let config = s.config(&webhook_sink(
+        &rx.url("/"),
+        "    rate_limit: 5/s\n    concurrency: 4\n",
+    ));
+    let mut ft = Flagtail::start(&config);
+    let got = rx.wait_delivered(20).await;
+    assert!(ft.terminate().await.success());
+    let spread = got[19].at - got[0].at;
+    assert!(
+        spread >= Duration::from_millis(3600),
+        "20 requests at 5/s take at least 19 intervals of 200ms: {spread:?}"
+    );
+    let mut keys = delivered_keys(&rx);
+    keys.sort();
+    let mut want: Vec<String> = flag_keys(0..20).collect();
+    want.sort();
+    assert_eq!(keys, want, "every event, once");
+    assert!(dead_keys(&s, "hook").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_on_retries_a_listed_404_and_not_an_unlisted_503() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    s.write_lines(0..1, Encoding::Json);
+    rx.script(vec![Reply::Status(404), Reply::Status(404)]);
+    let config = s.config(&webhook_sink(&rx.url("/"), "    retry_on: [404]\n"));
+    let mut ft = Flagtail::start(&config);
+    rx.wait_delivered(1).await;
+    assert_eq!(rx.attempts().len(), 3, "404, 404, then 200");
+    assert!(ft.terminate().await.success());
+
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    s.write_lines(0..1, Encoding::Json);
+    rx.plan(|_| Reply::Status(503));
+    let config = s.config(&webhook_sink(&rx.url("/"), "    retry_on: [404]\n"));
+    let mut ft = Flagtail::start(&config);
+    let dead = eventually(|| match dead_keys(&s, "hook") {
+        d if d.len() == 1 => Ok(d),
+        d => Err(format!("{d:?}")),
+    })
+    .await;
+    assert_eq!(dead, ["flag-0"]);
+    assert_eq!(
+        rx.attempts().len(),
+        1,
+        "503 is not in retry_on: final at once"
+    );
+    let letter = &s.state_lines("dead-letter/hook.jsonl")[0];
+    assert!(
+        letter["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not in retry_on"),
+        "{letter}"
+    );
+    assert!(ft.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_schedule_is_followed_then_the_event_is_dead_lettered() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    s.write_lines(0..1, Encoding::Json);
+    rx.plan(|_| Reply::Status(503));
+    let config = s.config(&webhook_sink(
+        &rx.url("/"),
+        "    retry_schedule: [100ms, 300ms]\n    max_backoff_duration: 1m\n",
+    ));
+    let mut ft = Flagtail::start(&config);
+    eventually(|| match dead_keys(&s, "hook").len() {
+        1 => Ok(()),
+        n => Err(format!("{n} dead letters")),
+    })
+    .await;
+    let tries = rx.attempts();
+    assert_eq!(tries.len(), 3, "one attempt, then one per scheduled delay");
+    assert!(tries[1].at - tries[0].at >= Duration::from_millis(100));
+    assert!(tries[2].at - tries[1].at >= Duration::from_millis(300));
+    let letter = &s.state_lines("dead-letter/hook.jsonl")[0];
+    assert!(
+        letter["reason"]
+            .as_str()
+            .unwrap()
+            .contains("retry_schedule ran out after 2 retries"),
+        "{letter}"
+    );
+    assert!(ft.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_beyond_max_retry_after_is_cut_to_it_and_warned_about() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    s.write_lines(0..1, Encoding::Json);
+    // An hour, where the sink only has 3s to retry: waited for as max_retry_after, not given up.
+    rx.script(vec![Reply::StatusWith(
+        429,
+        vec![("Retry-After", "3600".to_string())],
+    )]);
+    let config = s.config(&webhook_sink(&rx.url("/"), "    max_retry_after: 200ms\n"));
+    let mut ft = Flagtail::start(&config);
+    rx.wait_delivered(1).await;
+    let tries = rx.attempts();
+    assert_eq!(tries.len(), 2);
+    let waited = tries[1].at - tries[0].at;
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert!(dead_keys(&s, "hook").is_empty());
+    assert!(ft.terminate().await.success());
+    assert!(
+        ft.stderr()
+            .contains("waiting max_retry_after (200ms) instead"),
+        "{}",
+        ft.stderr()
+    );
+}
