@@ -107,10 +107,10 @@ async fn a_retry_after_beyond_max_retry_after_is_cut_to_it_and_warned_about() {
     let rx = Receiver::start().await;
     let s = Setup::new();
     s.write_lines(0..1, Encoding::Json);
-    // An hour, where the sink only has 3s to retry: waited for as max_retry_after, not given up.
+    // A day, where the sink only has 3s to retry: waited for as max_retry_after, not given up.
     rx.script(vec![Reply::StatusWith(
         429,
-        vec![("Retry-After", "3600".to_string())],
+        vec![("Retry-After", "86400".to_string())],
     )]);
     let config = s.config(&webhook_sink(&rx.url("/"), "    max_retry_after: 200ms\n"));
     let mut ft = Flagtail::start(&config);
@@ -129,5 +129,70 @@ async fn a_retry_after_beyond_max_retry_after_is_cut_to_it_and_warned_about() {
             .contains("waiting max_retry_after (200ms) instead"),
         "{}",
         ft.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_secrets_each_verify_with_the_standard_webhooks_crate() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    s.write_lines(0..2, Encoding::Json);
+    let (new, old) = (
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+    );
+    let config = s.config(&webhook_sink(
+        &rx.url("/"),
+        "    signature: standard-webhooks\n    signing_secret: [\"${NEW_SECRET}\", \"${OLD_SECRET}\"]\n",
+    ));
+    let env = [("NEW_SECRET", new), ("OLD_SECRET", old)];
+    let mut ft = Flagtail::start_env(&config, &env);
+    let got = rx.wait_delivered(2).await;
+    assert!(ft.terminate().await.success());
+    for r in &got {
+        assert_eq!(r.header("webhook-signature").matches("v1,").count(), 2);
+        // A receiver that knows only one of the two, either one, accepts the request.
+        for secret in [new, old] {
+            standardwebhooks::Webhook::new(secret)
+                .unwrap()
+                .verify(&r.body, &r.headers)
+                .unwrap_or_else(|e| panic!("{e}: {:?}", r.headers));
+        }
+        let stranger = "whsec_dGhpcyBpcyBub3QgdGhlIHNlY3JldA==";
+        assert!(
+            standardwebhooks::Webhook::new(stranger)
+                .unwrap()
+                .verify(&r.body, &r.headers)
+                .is_err()
+        );
+    }
+    let (code, out, _) = run_cmd_env(&["check", "--config", config.to_str().unwrap()], &env);
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        shown["sinks"][0]["signing_secret"],
+        serde_json::json!(["***", "***"])
+    );
+    assert!(
+        !out.contains("MfKQ9r8G") && !out.contains("C2FVsBQ"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_flipt_signatures_the_newest_secret_signs() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    s.write_lines(0..1, Encoding::Json);
+    let config = s.config(&webhook_sink(
+        &rx.url("/"),
+        "    signing_secret: [newest, older]\n",
+    ));
+    let mut ft = Flagtail::start(&config);
+    let got = rx.wait_delivered(1).await;
+    assert!(ft.terminate().await.success());
+    assert_eq!(
+        got[0].header("x-flipt-webhook-signature"),
+        flipt_signature("newest", &got[0].text())
     );
 }

@@ -6,7 +6,7 @@
 //! default, and the README's table is written from these.
 
 use super::policy::{Rate, RetryOn, Schedule};
-use super::{Secret, SecretUrl};
+use super::{Secret, SecretUrl, Secrets};
 use crate::event::Format;
 use crate::event::pattern::EventPattern;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -325,7 +325,7 @@ pub struct SinkSection {
     pub body: Option<String>,
     /// HMAC key. Default none (unsigned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signing_secret: Option<Secret>,
+    pub signing_secret: Option<Secrets>,
     /// File holding the HMAC key (trailing newline dropped). Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_secret_file: Option<PathBuf>,

@@ -18,7 +18,7 @@ pub use file::{
     SourceKind, SourceSection, VerifyScheme,
 };
 pub use interpolate::Substituted;
-pub use secret::{Secret, SecretUrl};
+pub use secret::{Secret, SecretUrl, Secrets};
 
 use figment::providers::{Env, Format as _, Toml, Yaml};
 use figment::value::{Dict, Map};

@@ -53,6 +53,59 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// One secret or a list of them, newest first (`signing_secret: [new, old]` while receivers
+/// rotate). Shown as `***` per secret.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Secrets(pub Vec<Secret>);
+
+impl Serialize for Secrets {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Secrets {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OneOrMany;
+        impl<'de> Visitor<'de> for OneOrMany {
+            type Value = Vec<Secret>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(vec![Secret(v.to_string())])
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(vec![Secret(v)])
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<Secret>()? {
+                    out.push(s);
+                }
+                Ok(out)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Err(QuietString::refuse("a boolean"))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Err(QuietString::refuse("a number"))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Err(QuietString::refuse("a number"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Err(QuietString::refuse("a number"))
+            }
+        }
+        d.deserialize_any(OneOrMany).map(Secrets)
+    }
+}
+
 /// Reads a string; any other type is an error that does not quote the value (serde's default
 /// `invalid type: found unsigned int 12345678901` would print a numeric secret).
 struct QuietString;

@@ -218,11 +218,11 @@ fn build_webhook(
     }
     headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
     let secret = match (&s.signing_secret, &s.signing_secret_file) {
-        (Some(secret), _) => Some(secret.clone()),
+        (Some(secrets), _) => Some(secrets.0.clone()),
         (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(text) => Some(crate::config::Secret::new(
+            Ok(text) => Some(vec![crate::config::Secret::new(
                 text.trim_end_matches(['\n', '\r']).to_string(),
-            )),
+            )]),
             Err(e) => {
                 errors.push(format!(
                     "{}: cannot read {}: {e}",

@@ -10,62 +10,81 @@ use ring::hmac;
 
 pub const FLIPT_HEADER: &str = "x-flipt-webhook-signature";
 
-/// A signing key and the scheme it is used with.
+/// Signing keys, newest first, and the scheme they are used with.
 pub struct Signer {
     scheme: SignatureScheme,
-    key: hmac::Key,
+    keys: Vec<hmac::Key>,
 }
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Signer({:?}, ***)", self.scheme)
+        write!(f, "Signer({:?}, {} × ***)", self.scheme, self.keys.len())
     }
 }
 
 impl Signer {
-    /// Prepares the key. Standard Webhooks secrets are base64, optionally after `whsec_`.
-    pub fn new(scheme: SignatureScheme, secret: &Secret) -> Result<Signer, String> {
-        let key = match scheme {
-            SignatureScheme::Flipt => secret.expose().as_bytes().to_vec(),
-            SignatureScheme::StandardWebhooks => {
-                let text = secret.expose();
-                let b64 = text.strip_prefix("whsec_").unwrap_or(text);
-                STANDARD.decode(b64).map_err(|_| {
-                    "a standard-webhooks secret must be base64 (optionally after whsec_)"
-                        .to_string()
-                })?
-            }
-        };
-        if key.is_empty() {
-            return Err("the signing secret is empty".into());
+    /// Prepares the keys. Standard Webhooks secrets are base64, optionally after `whsec_`.
+    pub fn new(scheme: SignatureScheme, secrets: &[Secret]) -> Result<Signer, String> {
+        if secrets.is_empty() {
+            return Err("the list of signing secrets is empty".into());
         }
-        Ok(Signer {
-            scheme,
-            key: hmac::Key::new(hmac::HMAC_SHA256, &key),
-        })
+        let mut keys = Vec::new();
+        for (i, secret) in secrets.iter().enumerate() {
+            // Which one, when there are several; never its value.
+            let which = if secrets.len() > 1 {
+                format!(" (secret {} of the list)", i + 1)
+            } else {
+                String::new()
+            };
+            let key = match scheme {
+                SignatureScheme::Flipt => secret.expose().as_bytes().to_vec(),
+                SignatureScheme::StandardWebhooks => {
+                    let text = secret.expose();
+                    let b64 = text.strip_prefix("whsec_").unwrap_or(text);
+                    STANDARD.decode(b64).map_err(|_| {
+                        format!(
+                            "a standard-webhooks secret must be base64 (optionally after whsec_){which}"
+                        )
+                    })?
+                }
+            };
+            if key.is_empty() {
+                return Err(format!("the signing secret is empty{which}"));
+            }
+            keys.push(hmac::Key::new(hmac::HMAC_SHA256, &key));
+        }
+        Ok(Signer { scheme, keys })
     }
 
     /// Headers that sign `body`; `id` is the delivery's stable id, `unix_secs` the attempt's time.
+    /// Flipt's signature is made with the newest key; Standard Webhooks carries one `v1,`
+    /// signature per key, space-separated, so receivers can rotate without a gap.
     pub fn headers(&self, body: &[u8], id: &str, unix_secs: u64) -> Vec<(&'static str, String)> {
         match self.scheme {
             SignatureScheme::Flipt => {
-                let tag = hmac::sign(&self.key, body);
+                let tag = hmac::sign(&self.keys[0], body);
                 vec![(FLIPT_HEADER, crate::hex::encode(tag.as_ref()))]
             }
             SignatureScheme::StandardWebhooks => {
                 let msg_id = format!("msg_{id}");
                 let ts = unix_secs.to_string();
-                let mut ctx = hmac::Context::with_key(&self.key);
-                ctx.update(msg_id.as_bytes());
-                ctx.update(b".");
-                ctx.update(ts.as_bytes());
-                ctx.update(b".");
-                ctx.update(body);
-                let sig = format!("v1,{}", STANDARD.encode(ctx.sign().as_ref()));
+                let sigs: Vec<String> = self
+                    .keys
+                    .iter()
+                    .map(|key| {
+                        let mut ctx = hmac::Context::with_key(key);
+                        ctx.update(msg_id.as_bytes());
+                        ctx.update(b".");
+                        ctx.update(ts.as_bytes());
+                        ctx.update(b".");
+                        ctx.update(body);
+                        format!("v1,{}", STANDARD.encode(ctx.sign().as_ref()))
+                    })
+                    .collect();
                 vec![
                     ("webhook-id", msg_id),
                     ("webhook-timestamp", ts),
-                    ("webhook-signature", sig),
+                    ("webhook-signature", sigs.join(" ")),
                 ]
             }
         }
@@ -78,7 +97,7 @@ mod tests {
 
     #[test]
     fn flipt_check_value_from_the_spec() {
-        let s = Signer::new(SignatureScheme::Flipt, &Secret::new("s3crET".into())).unwrap();
+        let s = Signer::new(SignatureScheme::Flipt, &[Secret::new("s3crET".into())]).unwrap();
         let body = br#"{"version":"","type":"flag","action":"create","metadata":{},"payload":null,"timestamp":"","status":""}"#;
         assert_eq!(
             s.headers(body, "x", 0),
@@ -93,7 +112,7 @@ mod tests {
     fn standard_webhooks_check_value_from_the_spec() {
         let s = Signer::new(
             SignatureScheme::StandardWebhooks,
-            &Secret::new("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into()),
+            &[Secret::new("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into())],
         )
         .unwrap();
         let h = s.headers(
@@ -106,7 +125,7 @@ mod tests {
         assert!(
             Signer::new(
                 SignatureScheme::StandardWebhooks,
-                &Secret::new("whsec_!!".into())
+                &[Secret::new("whsec_!!".into())]
             )
             .is_err()
         );
