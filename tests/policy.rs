@@ -196,3 +196,45 @@ async fn with_flipt_signatures_the_newest_secret_signs() {
         flipt_signature("newest", &got[0].text())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn match_filters_take_only_events_whose_fields_match() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let line = |key: &str, ns: &str, email: &str, rollout: &str| {
+        format!(
+            r#"{{"version":"0.2","type":"flag","action":"updated","status":"success","metadata":{{"actor":{{"email":"{email}"}}}},"payload":{{"key":"{key}","namespace_key":"{ns}","rollout":{rollout}}},"timestamp":"2026-11-23T06:00:00Z"}}"#
+        ) + "\n"
+    };
+    append(
+        &s.log(),
+        &[
+            line("a", "production", "ops@example.com", "1"),
+            line("b", "staging", "ops@example.com", "1"),
+            line("c", "prod-eu", "intruder@evil.io", "1"),
+            line("d", "prod-us", "dev@example.com", "0.5"),
+            line("e", "prod-us", "dev@example.com", "1"),
+        ]
+        .concat(),
+    );
+    let config = s.config(&webhook_sink(
+        &rx.url("/pager"),
+        "    events: [\"flag:updated\"]\n    match:\n      payload.namespace_key: [\"prod*\"]\n      metadata.actor.email: \"*@example.com\"\n      payload.rollout: [\"1\"]\n",
+    ));
+    let mut ft = Flagtail::start(&config);
+    // The last line is taken: everything before it has been decided by then (concurrency 1).
+    rx.wait_delivered(2).await;
+    assert!(ft.terminate().await.success());
+    assert_eq!(delivered_keys(&rx), ["a", "e"]);
+
+    let bad = s.config(&webhook_sink(
+        &rx.url("/"),
+        "    match: {payloads.key: [\"x\"]}\n",
+    ));
+    let (code, _, err) = run_cmd(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("sinks.0.match") && err.contains("\"payloads.key\" is not a path"),
+        "{err}"
+    );
+}

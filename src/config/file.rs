@@ -8,7 +8,7 @@
 use super::policy::{Rate, RetryOn, Schedule};
 use super::{Secret, SecretUrl, Secrets};
 use crate::event::Format;
-use crate::event::pattern::EventPattern;
+use crate::event::pattern::{EventPattern, Matches};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -311,6 +311,10 @@ pub struct SinkSection {
     /// `type:action` patterns. Default `["*:*"]`.
     #[serde(default = "default_events")]
     pub events: Vec<EventPattern>,
+    /// Dotted paths into the event → glob patterns; every listed path must match one of its
+    /// patterns. Default none.
+    #[serde(default, rename = "match", skip_serializing_if = "Matches::is_empty")]
+    pub matches: Matches,
     /// Source names to take events from. Default: all sources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sources: Option<Vec<Name>>,

@@ -5,7 +5,7 @@
 //! `["*:*"]`. A sink with `sources: [a, b]` takes only events read by those sources.
 
 use crate::event::Event;
-pub use crate::event::pattern::EventPattern;
+pub use crate::event::pattern::{EventPattern, Matches, Parsed};
 
 /// The whole filter of one sink.
 #[derive(Debug, Clone)]
@@ -13,15 +13,19 @@ pub struct Filter {
     pub events: Vec<EventPattern>,
     /// `None`: every source.
     pub sources: Option<Vec<String>>,
+    /// `match:` entries on the event's fields.
+    pub matches: Matches,
 }
 
 impl Filter {
-    /// Whether the sink takes this event read by `source`.
-    pub fn accepts(&self, source: &str, event: &Event) -> bool {
+    /// Whether the sink takes this event read by `source`. `parsed` keeps the event's metadata
+    /// and payload once a `match:` needed them, for the next sink's filter.
+    pub fn accepts(&self, source: &str, event: &Event, parsed: &mut Parsed) -> bool {
         self.sources
             .as_ref()
             .is_none_or(|names| names.iter().any(|n| n == source))
             && self.events.iter().any(|p| p.matches(event))
+            && self.matches.accept(event, parsed)
     }
 }
 
@@ -45,11 +49,20 @@ mod tests {
                 EventPattern::parse("segment:created").unwrap(),
             ],
             sources: Some(vec!["flipt".into()]),
+            matches: Matches::default(),
         };
-        assert!(f.accepts("flipt", &event("flag", "deleted")));
-        assert!(f.accepts("flipt", &event("segment", "created")));
-        assert!(!f.accepts("flipt", &event("segment", "deleted")));
-        assert!(!f.accepts("other", &event("flag", "created")));
+        assert!(f.accepts("flipt", &event("flag", "deleted"), &mut Parsed::default()));
+        assert!(f.accepts(
+            "flipt",
+            &event("segment", "created"),
+            &mut Parsed::default()
+        ));
+        assert!(!f.accepts(
+            "flipt",
+            &event("segment", "deleted"),
+            &mut Parsed::default()
+        ));
+        assert!(!f.accepts("other", &event("flag", "created"), &mut Parsed::default()));
         assert!(
             EventPattern::parse("*:*")
                 .unwrap()

@@ -122,6 +122,7 @@ impl Sink {
                         .sources
                         .as_ref()
                         .map(|v| v.iter().map(|n| n.to_string()).collect()),
+                    matches: s.matches.clone(),
                 },
                 renderer,
                 output,

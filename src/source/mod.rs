@@ -165,18 +165,20 @@ impl Dispatch {
             }
             Err(rejection) => return self.reject(at, rejection, text.as_bytes()).await,
         };
-        // The filters are evaluated again when sending: cheaper than keeping a list per line.
-        let takes = |p: &SinkPort, event: &crate::event::Event| {
-            p.sink.filter.accepts(&self.info.name, event)
-        };
-        let mut wanted = 0;
-        for p in self.sinks.iter() {
-            if takes(p, &event) {
-                wanted += 1;
-            } else {
-                p.sink.metrics.filtered.inc();
-            }
-        }
+        // Which sinks take it, decided once (a `match:` may parse the payload, once for all).
+        let mut parsed = crate::sink::filter::Parsed::default();
+        let takes: Vec<bool> = self
+            .sinks
+            .iter()
+            .map(|p| {
+                let yes = p.sink.filter.accepts(&self.info.name, &event, &mut parsed);
+                if !yes {
+                    p.sink.metrics.filtered.inc();
+                }
+                yes
+            })
+            .collect();
+        let wanted = takes.iter().filter(|t| **t).count() as u32;
         let key = format!("{}-{}-{}", self.info.name, at.origin.key(), at.start);
         let cost = self.tracker.cost(text.len());
         let (start, tracker) = (at.start, self.tracker.clone());
@@ -188,7 +190,8 @@ impl Dispatch {
             Record::new(self.info.clone(), start, key.into(), text.into(), event)
                 .with_ack(tracker, seq),
         );
-        for port in self.sinks.iter().filter(|p| takes(p, &record.event)) {
+        let ports = self.sinks.iter().zip(&takes).filter(|(_, t)| **t);
+        for (port, _) in ports {
             tokio::select! {
                 sent = port.queue.send(record.clone()) => if sent.is_err() { return Err(Stopped) },
                 _ = self.stop.cancelled() => return Err(Stopped),
