@@ -60,9 +60,41 @@ pub enum Command {
         #[arg(long)]
         input: Option<PathBuf>,
     },
-    /// Send a sink's dead letters again; those that fail again are kept.
+    /// Send a sink's dead letters again (all, or those selected); those that fail again are kept.
     Replay {
         #[arg(long)]
         sink: String,
+        #[command(flatten)]
+        select: Select,
+        /// List what would be replayed; send and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
+    /// List a sink's dead letters: time, type:action, key, attempts, id, reason.
+    DeadLetters {
+        #[arg(long)]
+        sink: String,
+        #[command(flatten)]
+        select: Select,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which dead letters `replay` and `dead-letters` take.
+#[derive(Debug, Args, Clone)]
+pub struct Select {
+    /// Dead-lettered at or after: RFC 3339 UTC (2026-11-23T06:00:00Z) or a duration ago (2h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Dead-lettered before: RFC 3339 UTC or a duration ago.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only these events, type:action patterns (flag:*,segment:created); repeatable.
+    #[arg(long)]
+    pub events: Vec<String>,
+    /// Only the dead letter with this idempotency key; repeatable.
+    #[arg(long)]
+    pub id: Vec<String>,
 }

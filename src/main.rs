@@ -39,7 +39,15 @@ fn main() -> ExitCode {
             source,
             input,
         } => command::render::render(&config, &sink, source.as_deref(), input.as_deref()),
-        Command::Replay { sink } => runtime.block_on(command::replay::replay(&config, &sink)),
+        Command::Replay {
+            sink,
+            select,
+            dry_run,
+        } => selection(&select).and_then(|selection| {
+            runtime.block_on(command::replay::replay(&config, &sink, &selection, dry_run))
+        }),
+        Command::DeadLetters { sink, select, json } => selection(&select)
+            .and_then(|selection| command::dead_letters::list(&config, &sink, json, &selection)),
     };
     // A template render given up on may still run on a blocking thread: do not wait for it.
     runtime.shutdown_background();
@@ -83,4 +91,13 @@ async fn serve(config: Config) -> Result<(), Failure> {
             Some(held) => Failure::usage(held.to_string()),
             None => Failure::runtime(format!("{e:#}")),
         })
+}
+
+fn selection(select: &flagtail::cli::Select) -> Result<command::dead_letters::Selection, Failure> {
+    command::dead_letters::Selection::parse(
+        select.since.as_deref(),
+        select.until.as_deref(),
+        &select.events,
+        &select.id,
+    )
 }

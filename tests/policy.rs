@@ -238,3 +238,115 @@ async fn match_filters_take_only_events_whose_fields_match() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_replayed_selectively_by_event_id_and_time() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    // flag-0 created, flag-1 updated, flag-2 deleted: all refused for good.
+    s.write_lines(0..3, Encoding::Json);
+    rx.plan(|_| Reply::Status(400));
+    let config = s.config(&webhook_sink(&rx.url("/"), ""));
+    let mut ft = Flagtail::start(&config);
+    eventually(|| match dead_keys(&s, "hook").len() {
+        3 => Ok(()),
+        n => Err(format!("{n} dead letters")),
+    })
+    .await;
+    assert!(ft.terminate().await.success());
+    rx.plan(|_| Reply::Status(200));
+    let cfg = config.to_str().unwrap();
+
+    let (code, out, err) = run_cmd(&["dead-letters", "--config", cfg, "--sink", "hook", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let listed: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["event"].as_str().unwrap(), r["key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("flag:created", "flag-0"),
+            ("flag:updated", "flag-1"),
+            ("flag:deleted", "flag-2")
+        ]
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["reason"].as_str().unwrap().contains("400"))
+    );
+    let (code, table, _) = run_cmd(&["dead-letters", "--config", cfg, "--sink", "hook"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.starts_with("TIME") && table.contains("flag:updated") && table.contains("flag-1")
+    );
+
+    // A dry run sends and changes nothing.
+    let refused = rx.attempts().len();
+    let (code, out, _) = run_cmd(&[
+        "replay",
+        "--config",
+        cfg,
+        "--sink",
+        "hook",
+        "--events",
+        "flag:updated",
+        "--dry-run",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("flag-1") && !out.contains("flag-0"), "{out}");
+    assert_eq!(rx.attempts().len(), refused);
+    assert_eq!(dead_keys(&s, "hook").len(), 3);
+
+    // By event: only flag-1 goes; the others stay, and that is not a failure.
+    let (code, out, err) = run_cmd(&[
+        "replay",
+        "--config",
+        cfg,
+        "--sink",
+        "hook",
+        "--events",
+        "flag:updated",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(delivered_keys(&rx), ["flag-1"]);
+    assert_eq!(dead_keys(&s, "hook"), ["flag-0", "flag-2"]);
+
+    // By id.
+    let id = rows[2]["idempotency_key"].as_str().unwrap();
+    let (code, _, _) = run_cmd(&["replay", "--config", cfg, "--sink", "hook", "--id", id]);
+    assert_eq!(code, 0);
+    assert_eq!(delivered_keys(&rx), ["flag-1", "flag-2"]);
+    assert_eq!(
+        rx.attempts().len(),
+        refused + 2,
+        "one request per replayed letter"
+    );
+    let sent = &rx.delivered()[1];
+    assert_eq!(sent.header("idempotency-key"), id, "the original key");
+
+    // By time: nothing was dead-lettered before an hour ago; everything left since then.
+    let (code, _, _) = run_cmd(&["replay", "--config", cfg, "--sink", "hook", "--until", "1h"]);
+    assert_eq!(code, 0);
+    assert_eq!(dead_keys(&s, "hook"), ["flag-0"]);
+    let (code, _, _) = run_cmd(&["replay", "--config", cfg, "--sink", "hook", "--since", "1h"]);
+    assert_eq!(code, 0);
+    assert_eq!(delivered_keys(&rx), ["flag-1", "flag-2", "flag-0"]);
+    assert!(dead_keys(&s, "hook").is_empty());
+
+    let (code, _, err) = run_cmd(&[
+        "replay",
+        "--config",
+        cfg,
+        "--sink",
+        "hook",
+        "--since",
+        "yesterday-ish",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--since"), "{err}");
+}

@@ -1,6 +1,7 @@
 //! The one-shot commands: `check`, `render`, `replay`. The daemon is [`crate::daemon`].
 
 pub mod check;
+pub mod dead_letters;
 pub mod render;
 pub mod replay;
 

@@ -1,4 +1,5 @@
-//! `flagtail replay --sink NAME`: send a sink's dead letters again.
+//! `flagtail replay --sink NAME [--since T] [--until T] [--events type:action] [--id KEY]
+//! [--dry-run]`: send a sink's dead letters again, all of them or those selected (the others stay).
 //!
 //! The dead-letter file is moved aside under its lock (the daemon may keep appending to a fresh
 //! one), every entry is delivered with the sink's current template, secret and retry policy, and
@@ -6,6 +7,7 @@
 //! interrupted replay leaves its entries in `SINK.replaying.jsonl`, which the next replay takes up
 //! first. Exit status 1 if anything is left.
 
+use super::dead_letters::Selection;
 use super::{Failure, find_sink};
 use crate::config::Config;
 use crate::delivery::dead_letter::{self, DeadLetter};
@@ -13,8 +15,17 @@ use crate::delivery::{self, Result as Delivery, Transport};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-pub async fn replay(config: &Config, name: &str) -> Result<(), Failure> {
+pub async fn replay(
+    config: &Config,
+    name: &str,
+    selection: &Selection,
+    dry_run: bool,
+) -> Result<(), Failure> {
     let sink = find_sink(config, name)?;
+    if dry_run {
+        println!("would replay (nothing is sent or changed):");
+        return super::dead_letters::list(config, name, false, selection);
+    }
     let mut link = Transport::for_sink(&sink)
         .map_err(|e| Failure::usage(format!("sink {name}: ca_file: {e}")))?
         .link();
@@ -36,7 +47,8 @@ pub async fn replay(config: &Config, name: &str) -> Result<(), Failure> {
         keep.push(text.clone().into_bytes());
     }
     let never = CancellationToken::new();
-    let (mut delivered, mut failed) = (0usize, 0usize);
+    // Failed again (or unreadable), and not selected: both are kept, only the first is an error.
+    let (mut delivered, mut failed, mut left_out) = (0usize, 0usize, 0usize);
     for text in contents.records {
         // Parsed from its text: the event stays the bytes that were written.
         let mut letter: DeadLetter = match serde_json::from_str(&text) {
@@ -47,6 +59,11 @@ pub async fn replay(config: &Config, name: &str) -> Result<(), Failure> {
                 continue;
             }
         };
+        if !selection.takes(&letter) {
+            left_out += 1;
+            keep.push(text.into_bytes());
+            continue;
+        }
         let record = match letter.to_record() {
             Ok(r) => Arc::new(r),
             Err(e) => {
@@ -91,16 +108,16 @@ pub async fn replay(config: &Config, name: &str) -> Result<(), Failure> {
     }
     drop(held);
     println!(
-        "replayed {} dead letters of sink {name}: {delivered} delivered, {} kept",
+        "replayed {} dead letters of sink {name}: {delivered} delivered, {} kept ({left_out} not selected)",
         delivered + failed,
         keep.len()
     );
-    if keep.is_empty() {
+    if keep.len() == left_out {
         Ok(())
     } else {
         Err(Failure::runtime(format!(
-            "{} dead letters are kept in {}",
-            keep.len(),
+            "{} dead letters failed again or could not be read; they are kept in {}",
+            keep.len() - left_out,
             log.path().display()
         )))
     }
