@@ -69,6 +69,30 @@ impl RecordLog {
         Ok(Held { _lock: f })
     }
 
+    /// Takes the lock that one replay of this log holds from start to end, or `None` if another
+    /// replay (the daemon's or a `flagtail replay`) holds it.
+    pub fn try_hold_replay(&self) -> io::Result<Option<Held>> {
+        if let Some(dir) = self.lock.parent() {
+            create_private_dir(dir)?;
+        }
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.lock.with_extension("replay.lock"))?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(Held { _lock: f })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    /// Where a replay keeps the letters it took until it is done.
+    pub fn replaying(&self) -> PathBuf {
+        self.path.with_extension("replaying.jsonl")
+    }
+
     /// Appends `lines` (each one JSON document without a newline) durably.
     pub fn append(&self, lines: &[Vec<u8>]) -> io::Result<()> {
         let _held = self.hold()?;
@@ -114,7 +138,7 @@ impl RecordLog {
     /// Moves the log's content to `NAME.replaying.jsonl` for replay (merging one left by a replay
     /// that was interrupted) and returns that file's path. The daemon appends to a fresh log meanwhile.
     pub fn take(&self, _held: &Held) -> io::Result<PathBuf> {
-        let taken = self.path.with_extension("replaying.jsonl");
+        let taken = self.replaying();
         if self.path.exists() {
             if taken.exists() {
                 let mut rest = fs::read(&self.path)?;

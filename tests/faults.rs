@@ -130,7 +130,7 @@ async fn final_statuses_are_dead_lettered_at_once_then_replayed() {
     });
     let (code, out, err) = replay(&config, "hook");
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("4 delivered, 1 kept"), "{out}");
+    assert!(out.contains("4 delivered, 1 failed again"), "{out}");
     assert_eq!(dead_keys(&s, "hook"), ["flag-3"]);
     let keys: HashSet<String> = rx
         .delivered()

@@ -1,18 +1,14 @@
 //! `flagtail replay --sink NAME [--since T] [--until T] [--events type:action] [--id KEY]
-//! [--dry-run]`: send a sink's dead letters again, all of them or those selected (the others stay).
-//!
-//! The dead-letter file is moved aside under its lock (the daemon may keep appending to a fresh
-//! one), every entry is delivered with the sink's current template, secret and retry policy, and
-//! the entries that fail again — plus any line that could not be read — are appended back. An
-//! interrupted replay leaves its entries in `SINK.replaying.jsonl`, which the next replay takes up
-//! first. Exit status 1 if anything is left.
+//! [--dry-run]`: send a sink's dead letters again, all of them or those selected (the others
+//! stay), through [`crate::delivery::replay`]. Exit status 1 if a selected letter failed again or
+//! a line could not be read.
 
 use super::dead_letters::Selection;
 use super::{Failure, find_sink};
 use crate::config::Config;
-use crate::delivery::dead_letter::{self, DeadLetter};
-use crate::delivery::{self, Result as Delivery, Transport};
-use std::sync::Arc;
+use crate::delivery::Transport;
+use crate::delivery::dead_letter;
+use crate::delivery::replay::{self, Options};
 use tokio_util::sync::CancellationToken;
 
 pub async fn replay(
@@ -30,94 +26,34 @@ pub async fn replay(
         .map_err(|e| Failure::usage(format!("sink {name}: ca_file: {e}")))?
         .link();
     let log = dead_letter::log(&config.file.state_dir, name);
-    let io = |what: &str, e: std::io::Error| {
-        Failure::runtime(format!("{what} {}: {e}", log.path().display()))
+    let select = |letter: &dead_letter::DeadLetter| selection.takes(letter);
+    let report = |text: &str| eprintln!("{text}");
+    let options = Options {
+        select: &select,
+        stop_at_failure: false,
+        report: Some(&report),
     };
-    let taken = {
-        let held = log.hold().map_err(|e| io("cannot lock", e))?;
-        log.take(&held).map_err(|e| io("cannot take", e))?
-    };
-    let contents = crate::record_log::RecordLog::read(&taken).map_err(|e| io("cannot read", e))?;
-    let mut keep: Vec<Vec<u8>> = Vec::new();
-    for (line_no, text) in &contents.unreadable {
-        eprintln!(
-            "{}:{line_no}: unreadable dead letter (torn by a crash?); kept as it is",
-            taken.display()
-        );
-        keep.push(text.clone().into_bytes());
-    }
-    let never = CancellationToken::new();
-    // Failed again (or unreadable), and not selected: both are kept, only the first is an error.
-    let (mut delivered, mut failed, mut left_out) = (0usize, 0usize, 0usize);
-    for text in contents.records {
-        // Parsed from its text: the event stays the bytes that were written.
-        let mut letter: DeadLetter = match serde_json::from_str(&text) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("a dead letter does not have the expected fields ({e}); kept as it is");
-                keep.push(text.into_bytes());
-                continue;
-            }
-        };
-        if !selection.takes(&letter) {
-            left_out += 1;
-            keep.push(text.into_bytes());
-            continue;
-        }
-        let record = match letter.to_record() {
-            Ok(r) => Arc::new(r),
-            Err(e) => {
-                eprintln!(
-                    "{}: its event cannot be read ({e}); kept",
-                    letter.idempotency_key
-                );
-                keep.push(text.into_bytes());
-                continue;
-            }
-        };
-        let outcomes =
-            delivery::deliver(&sink, &mut link, std::slice::from_ref(&record), &never).await;
-        match outcomes.into_iter().next().map(|(_, r)| r) {
-            Some(Delivery::Delivered { .. }) => delivered += 1,
-            Some(Delivery::Failed {
-                reason,
-                attempts,
-                excerpt,
-            }) => {
-                failed += 1;
-                eprintln!("{}: still failing: {reason}", letter.idempotency_key);
-                letter.attempts += attempts;
-                letter.reason = reason;
-                letter.body_excerpt = excerpt;
-                letter.time = crate::record_log::now_rfc3339();
-                keep.push(serde_json::to_vec(&letter).unwrap_or_default());
-            }
-            Some(Delivery::Abandoned) | None => keep.push(text.into_bytes()),
-        }
-    }
-    let held = log.hold().map_err(|e| io("cannot lock", e))?;
-    if !keep.is_empty() {
-        log.append_held(&keep)
-            .map_err(|e| io("cannot write back to", e))?;
-    }
-    match std::fs::remove_file(&taken) {
-        Ok(()) => {}
-        // Nothing was taken: there were no dead letters.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("cannot remove", e)),
-    }
-    drop(held);
+    let summary = replay::replay(&sink, &mut link, &log, &options, &CancellationToken::new())
+        .await
+        .map_err(|e| Failure::runtime(format!("{}: {e}", log.path().display())))?
+        .ok_or_else(|| {
+            Failure::runtime(format!(
+                "another replay of sink {name} is running (the daemon's automatic one, or another flagtail replay); try again when it is done"
+            ))
+        })?;
     println!(
-        "replayed {} dead letters of sink {name}: {delivered} delivered, {} kept ({left_out} not selected)",
-        delivered + failed,
-        keep.len()
+        "replayed {} dead letters of sink {name}: {} delivered, {} failed again, {} not selected",
+        summary.delivered + summary.failed,
+        summary.delivered,
+        summary.failed,
+        summary.left
     );
-    if keep.len() == left_out {
+    if summary.failed + summary.unreadable == 0 {
         Ok(())
     } else {
         Err(Failure::runtime(format!(
             "{} dead letters failed again or could not be read; they are kept in {}",
-            keep.len() - left_out,
+            summary.failed + summary.unreadable,
             log.path().display()
         )))
     }

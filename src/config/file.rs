@@ -368,6 +368,8 @@ pub struct SinkSection {
     pub concurrency: u32,
     #[serde(default)]
     pub batch: BatchSection,
+    #[serde(default)]
+    pub dead_letter: DeadLetterSection,
     /// Extra trusted CA certificates (PEM) for `https` URLs. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
@@ -467,6 +469,25 @@ impl Default for BatchSection {
             linger: Duration::ZERO,
         }
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSection {
+    /// Send retry-exhausted dead letters again, in the background, once the sink delivers again.
+    /// Default `true`.
+    #[serde(default = "yes")]
+    pub auto_replay: bool,
+}
+
+impl Default for DeadLetterSection {
+    fn default() -> Self {
+        DeadLetterSection { auto_replay: true }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A source or sink name: `[a-z0-9_-]+`. Names appear in file names and metric labels.

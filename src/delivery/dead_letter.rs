@@ -34,6 +34,10 @@ pub struct DeadLetter {
     /// The start of the body that could not be sent (a template's output that was not JSON).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_excerpt: Option<String>,
+    /// Retries ran out (see [`super::Result::Failed`]): sent again automatically once the sink
+    /// delivers. Letters written before this field existed are not.
+    #[serde(default)]
+    pub retryable: bool,
 }
 
 impl DeadLetter {
@@ -54,6 +58,7 @@ impl DeadLetter {
             event,
             line: record.line.to_string(),
             body_excerpt: None,
+            retryable: false,
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod dead_letter;
 pub mod http;
+pub mod replay;
 pub mod retry;
 mod write;
 
@@ -19,8 +20,9 @@ use crate::sink::{Output, Sink, unix_now};
 use bytes::Bytes;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +85,10 @@ pub enum Result {
         attempts: u32,
         /// The start of a body that could not be sent, for the dead-letter file only.
         excerpt: Option<String>,
+        /// Retries ran out (no answer, or refusals in `retry_on`): the receiver may take it
+        /// later, so `dead_letter.auto_replay` sends it again once the sink delivers. A final
+        /// refusal or a body that cannot be made is not.
+        retryable: bool,
     },
     /// Stopped by shutdown before an outcome; not acknowledged.
     Abandoned,
@@ -100,11 +106,18 @@ pub async fn run_sink(
     grace: Duration,
 ) {
     let queue = Arc::new(Mutex::new(queue));
+    let healer = sink.auto_replay.then(|| Arc::new(Healer::new(&dead)));
     let mut workers = JoinSet::new();
     for _ in 0..sink.concurrency.max(1) {
         let link = transport.link();
         let (sink, queue, dead, stop) = (sink.clone(), queue.clone(), dead.clone(), stop.clone());
-        workers.spawn(worker(sink, link, queue, dead, stop));
+        workers.spawn(worker(sink, link, queue, dead, healer.clone(), stop));
+    }
+    // The automatic replay runs beside the workers and stops with them.
+    let mut heal = JoinSet::new();
+    if let Some(healer) = healer {
+        let (sink, link, dead, stop) = (sink.clone(), transport.link(), dead.clone(), stop.clone());
+        heal.spawn(heal_dead_letters(sink, link, dead, healer, stop));
     }
     let ended = async {
         while let Some(done) = workers.join_next().await {
@@ -112,11 +125,19 @@ pub async fn run_sink(
         }
     };
     tokio::select! {
-        () = ended => return,
+        () = ended => {
+            // Cut off mid-replay, the taken letters stay in SINK.replaying.jsonl for the next one.
+            heal.abort_all();
+            while heal.join_next().await.is_some() {}
+            return;
+        }
         () = stop.cancelled() => {}
     }
     let drained = tokio::time::timeout(grace, async {
         while let Some(done) = workers.join_next().await {
+            surface_panic(done);
+        }
+        while let Some(done) = heal.join_next().await {
             surface_panic(done);
         }
     })
@@ -124,8 +145,82 @@ pub async fn run_sink(
     if drained.is_err() {
         tracing::warn!(sink = %sink.name, left = workers.len(), "shutdown_grace ran out; unfinished deliveries will be sent again after restart");
         workers.abort_all();
+        heal.abort_all();
         // Wait for the aborts, so no late acknowledgement reaches a tracker after a reload.
         while workers.join_next().await.is_some() {}
+        while heal.join_next().await.is_some() {}
+    }
+}
+
+/// A sink's automatic replay (`dead_letter.auto_replay`): retry-exhausted dead letters wait until
+/// the sink delivers again, then go out in the background.
+struct Healer {
+    /// Retry-exhausted letters may be waiting.
+    needed: AtomicBool,
+    /// Wakes the replay task.
+    wake: Notify,
+}
+
+impl Healer {
+    /// Looks at the dead-letter file once, at start: a replay cut off is resumed at once; waiting
+    /// letters go once the sink delivers.
+    fn new(dead: &RecordLog) -> Healer {
+        let healer = Healer {
+            needed: AtomicBool::new(replay::pending(dead)),
+            wake: Notify::new(),
+        };
+        if dead.replaying().exists() {
+            healer.wake.notify_one();
+        }
+        healer
+    }
+
+    /// The sink delivered: the receiver is back, so waiting letters can go.
+    fn delivered(&self) {
+        if self.needed.load(Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+}
+
+async fn heal_dead_letters(
+    sink: Arc<Sink>,
+    mut link: Link,
+    dead: RecordLog,
+    healer: Arc<Healer>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = healer.wake.notified() => {}
+        }
+        if !healer.needed.swap(false, Ordering::SeqCst) {
+            continue;
+        }
+        let select = |letter: &dead_letter::DeadLetter| letter.retryable;
+        let options = replay::Options {
+            select: &select,
+            stop_at_failure: true,
+            report: None,
+        };
+        match replay::replay(&sink, &mut link, &dead, &options, &stop).await {
+            Ok(Some(done)) => {
+                if done.delivered > 0 || done.failed > 0 {
+                    tracing::info!(sink = %sink.name, delivered = done.delivered, failed_again = done.failed, "replayed dead letters now that the sink delivers again");
+                }
+                if done.failed > 0 || stop.is_cancelled() {
+                    healer.needed.store(true, Ordering::SeqCst);
+                }
+            }
+            // Another replay runs (a `flagtail replay`): try again after the next delivery.
+            Ok(None) => healer.needed.store(true, Ordering::SeqCst),
+            Err(e) => {
+                tracing::error!(sink = %sink.name, path = %dead.path().display(), error = %e, "cannot replay dead letters; trying again after the next delivery");
+                healer.needed.store(true, Ordering::SeqCst);
+            }
+        }
     }
 }
 
@@ -136,6 +231,7 @@ async fn worker(
     mut link: Link,
     queue: Arc<Mutex<mpsc::Receiver<Arc<Record>>>>,
     dead: RecordLog,
+    healer: Option<Arc<Healer>>,
     stop: CancellationToken,
 ) {
     while let Some(batch) = next_group(&sink, &queue, &stop).await {
@@ -143,7 +239,20 @@ async fn worker(
         fault_injection(&sink);
         let started = Instant::now();
         for (range, result) in deliver(&sink, &mut link, &batch, &stop).await {
+            let (delivered, retryable) = match &result {
+                Result::Delivered { .. } => (true, false),
+                Result::Failed { retryable, .. } => (false, *retryable),
+                Result::Abandoned => (false, false),
+            };
             finish(&sink, &dead, &batch[range], result, started).await;
+            if let Some(h) = &healer {
+                if retryable {
+                    h.needed.store(true, Ordering::SeqCst);
+                }
+                if delivered {
+                    h.delivered();
+                }
+            }
         }
     }
 }
@@ -246,6 +355,7 @@ pub async fn deliver(
                     reason: e.reason,
                     attempts: 0,
                     excerpt: e.excerpt,
+                    retryable: false,
                 },
             };
             vec![(0..records.len(), result)]
@@ -256,6 +366,7 @@ pub async fn deliver(
                 reason: "a webhook sink was given no HTTP transport".into(),
                 attempts: 0,
                 excerpt: None,
+                retryable: false,
             },
         )],
         (Output::Stdout | Output::File(_), _) => write::deliver(sink, records, stop).await,
@@ -282,12 +393,14 @@ async fn finish(
             reason,
             attempts,
             excerpt,
+            retryable,
         } => {
             let lines: Vec<Vec<u8>> = records
                 .iter()
                 .map(|r| {
                     let mut letter = dead_letter::DeadLetter::new(&sink.name, r, attempts, &reason);
                     letter.body_excerpt = excerpt.clone();
+                    letter.retryable = retryable;
                     serde_json::to_vec(&letter).unwrap_or_default()
                 })
                 .collect();

@@ -76,6 +76,7 @@ impl<'a> Tries<'a> {
                     reason,
                     attempts,
                     excerpt: None,
+                    retryable: false,
                 });
             }
             Attempt::Refused {
@@ -88,6 +89,7 @@ impl<'a> Tries<'a> {
                         reason: format!("{reason} (not in retry_on)"),
                         attempts,
                         excerpt: None,
+                        retryable: false,
                     });
                 }
                 (reason, retry_after)
@@ -106,6 +108,7 @@ impl<'a> Tries<'a> {
                     reason: format!("{reason}; {why}"),
                     attempts,
                     excerpt: None,
+                    retryable: true,
                 });
             }
         };

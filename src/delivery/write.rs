@@ -35,6 +35,7 @@ pub async fn deliver(sink: &Sink, records: &[Arc<Record>], stop: &CancellationTo
                     reason: e.reason,
                     attempts: 0,
                     excerpt: e.excerpt,
+                    retryable: false,
                 },
             )),
         }

@@ -35,6 +35,8 @@ pub struct Sink {
     pub retry: RetryPolicy,
     /// The sink's `rate_limit`, shared by its delivery workers.
     pub pace: Option<pace::Pace>,
+    /// `dead_letter.auto_replay`.
+    pub auto_replay: bool,
     pub metrics: crate::metrics::SinkMetrics,
 }
 
@@ -139,6 +141,7 @@ impl Sink {
                 pace: s
                     .rate_limit
                     .map(|rate| pace::Pace::new(rate.interval(), s.rate_limit_burst)),
+                auto_replay: s.dead_letter.auto_replay,
                 metrics: crate::metrics::get().sink(s.name.as_str()),
             }),
             _ => Err(errors),

@@ -1,0 +1,175 @@
+//! Self-healing dead letters (`dead_letter.auto_replay`): once a sink delivers again, its
+//! retry-exhausted dead letters go out in the background with their original keys; final 4xx ones
+//! stay; a replay cut off by `kill -9` is resumed at the next start.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_back_after_the_retry_budget_gets_every_event_without_a_replay_command() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    // Down: 503 for everything; flag-2 is refused for good (400) whatever happens.
+    let down = Arc::new(Mutex::new(true));
+    let plan_down = down.clone();
+    rx.plan(move |r| {
+        if key_of(&r.body) == "flag-2" {
+            Reply::Status(400)
+        } else if *plan_down.lock().unwrap() {
+            Reply::Status(503)
+        } else {
+            Reply::Status(200)
+        }
+    });
+    s.write_lines(0..6, Encoding::Json);
+    let config = s.config(&webhook_sink(
+        &rx.url("/"),
+        "    max_backoff_duration: 300ms\n",
+    ));
+    let mut ft = Flagtail::start(&config);
+    eventually(|| match dead_keys(&s, "hook").len() {
+        6 => Ok(()),
+        n => Err(format!("{n} dead letters")),
+    })
+    .await;
+    let first_keys: HashMap<String, String> = rx
+        .attempts()
+        .iter()
+        .map(|r| (key_of(&r.body), r.header("idempotency-key").to_string()))
+        .collect();
+    // Back. The next event's delivery shows the sink works again.
+    *down.lock().unwrap() = false;
+    s.write_lines(6..7, Encoding::Json);
+    let got = rx.wait_delivered(6).await;
+    let mut keys: Vec<String> = got.iter().map(|r| key_of(&r.body)).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["flag-0", "flag-1", "flag-3", "flag-4", "flag-5", "flag-6"]
+    );
+    for r in got.iter().filter(|r| key_of(&r.body) != "flag-6") {
+        assert_eq!(
+            r.header("idempotency-key"),
+            first_keys[&key_of(&r.body)],
+            "a replayed event keeps its key"
+        );
+    }
+    let left = eventually(|| match dead_keys(&s, "hook") {
+        d if d.len() == 1 => Ok(d),
+        d => Err(format!("{d:?}")),
+    })
+    .await;
+    assert_eq!(
+        left,
+        ["flag-2"],
+        "a final 4xx is never replayed automatically"
+    );
+    let flag2 = rx
+        .attempts()
+        .iter()
+        .filter(|r| key_of(&r.body) == "flag-2")
+        .count();
+    assert_eq!(flag2, 1);
+    assert!(ft.terminate().await.success());
+    assert!(
+        ft.stderr().contains("replayed dead letters"),
+        "{}",
+        ft.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_an_automatic_replay_loses_nothing_and_leaves_nothing_behind() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let down = Arc::new(Mutex::new(true));
+    let plan_down = down.clone();
+    rx.plan(move |_| {
+        if *plan_down.lock().unwrap() {
+            Reply::Status(503)
+        } else {
+            Reply::Status(200)
+        }
+    });
+    s.write_lines(0..20, Encoding::Json);
+    let config = s.config(&webhook_sink(
+        &rx.url("/"),
+        "    max_backoff_duration: 200ms\n    rate_limit: 10/s\n    concurrency: 4\n",
+    ));
+    let mut ft = Flagtail::start(&config);
+    eventually(|| match dead_keys(&s, "hook").len() {
+        20 => Ok(()),
+        n => Err(format!("{n} dead letters")),
+    })
+    .await;
+    *down.lock().unwrap() = false;
+    s.write_lines(20..21, Encoding::Json);
+    // The replay is under way (10/s): some letters went, most have not.
+    rx.wait_delivered(4).await;
+    ft.kill_9().await;
+    let replaying = s.state().join("dead-letter/hook.replaying.jsonl");
+    assert!(
+        replaying.exists(),
+        "the cut-off replay's letters are kept aside"
+    );
+    // At the next start the replay resumes at once, without waiting for a new event.
+    let mut ft = Flagtail::start(&config);
+    let want: Vec<String> = flag_keys(0..21).collect();
+    eventually(|| {
+        let mut have = delivered_keys(&rx);
+        have.sort();
+        have.dedup();
+        let mut want = want.clone();
+        want.sort();
+        if have == want {
+            Ok(())
+        } else {
+            Err(format!("{} of {} delivered", have.len(), want.len()))
+        }
+    })
+    .await;
+    eventually(|| {
+        if !replaying.exists() && dead_keys(&s, "hook").is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left: {:?}", dead_keys(&s, "hook")))
+        }
+    })
+    .await;
+    assert!(ft.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_replay_false_leaves_dead_letters_for_the_replay_command() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let down = Arc::new(Mutex::new(true));
+    let plan_down = down.clone();
+    rx.plan(move |_| {
+        if *plan_down.lock().unwrap() {
+            Reply::Status(503)
+        } else {
+            Reply::Status(200)
+        }
+    });
+    s.write_lines(0..1, Encoding::Json);
+    let config = s.config(&webhook_sink(
+        &rx.url("/"),
+        "    max_backoff_duration: 200ms\n    dead_letter: {auto_replay: false}\n",
+    ));
+    let mut ft = Flagtail::start(&config);
+    eventually(|| match dead_keys(&s, "hook").len() {
+        1 => Ok(()),
+        n => Err(format!("{n} dead letters")),
+    })
+    .await;
+    *down.lock().unwrap() = false;
+    s.write_lines(1..3, Encoding::Json);
+    rx.wait_delivered(2).await;
+    assert!(ft.terminate().await.success());
+    assert_eq!(delivered_keys(&rx), ["flag-1", "flag-2"]);
+    assert_eq!(dead_keys(&s, "hook"), ["flag-0"]);
+}
