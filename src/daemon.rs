@@ -7,6 +7,7 @@
 //! from the in-memory checkpoints, so lines not yet acknowledged are read again (same keys).
 
 use crate::ack::Tracker;
+use crate::admin;
 use crate::checkpoint::CheckpointBook;
 use crate::config::Config;
 use crate::config::SourceKind;
@@ -50,6 +51,21 @@ pub async fn run(
         CheckpointBook::open(&config.file.state_dir).context("cannot open the state directory")?;
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(book.clone().run_writer(writer_stop.clone()));
+    let admin_view: admin::Shared = Arc::new(std::sync::RwLock::new(admin_view_of(&config)));
+    let admin_stop = CancellationToken::new();
+    let admin_listen = config.file.admin.listen.clone();
+    let admin = if admin_listen.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on admin.listen {admin_listen}"))?;
+        Some(tokio::spawn(admin::serve(
+            listener,
+            admin_view.clone(),
+            admin_stop.clone(),
+        )))
+    };
     let mut config = config;
     let mut intakes = Intakes::default();
     intakes.update(&config, &book)?;
@@ -79,7 +95,13 @@ pub async fn run(
                     if let Err(e) = pipeline.stop().await {
                         break Err(e);
                     }
+                    if next.file.admin.listen != admin_listen {
+                        tracing::warn!(running = %admin_listen, "admin.listen changed; the admin endpoint stays where it is until a restart");
+                    }
                     config = next;
+                    if let Ok(mut view) = admin_view.write() {
+                        *view = admin_view_of(&config);
+                    }
                     pipeline = Pipeline::start(&config, sinks, &book, &intakes);
                     tracing::info!(config = %config.paths, "config reloaded");
                 }
@@ -92,6 +114,10 @@ pub async fn run(
     }
     tracing::info!("stopping: finishing deliveries in flight");
     let result = result.and(pipeline.stop().await);
+    admin_stop.cancel();
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     writer_stop.cancel();
     let saved = match writer.await {
         Ok(saved) => saved.context("cannot save checkpoints at shutdown; undelivered events after the last saved position are sent again on restart"),
@@ -102,6 +128,19 @@ pub async fn run(
         Err(e) => tracing::error!("{e:#}"),
     }
     result.and(saved)
+}
+
+/// What the admin endpoint reports on for `config`.
+fn admin_view_of(config: &Config) -> admin::View {
+    admin::View {
+        state_dir: config.file.state_dir.clone(),
+        sinks: config
+            .file
+            .sinks
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect(),
+    }
 }
 
 fn reload(current: &Config) -> anyhow::Result<(Config, Vec<Ready>)> {

@@ -6,6 +6,7 @@
 //! which lines every sink is done with, and [`checkpoint`] saves how far that is.
 
 pub mod ack;
+pub mod admin;
 pub mod checkpoint;
 pub mod cli;
 pub mod command;

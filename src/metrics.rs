@@ -64,6 +64,8 @@ pub struct Metrics {
     pub retries: Family<SinkLabel, Counter>,
     pub delivery_seconds: Family<SinkLabel, Histogram>,
     pub source_lag_bytes: Family<SourceLabel, Gauge>,
+    /// Letters waiting in a sink's dead-letter file; set when scraped.
+    pub dead_letters: Family<SinkLabel, Gauge>,
 }
 
 /// The process's metrics.
@@ -84,6 +86,12 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
         });
         let source_lag_bytes = Family::default();
+        let dead_letters = Family::default();
+        registry.register(
+            "dead_letters",
+            "Letters waiting in a sink's dead-letter file",
+            dead_letters.clone(),
+        );
         registry.register("lines_read", "Lines read from a source", lines_read.clone());
         registry.register(
             "lines_rejected",
@@ -124,6 +132,7 @@ impl Metrics {
             retries,
             delivery_seconds,
             source_lag_bytes,
+            dead_letters,
         }
     }
 

@@ -29,12 +29,19 @@ async fn a_receiver_back_after_the_retry_budget_gets_every_event_without_a_repla
         &rx.url("/"),
         "    max_backoff_duration: 300ms\n",
     ));
+    let port = free_port();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "admin: {listen: \"\"}",
+        &format!("admin: {{listen: \"127.0.0.1:{port}\"}}"),
+    );
+    std::fs::write(&config, text).unwrap();
     let mut ft = Flagtail::start(&config);
     eventually(|| match dead_keys(&s, "hook").len() {
         6 => Ok(()),
         n => Err(format!("{n} dead letters")),
     })
     .await;
+    assert_eq!(dead_letter_gauge(port), 6);
     let first_keys: HashMap<String, String> = rx
         .attempts()
         .iter()
@@ -73,6 +80,12 @@ async fn a_receiver_back_after_the_retry_budget_gets_every_event_without_a_repla
         .filter(|r| key_of(&r.body) == "flag-2")
         .count();
     assert_eq!(flag2, 1);
+    // The gauge is counted when scraped: it dropped as the letters were delivered.
+    eventually(|| match dead_letter_gauge(port) {
+        1 => Ok(()),
+        n => Err(format!("gauge {n}")),
+    })
+    .await;
     assert!(ft.terminate().await.success());
     assert!(
         ft.stderr().contains("replayed dead letters"),
@@ -172,4 +185,30 @@ async fn auto_replay_false_leaves_dead_letters_for_the_replay_command() {
     assert!(ft.terminate().await.success());
     assert_eq!(delivered_keys(&rx), ["flag-1", "flag-2"]);
     assert_eq!(dead_keys(&s, "hook"), ["flag-0"]);
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `flagtail_dead_letters{sink="hook"}` as the admin endpoint's `/metrics` says now.
+fn dead_letter_gauge(port: u16) -> i64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: flagtail\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("flagtail_dead_letters{sink=\"hook\"} "))
+        .unwrap_or_else(|| panic!("no dead-letter gauge in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
