@@ -156,6 +156,59 @@ async fn kill_9_during_an_automatic_replay_loses_nothing_and_leaves_nothing_behi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_the_receiver_keeps_refusing_does_not_hold_back_the_others() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let down = Arc::new(Mutex::new(true));
+    let plan_down = down.clone();
+    // Once back, the receiver still refuses flag-0 (500), and only flag-0.
+    rx.plan(move |r| {
+        if *plan_down.lock().unwrap() || key_of(&r.body) == "flag-0" {
+            Reply::Status(500)
+        } else {
+            Reply::Status(200)
+        }
+    });
+    s.write_lines(0..2, Encoding::Json);
+    let config = s.config(&webhook_sink(
+        &rx.url("/"),
+        "    max_backoff_duration: 200ms\n",
+    ));
+    let mut ft = Flagtail::start(&config);
+    eventually(|| match dead_keys(&s, "hook").len() {
+        2 => Ok(()),
+        n => Err(format!("{n} dead letters")),
+    })
+    .await;
+    *down.lock().unwrap() = false;
+    // New events keep coming; each delivery may start a round (at most one per cool-down).
+    let mut next = 2;
+    eventually(|| {
+        s.write_lines(next..next + 1, Encoding::Json);
+        next += 1;
+        if delivered_keys(&rx).contains(&"flag-1".to_string()) {
+            Ok(())
+        } else {
+            Err("flag-1 not replayed yet".into())
+        }
+    })
+    .await;
+    assert!(ft.terminate().await.success());
+    assert_eq!(dead_keys(&s, "hook"), ["flag-0"]);
+    let flag0 = rx
+        .attempts()
+        .iter()
+        .filter(|r| key_of(&r.body) == "flag-0")
+        .count();
+    // Its first delivery, and at most a few rounds (one per cool-down), not one per new event.
+    assert!(
+        flag0 < 2 * (next - 2) + 4,
+        "flag-0 tried {flag0} times over {} new events",
+        next - 2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_replay_false_leaves_dead_letters_for_the_replay_command() {
     let rx = Receiver::start().await;
     let s = Setup::new();

@@ -112,23 +112,72 @@ async fn a_retry_after_beyond_max_retry_after_is_cut_to_it_and_warned_about() {
         429,
         vec![("Retry-After", "86400".to_string())],
     )]);
-    let config = s.config(&webhook_sink(&rx.url("/"), "    max_retry_after: 200ms\n"));
+    let config = s.config(&webhook_sink(
+        &rx.url("/"),
+        "    max_retry_after: 1s\n    initial_backoff: 10ms\n",
+    ));
     let mut ft = Flagtail::start(&config);
     rx.wait_delivered(1).await;
     let tries = rx.attempts();
     assert_eq!(tries.len(), 2);
     let waited = tries[1].at - tries[0].at;
+    // The backoff alone would have waited 10ms at most.
     assert!(
-        waited >= Duration::from_millis(200) && waited < Duration::from_secs(3),
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
     assert!(dead_keys(&s, "hook").is_empty());
     assert!(ft.terminate().await.success());
     assert!(
-        ft.stderr()
-            .contains("waiting max_retry_after (200ms) instead"),
+        ft.stderr().contains("waiting max_retry_after (1s) instead"),
         "{}",
         ft.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_past_the_budget_is_waited_for_once_and_zero_does_not_hammer() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    s.write_lines(0..2, Encoding::Json);
+    // flag-0: asked to come back in 2s, past a 500ms budget: waited for, then the last attempt.
+    // flag-1: "Retry-After: 0" until the budget runs out: the backoff still spaces the attempts.
+    rx.plan(|r| {
+        if key_of(&r.body) == "flag-0" {
+            Reply::StatusWith(429, vec![("Retry-After", "2".to_string())])
+        } else {
+            Reply::StatusWith(503, vec![("Retry-After", "0".to_string())])
+        }
+    });
+    let config = s.config(&webhook_sink(
+        &rx.url("/"),
+        "    max_backoff_duration: 500ms\n    initial_backoff: 100ms\n",
+    ));
+    let mut ft = Flagtail::start(&config);
+    eventually(|| match dead_keys(&s, "hook").len() {
+        2 => Ok(()),
+        n => Err(format!("{n} dead letters")),
+    })
+    .await;
+    assert!(ft.terminate().await.success());
+    let tries = rx.attempts();
+    let of = |k: &str| {
+        tries
+            .iter()
+            .filter(|r| key_of(&r.body) == k)
+            .collect::<Vec<_>>()
+    };
+    let zero = of("flag-0");
+    assert_eq!(
+        zero.len(),
+        2,
+        "one wait of 2s past the budget, then the last attempt"
+    );
+    assert!(zero[1].at - zero[0].at >= Duration::from_secs(2));
+    assert!(
+        of("flag-1").len() <= 6,
+        "Retry-After: 0 within a 500ms budget from 100ms backoff: {} attempts",
+        of("flag-1").len()
     );
 }
 

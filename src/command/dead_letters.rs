@@ -86,21 +86,14 @@ struct Row {
 pub fn list(config: &Config, sink: &str, json: bool, selection: &Selection) -> Result<(), Failure> {
     super::find_sink(config, sink)?;
     let log = dead_letter::log(&config.file.state_dir, sink);
-    let contents = match RecordLog::read(log.path()) {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if !json {
-                eprintln!("sink {sink} has no dead letters");
-            }
-            return Ok(());
-        }
-        Err(e) => {
-            return Err(Failure::runtime(format!(
-                "cannot read {}: {e}",
-                log.path().display()
-            )));
-        }
-    };
+    // Letters a replay has taken (and not finished, or was cut off in) come first: they are older.
+    let mut contents = crate::record_log::Contents::default();
+    for path in [log.replaying(), log.path().to_path_buf()] {
+        let more = RecordLog::read(&path)
+            .map_err(|e| Failure::runtime(format!("cannot read {}: {e}", path.display())))?;
+        contents.records.extend(more.records);
+        contents.unreadable.extend(more.unreadable);
+    }
     let mut rows = Vec::new();
     for text in &contents.records {
         let Ok(letter) = serde_json::from_str::<DeadLetter>(text) else {

@@ -161,6 +161,13 @@ struct Healer {
     wake: Notify,
 }
 
+/// After a round in which a letter failed again, the next waits at least the sink's
+/// `max_backoff_duration`, however many deliveries wake it: one receiver that refuses one letter
+/// must not have the same letter retried after every event.
+fn cooldown(sink: &Sink) -> Duration {
+    sink.retry.max_elapsed.max(Duration::from_secs(1))
+}
+
 impl Healer {
     /// Looks at the dead-letter file once, at start: a replay cut off is resumed at once; waiting
     /// letters go once the sink delivers.
@@ -190,13 +197,14 @@ async fn heal_dead_letters(
     healer: Arc<Healer>,
     stop: CancellationToken,
 ) {
+    let mut not_before = Instant::now();
     loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
             _ = healer.wake.notified() => {}
         }
-        if !healer.needed.swap(false, Ordering::SeqCst) {
+        if Instant::now() < not_before || !healer.needed.swap(false, Ordering::SeqCst) {
             continue;
         }
         let select = |letter: &dead_letter::DeadLetter| letter.retryable;
@@ -212,6 +220,7 @@ async fn heal_dead_letters(
                 }
                 if done.failed > 0 || stop.is_cancelled() {
                     healer.needed.store(true, Ordering::SeqCst);
+                    not_before = Instant::now() + cooldown(&sink);
                 }
             }
             // Another replay runs (a `flagtail replay`): try again after the next delivery.
@@ -293,6 +302,10 @@ async fn next_group(
                 _ = tokio::time::sleep_until(until) => break,
                 _ = stop.cancelled() => break,
             }
+        }
+        // No new request after stop: the records stay unacknowledged and are read again.
+        if stop.is_cancelled() {
+            return None;
         }
     }
     Some(batch)

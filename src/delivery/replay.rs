@@ -55,6 +55,9 @@ pub async fn replay(
     };
     let contents = RecordLog::read(&taken)?;
     let mut keep: Vec<Vec<u8>> = Vec::new();
+    // Letters that failed again go back behind the others, so one letter a receiver keeps
+    // refusing does not stand in front of the rest at every round.
+    let mut again: Vec<Vec<u8>> = Vec::new();
     let mut summary = Summary::default();
     let say = |text: &str| {
         if let Some(report) = options.report {
@@ -122,7 +125,7 @@ pub async fn replay(
                 letter.body_excerpt = excerpt;
                 letter.retryable = retryable;
                 letter.time = now_rfc3339();
-                keep.push(serde_json::to_vec(&letter).unwrap_or_default());
+                again.push(serde_json::to_vec(&letter).unwrap_or_default());
                 halted = options.stop_at_failure;
             }
             Some(Delivery::Abandoned) | None => {
@@ -132,6 +135,7 @@ pub async fn replay(
             }
         }
     }
+    keep.append(&mut again);
     let held = log.hold()?;
     if !keep.is_empty() {
         log.append_held(&keep)?;

@@ -2,7 +2,7 @@
 //! exponential backoff with jitter from `initial_backoff`, doubling up to [`MAX_DELAY`], or the
 //! sink's explicit `retry_schedule`, until `max_backoff_duration` has passed since the first
 //! attempt. A refusal is tried again only if its status is in `retry_on`. A receiver's
-//! `Retry-After` replaces the computed delay, cut to `max_retry_after`; one that reaches past
+//! `Retry-After`, cut to `max_retry_after`, is the least delay; one that reaches past
 //! `max_backoff_duration` is still waited for, once, and the attempt after it is the last.
 
 use super::Result as Outcome;
@@ -173,14 +173,15 @@ impl<'p> Backoff<'p> {
             }
         };
         match retry_after.map(|asked| asked.min(self.policy.max_retry_after)) {
-            // Honoured even past the deadline, once: the attempt after it is the last.
-            Some(wait) => {
-                if wait >= left {
+            // At least what the receiver asked (a `Retry-After: 0` never means "at once", over
+            // and over), honoured even past the deadline, once: the attempt after it is the last.
+            Some(asked) if asked > planned.min(left) => {
+                if asked >= left {
                     self.deadline = now;
                 }
-                Ok(wait)
+                Ok(asked)
             }
-            None => Ok(planned.min(left)),
+            _ => Ok(planned.min(left)),
         }
     }
 }
@@ -230,6 +231,10 @@ mod tests {
         assert_eq!(
             b.next_delay(Some(Duration::from_secs(3))).unwrap(),
             Duration::from_secs(3)
+        );
+        assert!(
+            b.next_delay(Some(Duration::ZERO)).unwrap() >= Duration::from_millis(100),
+            "Retry-After: 0 is not a reason to skip the backoff"
         );
         assert_eq!(
             b.next_delay(Some(Duration::from_secs(3600))).unwrap(),

@@ -51,9 +51,10 @@ pub fn watch(path: &Path, wake: Arc<Notify>) -> io::Result<Watcher> {
     }
     // SAFETY: `raw` is a descriptor we just opened and nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let dir_wd = add_watch(&fd, super::dir_of(path), DIR_MASK)?;
+    let dir = super::dir_of(path).to_path_buf();
+    let dir_wd = add_watch(&fd, &dir, DIR_MASK)?;
     // The file may not be there yet; it is watched when it appears.
-    let _ = add_watch(&fd, path, FILE_MASK);
+    watch_file(&fd, path, &dir);
     // SAFETY: the `OwnedFd` is an open inotify descriptor, owned by the `AsyncFd` from here on and
     // never swapped for another.
     let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
@@ -111,7 +112,7 @@ pub fn watch(path: &Path, wake: Arc<Notify>) -> io::Result<Watcher> {
                 }
             }
             if appeared {
-                let _ = add_watch(fd.get_ref(), &path, FILE_MASK);
+                watch_file(fd.get_ref(), &path, &dir);
             }
             if relevant {
                 wake.notify_one();
@@ -119,6 +120,22 @@ pub fn watch(path: &Path, wake: Arc<Notify>) -> io::Result<Watcher> {
         }
     });
     Ok(Watcher { task })
+}
+
+/// Watches the file at `path` itself. If that cannot be done (the watch limit,
+/// `fs.inotify.max_user_watches`, is reached), the directory's watch takes writes too, with a
+/// warning: more wake-ups, but none missed.
+fn watch_file(fd: &OwnedFd, path: &Path, dir: &Path) {
+    match add_watch(fd, path, FILE_MASK) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot watch the file itself; watching every write in its directory instead (raise fs.inotify.max_user_watches)");
+            if let Err(e) = add_watch(fd, dir, DIR_MASK | FILE_MASK) {
+                tracing::error!(path = %dir.display(), error = %e, "cannot watch the directory for writes either; new lines are read only after the next rename or creation in it");
+            }
+        }
+    }
 }
 
 fn add_watch(fd: &OwnedFd, path: &Path, mask: u32) -> io::Result<i32> {
