@@ -1,8 +1,10 @@
-//! The admin endpoint on `admin.listen`: `GET /healthz` and `GET /metrics` (Prometheus, OpenMetrics
+//! The admin endpoint on `admin.listen`: `GET /healthz` (503 once a source or sink task died),
+//! `GET /readyz` (503 with the sources not open yet), `GET /metrics` (Prometheus, OpenMetrics
 //! text). Bound once at start and kept across reloads (a changed `admin.listen` needs a restart).
 //! Gauges that describe files (`flagtail_dead_letters{sink}`) are computed when scraped, so they
 //! are never stale and cost nothing between scrapes.
 
+use crate::health::Health;
 use crate::metrics::{self, SinkLabel};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -34,24 +36,28 @@ pub type Shared = Arc<RwLock<View>>;
 const CONNECTIONS: usize = 16;
 
 /// Serves the endpoint until `stop` fires.
-pub async fn serve(listener: TcpListener, view: Shared, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    view: Shared,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(CONNECTIONS));
     let mut conns = JoinSet::new();
     let address = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    tracing::info!(%address, "admin endpoint: /healthz /metrics");
+    tracing::info!(%address, "admin endpoint: /healthz /readyz /metrics");
     let accept = || async { listener.accept().await.map(|(s, _)| s) };
     while let Some((permit, stream)) =
         crate::source::next_connection("admin", &permits, &stop, accept).await
     {
-        let view = view.clone();
-        let stop = stop.clone();
+        let (view, health, stop) = (view.clone(), health.clone(), stop.clone());
         conns.spawn(async move {
             let service = service_fn(move |req| {
-                let view = view.clone();
-                async move { Ok::<_, Infallible>(answer(req, &view).await) }
+                let (view, health) = (view.clone(), health.clone());
+                async move { Ok::<_, Infallible>(answer(req, &view, &health).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -70,7 +76,7 @@ pub async fn serve(listener: TcpListener, view: Shared, stop: CancellationToken)
     while conns.join_next().await.is_some() {}
 }
 
-async fn answer(req: Request<Incoming>, view: &Shared) -> Response<Full<Bytes>> {
+async fn answer(req: Request<Incoming>, view: &Shared, health: &Health) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, kind: &'static str, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
@@ -86,7 +92,22 @@ async fn answer(req: Request<Incoming>, view: &Shared) -> Response<Full<Bytes>> 
         );
     }
     match req.uri().path() {
-        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/healthz" => match health.liveness() {
+            Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+            Err(dead) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                serde_json::json!({"dead": dead}).to_string() + "\n",
+            ),
+        },
+        "/readyz" => match health.readiness() {
+            Ok(()) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+            Err(waiting) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                serde_json::json!({"waiting_for_sources": waiting}).to_string() + "\n",
+            ),
+        },
         "/metrics" => {
             let view = view.read().map(|v| v.clone()).unwrap_or_default();
             // File reads off the async threads.
@@ -100,7 +121,7 @@ async fn answer(req: Request<Incoming>, view: &Shared) -> Response<Full<Bytes>> 
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /metrics or /healthz\n".into(),
+            "not found; try /metrics, /healthz or /readyz\n".into(),
         ),
     }
 }

@@ -12,6 +12,7 @@ use crate::checkpoint::CheckpointBook;
 use crate::config::Config;
 use crate::config::SourceKind;
 use crate::delivery::{self, Ready, dead_letter};
+use crate::health::Health;
 use crate::intake::{Intake, Intakes, Listener};
 use crate::record::SourceInfo;
 use crate::record_log::RecordLog;
@@ -51,6 +52,7 @@ pub async fn run(
         CheckpointBook::open(&config.file.state_dir).context("cannot open the state directory")?;
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(book.clone().run_writer(writer_stop.clone()));
+    let health = Arc::new(Health::default());
     let admin_view: admin::Shared = Arc::new(std::sync::RwLock::new(admin_view_of(&config)));
     let admin_stop = CancellationToken::new();
     let admin_listen = config.file.admin.listen.clone();
@@ -63,13 +65,14 @@ pub async fn run(
         Some(tokio::spawn(admin::serve(
             listener,
             admin_view.clone(),
+            health.clone(),
             admin_stop.clone(),
         )))
     };
     let mut config = config;
     let mut intakes = Intakes::default();
     intakes.update(&config, &book)?;
-    let mut pipeline = Pipeline::start(&config, sinks, &book, &intakes);
+    let mut pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health);
     for note in &config.notes {
         tracing::warn!("{note}");
     }
@@ -80,10 +83,14 @@ pub async fn run(
             _ = stop.cancelled() => break Ok(()),
             // A dead sink is reported before the source it leaves without a queue.
             ended = pipeline.sinks.join_next_with_id(), if !pipeline.sinks.is_empty() => {
-                break Err(ended_error(&pipeline.names, "sink", ended));
+                let e = ended_error(&pipeline.names, "sink", ended);
+                health.died(format!("{e:#}"));
+                break Err(e);
             }
             ended = pipeline.sources.join_next_with_id(), if !pipeline.sources.is_empty() => {
-                break Err(ended_error(&pipeline.names, "source", ended));
+                let e = ended_error(&pipeline.names, "source", ended);
+                health.died(format!("{e:#}"));
+                break Err(e);
             }
             Some(()) = reloads.recv() => match reload(&config) {
                 Ok((next, sinks)) => {
@@ -102,7 +109,7 @@ pub async fn run(
                     if let Ok(mut view) = admin_view.write() {
                         *view = admin_view_of(&config);
                     }
-                    pipeline = Pipeline::start(&config, sinks, &book, &intakes);
+                    pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health);
                     tracing::info!(config = %config.paths, "config reloaded");
                 }
                 Err(e) => tracing::error!("reload refused, the running config stays: {e:#}"),
@@ -112,6 +119,7 @@ pub async fn run(
     if let Err(e) = &result {
         tracing::error!("stopping: {e:#}");
     }
+    crate::health::notify_systemd("STOPPING=1");
     tracing::info!("stopping: finishing deliveries in flight");
     let result = result.and(pipeline.stop().await);
     admin_stop.cancel();
@@ -169,8 +177,10 @@ impl Pipeline {
         sinks: Vec<Ready>,
         book: &Arc<CheckpointBook>,
         intakes: &Intakes,
+        health: &Arc<Health>,
     ) -> Pipeline {
         let c = &config.file;
+        health.expect(c.sources.iter().map(|s| s.name.to_string()));
         let stop = CancellationToken::new();
         let mut sink_tasks = JoinSet::new();
         let mut names = HashMap::new();
@@ -208,6 +218,7 @@ impl Pipeline {
                 stop: stop.clone(),
                 lines_read: crate::metrics::get().lines_read_of(name),
                 unmapped: crate::metrics::get().unmapped_of(name),
+                opened: health.opening(name),
             };
             let intake = intakes.get(name).map(|i| &**i);
             let writer = match (s.kind(), intake) {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod event;
+pub mod health;
 pub mod hex;
 pub mod intake;
 pub mod journal;

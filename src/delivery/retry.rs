@@ -112,7 +112,7 @@ impl<'a> Tries<'a> {
                 });
             }
         };
-        tracing::info!(sink = %self.sink.name, key = %self.key, attempt = attempts, retry_in = ?wait, "{reason}; will retry");
+        tracing::debug!(sink = %self.sink.name, key = %self.key, attempt = attempts, retry_in = ?wait, "{reason}; will retry");
         self.sink.metrics.retries.inc();
         tokio::select! {
             _ = tokio::time::sleep(wait) => None,

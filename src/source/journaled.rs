@@ -30,6 +30,8 @@ impl JournalSource {
             dir: self.journal.dir(),
             id: self.journal.id(),
         };
+        // Its listener was bound before the pipeline started; the journal is open.
+        self.dispatch.opened.done();
         loop {
             if !reader.wait(&self.dispatch.stop).await {
                 return Ok(());

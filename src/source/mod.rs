@@ -90,6 +90,8 @@ pub struct Dispatch {
     pub lines_read: prometheus_client::metrics::counter::Counter,
     /// `flagtail_events_unmapped_total` of this source.
     pub unmapped: prometheus_client::metrics::counter::Counter,
+    /// Said once the source is open (`/readyz`, systemd).
+    pub opened: crate::health::Opening,
 }
 
 /// What a line was read from.

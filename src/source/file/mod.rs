@@ -69,6 +69,19 @@ enum Drained {
     Truncated,
 }
 
+/// Test builds only: `FLAGTAIL_TEST_FAULT=hold-open:NAME` keeps source NAME from saying it is
+/// open (until stopped), so the tests can see `/readyz` wait for it.
+#[cfg(debug_assertions)]
+async fn held_open(dispatch: &crate::source::Dispatch) -> Result<(), Error> {
+    if std::env::var("FLAGTAIL_TEST_FAULT").ok().as_deref()
+        == Some(&format!("hold-open:{}", dispatch.info.name))
+    {
+        dispatch.stop.cancelled().await;
+        return Err(Error::Stopped);
+    }
+    Ok(())
+}
+
 impl FileSource {
     /// Follows the file until the dispatch's stop token fires. Errors only if the directory cannot
     /// be watched; read errors are logged and retried.
@@ -89,6 +102,9 @@ impl FileSource {
                     reader = self.resume()?;
                     started = true;
                     self.announce(reader.as_ref());
+                    #[cfg(debug_assertions)]
+                    held_open(&self.dispatch).await?;
+                    self.dispatch.opened.done();
                 } else if reader.is_none() {
                     reader = self.open(0)?;
                     self.announce(reader.as_ref());
