@@ -272,15 +272,62 @@ fn check_accepts_the_examples_and_names_a_typo() {
                 ("AUDIT_SIGNING_SECRET", "s3cr3t"),
                 ("FLAGTAIL_STATE_DIR", "/var/lib/flagtail"),
                 ("FLIPT_AUDIT_LOG", "/var/log/flipt/audit.log"),
+                (
+                    "TEAMS_WEBHOOK_URL",
+                    "https://example.logic.azure.com/workflows/x",
+                ),
+                (
+                    "DISCORD_WEBHOOK_URL",
+                    "https://discord.com/api/webhooks/1/x",
+                ),
+                ("GITHUB_TOKEN", "ghp_x"),
+                ("RECEIVER_URL", "https://hooks.example.com/flags"),
+                ("NEW_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+                ("OLD_SECRET", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+                (
+                    "HEC_URL",
+                    "https://splunk.example.com:8088/services/collector/event",
+                ),
+                ("HEC_TOKEN", "hec-token"),
             ];
             let (code, out, err) =
                 run_cmd_env(&["check", "--config", path.to_str().unwrap()], &env);
             assert_eq!(code, 0, "{}: {err}", path.display());
             assert!(out.contains("\"sinks\""));
+            // Every sink's body renders from the bundled Flipt log: no template error, valid JSON
+            // where the content type says JSON.
+            let resolved: serde_json::Value = serde_json::from_str(&out).unwrap();
+            for sink in resolved["sinks"].as_array().unwrap() {
+                let name = sink["name"].as_str().unwrap();
+                let (code, lines, err) = run_cmd_env(
+                    &[
+                        "render",
+                        "--config",
+                        path.to_str().unwrap(),
+                        "--sink",
+                        name,
+                        "--input",
+                        "examples/flipt-audit.log",
+                    ],
+                    &env,
+                );
+                assert_eq!(code, 0, "{} {name}: {err}", path.display());
+                // The bundled log has a line that is not JSON on purpose; any other rejection is
+                // the template's.
+                let render_errors: Vec<&str> = lines
+                    .lines()
+                    .filter(|l| l.contains("\"rejected\"") && !l.contains("not JSON"))
+                    .collect();
+                assert!(
+                    render_errors.is_empty(),
+                    "{} sink {name}: {render_errors:?}",
+                    path.display()
+                );
+            }
             seen += 1;
         }
     }
-    assert!(seen >= 3, "examples/*.yaml and deploy/flagtail.yaml");
+    assert!(seen >= 8, "examples/*.yaml and deploy/flagtail.yaml");
     let s = Setup::new();
     let config = s.config("  - name: hook\n    url: http://127.0.0.1:9/\n    signing_secret: topsecret\n    max_backoff_duratoin: 5s\n");
     let (code, _, err) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
