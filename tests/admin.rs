@@ -5,37 +5,6 @@ mod support;
 
 use support::*;
 
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` on the admin endpoint: (status, body).
-fn get(port: u16, path: &str) -> Result<(u16, String), String> {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: flagtail\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    let status = text
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("not HTTP: {text}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// `s`'s config with the admin endpoint on `port` and a second file source `other`.
 fn with_admin(s: &Setup, sinks: &str, port: u16) -> std::path::PathBuf {
     let config = s.config(sinks);
@@ -64,15 +33,15 @@ async fn readyz_waits_for_every_source_to_open() {
     let config = with_admin(&s, &webhook_sink(&rx.url("/"), ""), port);
     // `other` never says it is open (a test build's fault hook): not ready, and named.
     let mut ft = Flagtail::start_env(&config, &[("FLAGTAIL_TEST_FAULT", "hold-open:other")]);
-    let (status, body) = eventually(|| get(port, "/readyz")).await;
+    let (status, body) = eventually(|| admin_get(port, "/readyz")).await;
     assert_eq!(status, 503, "{body}");
     let waiting: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(waiting["waiting_for_sources"], serde_json::json!(["other"]));
-    assert_eq!(get(port, "/healthz").unwrap().0, 200);
+    assert_eq!(admin_get(port, "/healthz").unwrap().0, 200);
     assert!(ft.terminate().await.success());
     // Without it, both open: ready.
     let mut ft = Flagtail::start(&config);
-    eventually(|| match get(port, "/readyz") {
+    eventually(|| match admin_get(port, "/readyz") {
         Ok((200, _)) => Ok(()),
         other => Err(format!("{other:?}")),
     })
@@ -99,7 +68,7 @@ async fn metrics_after_a_run_count_what_the_receiver_got_and_what_was_rejected_o
     let mut ft = Flagtail::start(&config);
     rx.wait_delivered(5).await;
     let metrics = eventually(|| {
-        let (_, text) = get(port, "/metrics")?;
+        let (_, text) = admin_get(port, "/metrics")?;
         let value = |line: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(line))

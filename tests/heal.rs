@@ -240,24 +240,10 @@ async fn auto_replay_false_leaves_dead_letters_for_the_replay_command() {
     assert_eq!(dead_keys(&s, "hook"), ["flag-0"]);
 }
 
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `flagtail_dead_letters{sink="hook"}` as the admin endpoint's `/metrics` says now.
 fn dead_letter_gauge(port: u16) -> i64 {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: flagtail\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let (status, text) = admin_get(port, "/metrics").unwrap();
+    assert_eq!(status, 200, "{text}");
     text.lines()
         .find_map(|l| l.strip_prefix("flagtail_dead_letters{sink=\"hook\"} "))
         .unwrap_or_else(|| panic!("no dead-letter gauge in {text}"))
