@@ -1,0 +1,153 @@
+//! deploy/ as an operator applies it: the Kubernetes manifests (through `kubectl kustomize`), their
+//! config, probes and security settings; the systemd unit (through `systemd-analyze verify`).
+//! Either tool missing skips its part with a printed reason.
+
+mod support;
+
+use figment::providers::Format as _;
+use serde_json::Value;
+use support::*;
+
+/// The environment the deployed config reads, as the Secret and the manifests give it.
+const ENV: [(&str, &str); 5] = [
+    ("AUDIT_WEBHOOK_URL", "https://audit.example.com/flipt"),
+    ("AUDIT_SIGNING_SECRET", "s3cr3t"),
+    (
+        "SLACK_WEBHOOK_URL",
+        "https://hooks.slack.com/services/T0/B0/x",
+    ),
+    ("FLAGTAIL_STATE_DIR", "/var/lib/flagtail"),
+    ("FLIPT_AUDIT_LOG", "/var/log/flipt/audit.log"),
+];
+
+#[test]
+fn the_kubernetes_sidecar_probes_the_admin_port_its_config_sets_and_runs_locked_down() {
+    let parse = |doc: &str| {
+        figment::Figment::from(figment::providers::Yaml::string(doc))
+            .extract::<Value>()
+            .unwrap()
+    };
+    let docs: Vec<Value> = match std::process::Command::new("kubectl")
+        .args(["kustomize", "deploy"])
+        .output()
+    {
+        Ok(o) if o.status.success() => String::from_utf8(o.stdout)
+            .unwrap()
+            .split("\n---\n")
+            .map(parse)
+            .collect(),
+        other => {
+            // No kubectl: what kustomization.yaml says, read with a YAML parser.
+            eprintln!("kubectl kustomize is not available ({other:?}); reading the files");
+            let k = parse(&std::fs::read_to_string("deploy/kustomization.yaml").unwrap());
+            let mut docs: Vec<Value> = k["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| {
+                    let text =
+                        std::fs::read_to_string(format!("deploy/{}", r.as_str().unwrap())).unwrap();
+                    text.split("\n---\n").map(parse).collect::<Vec<_>>()
+                })
+                .collect();
+            let file = k["configMapGenerator"][0]["files"][0].as_str().unwrap();
+            docs.push(serde_json::json!({
+                "kind": "ConfigMap",
+                "data": {file: std::fs::read_to_string(format!("deploy/{file}")).unwrap()},
+            }));
+            docs
+        }
+    };
+    let kind = |k: &'static str| docs.iter().filter(move |d| d["kind"] == k);
+    // The ConfigMap's config passes `flagtail check` with the Deployment's environment.
+    let config_map = kind("ConfigMap").next().expect("a ConfigMap");
+    let config_text = config_map["data"]["flagtail.yaml"].as_str().unwrap();
+    let s = Setup::new();
+    let path = s.path("flagtail.yaml");
+    std::fs::write(&path, config_text).unwrap();
+    let deployment = kind("Deployment").next().expect("a Deployment");
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    let ft = containers
+        .iter()
+        .find(|c| c["name"] == "flagtail")
+        .expect("the flagtail sidecar");
+    let env: Vec<(String, String)> = ft["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut all_env: Vec<(&str, &str)> = ENV.to_vec();
+    all_env.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let (code, resolved, err) =
+        run_cmd_env(&["check", "--config", path.to_str().unwrap()], &all_env);
+    assert_eq!(code, 0, "{err}");
+    // The probes point at the port the config (with the manifest's environment) listens on.
+    let resolved: Value = serde_json::from_str(&resolved).unwrap();
+    let listen = resolved["admin"]["listen"].as_str().unwrap();
+    let port: u64 = listen.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        listen.starts_with("0.0.0.0:"),
+        "the kubelet probes the pod's address: {listen}"
+    );
+    let named = |name: &str| {
+        ft["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_u64())
+    };
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let get = &ft[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        let probed = get["port"]
+            .as_u64()
+            .or_else(|| get["port"].as_str().and_then(named));
+        assert_eq!(probed, Some(port), "{probe} probes the admin port");
+    }
+    let sc = &ft["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert!(ft["resources"]["limits"]["memory"].is_string());
+    // The audit log is shared read-only; the state survives a container restart.
+    let mounts = ft["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountPath"] == "/var/log/flipt" && m["readOnly"] == true)
+    );
+    assert!(mounts.iter().any(|m| m["mountPath"] == "/var/lib/flagtail"));
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string("deploy/systemd/flagtail.service").unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    let s = Setup::new();
+    let path = s.path("flagtail.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/flagtail", bin())).unwrap();
+    match std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+    {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stderr).into_owned()
+                + &String::from_utf8_lossy(&o.stdout);
+            assert!(o.status.success(), "{text}");
+            // Warnings about this machine (no systemd running) are not the unit's.
+            assert!(!text.contains("flagtail.service:"), "{text}");
+        }
+        Err(e) => eprintln!("skipped: systemd-analyze is not available here ({e})"),
+    }
+}
