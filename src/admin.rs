@@ -4,8 +4,10 @@
 //! Gauges that describe files (`flagtail_dead_letters{sink}`) are computed when scraped, so they
 //! are never stale and cost nothing between scrapes.
 
+use crate::checkpoint::CheckpointBook;
 use crate::health::Health;
-use crate::metrics::{self, SinkLabel};
+use crate::metrics::{self, SinkLabel, SourceLabel};
+use crate::position::Position;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -22,11 +24,15 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// What the endpoint reports on: the running config's state directory and sinks.
-#[derive(Debug, Clone, Default)]
+/// What the endpoint reports on: the running config's state directory, file sources and sinks,
+/// and the positions acknowledged so far.
+#[derive(Clone, Default)]
 pub struct View {
     pub state_dir: PathBuf,
     pub sinks: Vec<String>,
+    /// File sources by name, with the path they follow.
+    pub files: Vec<(String, PathBuf)>,
+    pub book: Option<Arc<CheckpointBook>>,
 }
 
 /// The view, replaced on every reload.
@@ -111,7 +117,11 @@ async fn answer(req: Request<Incoming>, view: &Shared, health: &Health) -> Respo
         "/metrics" => {
             let view = view.read().map(|v| v.clone()).unwrap_or_default();
             // File reads off the async threads.
-            let _ = tokio::task::spawn_blocking(move || count_dead_letters(&view)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                count_dead_letters(&view);
+                measure_lag(&view);
+            })
+            .await;
             reply(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -143,5 +153,36 @@ fn count_dead_letters(view: &View) {
         gauge
             .get_or_create(&SinkLabel { sink: sink.clone() })
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// Sets `flagtail_source_lag_bytes{source}` of each file source: the size of the file at its path
+/// minus the position every sink is done with (the whole file when that position is in another
+/// file, as after a rotation, or there is none yet).
+fn measure_lag(view: &View) {
+    use std::os::unix::fs::MetadataExt;
+    let gauge = &metrics::get().source_lag_bytes;
+    for (name, path) in &view.files {
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        let done = view
+            .book
+            .as_ref()
+            .and_then(|b| b.get(name))
+            .and_then(|p| match p {
+                Position::File { file, offset }
+                    if file.dev == meta.dev() && file.inode == meta.ino() =>
+                {
+                    Some(offset)
+                }
+                _ => None,
+            });
+        let lag = meta.len().saturating_sub(done.unwrap_or(0));
+        gauge
+            .get_or_create(&SourceLabel {
+                source: name.clone(),
+            })
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
     }
 }

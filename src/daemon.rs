@@ -53,7 +53,7 @@ pub async fn run(
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(book.clone().run_writer(writer_stop.clone()));
     let health = Arc::new(Health::default());
-    let admin_view: admin::Shared = Arc::new(std::sync::RwLock::new(admin_view_of(&config)));
+    let admin_view: admin::Shared = Arc::new(std::sync::RwLock::new(admin_view_of(&config, &book)));
     let admin_stop = CancellationToken::new();
     let admin_listen = config.file.admin.listen.clone();
     let admin = if admin_listen.is_empty() {
@@ -107,7 +107,7 @@ pub async fn run(
                     }
                     config = next;
                     if let Ok(mut view) = admin_view.write() {
-                        *view = admin_view_of(&config);
+                        *view = admin_view_of(&config, &book);
                     }
                     pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health);
                     tracing::info!(config = %config.paths, "config reloaded");
@@ -139,7 +139,7 @@ pub async fn run(
 }
 
 /// What the admin endpoint reports on for `config`.
-fn admin_view_of(config: &Config) -> admin::View {
+fn admin_view_of(config: &Config, book: &Arc<CheckpointBook>) -> admin::View {
     admin::View {
         state_dir: config.file.state_dir.clone(),
         sinks: config
@@ -148,6 +148,16 @@ fn admin_view_of(config: &Config) -> admin::View {
             .iter()
             .map(|s| s.name.to_string())
             .collect(),
+        files: config
+            .file
+            .sources
+            .iter()
+            .filter_map(|s| match s.kind()? {
+                SourceKind::File { path, .. } => Some((s.name.to_string(), path.to_path_buf())),
+                _ => None,
+            })
+            .collect(),
+        book: Some(book.clone()),
     }
 }
 

@@ -81,8 +81,19 @@ async fn metrics_after_a_run_count_what_the_receiver_got_and_what_was_rejected_o
             value("flagtail_lines_rejected_total{source=\"flipt\",reason=\"not_json\"} "),
             value("flagtail_dead_letters{sink=\"hook\"} "),
             value("flagtail_lines_read_total{source=\"flipt\"} "),
+            // Computed when scraped: back to 0 once everything is done, with no more writes.
+            value("flagtail_source_lag_bytes{source=\"flipt\"} "),
         );
-        if got == ("5".into(), "1".into(), "1".into(), "1".into(), "7".into()) {
+        if got
+            == (
+                "5".into(),
+                "1".into(),
+                "1".into(),
+                "1".into(),
+                "7".into(),
+                "0".into(),
+            )
+        {
             Ok(text)
         } else {
             Err(format!("{got:?}"))
@@ -116,4 +127,28 @@ async fn systemd_is_told_ready_once_sources_are_open_and_stopping_at_shutdown() 
         .unwrap()
         .unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_gauge_counts_what_is_not_done_yet() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let port = free_port();
+    rx.plan(|_| Reply::Stall);
+    s.write_lines(0..3, Encoding::Json);
+    let size = std::fs::metadata(s.log()).unwrap().len();
+    let config = with_admin(&s, &webhook_sink(&rx.url("/"), "    timeout: 30s\n"), port);
+    let mut ft = Flagtail::start(&config);
+    rx.wait_attempts(1).await;
+    let (_, text) = admin_get(port, "/metrics").unwrap();
+    let lag = text
+        .lines()
+        .find_map(|l| l.strip_prefix("flagtail_source_lag_bytes{source=\"flipt\"} "))
+        .unwrap_or_else(|| panic!("no lag gauge: {text}"));
+    assert_eq!(
+        lag.trim(),
+        size.to_string(),
+        "nothing is done while the first request stalls"
+    );
+    assert!(ft.terminate().await.success());
 }
