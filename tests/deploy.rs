@@ -9,26 +9,35 @@ use serde_json::Value;
 use support::*;
 
 /// The environment the deployed config reads, as the Secret and the manifests give it.
-const ENV: [(&str, &str); 5] = [
+const ENV: [(&str, &str); 6] = [
     ("AUDIT_WEBHOOK_URL", "https://audit.example.com/flipt"),
-    ("AUDIT_SIGNING_SECRET", "s3cr3t"),
+    ("AUDIT_SIGNING_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
     (
         "SLACK_WEBHOOK_URL",
         "https://hooks.slack.com/services/T0/B0/x",
     ),
     ("FLAGTAIL_STATE_DIR", "/var/lib/flagtail"),
     ("FLIPT_AUDIT_LOG", "/var/log/flipt/audit.log"),
+    ("INGEST_TOKEN", "ingest-token"),
 ];
 
 #[test]
 fn the_kubernetes_sidecar_probes_the_admin_port_its_config_sets_and_runs_locked_down() {
+    // Beside Flipt (the audit log shared read-only) and beside Unleash (its webhooks on loopback).
+    check_sidecar("deploy", Some("/var/log/flipt"));
+    check_sidecar("deploy/unleash", None);
+}
+
+/// Renders the kustomization in `dir` and checks its flagtail sidecar; `shared_log`: where the
+/// flag server's audit log is mounted read-only.
+fn check_sidecar(dir: &str, shared_log: Option<&str>) {
     let parse = |doc: &str| {
         figment::Figment::from(figment::providers::Yaml::string(doc))
             .extract::<Value>()
             .unwrap()
     };
     let docs: Vec<Value> = match std::process::Command::new("kubectl")
-        .args(["kustomize", "deploy"])
+        .args(["kustomize", dir])
         .output()
     {
         Ok(o) if o.status.success() => String::from_utf8(o.stdout)
@@ -39,21 +48,21 @@ fn the_kubernetes_sidecar_probes_the_admin_port_its_config_sets_and_runs_locked_
         other => {
             // No kubectl: what kustomization.yaml says, read with a YAML parser.
             eprintln!("kubectl kustomize is not available ({other:?}); reading the files");
-            let k = parse(&std::fs::read_to_string("deploy/kustomization.yaml").unwrap());
+            let k = parse(&std::fs::read_to_string(format!("{dir}/kustomization.yaml")).unwrap());
             let mut docs: Vec<Value> = k["resources"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .flat_map(|r| {
                     let text =
-                        std::fs::read_to_string(format!("deploy/{}", r.as_str().unwrap())).unwrap();
+                        std::fs::read_to_string(format!("{dir}/{}", r.as_str().unwrap())).unwrap();
                     text.split("\n---\n").map(parse).collect::<Vec<_>>()
                 })
                 .collect();
             let file = k["configMapGenerator"][0]["files"][0].as_str().unwrap();
             docs.push(serde_json::json!({
                 "kind": "ConfigMap",
-                "data": {file: std::fs::read_to_string(format!("deploy/{file}")).unwrap()},
+                "data": {file: std::fs::read_to_string(format!("{dir}/{file}")).unwrap()},
             }));
             docs
         }
@@ -121,12 +130,18 @@ fn the_kubernetes_sidecar_probes_the_admin_port_its_config_sets_and_runs_locked_
     assert!(ft["resources"]["limits"]["memory"].is_string());
     // The audit log is shared read-only; the state survives a container restart.
     let mounts = ft["volumeMounts"].as_array().unwrap();
-    assert!(
-        mounts
-            .iter()
-            .any(|m| m["mountPath"] == "/var/log/flipt" && m["readOnly"] == true)
-    );
+    if let Some(log) = shared_log {
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["mountPath"] == log && m["readOnly"] == true)
+        );
+    }
     assert!(mounts.iter().any(|m| m["mountPath"] == "/var/lib/flagtail"));
+    assert!(
+        kind("PersistentVolumeClaim").next().is_some(),
+        "{dir}: the state is on a PersistentVolumeClaim"
+    );
 }
 
 #[test]
