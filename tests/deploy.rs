@@ -11,7 +11,10 @@ use support::*;
 /// The environment the deployed config reads, as the Secret and the manifests give it.
 const ENV: [(&str, &str); 6] = [
     ("AUDIT_WEBHOOK_URL", "https://audit.example.com/flipt"),
-    ("AUDIT_SIGNING_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+    (
+        "AUDIT_SIGNING_SECRET",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ),
     (
         "SLACK_WEBHOOK_URL",
         "https://hooks.slack.com/services/T0/B0/x",
