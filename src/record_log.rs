@@ -54,17 +54,22 @@ impl RecordLog {
         &self.path
     }
 
-    /// Takes the exclusive lock (blocking).
-    pub fn hold(&self) -> io::Result<Held> {
-        if let Some(dir) = self.lock.parent() {
+    /// Opens a lock file of this log (created 0600, its directory 0700).
+    fn lock_file(&self, path: &Path) -> io::Result<File> {
+        if let Some(dir) = path.parent() {
             create_private_dir(dir)?;
         }
-        let f = OpenOptions::new()
+        OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .open(&self.lock)?;
+            .open(path)
+    }
+
+    /// Takes the exclusive lock (blocking).
+    pub fn hold(&self) -> io::Result<Held> {
+        let f = self.lock_file(&self.lock)?;
         f.lock()?;
         Ok(Held { _lock: f })
     }
@@ -72,15 +77,7 @@ impl RecordLog {
     /// Takes the lock that one replay of this log holds from start to end, or `None` if another
     /// replay (the daemon's or a `flagtail replay`) holds it.
     pub fn try_hold_replay(&self) -> io::Result<Option<Held>> {
-        if let Some(dir) = self.lock.parent() {
-            create_private_dir(dir)?;
-        }
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(self.lock.with_extension("replay.lock"))?;
+        let f = self.lock_file(&self.lock.with_extension("replay.lock"))?;
         match f.try_lock() {
             Ok(()) => Ok(Some(Held { _lock: f })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),

@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -13,17 +12,7 @@ async fn a_receiver_back_after_the_retry_budget_gets_every_event_without_a_repla
     let rx = Receiver::start().await;
     let s = Setup::new();
     // Down: 503 for everything; flag-2 is refused for good (400) whatever happens.
-    let down = Arc::new(Mutex::new(true));
-    let plan_down = down.clone();
-    rx.plan(move |r| {
-        if key_of(&r.body) == "flag-2" {
-            Reply::Status(400)
-        } else if *plan_down.lock().unwrap() {
-            Reply::Status(503)
-        } else {
-            Reply::Status(200)
-        }
-    });
+    let outage = rx.outage(|r| (key_of(&r.body) == "flag-2").then_some(Reply::Status(400)));
     s.write_lines(0..6, Encoding::Json);
     let config = s.config(&webhook_sink(
         &rx.url("/"),
@@ -36,11 +25,7 @@ async fn a_receiver_back_after_the_retry_budget_gets_every_event_without_a_repla
     );
     std::fs::write(&config, text).unwrap();
     let mut ft = Flagtail::start(&config);
-    eventually(|| match dead_keys(&s, "hook").len() {
-        6 => Ok(()),
-        n => Err(format!("{n} dead letters")),
-    })
-    .await;
+    wait_dead_letters(&s, "hook", 6).await;
     assert_eq!(dead_letter_gauge(port), 6);
     let first_keys: HashMap<String, String> = rx
         .attempts()
@@ -48,7 +33,7 @@ async fn a_receiver_back_after_the_retry_budget_gets_every_event_without_a_repla
         .map(|r| (key_of(&r.body), r.header("idempotency-key").to_string()))
         .collect();
     // Back. The next event's delivery shows the sink works again.
-    *down.lock().unwrap() = false;
+    outage.end();
     s.write_lines(6..7, Encoding::Json);
     let got = rx.wait_delivered(6).await;
     let mut keys: Vec<String> = got.iter().map(|r| key_of(&r.body)).collect();
@@ -98,27 +83,15 @@ async fn a_receiver_back_after_the_retry_budget_gets_every_event_without_a_repla
 async fn kill_9_during_an_automatic_replay_loses_nothing_and_leaves_nothing_behind() {
     let rx = Receiver::start().await;
     let s = Setup::new();
-    let down = Arc::new(Mutex::new(true));
-    let plan_down = down.clone();
-    rx.plan(move |_| {
-        if *plan_down.lock().unwrap() {
-            Reply::Status(503)
-        } else {
-            Reply::Status(200)
-        }
-    });
+    let outage = rx.outage(|_| None);
     s.write_lines(0..20, Encoding::Json);
     let config = s.config(&webhook_sink(
         &rx.url("/"),
         "    max_backoff_duration: 200ms\n    rate_limit: 10/s\n    concurrency: 4\n",
     ));
     let mut ft = Flagtail::start(&config);
-    eventually(|| match dead_keys(&s, "hook").len() {
-        20 => Ok(()),
-        n => Err(format!("{n} dead letters")),
-    })
-    .await;
-    *down.lock().unwrap() = false;
+    wait_dead_letters(&s, "hook", 20).await;
+    outage.end();
     s.write_lines(20..21, Encoding::Json);
     // The replay is under way (10/s): some letters went, most have not.
     rx.wait_delivered(4).await;
@@ -159,28 +132,16 @@ async fn kill_9_during_an_automatic_replay_loses_nothing_and_leaves_nothing_behi
 async fn a_letter_the_receiver_keeps_refusing_does_not_hold_back_the_others() {
     let rx = Receiver::start().await;
     let s = Setup::new();
-    let down = Arc::new(Mutex::new(true));
-    let plan_down = down.clone();
     // Once back, the receiver still refuses flag-0 (500), and only flag-0.
-    rx.plan(move |r| {
-        if *plan_down.lock().unwrap() || key_of(&r.body) == "flag-0" {
-            Reply::Status(500)
-        } else {
-            Reply::Status(200)
-        }
-    });
+    let outage = rx.outage(|r| (key_of(&r.body) == "flag-0").then_some(Reply::Status(500)));
     s.write_lines(0..2, Encoding::Json);
     let config = s.config(&webhook_sink(
         &rx.url("/"),
         "    max_backoff_duration: 200ms\n",
     ));
     let mut ft = Flagtail::start(&config);
-    eventually(|| match dead_keys(&s, "hook").len() {
-        2 => Ok(()),
-        n => Err(format!("{n} dead letters")),
-    })
-    .await;
-    *down.lock().unwrap() = false;
+    wait_dead_letters(&s, "hook", 2).await;
+    outage.end();
     // New events keep coming; each delivery may start a round (at most one per cool-down).
     let mut next = 2;
     eventually(|| {
@@ -212,27 +173,15 @@ async fn a_letter_the_receiver_keeps_refusing_does_not_hold_back_the_others() {
 async fn auto_replay_false_leaves_dead_letters_for_the_replay_command() {
     let rx = Receiver::start().await;
     let s = Setup::new();
-    let down = Arc::new(Mutex::new(true));
-    let plan_down = down.clone();
-    rx.plan(move |_| {
-        if *plan_down.lock().unwrap() {
-            Reply::Status(503)
-        } else {
-            Reply::Status(200)
-        }
-    });
+    let outage = rx.outage(|_| None);
     s.write_lines(0..1, Encoding::Json);
     let config = s.config(&webhook_sink(
         &rx.url("/"),
         "    max_backoff_duration: 200ms\n    dead_letter: {auto_replay: false}\n",
     ));
     let mut ft = Flagtail::start(&config);
-    eventually(|| match dead_keys(&s, "hook").len() {
-        1 => Ok(()),
-        n => Err(format!("{n} dead letters")),
-    })
-    .await;
-    *down.lock().unwrap() = false;
+    wait_dead_letters(&s, "hook", 1).await;
+    outage.end();
     s.write_lines(1..3, Encoding::Json);
     rx.wait_delivered(2).await;
     assert!(ft.terminate().await.success());

@@ -82,11 +82,7 @@ async fn a_retry_schedule_is_followed_then_the_event_is_dead_lettered() {
         "    retry_schedule: [100ms, 300ms]\n    max_backoff_duration: 1m\n",
     ));
     let mut ft = Flagtail::start(&config);
-    eventually(|| match dead_keys(&s, "hook").len() {
-        1 => Ok(()),
-        n => Err(format!("{n} dead letters")),
-    })
-    .await;
+    wait_dead_letters(&s, "hook", 1).await;
     let tries = rx.attempts();
     assert_eq!(tries.len(), 3, "one attempt, then one per scheduled delay");
     assert!(tries[1].at - tries[0].at >= Duration::from_millis(100));
@@ -154,11 +150,7 @@ async fn a_retry_after_past_the_budget_is_waited_for_once_and_zero_does_not_hamm
         "    max_backoff_duration: 500ms\n    initial_backoff: 100ms\n",
     ));
     let mut ft = Flagtail::start(&config);
-    eventually(|| match dead_keys(&s, "hook").len() {
-        2 => Ok(()),
-        n => Err(format!("{n} dead letters")),
-    })
-    .await;
+    wait_dead_letters(&s, "hook", 2).await;
     assert!(ft.terminate().await.success());
     let tries = rx.attempts();
     let of = |k: &str| {
@@ -297,11 +289,7 @@ async fn dead_letters_are_listed_and_replayed_selectively_by_event_id_and_time()
     rx.plan(|_| Reply::Status(400));
     let config = s.config(&webhook_sink(&rx.url("/"), ""));
     let mut ft = Flagtail::start(&config);
-    eventually(|| match dead_keys(&s, "hook").len() {
-        3 => Ok(()),
-        n => Err(format!("{n} dead letters")),
-    })
-    .await;
+    wait_dead_letters(&s, "hook", 3).await;
     assert!(ft.terminate().await.success());
     rx.plan(|_| Reply::Status(200));
     let cfg = config.to_str().unwrap();

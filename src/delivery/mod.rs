@@ -106,7 +106,10 @@ pub async fn run_sink(
     grace: Duration,
 ) {
     let queue = Arc::new(Mutex::new(queue));
-    let healer = sink.auto_replay.then(|| Arc::new(Healer::new(&dead)));
+    let healer = match sink.auto_replay {
+        true => Some(Arc::new(Healer::new(&dead).await)),
+        false => None,
+    };
     let mut workers = JoinSet::new();
     for _ in 0..sink.concurrency.max(1) {
         let link = transport.link();
@@ -171,12 +174,17 @@ fn cooldown(sink: &Sink) -> Duration {
 impl Healer {
     /// Looks at the dead-letter file once, at start: a replay cut off is resumed at once; waiting
     /// letters go once the sink delivers.
-    fn new(dead: &RecordLog) -> Healer {
+    async fn new(dead: &RecordLog) -> Healer {
+        let log = dead.clone();
+        let (pending, cut_off) =
+            tokio::task::spawn_blocking(move || (replay::pending(&log), log.replaying().exists()))
+                .await
+                .unwrap_or((true, false));
         let healer = Healer {
-            needed: AtomicBool::new(replay::pending(dead)),
+            needed: AtomicBool::new(pending),
             wake: Notify::new(),
         };
-        if dead.replaying().exists() {
+        if cut_off {
             healer.wake.notify_one();
         }
         healer

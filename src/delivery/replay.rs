@@ -49,11 +49,16 @@ pub async fn replay(
     let Some(_running) = log.try_hold_replay()? else {
         return Ok(None);
     };
-    let taken = {
-        let held = log.hold()?;
-        log.take(&held)?
-    };
-    let contents = RecordLog::read(&taken)?;
+    // File work off the async threads (the daemon replays beside its workers).
+    let (taken, contents) = blocking(log, |log| {
+        let taken = {
+            let held = log.hold()?;
+            log.take(&held)?
+        };
+        let contents = RecordLog::read(&taken)?;
+        Ok((taken, contents))
+    })
+    .await?;
     let mut keep: Vec<Vec<u8>> = Vec::new();
     // Letters that failed again go back behind the others, so one letter a receiver keeps
     // refusing does not stand in front of the rest at every round.
@@ -136,18 +141,30 @@ pub async fn replay(
         }
     }
     keep.append(&mut again);
-    let held = log.hold()?;
-    if !keep.is_empty() {
-        log.append_held(&keep)?;
-    }
-    match std::fs::remove_file(&taken) {
-        Ok(()) => {}
-        // Nothing was taken: there were no dead letters.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    drop(held);
+    blocking(log, move |log| {
+        let _held = log.hold()?;
+        if !keep.is_empty() {
+            log.append_held(&keep)?;
+        }
+        match std::fs::remove_file(&taken) {
+            // Nothing was taken: there were no dead letters.
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    })
+    .await?;
     Ok(Some(summary))
+}
+
+/// Runs `work` on `log` on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    log: &RecordLog,
+    work: impl FnOnce(&RecordLog) -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || work(&log))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
 /// Whether `log` holds a letter the automatic replay would send, or a replay was cut off.

@@ -167,20 +167,17 @@ impl Dispatch {
             }
             Err(rejection) => return self.reject(at, rejection, text.as_bytes()).await,
         };
-        // Which sinks take it, decided once (a `match:` may parse the payload, once for all).
+        // The filters are evaluated again when sending, cheaper than keeping a list per line; a
+        // `match:` parses the payload once for both passes and all sinks.
         let mut parsed = crate::sink::filter::Parsed::default();
-        let takes: Vec<bool> = self
-            .sinks
-            .iter()
-            .map(|p| {
-                let yes = p.sink.filter.accepts(&self.info.name, &event, &mut parsed);
-                if !yes {
-                    p.sink.metrics.filtered.inc();
-                }
-                yes
-            })
-            .collect();
-        let wanted = takes.iter().filter(|t| **t).count() as u32;
+        let mut wanted = 0;
+        for p in self.sinks.iter() {
+            if p.sink.filter.accepts(&self.info.name, &event, &mut parsed) {
+                wanted += 1;
+            } else {
+                p.sink.metrics.filtered.inc();
+            }
+        }
         let key = format!("{}-{}-{}", self.info.name, at.origin.key(), at.start);
         let cost = self.tracker.cost(text.len());
         let (start, tracker) = (at.start, self.tracker.clone());
@@ -192,8 +189,12 @@ impl Dispatch {
             Record::new(self.info.clone(), start, key.into(), text.into(), event)
                 .with_ack(tracker, seq),
         );
-        let ports = self.sinks.iter().zip(&takes).filter(|(_, t)| **t);
-        for (port, _) in ports {
+        let ports = self.sinks.iter().filter(|p| {
+            p.sink
+                .filter
+                .accepts(&self.info.name, &record.event, &mut parsed)
+        });
+        for port in ports {
             tokio::select! {
                 sent = port.queue.send(record.clone()) => if sent.is_err() { return Err(Stopped) },
                 _ = self.stop.cancelled() => return Err(Stopped),

@@ -118,6 +118,21 @@ impl Receiver {
         self.plan(move |_| replies.next().unwrap_or(Reply::Status(200)));
     }
 
+    /// Starts an outage: `always` answers the requests it has an answer for, during the outage
+    /// and after; every other request is answered 503 until [`Outage::end`], 200 after it.
+    pub fn outage(&self, always: impl Fn(&Received) -> Option<Reply> + Send + 'static) -> Outage {
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let is_down = down.clone();
+        self.plan(move |r| {
+            always(r).unwrap_or(if is_down.load(std::sync::atomic::Ordering::SeqCst) {
+                Reply::Status(503)
+            } else {
+                Reply::Status(200)
+            })
+        });
+        Outage(down)
+    }
+
     pub fn delivered(&self) -> Vec<Received> {
         self.state.delivered.lock().unwrap().clone()
     }
@@ -649,4 +664,23 @@ pub fn admin_get(port: u16, path: &str) -> Result<(u16, String), String> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// A receiver's outage, from [`Receiver::outage`].
+pub struct Outage(Arc<std::sync::atomic::AtomicBool>);
+
+impl Outage {
+    /// The receiver is back.
+    pub fn end(&self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Waits until `sink`'s dead-letter file holds `n` letters; their flag keys.
+pub async fn wait_dead_letters(s: &Setup, sink: &str, n: usize) -> Vec<String> {
+    eventually(|| match dead_keys(s, sink) {
+        d if d.len() == n => Ok(d),
+        d => Err(format!("{} of {n} dead letters: {d:?}", d.len())),
+    })
+    .await
 }
