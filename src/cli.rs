@@ -80,6 +80,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a running daemon's status page as tables (from its admin endpoint's /status.json).
+    Status {
+        /// The admin endpoint, HOST:PORT. Default: the config's admin.listen, else 127.0.0.1:9464.
+        #[arg(long)]
+        admin: Option<String>,
+    },
 }
 
 /// Which dead letters `replay` and `dead-letters` take.

@@ -53,7 +53,13 @@ pub async fn run(
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(book.clone().run_writer(writer_stop.clone()));
     let health = Arc::new(Health::default());
-    let admin_view: admin::Shared = Arc::new(std::sync::RwLock::new(admin_view_of(&config, &book)));
+    crate::status::started();
+    let mut config = config;
+    let mut intakes = Intakes::default();
+    intakes.update(&config, &book)?;
+    let admin_view: admin::Shared = Arc::new(std::sync::RwLock::new(admin_view_of(
+        &config, &book, &intakes, &sinks,
+    )));
     let admin_stop = CancellationToken::new();
     let admin_listen = config.file.admin.listen.clone();
     let admin = if admin_listen.is_empty() {
@@ -69,9 +75,11 @@ pub async fn run(
             admin_stop.clone(),
         )))
     };
-    let mut config = config;
-    let mut intakes = Intakes::default();
-    intakes.update(&config, &book)?;
+    let summary_stop = CancellationToken::new();
+    let summary = tokio::spawn(crate::summary::run(
+        config.file.log.summary_interval,
+        summary_stop.clone(),
+    ));
     let mut pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health);
     for note in &config.notes {
         tracing::warn!("{note}");
@@ -107,7 +115,7 @@ pub async fn run(
                     }
                     config = next;
                     if let Ok(mut view) = admin_view.write() {
-                        *view = admin_view_of(&config, &book);
+                        *view = admin_view_of(&config, &book, &intakes, &sinks);
                     }
                     pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health);
                     tracing::info!(config = %config.paths, "config reloaded");
@@ -126,6 +134,8 @@ pub async fn run(
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    summary_stop.cancel();
+    let _ = summary.await;
     writer_stop.cancel();
     let saved = match writer.await {
         Ok(saved) => saved.context("cannot save checkpoints at shutdown; undelivered events after the last saved position are sent again on restart"),
@@ -139,22 +149,52 @@ pub async fn run(
 }
 
 /// What the admin endpoint reports on for `config`.
-fn admin_view_of(config: &Config, book: &Arc<CheckpointBook>) -> admin::View {
+fn admin_view_of(
+    config: &Config,
+    book: &Arc<CheckpointBook>,
+    intakes: &Intakes,
+    sinks: &[Ready],
+) -> admin::View {
+    let sources = config
+        .file
+        .sources
+        .iter()
+        .filter_map(|s| {
+            let name = s.name.to_string();
+            let (kind, address, follows) = match s.kind()? {
+                SourceKind::File { path, .. } => (
+                    "file",
+                    path.display().to_string(),
+                    admin::Follows::File(path.to_path_buf()),
+                ),
+                SourceKind::Socket { path, .. } => (
+                    "socket",
+                    path.display().to_string(),
+                    admin::Follows::Journal(intakes.get(&name)?.journal.clone()),
+                ),
+                SourceKind::Http { addr, path, .. } => (
+                    "http",
+                    format!("http://{addr}{path}"),
+                    admin::Follows::Journal(intakes.get(&name)?.journal.clone()),
+                ),
+            };
+            Some(admin::SourceView {
+                name,
+                kind,
+                address,
+                follows,
+            })
+        })
+        .collect();
     admin::View {
         state_dir: config.file.state_dir.clone(),
-        sinks: config
-            .file
-            .sinks
+        sources,
+        sinks: sinks
             .iter()
-            .map(|s| s.name.to_string())
-            .collect(),
-        files: config
-            .file
-            .sources
-            .iter()
-            .filter_map(|s| match s.kind()? {
-                SourceKind::File { path, .. } => Some((s.name.to_string(), path.to_path_buf())),
-                _ => None,
+            .map(|r| admin::SinkView {
+                name: r.sink.name.to_string(),
+                kind: r.sink.kind_name(),
+                target: r.sink.shown(),
             })
             .collect(),
         book: Some(book.clone()),
@@ -191,6 +231,9 @@ impl Pipeline {
     ) -> Pipeline {
         let c = &config.file;
         health.expect(c.sources.iter().map(|s| s.name.to_string()));
+        for s in &c.sources {
+            crate::status::source(s.name.as_str());
+        }
         let stop = CancellationToken::new();
         let mut sink_tasks = JoinSet::new();
         let mut names = HashMap::new();

@@ -178,6 +178,12 @@ impl Journal {
         usize::try_from(self.shared.segment_bytes).unwrap_or(usize::MAX)
     }
 
+    /// Where the stream kept in the segments starts, and where its durable part ends.
+    pub fn extent(&self) -> (u64, u64) {
+        let start = self.shared.lock().segments.front().map_or(0, |s| s.base);
+        (start, *self.shared.committed.borrow())
+    }
+
     /// Bytes the segments hold now.
     pub fn size(&self) -> u64 {
         self.shared.lock().segments.iter().map(|s| s.len).sum()

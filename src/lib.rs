@@ -25,4 +25,6 @@ pub mod record_log;
 pub mod sink;
 pub mod source;
 pub mod state_lock;
+pub mod status;
+pub mod summary;
 pub mod telemetry;

@@ -13,6 +13,19 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `status` needs a config only for its admin.listen: `--admin` (or no config at all, for the
+    // default address) does without.
+    if let Some(Command::Status { admin }) = &cli.command {
+        let no_config = cli.config.config.is_none()
+            && cli.config.flipt_config.is_none()
+            && !std::path::Path::new("./flagtail.yaml").exists();
+        let given = admin
+            .clone()
+            .or_else(|| no_config.then(|| command::status::DEFAULT_ADMIN.to_string()));
+        if let Some(admin) = given {
+            return status(&admin);
+        }
+    }
     let config = match Config::load_from(&cli.config.paths()) {
         Ok(c) => c,
         Err(e) => {
@@ -48,9 +61,30 @@ fn main() -> ExitCode {
         }),
         Command::DeadLetters { sink, select, json } => selection(&select)
             .and_then(|selection| command::dead_letters::list(&config, &sink, json, &selection)),
+        Command::Status { .. } => {
+            runtime.block_on(command::status::status(&config.file.admin.listen))
+        }
     };
     // A template render given up on may still run on a blocking thread: do not wait for it.
     runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("flagtail: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// `flagtail status --admin ADDR`.
+fn status(admin: &str) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(rt) => rt.block_on(command::status::status(admin)),
+        Err(e) => Err(Failure::runtime(format!("cannot start the runtime: {e}"))),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

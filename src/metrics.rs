@@ -18,6 +18,11 @@ pub struct SourceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
     pub source: String,
     pub reason: String,
@@ -53,6 +58,8 @@ pub struct SinkMetrics {
     pub dead_letter: Counter,
     pub retries: Counter,
     pub seconds: Histogram,
+    /// Its last failure and running backoff, for the status page.
+    pub state: std::sync::Arc<crate::status::SinkState>,
 }
 
 pub struct Metrics {
@@ -66,6 +73,8 @@ pub struct Metrics {
     pub source_lag_bytes: Family<SourceLabel, Gauge>,
     /// Letters waiting in a sink's dead-letter file; set when scraped.
     pub dead_letters: Family<SinkLabel, Gauge>,
+    /// Bytes a socket or HTTP source's journal holds; set when scraped.
+    pub journal_bytes: Family<SourceLabel, Gauge>,
 }
 
 /// The process's metrics.
@@ -87,6 +96,23 @@ impl Metrics {
         });
         let source_lag_bytes = Family::default();
         let dead_letters = Family::default();
+        let journal_bytes = Family::default();
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the running version is its label",
+            build_info,
+        );
+        registry.register(
+            "journal_bytes",
+            "Bytes a socket or HTTP source's journal holds",
+            journal_bytes.clone(),
+        );
         registry.register(
             "dead_letters",
             "Letters waiting in a sink's dead-letter file",
@@ -120,7 +146,7 @@ impl Metrics {
         );
         registry.register(
             "source_lag_bytes",
-            "File size minus checkpoint",
+            "Bytes not delivered yet: file size (or journal end) minus checkpoint",
             source_lag_bytes.clone(),
         );
         Metrics {
@@ -133,6 +159,7 @@ impl Metrics {
             delivery_seconds,
             source_lag_bytes,
             dead_letters,
+            journal_bytes,
         }
     }
 
@@ -154,6 +181,7 @@ impl Metrics {
             dead_letter: outcome(Outcome::dead_letter),
             retries: self.retries.get_or_create(&label).clone(),
             seconds: self.delivery_seconds.get_or_create(&label).clone(),
+            state: crate::status::sink(sink),
         }
     }
 
@@ -214,6 +242,7 @@ mod tests {
             "flagtail_delivery_retries_total{sink=\"k\"}",
             "flagtail_delivery_seconds_bucket{",
             "flagtail_source_lag_bytes{source=\"s\"} 3",
+            "flagtail_build_info{version=\"",
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use support::*;
 
 /// `s`'s config with the admin endpoint on `port` and a second file source `other`.
@@ -151,4 +152,283 @@ async fn the_lag_gauge_counts_what_is_not_done_yet() {
         "nothing is done while the first request stalls"
     );
     assert!(ft.terminate().await.success());
+}
+
+/// `/status.json` from the admin endpoint at `port`, once `ready` says it shows what is awaited.
+async fn status_when(port: u16, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    eventually(|| {
+        let (code, body) = admin_get(port, "/status.json")?;
+        let status: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("{code} {e}: {body}"))?;
+        match ready(&status) {
+            true => Ok(status),
+            false => Err(body),
+        }
+    })
+    .await
+}
+
+/// The source or sink called `name` in a status.
+fn named<'a>(status: &'a serde_json::Value, list: &str, name: &str) -> &'a serde_json::Value {
+    status[list]
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["name"] == name))
+        .unwrap_or_else(|| panic!("no {list} {name} in {status}"))
+}
+
+/// A headless Chromium, or `None` outside CI when there is none (CI installs it).
+fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have chromium (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: no chromium on this machine (apt-get install chromium)");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_a_run_in_a_real_browser_and_in_flagtail_status() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let port = free_port();
+    rx.plan(|r| match key_of(&r.body).as_str() {
+        "flag-3" => Reply::Status(400),
+        _ => Reply::Status(204),
+    });
+    s.write_lines(0..6, Encoding::Json);
+    append(&s.log(), "this is not an event\n");
+    let size = std::fs::metadata(s.log()).unwrap().len();
+    let config = with_admin(&s, &webhook_sink(&rx.url("/"), ""), port);
+    let mut ft = Flagtail::start(&config);
+    rx.wait_delivered(5).await;
+    let status = status_when(port, |st| {
+        let (src, sink) = (named(st, "sources", "flipt"), named(st, "sinks", "hook"));
+        sink["delivered"] == 5
+            && sink["dead_letters_waiting"] == 1
+            && src["rejected"] == 1
+            && src["lag_bytes"] == 0
+    })
+    .await;
+    let (src, sink) = (
+        named(&status, "sources", "flipt"),
+        named(&status, "sinks", "hook"),
+    );
+    assert_eq!(src["kind"], "file");
+    assert_eq!(src["address"], s.log().display().to_string());
+    assert_eq!(src["position"], size, "everything in the file is done");
+    assert_eq!(src["lines_read"], 7);
+    let rejected = src["last_rejected"]["reason"].as_str().unwrap().to_string();
+    assert!(rejected.contains("offset"), "{rejected}");
+    let error = sink["last_error"]["reason"].as_str().unwrap().to_string();
+    assert!(error.contains("400"), "{error}");
+    let target = sink["target"].as_str().unwrap();
+    assert!(target.starts_with("http://127.0.0.1:"), "{target}");
+    assert_eq!(status["healthy"], true);
+    assert_eq!(status["ready"], true, "a missing file is watched for: open");
+
+    // The page, as a real browser renders it.
+    if let Some(browser) = chromium() {
+        let out = std::process::Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--dump-dom",
+                &format!("http://127.0.0.1:{port}/"),
+            ])
+            .output()
+            .unwrap();
+        let dom = String::from_utf8_lossy(&out.stdout);
+        let row = |table: &str, name: &str| {
+            let t = dom
+                .split(&format!("<table id=\"{table}\">"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("no {table} table in {dom}"));
+            t.split("<tr>")
+                .find(|r| r.starts_with(&format!("<td>{name}</td>")))
+                .unwrap_or_else(|| panic!("no row {name} in {t}"))
+                .to_string()
+        };
+        let source = row("sources", "flipt");
+        for want in [
+            "<td>file</td>".to_string(),
+            format!("<td>{}</td>", s.log().display()),
+            format!("<td class=\"n\">{size}</td>"),
+            "<td class=\"n\">0</td>".into(),
+            "<td class=\"n\">7</td>".into(),
+            rejected.clone(),
+        ] {
+            assert!(source.contains(&want), "{want} not in {source}");
+        }
+        let sink = row("sinks", "hook");
+        for want in [
+            "<td>webhook</td>",
+            "<td class=\"n\">5</td>",
+            "<td class=\"n bad\">1</td>",
+            &error,
+        ] {
+            assert!(sink.contains(want), "{want} not in {sink}");
+        }
+        assert!(row("sources", "other").contains("<td>file</td>"));
+        assert!(dom.contains("<span class=\"ok\">ready</span>"), "{dom}");
+    }
+
+    // The same in the terminal: by address, and by the config's admin.listen.
+    let (code, table, err) = run_cmd(&["status", "--admin", &format!("127.0.0.1:{port}")]);
+    assert_eq!(code, 0, "{err}");
+    let (code, again, err) = run_cmd(&["status", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let row = |table: &str, first: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{first} ")))
+            .unwrap_or_else(|| panic!("no {first} row in\n{table}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    for t in [&table, &again] {
+        assert!(t.starts_with("flagtail "), "{t}");
+        assert!(t.contains(": healthy, ready, up "), "{t}");
+        let flipt = row(t, "flipt");
+        assert_eq!(
+            flipt[..7],
+            [
+                "flipt".to_string(),
+                "file".into(),
+                s.log().display().to_string(),
+                size.to_string(),
+                "0".into(),
+                "7".into(),
+                "1".into()
+            ]
+        );
+        let hook = row(t, "hook");
+        assert_eq!(hook[1], "webhook");
+        assert_eq!(
+            hook[3..6],
+            ["5", "0", "1"],
+            "delivered, retries, dead letters"
+        );
+        assert!(hook.join(" ").contains("400"), "{hook:?}");
+    }
+    assert!(ft.terminate().await.success());
+    // No daemon: the command says so and fails.
+    let (code, _, err) = run_cmd(&["status", "--admin", &format!("127.0.0.1:{port}")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_source_shows_its_journal_lag_and_a_sink_its_backoff() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let port = free_port();
+    let sock = s.path("in.sock");
+    let outage = rx.outage(|_| None);
+    let config = s.path("flagtail.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: {}\nadmin: {{listen: \"127.0.0.1:{port}\"}}\nshutdown_grace: 5s\nsources:\n  - name: local\n    socket: {}\n    format: flipt\nsinks:\n{}",
+            s.state().display(),
+            sock.display(),
+            webhook_sink(
+                &rx.url("/"),
+                "    initial_backoff: 2s\n    max_backoff_duration: 1m\n    concurrency: 1\n"
+            )
+        ),
+    )
+    .unwrap();
+    let mut ft = Flagtail::start(&config);
+    let text: String = (0..3).map(|i| flipt_line(i, Encoding::Json).0).collect();
+    eventually(|| std::os::unix::net::UnixStream::connect(&sock).map_err(|e| e.to_string())).await;
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.write_all(text.as_bytes()).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "ok 3\n");
+    // The receiver is down: all three lines wait in the journal; the sink waits out a backoff.
+    let status = status_when(port, |st| {
+        named(st, "sinks", "hook")["backoff"]["left_ms"]
+            .as_u64()
+            .is_some()
+    })
+    .await;
+    let (src, sink) = (
+        named(&status, "sources", "local"),
+        named(&status, "sinks", "hook"),
+    );
+    assert_eq!(src["kind"], "socket");
+    assert_eq!(src["lag_bytes"], text.len(), "{src}");
+    assert_eq!(src["journal_bytes"], text.len(), "{src}");
+    assert!(
+        sink["last_error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("503"),
+        "{sink}"
+    );
+    let (_, metrics) = admin_get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "flagtail_source_lag_bytes{{source=\"local\"}} {}",
+            text.len()
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("flagtail_journal_bytes{source=\"local\"}"));
+    assert!(metrics.contains(&format!(
+        "flagtail_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+    outage.end();
+    rx.wait_delivered(3).await;
+    let status = status_when(port, |st| named(st, "sources", "local")["lag_bytes"] == 0).await;
+    assert!(named(&status, "sinks", "hook").get("backoff").is_none());
+    assert!(ft.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_summary_is_logged_only_when_something_happened() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    s.write_lines(0..3, Encoding::Json);
+    let config = s.config_with(
+        "log: {summary_interval: 200ms}",
+        &webhook_sink(&rx.url("/"), ""),
+    );
+    let mut ft = Flagtail::start(&config);
+    rx.wait_delivered(3).await;
+    ft.wait_log("3 delivered").await;
+    // Idle for many intervals: no summary says "nothing happened".
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    s.write_lines(3..5, Encoding::Json);
+    rx.wait_delivered(5).await;
+    ft.wait_log("2 delivered").await;
+    assert!(ft.terminate().await.success());
+    let summaries: Vec<String> = ft
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("summary of the last"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(summaries.len(), 2, "{summaries:#?}");
+    assert!(
+        summaries[0]
+            .contains("3 lines read, 0 rejected; hook: 3 delivered, 0 dead-lettered, 0 retries"),
+        "{summaries:#?}"
+    );
+    assert!(summaries[1].contains("2 lines read"), "{summaries:#?}");
 }

@@ -566,3 +566,47 @@ async fn auto_reads_a_file_mixing_flipt_unleash_launchdarkly_and_ab_tasty() {
         "unmapped events are logged at debug"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delivery_is_one_log_line_with_the_url_masked_status_and_attempts() {
+    let rx = Receiver::start().await;
+    rx.plan(|r| match r.body.is_empty() {
+        true => Reply::Status(200),
+        false => Reply::Status(503),
+    });
+    let s = Setup::new();
+    s.write_lines(0..3, Encoding::Json);
+    // One request of three events; the URL's path and query are secret.
+    let sink = webhook_sink(
+        &rx.url("/hooks/T0KEN-PATH?sig=s3cret"),
+        "    batch: {max_events: 3, linger: 5s}\n    retry_schedule: [10ms, 10ms]\n",
+    );
+    let mut ft = Flagtail::start(&s.config(&sink));
+    wait_dead_letters(&s, "hook", 3).await;
+    ft.wait_log("dead-lettered").await;
+    assert!(ft.terminate().await.success());
+    let log = ft.stderr();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("dead-lettered"))
+        .collect();
+    assert_eq!(failures.len(), 1, "one line for one delivery:\n{log}");
+    for want in [
+        "sink=hook",
+        "url=http://127.0.0.1:",
+        "/***",
+        "status=503",
+        "attempts=3",
+        "events=3",
+        "retry_schedule ran out",
+    ] {
+        assert!(failures[0].contains(want), "{want} not in {}", failures[0]);
+    }
+    assert!(!log.contains("T0KEN") && !log.contains("s3cret"), "{log}");
+    let retries: Vec<&str> = log.lines().filter(|l| l.contains("will retry")).collect();
+    assert_eq!(retries.len(), 2, "{log}");
+    assert!(
+        retries.iter().all(|l| l.contains(" DEBUG ")),
+        "retries are logged at debug:\n{log}"
+    );
+}

@@ -118,16 +118,24 @@ pub fn list(config: &Config, sink: &str, json: bool, selection: &Selection) -> R
             println!("{}", serde_json::to_string(row).unwrap_or_default());
         }
     } else {
-        println!(
-            "{:<24} {:<20} {:<24} {:>8}  {:<36} REASON",
-            "TIME", "EVENT", "KEY", "ATTEMPTS", "ID"
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.time.clone(),
+                    r.event.clone(),
+                    r.key.clone(),
+                    r.attempts.to_string(),
+                    r.idempotency_key.clone(),
+                    r.reason.clone(),
+                ]
+            })
+            .collect();
+        super::table::print(
+            &["TIME", "EVENT", "KEY", "ATTEMPTS", "ID", "REASON"],
+            &cells,
+            &[3],
         );
-        for r in &rows {
-            println!(
-                "{:<24} {:<20} {:<24} {:>8}  {:<36} {}",
-                r.time, r.event, r.key, r.attempts, r.idempotency_key, r.reason
-            );
-        }
         eprintln!(
             "{} dead letters{}",
             rows.len(),

@@ -1,9 +1,11 @@
-//! The one-shot commands: `check`, `render`, `replay`. The daemon is [`crate::daemon`].
+//! The one-shot commands: `check`, `render`, `replay`, `dead-letters`, `status`. The daemon is [`crate::daemon`].
 
 pub mod check;
 pub mod dead_letters;
 pub mod render;
 pub mod replay;
+pub mod status;
+pub mod table;
 
 use crate::config::{Config, SourceKind};
 use crate::delivery::{Ready, Transport};

@@ -66,6 +66,10 @@ pub struct LogSection {
     /// A tracing filter (`info`, `flagtail=debug`); `RUST_LOG` overrides it. Default `info`.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// How often a summary of what happened is logged at info, when something did; `0s` never.
+    /// Default `1m`.
+    #[serde(default = "default_summary_interval", with = "humantime_serde")]
+    pub summary_interval: Duration,
 }
 
 impl Default for LogSection {
@@ -73,8 +77,13 @@ impl Default for LogSection {
         LogSection {
             format: LogFormat::default(),
             level: default_log_level(),
+            summary_interval: default_summary_interval(),
         }
     }
+}
+
+fn default_summary_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

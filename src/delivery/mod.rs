@@ -83,6 +83,8 @@ pub enum Result {
         /// Why, safe to log (never quotes a rendered body).
         reason: String,
         attempts: u32,
+        /// The receiver's last answer, when it answered.
+        status: Option<u16>,
         /// The start of a body that could not be sent, for the dead-letter file only.
         excerpt: Option<String>,
         /// Retries ran out (no answer, or refusals in `retry_on`): the receiver may take it
@@ -375,6 +377,7 @@ pub async fn deliver(
                 Err(e) => Result::Failed {
                     reason: e.reason,
                     attempts: 0,
+                    status: None,
                     excerpt: e.excerpt,
                     retryable: false,
                 },
@@ -386,6 +389,7 @@ pub async fn deliver(
             Result::Failed {
                 reason: "a webhook sink was given no HTTP transport".into(),
                 attempts: 0,
+                status: None,
                 excerpt: None,
                 retryable: false,
             },
@@ -405,6 +409,7 @@ async fn finish(
     sink.metrics
         .seconds
         .observe(started.elapsed().as_secs_f64());
+    crate::status::touch();
     match result {
         Result::Delivered { .. } => {
             sink.metrics.delivered.inc_by(records.len() as u64);
@@ -413,6 +418,7 @@ async fn finish(
         Result::Failed {
             reason,
             attempts,
+            status,
             excerpt,
             retryable,
         } => {
@@ -429,9 +435,11 @@ async fn finish(
             let written = tokio::task::spawn_blocking(move || log.append(&lines)).await;
             match written {
                 Ok(Ok(())) => {
-                    for r in records {
-                        tracing::warn!(sink = %sink.name, source = %r.source.name, offset = r.offset, key = %r.key, attempts, "dead-lettered: {reason}");
+                    // One line per failed delivery, however many events it carried.
+                    if let Some(first) = records.first() {
+                        tracing::warn!(sink = %sink.name, url = %sink.shown(), status, attempts, events = records.len(), source = %first.source.name, offset = first.offset, key = %first.key, "dead-lettered: {reason}");
                     }
+                    sink.metrics.state.failed(&reason);
                     sink.metrics.dead_letter.inc_by(records.len() as u64);
                     records.iter().for_each(|r| r.ack());
                 }

@@ -119,7 +119,9 @@ pub async fn replay(
                 attempts,
                 excerpt,
                 retryable,
+                ..
             }) => {
+                sink.metrics.state.failed(&reason);
                 say(&format!(
                     "{}: still failing: {reason}",
                     letter.idempotency_key

@@ -53,6 +53,8 @@ pub struct Tries<'a> {
     key: &'a str,
     backoff: Backoff<'a>,
     attempts: u32,
+    /// The receiver's last answer.
+    status: Option<u16>,
 }
 
 impl<'a> Tries<'a> {
@@ -62,6 +64,7 @@ impl<'a> Tries<'a> {
             key,
             backoff: Backoff::start(&sink.retry),
             attempts: 0,
+            status: None,
         }
     }
 
@@ -75,6 +78,7 @@ impl<'a> Tries<'a> {
                 return Some(Outcome::Failed {
                     reason,
                     attempts,
+                    status: self.status,
                     excerpt: None,
                     retryable: false,
                 });
@@ -84,10 +88,12 @@ impl<'a> Tries<'a> {
                 reason,
                 retry_after,
             } => {
+                self.status = Some(status);
                 if !self.sink.retry.retry_on.retries(status) {
                     return Some(Outcome::Failed {
                         reason: format!("{reason} (not in retry_on)"),
                         attempts,
+                        status: self.status,
                         excerpt: None,
                         retryable: false,
                     });
@@ -107,6 +113,7 @@ impl<'a> Tries<'a> {
                 return Some(Outcome::Failed {
                     reason: format!("{reason}; {why}"),
                     attempts,
+                    status: self.status,
                     excerpt: None,
                     retryable: true,
                 });
@@ -114,6 +121,7 @@ impl<'a> Tries<'a> {
         };
         tracing::debug!(sink = %self.sink.name, key = %self.key, attempt = attempts, retry_in = ?wait, "{reason}; will retry");
         self.sink.metrics.retries.inc();
+        self.sink.metrics.state.retrying(&reason, wait);
         tokio::select! {
             _ = tokio::time::sleep(wait) => None,
             _ = stop.cancelled() => Some(Outcome::Abandoned),

@@ -34,6 +34,7 @@ pub async fn deliver(sink: &Sink, records: &[Arc<Record>], stop: &CancellationTo
                 Result::Failed {
                     reason: e.reason,
                     attempts: 0,
+                    status: None,
                     excerpt: e.excerpt,
                     retryable: false,
                 },

@@ -148,6 +148,25 @@ impl Sink {
         }
     }
 
+    /// `webhook`, `file` or `stdout`.
+    pub fn kind_name(&self) -> &'static str {
+        match &self.output {
+            Output::Webhook(_) => "webhook",
+            Output::File(_) => "file",
+            Output::Stdout => "stdout",
+        }
+    }
+
+    /// Where the sink delivers, safe to show: a webhook's URL as `scheme://host/***`, a file's
+    /// path, `stdout`.
+    pub fn shown(&self) -> String {
+        match &self.output {
+            Output::Webhook(hook) => hook.shown.clone(),
+            Output::File(f) => f.path.display().to_string(),
+            Output::Stdout => "stdout".into(),
+        }
+    }
+
     /// The `Idempotency-Key` (and Standard Webhooks id) of a delivery of `records`.
     pub fn delivery_key(records: &[Arc<Record>]) -> String {
         match records {

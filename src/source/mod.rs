@@ -176,6 +176,7 @@ impl Dispatch {
                 wanted += 1;
             } else {
                 p.sink.metrics.filtered.inc();
+                crate::status::touch();
             }
         }
         let key = format!("{}-{}-{}", self.info.name, at.origin.key(), at.start);
@@ -289,6 +290,7 @@ impl Rejected {
     ) -> Result<(), Stopped> {
         tracing::warn!(source = %source, path = %path, offset = range.0, reason = %why, "rejected line");
         metrics::get().rejected(source, why.tag());
+        crate::status::source(source).rejected(format!("{why} (offset {} of {path})", range.0));
         let mut entry = serde_json::json!({
             "time": now_rfc3339(),
             "source": source,

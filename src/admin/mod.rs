@@ -1,13 +1,17 @@
 //! The admin endpoint on `admin.listen`: `GET /healthz` (503 once a source or sink task died),
 //! `GET /readyz` (503 with the sources not open yet), `GET /metrics` (Prometheus, OpenMetrics
-//! text). Bound once at start and kept across reloads (a changed `admin.listen` needs a restart).
-//! Gauges that describe files (`flagtail_dead_letters{sink}`) are computed when scraped, so they
-//! are never stale and cost nothing between scrapes.
+//! text), `GET /status.json` (a [`snapshot::Snapshot`]) and `GET /` (the same as a page). Bound
+//! once at start and kept across reloads (a changed `admin.listen` needs a restart). What
+//! describes files (dead letters waiting, lag, journal sizes) is computed when asked, so it is
+//! never stale and costs nothing between requests.
+
+mod page;
+pub mod snapshot;
 
 use crate::checkpoint::CheckpointBook;
 use crate::health::Health;
-use crate::metrics::{self, SinkLabel, SourceLabel};
-use crate::position::Position;
+use crate::journal::Journal;
+use crate::metrics;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -24,15 +28,40 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// What the endpoint reports on: the running config's state directory, file sources and sinks,
-/// and the positions acknowledged so far.
+/// What the endpoint reports on: the running config's state directory, sources and sinks, and
+/// the positions acknowledged so far.
 #[derive(Clone, Default)]
 pub struct View {
     pub state_dir: PathBuf,
-    pub sinks: Vec<String>,
-    /// File sources by name, with the path they follow.
-    pub files: Vec<(String, PathBuf)>,
+    pub sources: Vec<SourceView>,
+    pub sinks: Vec<SinkView>,
     pub book: Option<Arc<CheckpointBook>>,
+}
+
+#[derive(Clone)]
+pub struct SourceView {
+    pub name: String,
+    /// `file`, `socket` or `http`.
+    pub kind: &'static str,
+    /// The file, socket path or listening address.
+    pub address: String,
+    pub follows: Follows,
+}
+
+/// What a source reads lines from.
+#[derive(Clone)]
+pub enum Follows {
+    File(PathBuf),
+    Journal(Journal),
+}
+
+#[derive(Clone)]
+pub struct SinkView {
+    pub name: String,
+    /// `webhook`, `file` or `stdout`.
+    pub kind: &'static str,
+    /// Where it delivers, safe to show.
+    pub target: String,
 }
 
 /// The view, replaced on every reload.
@@ -54,7 +83,7 @@ pub async fn serve(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    tracing::info!(%address, "admin endpoint: /healthz /readyz /metrics");
+    tracing::info!(%address, "admin endpoint: / /status.json /metrics /healthz /readyz");
     let accept = || async { listener.accept().await.map(|(s, _)| s) };
     while let Some((permit, stream)) =
         crate::source::next_connection("admin", &permits, &stop, accept).await
@@ -82,7 +111,11 @@ pub async fn serve(
     while conns.join_next().await.is_some() {}
 }
 
-async fn answer(req: Request<Incoming>, view: &Shared, health: &Health) -> Response<Full<Bytes>> {
+async fn answer(
+    req: Request<Incoming>,
+    view: &Shared,
+    health: &Arc<Health>,
+) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, kind: &'static str, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
@@ -115,74 +148,56 @@ async fn answer(req: Request<Incoming>, view: &Shared, health: &Health) -> Respo
             ),
         },
         "/metrics" => {
-            let view = view.read().map(|v| v.clone()).unwrap_or_default();
-            // File reads off the async threads.
-            let _ = tokio::task::spawn_blocking(move || {
-                count_dead_letters(&view);
-                measure_lag(&view);
-            })
-            .await;
+            // The computed gauges are set from a snapshot.
+            if snapshot_of(view, health).await.is_none() {
+                return unavailable();
+            }
             reply(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 metrics::get().encode(),
             )
         }
+        "/status.json" => {
+            let Some(taken) = snapshot_of(view, health).await else {
+                return unavailable();
+            };
+            reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&taken).unwrap_or_default() + "\n",
+            )
+        }
+        "/" => {
+            let Some(taken) = snapshot_of(view, health).await else {
+                return unavailable();
+            };
+            reply(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                page::render(&taken),
+            )
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /metrics, /healthz or /readyz\n".into(),
+            "not found; try /, /status.json, /metrics, /healthz or /readyz\n".into(),
         ),
     }
 }
 
-/// Sets `flagtail_dead_letters{sink}` to the letters waiting in each sink's dead-letter file
-/// (including those a replay has taken and not finished).
-fn count_dead_letters(view: &View) {
-    let gauge = &metrics::get().dead_letters;
-    for sink in &view.sinks {
-        let log = crate::delivery::dead_letter::log(&view.state_dir, sink);
-        let lines = |path: &std::path::Path| {
-            std::fs::read(path).map_or(0, |b| {
-                b.split(|c| *c == b'\n')
-                    .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-                    .count()
-            })
-        };
-        let n = lines(log.path()) + lines(&log.replaying());
-        gauge
-            .get_or_create(&SinkLabel { sink: sink.clone() })
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
-    }
+/// The answer when no snapshot could be taken (the runtime is shutting down).
+fn unavailable() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(b"shutting down\n")));
+    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    r
 }
 
-/// Sets `flagtail_source_lag_bytes{source}` of each file source: the size of the file at its path
-/// minus the position every sink is done with (the whole file when that position is in another
-/// file, as after a rotation, or there is none yet).
-fn measure_lag(view: &View) {
-    use std::os::unix::fs::MetadataExt;
-    let gauge = &metrics::get().source_lag_bytes;
-    for (name, path) in &view.files {
-        let Ok(meta) = std::fs::metadata(path) else {
-            continue;
-        };
-        let done = view
-            .book
-            .as_ref()
-            .and_then(|b| b.get(name))
-            .and_then(|p| match p {
-                Position::File { file, offset }
-                    if file.dev == meta.dev() && file.inode == meta.ino() =>
-                {
-                    Some(offset)
-                }
-                _ => None,
-            });
-        let lag = meta.len().saturating_sub(done.unwrap_or(0));
-        gauge
-            .get_or_create(&SourceLabel {
-                source: name.clone(),
-            })
-            .set(i64::try_from(lag).unwrap_or(i64::MAX));
-    }
+/// A snapshot, taken on a blocking thread (it reads files).
+async fn snapshot_of(view: &Shared, health: &Arc<Health>) -> Option<snapshot::Snapshot> {
+    let view = view.read().map(|v| v.clone()).unwrap_or_default();
+    let health = health.clone();
+    tokio::task::spawn_blocking(move || snapshot::take(&view, &health))
+        .await
+        .ok()
 }

@@ -1,0 +1,139 @@
+//! The status page at `/`: a [`Snapshot`] as one small HTML page, rendered on the server (no
+//! script, no external asset), that reloads itself every few seconds. Every text from outside
+//! (paths, reasons) is escaped.
+
+use super::snapshot::{Snapshot, Waiting};
+use std::fmt::Write;
+
+/// Seconds between reloads of the page.
+const REFRESH: u32 = 5;
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
+h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.5em}\
+table{border-collapse:collapse}th,td{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}\
+td.n{text-align:right;font-variant-numeric:tabular-nums}.bad{color:#b00}.ok{color:#070}small{color:#666}";
+
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::with_capacity(4096);
+    let _ = write!(
+        out,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"{REFRESH}\">\
+         <title>flagtail</title><style>{STYLE}</style></head><body>\
+         <h1>flagtail {}</h1><p id=\"state\">{} · {} · up {} <small>(since {})</small></p>",
+        escape(&s.version),
+        state(s.healthy, "healthy", "unhealthy"),
+        state(s.ready, "ready", "not ready"),
+        humantime::format_duration(std::time::Duration::from_secs(s.uptime_seconds)),
+        escape(&s.started),
+    );
+    if let Some(dead) = &s.dead {
+        let _ = write!(out, "<p class=\"bad\">{}</p>", escape(dead));
+    }
+    if !s.waiting_for.is_empty() {
+        let _ = write!(
+            out,
+            "<p class=\"bad\">waiting for sources to open: {}</p>",
+            escape(&s.waiting_for.join(", "))
+        );
+    }
+    out.push_str(
+        "<h2>Sources</h2><table id=\"sources\"><tr><th>source</th><th>kind</th><th>path or address</th>\
+         <th>position</th><th>lag (bytes)</th><th>journal (bytes)</th><th>lines read</th><th>rejected</th><th>last rejected</th></tr>",
+    );
+    for src in &s.sources {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td>{}{}{}<td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+            escape(&src.name),
+            escape(&src.kind),
+            escape(&src.address),
+            number(src.position),
+            number(src.lag_bytes),
+            number(src.journal_bytes),
+            src.lines_read,
+            src.rejected,
+            src.last_rejected
+                .as_ref()
+                .map(|n| format!("{} <small>{}</small>", escape(&n.reason), escape(&n.time)))
+                .unwrap_or_default(),
+        );
+    }
+    out.push_str(
+        "</table><h2>Sinks</h2><table id=\"sinks\"><tr><th>sink</th><th>kind</th><th>target</th><th>delivered</th>\
+         <th>filtered</th><th>retries</th><th>dead-lettered</th><th>dead letters waiting</th><th>backoff</th><th>last error</th></tr>",
+    );
+    for sink in &s.sinks {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"n{}\">{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&sink.name),
+            escape(&sink.kind),
+            escape(&sink.target),
+            sink.delivered,
+            sink.filtered,
+            sink.retries,
+            sink.dead_lettered,
+            if sink.dead_letters_waiting > 0 {
+                " bad"
+            } else {
+                ""
+            },
+            sink.dead_letters_waiting,
+            sink.backoff
+                .as_ref()
+                .map(Waiting::to_string)
+                .unwrap_or_default(),
+            sink.last_error
+                .as_ref()
+                .map(|n| format!("{} <small>{}</small>", escape(&n.reason), escape(&n.time)))
+                .unwrap_or_default(),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "</table><p><small>Reloads every {REFRESH} s. Data: <a href=\"status.json\">status.json</a> · \
+         <a href=\"metrics\">metrics</a></small></p></body></html>"
+    );
+    out
+}
+
+fn state(good: bool, yes: &str, no: &str) -> String {
+    match good {
+        true => format!("<span class=\"ok\">{yes}</span>"),
+        false => format!("<span class=\"bad\">{no}</span>"),
+    }
+}
+
+fn number(n: Option<u64>) -> String {
+    match n {
+        Some(n) => format!("<td class=\"n\">{n}</td>"),
+        None => "<td class=\"n\">–</td>".into(),
+    }
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn text_from_outside_is_escaped() {
+        assert_eq!(
+            super::escape("<script>\"a\" & 'b'</script>"),
+            "&lt;script&gt;&quot;a&quot; &amp; &#39;b&#39;&lt;/script&gt;"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! One look at the daemon, taken when asked: every source (where it is, how far behind, what it
+//! rejected last) and every sink (counts, dead letters waiting, last error, running backoff).
+//! `/status.json` serves it as it is, `/` renders it as a page, and `/metrics` sets its computed
+//! gauges from it, so the three never disagree. Taking it reads files (dead-letter counts, file
+//! sizes): call it on a blocking thread.
+
+use super::View;
+use crate::health::Health;
+use crate::metrics::{self, SinkLabel, SourceLabel};
+use crate::position::Position;
+use crate::status;
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::SystemTime;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: String,
+    /// When the daemon started, RFC 3339.
+    pub started: String,
+    pub uptime_seconds: u64,
+    /// No source or sink task has died.
+    pub healthy: bool,
+    /// What died, once something did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead: Option<String>,
+    /// Every source is open.
+    pub ready: bool,
+    /// Sources not open yet.
+    #[serde(default)]
+    pub waiting_for: Vec<String>,
+    pub sources: Vec<SourceStatus>,
+    pub sinks: Vec<SinkStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub name: String,
+    /// `file`, `socket` or `http`.
+    pub kind: String,
+    /// The followed file, the socket's path, or the listening address.
+    pub address: String,
+    /// The first byte every sink is done with: in the followed file (absent while that is in a
+    /// file rotated away, or nothing is done yet), or in the journal's stream.
+    pub position: Option<u64>,
+    /// Bytes read by no sink yet: the file's size past `position`, or the journal's durable
+    /// stream past it.
+    pub lag_bytes: Option<u64>,
+    /// Bytes the journal holds (socket and HTTP sources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_bytes: Option<u64>,
+    pub lines_read: u64,
+    pub rejected: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rejected: Option<Noted>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SinkStatus {
+    pub name: String,
+    /// `webhook`, `file` or `stdout`.
+    pub kind: String,
+    /// Where it delivers; a URL as `scheme://host/***`.
+    pub target: String,
+    pub delivered: u64,
+    pub filtered: u64,
+    pub dead_lettered: u64,
+    pub retries: u64,
+    /// Letters in the dead-letter file now.
+    pub dead_letters_waiting: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<Noted>,
+    /// A wait before a retry that is running now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Waiting>,
+}
+
+/// Something that happened, with its time (RFC 3339).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Noted {
+    pub time: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Waiting {
+    pub wait_ms: u64,
+    pub left_ms: u64,
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "retrying in {:.1} s (of {:.1} s)",
+            self.left_ms as f64 / 1000.0,
+            self.wait_ms as f64 / 1000.0
+        )
+    }
+}
+
+fn noted(n: status::Note) -> Noted {
+    Noted {
+        time: humantime::format_rfc3339_seconds(n.at).to_string(),
+        reason: n.text,
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Takes the snapshot and sets the gauges computed from it (`flagtail_dead_letters`,
+/// `flagtail_source_lag_bytes`, `flagtail_journal_bytes`).
+pub fn take(view: &View, health: &Health) -> Snapshot {
+    let m = metrics::get();
+    let started = status::started();
+    let sources = view
+        .sources
+        .iter()
+        .map(|s| {
+            let (position, lag_bytes, journal_bytes) = where_is(view, s);
+            let label = SourceLabel {
+                source: s.name.clone(),
+            };
+            if let Some(lag) = lag_bytes {
+                m.source_lag_bytes.get_or_create(&label).set(gauge(lag));
+            }
+            if let Some(bytes) = journal_bytes {
+                m.journal_bytes.get_or_create(&label).set(gauge(bytes));
+            }
+            let state = status::source(&s.name);
+            SourceStatus {
+                name: s.name.clone(),
+                kind: s.kind.into(),
+                address: s.address.clone(),
+                position,
+                lag_bytes,
+                journal_bytes,
+                lines_read: m.lines_read_of(&s.name).get(),
+                rejected: state.rejected.load(std::sync::atomic::Ordering::Relaxed),
+                last_rejected: state.last_rejected().map(noted),
+            }
+        })
+        .collect();
+    let sinks = view
+        .sinks
+        .iter()
+        .map(|s| {
+            let counters = m.sink(&s.name);
+            let waiting = count_dead_letters(&view.state_dir, &s.name);
+            m.dead_letters
+                .get_or_create(&SinkLabel {
+                    sink: s.name.clone(),
+                })
+                .set(gauge(waiting));
+            SinkStatus {
+                name: s.name.clone(),
+                kind: s.kind.into(),
+                target: s.target.clone(),
+                delivered: counters.delivered.get(),
+                filtered: counters.filtered.get(),
+                dead_lettered: counters.dead_letter.get(),
+                retries: counters.retries.get(),
+                dead_letters_waiting: waiting,
+                last_error: counters.state.last_error().map(noted),
+                backoff: counters.state.backoff().map(|b| Waiting {
+                    wait_ms: millis(b.wait),
+                    left_ms: millis(b.left),
+                }),
+            }
+        })
+        .collect();
+    let (dead, waiting_for) = (health.liveness().err(), health.readiness().err());
+    Snapshot {
+        version: env!("CARGO_PKG_VERSION").into(),
+        started: humantime::format_rfc3339_seconds(started).to_string(),
+        uptime_seconds: SystemTime::now()
+            .duration_since(started)
+            .map_or(0, |d| d.as_secs()),
+        healthy: dead.is_none(),
+        dead,
+        ready: waiting_for.is_none(),
+        waiting_for: waiting_for.unwrap_or_default(),
+        sources,
+        sinks,
+    }
+}
+
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A source's position, lag and journal size.
+fn where_is(view: &View, s: &super::SourceView) -> (Option<u64>, Option<u64>, Option<u64>) {
+    let done = view.book.as_ref().and_then(|b| b.get(&s.name));
+    match &s.follows {
+        super::Follows::File(path) => {
+            let Ok(meta) = std::fs::metadata(path) else {
+                return (None, None, None);
+            };
+            // A position in another file (rotated away, or replaced) is not one in this file: all
+            // of this file is still to read.
+            let offset = done.and_then(|p| match p {
+                Position::File { file, offset }
+                    if file.dev == meta.dev() && file.inode == meta.ino() =>
+                {
+                    Some(offset)
+                }
+                _ => None,
+            });
+            let lag = meta.len().saturating_sub(offset.unwrap_or(0));
+            (offset, Some(lag), None)
+        }
+        super::Follows::Journal(journal) => {
+            let (start, end) = journal.extent();
+            let offset = match done {
+                Some(Position::Journal { id, offset }) if id == *journal.id() => offset.max(start),
+                _ => start,
+            };
+            (
+                Some(offset),
+                Some(end.saturating_sub(offset)),
+                Some(journal.size()),
+            )
+        }
+    }
+}
+
+/// Letters waiting in `sink`'s dead-letter file, including those a replay has taken and not
+/// finished.
+fn count_dead_letters(state_dir: &Path, sink: &str) -> u64 {
+    let log = crate::delivery::dead_letter::log(state_dir, sink);
+    count_lines(log.path()) + count_lines(&log.replaying())
+}
+
+/// The lines of `path` that are not blank, read in pieces (a dead-letter file can be large); 0
+/// if it cannot be read.
+fn count_lines(path: &Path) -> u64 {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut lines, mut blank) = (0u64, true);
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &c in &buf[..n] {
+            if c == b'\n' {
+                lines += u64::from(!blank);
+                blank = true;
+            } else if !c.is_ascii_whitespace() {
+                blank = false;
+            }
+        }
+    }
+    lines + u64::from(!blank)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lines_are_counted_across_pieces_and_blank_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let long = "x".repeat(100_000);
+        std::fs::write(&path, format!("{long}\n\n  \n{{}}\n{long}")).unwrap();
+        assert_eq!(super::count_lines(&path), 3);
+        assert_eq!(super::count_lines(&dir.path().join("none")), 0);
+    }
+}

@@ -1,0 +1,189 @@
+//! What the status page and the periodic summary tell that counters cannot: each source's last
+//! rejected line, each sink's last failure and the backoff it is waiting out, and whether anything
+//! happened since the last summary. One process-wide board, like the metrics registry, so it
+//! outlives reloads; written only off the hot path (rejections, failures, retries) except for one
+//! relaxed load per delivery group that marks activity.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+
+/// Something that happened, and when.
+#[derive(Debug, Clone)]
+pub struct Note {
+    pub at: SystemTime,
+    pub text: String,
+}
+
+impl Note {
+    fn now(text: impl Into<String>) -> Note {
+        Note {
+            at: SystemTime::now(),
+            text: text.into(),
+        }
+    }
+}
+
+/// One source's recent past.
+#[derive(Debug, Default)]
+pub struct SourceState {
+    /// Lines rejected since start.
+    pub rejected: AtomicU64,
+    /// The last rejected line's reason (with the offset it was read at).
+    last_rejected: Mutex<Option<Note>>,
+}
+
+impl SourceState {
+    pub fn rejected(&self, reason: String) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.last_rejected) = Some(Note::now(reason));
+        touch();
+    }
+
+    pub fn last_rejected(&self) -> Option<Note> {
+        lock(&self.last_rejected).clone()
+    }
+}
+
+/// One sink's recent past.
+#[derive(Debug, Default)]
+pub struct SinkState {
+    /// The last failed attempt (retried or final).
+    last_error: Mutex<Option<Note>>,
+    /// The latest end of a wait before a retry, and how long that wait is.
+    backoff: Mutex<Option<(SystemTime, Duration)>>,
+}
+
+/// A wait before a retry that has not ended yet.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// The whole wait.
+    pub wait: Duration,
+    /// What is left of it.
+    pub left: Duration,
+}
+
+impl SinkState {
+    /// An attempt failed and is tried again after `wait`.
+    pub fn retrying(&self, reason: &str, wait: Duration) {
+        *lock(&self.last_error) = Some(Note::now(reason));
+        let until = SystemTime::now() + wait;
+        let mut backoff = lock(&self.backoff);
+        if backoff.is_none_or(|(end, _)| end <= until) {
+            *backoff = Some((until, wait));
+        }
+    }
+
+    /// A delivery failed for good.
+    pub fn failed(&self, reason: &str) {
+        *lock(&self.last_error) = Some(Note::now(reason));
+    }
+
+    pub fn last_error(&self) -> Option<Note> {
+        lock(&self.last_error).clone()
+    }
+
+    /// The wait before a retry that is still running, if any.
+    pub fn backoff(&self) -> Option<Backoff> {
+        let (until, wait) = (*lock(&self.backoff))?;
+        let left = until.duration_since(SystemTime::now()).ok()?;
+        Some(Backoff { wait, left })
+    }
+}
+
+/// The board: states by name, and the activity mark.
+#[derive(Default)]
+struct Board {
+    sources: Mutex<BTreeMap<String, Arc<SourceState>>>,
+    sinks: Mutex<BTreeMap<String, Arc<SinkState>>>,
+    /// Something happened since the last summary.
+    active: AtomicBool,
+    /// Wakes the summary when `active` turns true.
+    wake: Notify,
+}
+
+fn board() -> &'static Board {
+    static BOARD: OnceLock<Board> = OnceLock::new();
+    BOARD.get_or_init(Board::default)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// When the daemon started (the first time this was asked).
+pub fn started() -> SystemTime {
+    static STARTED: OnceLock<SystemTime> = OnceLock::new();
+    *STARTED.get_or_init(SystemTime::now)
+}
+
+/// The sources and sinks that have a state, by name.
+pub fn names() -> (Vec<String>, Vec<String>) {
+    let b = board();
+    (
+        lock(&b.sources).keys().cloned().collect(),
+        lock(&b.sinks).keys().cloned().collect(),
+    )
+}
+
+/// The state of source `name` (made on first use).
+pub fn source(name: &str) -> Arc<SourceState> {
+    lock(&board().sources)
+        .entry(name.to_string())
+        .or_default()
+        .clone()
+}
+
+/// The state of sink `name` (made on first use).
+pub fn sink(name: &str) -> Arc<SinkState> {
+    lock(&board().sinks)
+        .entry(name.to_string())
+        .or_default()
+        .clone()
+}
+
+/// Marks that something happened: the next summary has something to say.
+pub fn touch() {
+    let b = board();
+    if !b.active.load(Ordering::Relaxed) && !b.active.swap(true, Ordering::AcqRel) {
+        b.wake.notify_one();
+    }
+}
+
+/// Waits until something happens (at once if it already has since the last [`settle`]).
+pub async fn activity() {
+    let b = board();
+    loop {
+        let woken = b.wake.notified();
+        if b.active.load(Ordering::Acquire) {
+            return;
+        }
+        woken.await;
+    }
+}
+
+/// Clears the activity mark, before a summary reads the counters: anything after it marks again.
+pub fn settle() {
+    board().active.store(false, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_backoff_still_running_is_shown_and_then_gone() {
+        let s = SinkState::default();
+        s.retrying("HTTP 503", Duration::from_secs(30));
+        s.retrying("HTTP 503", Duration::from_millis(1));
+        let b = s.backoff().expect("the 30 s wait runs");
+        assert_eq!(b.wait, Duration::from_secs(30));
+        assert!(b.left > Duration::from_secs(29));
+        assert_eq!(s.last_error().unwrap().text, "HTTP 503");
+        let s = SinkState::default();
+        s.retrying("timeout", Duration::ZERO);
+        assert!(s.backoff().is_none());
+    }
+}
