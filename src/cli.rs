@@ -47,7 +47,12 @@ pub enum Command {
     /// Run the daemon (the default).
     Run,
     /// Validate the config and templates; print it with secrets as ***.
-    Check,
+    Check {
+        /// Also reach each sink (webhook: TCP and TLS; NATS: connect and find the stream that
+        /// takes the subject), sending nothing.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Dry run: print the request each input line would become.
     Render {
         /// The sink whose requests to print.

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => runtime.block_on(serve(config)),
-        Command::Check => command::check::check(&config),
+        Command::Check { connect } => command::check::check(&config, connect),
         Command::Render {
             sink,
             source,

@@ -1,15 +1,90 @@
 //! `flagtail check`: load the config, build every sink (templates, secret files, CA files), and
-//! print the resolved config as JSON with secrets as `***`.
+//! print the resolved config as JSON with secrets as `***`. With `--connect`, also reach each
+//! sink without sending anything: a webhook's receiver by TCP (and the TLS handshake), a NATS
+//! sink's servers and the JetStream stream that takes its subject.
 
 use super::{Failure, build_sinks};
 use crate::config::Config;
+use crate::delivery::{Ready, Transport, http};
+use crate::sink::Output;
 
-pub fn check(config: &Config) -> Result<(), Failure> {
-    build_sinks(config)?;
+pub fn check(config: &Config, connect: bool) -> Result<(), Failure> {
+    let sinks = build_sinks(config)?;
     println!("{}", config.to_redacted_json());
     for note in &config.notes {
         eprintln!("note: {note}");
     }
     eprintln!("config {} is valid", config.paths);
-    Ok(())
+    if !connect {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
+    let mut failed = 0;
+    for ready in &sinks {
+        match runtime.block_on(reach(ready)) {
+            Ok(what) => eprintln!("sink {}: connected; {what}", ready.sink.name),
+            Err(why) => {
+                failed += 1;
+                eprintln!("sink {}: {why}", ready.sink.name);
+            }
+        }
+    }
+    match failed {
+        0 => Ok(()),
+        n => Err(Failure::runtime(format!("{n} sink(s) cannot be reached"))),
+    }
+}
+
+/// Reaches one sink, sending nothing: what was found, or why it cannot be reached.
+async fn reach(ready: &Ready) -> Result<String, String> {
+    let sink = &ready.sink;
+    match (&sink.output, &*ready.transport) {
+        (Output::Webhook(hook), Transport::Http(connector)) => {
+            http::probe(connector, hook).await?;
+            let how = match hook.url.scheme_str() {
+                Some("https") => "TCP and TLS",
+                _ => "TCP",
+            };
+            Ok(format!("{how} to {} (no request sent)", hook.shown))
+        }
+        (Output::Nats(bus), Transport::Nats(publisher)) => {
+            let subject = sample_subject(bus)?;
+            let found = publisher
+                .check(&[subject])
+                .await
+                .map_err(|e| format!("NATS {}: {e}", bus.shown))?;
+            Ok(format!("NATS {}: {}", bus.shown, found.join(", ")))
+        }
+        _ => Ok(format!(
+            "{} needs no connection ({})",
+            sink.kind_name(),
+            sink.shown()
+        )),
+    }
+}
+
+/// The subject template rendered for a sample event (a flag created in namespace `default`).
+fn sample_subject(bus: &crate::sink::nats::Nats) -> Result<String, String> {
+    use crate::event::{Format, parse_line};
+    use crate::record::{Record, SourceInfo};
+    use std::sync::Arc;
+    let line = r#"{"version":"0.2","type":"flag","action":"created","status":"success","metadata":{"actor":{"authentication":"none"}},"payload":{"key":"check","name":"check","namespace_key":"default","enabled":true},"timestamp":"2026-01-01T00:00:00Z"}"#;
+    let event = parse_line(Format::Flipt, line).map_err(|e| e.to_string())?;
+    let info = Arc::new(SourceInfo {
+        name: "check".into(),
+        format: Format::Flipt,
+    });
+    let record = Arc::new(Record::new(info, 0, "check".into(), line.into(), event));
+    let rendered = bus
+        .subject
+        .render(&[record])
+        .map_err(|e| format!("subject {}", e.reason))?;
+    let subject = String::from_utf8_lossy(&rendered).trim().to_string();
+    match crate::sink::nats::invalid_subject(&subject) {
+        Some(why) => Err(why),
+        None => Ok(subject),
+    }
 }

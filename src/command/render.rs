@@ -102,23 +102,53 @@ fn request(sink: &crate::sink::Sink, records: &[Arc<Record>]) -> String {
         Ok(body) => body,
         Err(e) => return serde_json::json!({ "rejected": e.reason }).to_string(),
     };
+    // Configured header values and URL user info are secrets: shown as `***`.
+    let shown = |headers: &::http::HeaderMap| -> BTreeMap<String, String> {
+        headers
+            .iter()
+            .map(|(k, v)| {
+                let shown = if v.is_sensitive() {
+                    "***".to_string()
+                } else {
+                    String::from_utf8_lossy(v.as_bytes()).into_owned()
+                };
+                (k.to_string(), shown)
+            })
+            .collect()
+    };
+    let key = crate::sink::Sink::delivery_key(records);
     let (method, url, headers) = match &sink.output {
-        Output::Webhook(hook) => {
-            let key = crate::sink::Sink::delivery_key(records);
-            let headers = hook
-                .headers_for(&body, &key, unix_now())
-                .iter()
-                .map(|(k, v)| {
-                    // Configured header values and URL user info are secrets: shown as `***`.
-                    let shown = if v.is_sensitive() {
-                        "***".to_string()
-                    } else {
-                        String::from_utf8_lossy(v.as_bytes()).into_owned()
-                    };
-                    (k.to_string(), shown)
-                })
-                .collect();
-            ("POST", hook.url.to_string(), headers)
+        Output::Webhook(hook) => (
+            "POST",
+            hook.url.to_string(),
+            shown(&hook.headers_for(&body, &key, unix_now())),
+        ),
+        Output::Nats(bus) => {
+            let subject = match bus.subject.render(records.get(..1).unwrap_or(records)) {
+                Ok(s) => String::from_utf8_lossy(&s).trim().to_string(),
+                Err(e) => {
+                    return serde_json::json!({ "rejected": format!("subject {}", e.reason) })
+                        .to_string();
+                }
+            };
+            if let Some(why) = crate::sink::nats::invalid_subject(&subject) {
+                return serde_json::json!({ "rejected": why }).to_string();
+            }
+            // As they go out: canonical names, plus the message id and the source.
+            let mut headers: BTreeMap<String, String> = shown(&crate::sink::signed_headers(
+                &bus.headers,
+                bus.signer.as_ref(),
+                &body,
+                &key,
+                unix_now(),
+            ))
+            .into_iter()
+            .map(|(k, v)| (crate::delivery::nats::canonical(&k), v))
+            .collect();
+            headers.insert("Nats-Msg-Id".into(), key.clone());
+            let source = records.first().map_or("", |r| &*r.source.name);
+            headers.insert("Flagtail-Source".into(), source.to_string());
+            ("PUBLISH", format!("nats:{subject}"), headers)
         }
         Output::Stdout => ("WRITE", "stdout:".to_string(), BTreeMap::new()),
         Output::File(file) => (

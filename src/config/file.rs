@@ -6,7 +6,7 @@
 //! default, and the README's table is written from these.
 
 use super::policy::{Rate, RetryOn, Schedule};
-use super::{Secret, SecretUrl, Secrets};
+use super::{Secret, Secrets, Urls};
 use crate::event::Format;
 use crate::event::pattern::{EventPattern, Matches};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -311,9 +311,27 @@ pub struct SinkSection {
     /// `webhook`, `stdout` or `file`. Default `webhook`.
     #[serde(default, rename = "type")]
     pub kind: SinkKind,
-    /// `http://` or `https://` URL; required for webhooks.
+    /// `http://` or `https://` URL, required for webhooks; for NATS, one or more `nats://` or
+    /// `tls://` servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<SecretUrl>,
+    pub url: Option<Urls>,
+    /// NATS: the subject to publish on, a Tera template (`flipt.audit.{{ type }}.{{ action }}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// NATS: an authentication token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// NATS: user name, with `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// NATS: a `.creds` file (user JWT and NKey seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creds_file: Option<PathBuf>,
+    /// NATS: a file holding an NKey seed (`SU…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nkey_seed_file: Option<PathBuf>,
     /// File to append to; required for `type: file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
@@ -450,6 +468,8 @@ pub enum SinkKind {
     Webhook,
     Stdout,
     File,
+    /// NATS JetStream.
+    Nats,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

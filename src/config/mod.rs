@@ -18,7 +18,7 @@ pub use file::{
     SourceKind, SourceSection, VerifyScheme,
 };
 pub use interpolate::Substituted;
-pub use secret::{Secret, SecretUrl, Secrets};
+pub use secret::{OneOrMany, Secret, SecretUrl, Secrets, Urls};
 
 use figment::providers::{Env, Format as _, Toml, Yaml};
 use figment::value::{Dict, Map};
@@ -565,9 +565,10 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
             p.push(format!("{at}.max_body_bytes: must be at least 1"));
         }
         match s.kind {
-            SinkKind::Webhook => match &s.url {
-                None => p.push(format!("{at}.url: a webhook sink needs a url")),
-                Some(u) => {
+            SinkKind::Webhook => match s.url.as_ref().map(|u| u.0.as_slice()) {
+                None | Some([]) => p.push(format!("{at}.url: a webhook sink needs a url")),
+                Some([_, _, ..]) => p.push(format!("{at}.url: a webhook sink takes one url")),
+                Some([u]) => {
                     if !matches!(u.scheme(), "http" | "https") || !u.has_host() {
                         p.push(format!("{at}.url: {u} is not an http:// or https:// URL"));
                     } else if u.target().parse::<http::Uri>().is_err() {
@@ -589,16 +590,31 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
             SinkKind::File if s.path.is_none() => {
                 p.push(format!("{at}.path: a file sink needs a path"))
             }
+            SinkKind::Nats => check_nats(s, &at, &mut p),
             _ => {}
         }
-        if s.kind != SinkKind::Webhook {
+        if !matches!(s.kind, SinkKind::Webhook | SinkKind::Nats) {
             for (key, set) in [
                 ("url", s.url.is_some()),
                 ("ca_file", s.ca_file.is_some()),
                 ("headers", !s.headers.is_empty()),
             ] {
                 if set {
-                    p.push(format!("{at}.{key}: only webhook sinks use it"));
+                    p.push(format!("{at}.{key}: only webhook and nats sinks use it"));
+                }
+            }
+        }
+        if s.kind != SinkKind::Nats {
+            for (key, set) in [
+                ("subject", s.subject.is_some()),
+                ("token", s.token.is_some()),
+                ("user", s.user.is_some()),
+                ("password", s.password.is_some()),
+                ("creds_file", s.creds_file.is_some()),
+                ("nkey_seed_file", s.nkey_seed_file.is_some()),
+            ] {
+                if set {
+                    p.push(format!("{at}.{key}: only nats sinks use it"));
                 }
             }
         }
@@ -610,6 +626,58 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
         }
     }
     p
+}
+
+/// A NATS sink's keys: servers, a subject, at most one way to authenticate.
+fn check_nats(s: &file::SinkSection, at: &str, p: &mut Vec<String>) {
+    match s.url.as_ref().map(|u| u.0.as_slice()) {
+        None | Some([]) => p.push(format!(
+            "{at}.url: a nats sink needs a url (nats://HOST:4222, or a list)"
+        )),
+        Some(urls) => {
+            for u in urls {
+                if !matches!(u.scheme(), "nats" | "tls") || !u.has_host() {
+                    p.push(format!("{at}.url: {u} is not a nats:// or tls:// URL"));
+                }
+            }
+        }
+    }
+    match s.subject.as_deref().map(str::trim) {
+        None | Some("") => p.push(format!(
+            "{at}.subject: a nats sink needs a subject (e.g. \"flipt.audit.{{{{ type }}}}.{{{{ action }}}}\")"
+        )),
+        _ => {}
+    }
+    let ways: Vec<&str> = [
+        ("token", s.token.is_some()),
+        ("user", s.user.is_some() || s.password.is_some()),
+        ("creds_file", s.creds_file.is_some()),
+        ("nkey_seed_file", s.nkey_seed_file.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    if ways.len() > 1 {
+        p.push(format!(
+            "{at}.{}: set one way to authenticate, not {}",
+            ways[1],
+            ways.join(" and ")
+        ));
+    }
+    if s.user.is_some() != s.password.is_some() {
+        p.push(format!("{at}.password: user and password go together"));
+    }
+    if s.url
+        .iter()
+        .flat_map(|u| &u.0)
+        .any(|u| u.credentials().is_some())
+        && !ways.is_empty()
+    {
+        p.push(format!(
+            "{at}.url: has user info and {} is set too; keep one",
+            ways[0]
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -53,12 +53,25 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// One secret or a list of them, newest first (`signing_secret: [new, old]` while receivers
-/// rotate). Shown as `***` per secret.
+/// One value or a list of them, written either way: `signing_secret: [new, old]` (newest first,
+/// while receivers rotate), `url: [nats://a:4222, nats://b:4222]`. A value of the wrong type is
+/// refused without being quoted.
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct Secrets(pub Vec<Secret>);
+pub struct OneOrMany<T>(pub Vec<T>);
 
-impl Serialize for Secrets {
+/// Signing secrets, newest first; each shown as `***`.
+pub type Secrets = OneOrMany<Secret>;
+
+/// URLs (a NATS sink's servers); each shown masked.
+pub type Urls = OneOrMany<SecretUrl>;
+
+impl<T> OneOrMany<T> {
+    pub fn first(&self) -> Option<&T> {
+        self.0.first()
+    }
+}
+
+impl<T: Serialize> Serialize for OneOrMany<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.0.as_slice() {
             [one] => one.serialize(s),
@@ -67,24 +80,24 @@ impl Serialize for Secrets {
     }
 }
 
-impl<'de> Deserialize<'de> for Secrets {
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct OneOrMany;
-        impl<'de> Visitor<'de> for OneOrMany {
-            type Value = Vec<Secret>;
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Visit<T> {
+            type Value = Vec<T>;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string or a list of strings")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(vec![Secret(v.to_string())])
+                T::deserialize(de::value::StrDeserializer::<E>::new(v)).map(|t| vec![t])
             }
             fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(vec![Secret(v)])
+                self.visit_str(&v)
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
-                while let Some(s) = seq.next_element::<Secret>()? {
+                while let Some(s) = seq.next_element::<T>()? {
                     out.push(s);
                 }
                 Ok(out)
@@ -102,7 +115,8 @@ impl<'de> Deserialize<'de> for Secrets {
                 Err(QuietString::refuse("a number"))
             }
         }
-        d.deserialize_any(OneOrMany).map(Secrets)
+        d.deserialize_any(Visit(std::marker::PhantomData))
+            .map(OneOrMany)
     }
 }
 

@@ -65,6 +65,24 @@ pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
         .wrap_connector(http))
 }
 
+/// `check --connect`: opens a connection to the receiver (TCP, and the TLS handshake for
+/// `https`), sends nothing, and closes it.
+pub async fn probe(connector: &Connector, hook: &Webhook) -> Result<(), String> {
+    let mut connector = connector.clone();
+    let open = async {
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        connector.call(hook.url.clone()).await.map(drop)
+    };
+    match tokio::time::timeout(hook.timeout, open).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(error_chain(&*e)),
+        Err(_) => Err(format!(
+            "no connection within {}",
+            humantime::format_duration(hook.timeout)
+        )),
+    }
+}
+
 /// One worker's connection to a sink's receiver, opened when first needed. The worker drives it
 /// itself while a request is out (no connection task to hand each request to and back).
 pub struct Connection {

@@ -10,6 +10,7 @@
 
 pub mod dead_letter;
 pub mod http;
+pub mod nats;
 pub mod replay;
 pub mod retry;
 mod write;
@@ -31,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 pub enum Transport {
     /// Webhooks: how to open connections (TLS roots and `ca_file`).
     Http(http::Connector),
+    /// NATS: one client, shared by the workers.
+    Nats(Arc<nats::Publisher>),
     /// `stdout` and `file` sinks: nothing to keep.
     Write,
 }
@@ -40,6 +43,9 @@ impl Transport {
     pub fn for_sink(sink: &Sink) -> std::result::Result<Transport, String> {
         match &sink.output {
             Output::Webhook(hook) => http::connector(hook.ca_file.as_deref()).map(Transport::Http),
+            Output::Nats(bus) => {
+                nats::Publisher::new(&sink.name, bus).map(|p| Transport::Nats(Arc::new(p)))
+            }
             Output::Stdout | Output::File(_) => Ok(Transport::Write),
         }
     }
@@ -50,6 +56,7 @@ impl Transport {
             Transport::Http(connector) => {
                 Link::Http(Box::new(http::Connection::new(connector.clone())))
             }
+            Transport::Nats(publisher) => Link::Nats(publisher.clone()),
             Transport::Write => Link::Write,
         }
     }
@@ -58,6 +65,7 @@ impl Transport {
 /// One delivery worker's end of a transport.
 pub enum Link {
     Http(Box<http::Connection>),
+    Nats(Arc<nats::Publisher>),
     Write,
 }
 
@@ -284,7 +292,7 @@ async fn next_group(
     stop: &CancellationToken,
 ) -> Option<Vec<Arc<Record>>> {
     let group = match sink.output {
-        Output::Webhook(_) => sink.max_events,
+        Output::Webhook(_) | Output::Nats(_) => sink.max_events,
         Output::Stdout | Output::File(_) => sink.max_events.max(WRITE_GROUP),
     };
     let mut queue = tokio::select! {
@@ -354,48 +362,83 @@ pub async fn deliver(
     records: &[Arc<Record>],
     stop: &CancellationToken,
 ) -> Outcomes {
-    match (&sink.output, link) {
-        (Output::Webhook(hook), Link::Http(conn)) => {
-            let result = match sink.renderer.render_bounded(records).await {
-                Ok(body) => {
-                    let (body, key) = (Bytes::from(body), Sink::delivery_key(records));
-                    let mut tries = retry::Tries::new(sink, &key);
-                    loop {
-                        // Every request, retries too, takes a slot of the rate limit.
-                        if let Some(pace) = &sink.pace
-                            && !pace.wait(stop).await
-                        {
-                            break Result::Abandoned;
-                        }
-                        let headers = hook.headers_for(&body, &key, unix_now());
-                        let attempt = conn.post(hook, headers, body.clone()).await;
-                        if let Some(done) = tries.settle(attempt, stop).await {
-                            break done;
-                        }
-                    }
-                }
-                Err(e) => Result::Failed {
-                    reason: e.reason,
-                    attempts: 0,
-                    status: None,
-                    excerpt: e.excerpt,
-                    retryable: false,
-                },
-            };
-            vec![(0..records.len(), result)]
-        }
-        (Output::Webhook(_), Link::Write) => vec![(
-            0..records.len(),
-            Result::Failed {
-                reason: "a webhook sink was given no HTTP transport".into(),
-                attempts: 0,
-                status: None,
-                excerpt: None,
-                retryable: false,
-            },
-        )],
-        (Output::Stdout | Output::File(_), _) => write::deliver(sink, records, stop).await,
+    if let Output::Stdout | Output::File(_) = &sink.output {
+        return write::deliver(sink, records, stop).await;
     }
+    let result = match message(sink, records).await {
+        Ok((body, subject)) => {
+            let key = Sink::delivery_key(records);
+            let source = records.first().map_or("", |r| &*r.source.name);
+            let mut tries = retry::Tries::new(sink, &key);
+            loop {
+                // Every attempt, retries too, takes a slot of the rate limit.
+                if let Some(pace) = &sink.pace
+                    && !pace.wait(stop).await
+                {
+                    break Result::Abandoned;
+                }
+                let attempt = match (&sink.output, &mut *link) {
+                    (Output::Webhook(hook), Link::Http(conn)) => {
+                        let headers = hook.headers_for(&body, &key, unix_now());
+                        conn.post(hook, headers, body.clone()).await
+                    }
+                    (Output::Nats(bus), Link::Nats(publisher)) => {
+                        let headers = crate::sink::signed_headers(
+                            &bus.headers,
+                            bus.signer.as_ref(),
+                            &body,
+                            &key,
+                            unix_now(),
+                        );
+                        let headers = nats::message_headers(&headers, &key, source);
+                        publisher.publish(&subject, headers, body.clone()).await
+                    }
+                    _ => retry::Attempt::Final {
+                        reason: "the sink was given another sink's transport".into(),
+                    },
+                };
+                if let Some(done) = tries.settle(attempt, stop).await {
+                    break done;
+                }
+            }
+        }
+        Err(e) => Result::Failed {
+            reason: e.reason,
+            attempts: 0,
+            status: None,
+            excerpt: e.excerpt,
+            retryable: false,
+        },
+    };
+    vec![(0..records.len(), result)]
+}
+
+/// The body of a message for `records` and, for NATS, its subject (rendered from the first
+/// record) — or why it cannot be made.
+async fn message(
+    sink: &Sink,
+    records: &[Arc<Record>],
+) -> std::result::Result<(Bytes, String), crate::sink::render::RenderError> {
+    let body = Bytes::from(sink.renderer.render_bounded(records).await?);
+    let subject = match &sink.output {
+        Output::Nats(bus) => {
+            let first = records.get(..1).unwrap_or(records);
+            let rendered = bus.subject.render_bounded(first).await.map_err(|mut e| {
+                e.reason = format!("subject {}", e.reason);
+                e
+            })?;
+            let subject = String::from_utf8_lossy(&rendered).trim().to_string();
+            if let Some(why) = crate::sink::nats::invalid_subject(&subject) {
+                return Err(crate::sink::render::RenderError {
+                    reason: why,
+                    excerpt: None,
+                });
+            }
+            subject
+        }
+        _ => String::new(),
+    };
+    Ok((body, subject))
 }
 
 /// Makes the outcome durable, then acknowledges the records.

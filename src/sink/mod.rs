@@ -1,11 +1,13 @@
 //! Sinks: where events go, built from their config section into ready parts.
 //!
 //! A [`Sink`] knows which events it takes ([`filter`]), how to make a body ([`render`]), and where
-//! the body goes ([`Output`]: a webhook with its headers and signature, stdout, or a file).
+//! the body goes ([`Output`]: a webhook with its headers and signature, a NATS JetStream subject,
+//! stdout, or a file).
 //! Connections, sending, retrying and dead-lettering belong to `delivery`, which builds on this.
 
 pub mod filter;
 pub mod gofmt;
+pub mod nats;
 pub mod pace;
 pub mod render;
 pub mod sign;
@@ -55,6 +57,7 @@ pub struct RetryPolicy {
 
 pub enum Output {
     Webhook(Box<Webhook>),
+    Nats(Box<nats::Nats>),
     Stdout,
     File(FileOutput),
 }
@@ -114,6 +117,11 @@ impl Sink {
             SinkKind::Webhook => {
                 build_webhook(s, &at, &mut errors).map(|w| Output::Webhook(Box::new(w)))
             }
+            SinkKind::Nats => {
+                let headers = base_headers(s, &at, &mut errors);
+                let signer = build_signer(s, &at, &mut errors);
+                nats::build(s, &at, headers, signer, &mut errors).map(|n| Output::Nats(Box::new(n)))
+            }
         };
         match (renderer, output) {
             (Some(renderer), Some(output)) if errors.is_empty() => Ok(Sink {
@@ -152,6 +160,7 @@ impl Sink {
     pub fn kind_name(&self) -> &'static str {
         match &self.output {
             Output::Webhook(_) => "webhook",
+            Output::Nats(_) => "nats",
             Output::File(_) => "file",
             Output::Stdout => "stdout",
         }
@@ -162,6 +171,7 @@ impl Sink {
     pub fn shown(&self) -> String {
         match &self.output {
             Output::Webhook(hook) => hook.shown.clone(),
+            Output::Nats(bus) => bus.shown.clone(),
             Output::File(f) => f.path.display().to_string(),
             Output::Stdout => "stdout".into(),
         }
@@ -180,19 +190,30 @@ impl Sink {
 impl Webhook {
     /// All headers of one attempt to send `body`.
     pub fn headers_for(&self, body: &[u8], key: &str, unix_secs: u64) -> HeaderMap {
-        let mut h = self.headers.clone();
-        if let Ok(v) = HeaderValue::from_str(key) {
-            h.insert(HeaderName::from_static("idempotency-key"), v);
-        }
-        if let Some(signer) = &self.signer {
-            for (name, value) in signer.headers(body, key, unix_secs) {
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    h.insert(HeaderName::from_static(name), v);
-                }
+        signed_headers(&self.headers, self.signer.as_ref(), body, key, unix_secs)
+    }
+}
+
+/// `base` plus `Idempotency-Key` and, with a signer, the signature headers of `body`.
+pub fn signed_headers(
+    base: &HeaderMap,
+    signer: Option<&sign::Signer>,
+    body: &[u8],
+    key: &str,
+    unix_secs: u64,
+) -> HeaderMap {
+    let mut h = base.clone();
+    if let Ok(v) = HeaderValue::from_str(key) {
+        h.insert(HeaderName::from_static("idempotency-key"), v);
+    }
+    if let Some(signer) = signer {
+        for (name, value) in signer.headers(body, key, unix_secs) {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(HeaderName::from_static(name), v);
             }
         }
-        h
     }
+    h
 }
 
 fn build_webhook(
@@ -200,7 +221,7 @@ fn build_webhook(
     at: &dyn Fn(&str) -> String,
     errors: &mut Vec<String>,
 ) -> Option<Webhook> {
-    let url_text = s.url.as_ref()?;
+    let url_text = s.url.as_ref()?.first()?;
     // User info never reaches the client (whose logs would print it): it becomes Basic auth.
     let Ok(url) = url_text.target().parse::<::http::Uri>() else {
         errors.push(format!(
@@ -209,7 +230,7 @@ fn build_webhook(
         ));
         return None;
     };
-    let mut headers = HeaderMap::new();
+    let mut headers = base_headers(s, at, errors);
     if let Some((user, password)) = url_text.credentials() {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         if let Ok(mut v) = HeaderValue::from_str(&format!("Basic {token}")) {
@@ -217,56 +238,7 @@ fn build_webhook(
             headers.insert(::http::header::AUTHORIZATION, v);
         }
     }
-    for (name, value) in &s.headers {
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value.expose()),
-        ) {
-            (Ok(n), Ok(mut v)) => {
-                v.set_sensitive(true);
-                headers.insert(n, v);
-            }
-            (Err(_), _) => errors.push(format!("{}: {name:?} is not a header name", at("headers"))),
-            (_, Err(_)) => errors.push(format!(
-                "{}: the value of {name} is not a valid header value",
-                at("headers")
-            )),
-        }
-    }
-    match HeaderValue::from_str(&s.content_type) {
-        Ok(v) => {
-            headers.insert(CONTENT_TYPE, v);
-        }
-        Err(_) => errors.push(format!("{}: not a valid header value", at("content_type"))),
-    }
-    headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-    let secret = match (&s.signing_secret, &s.signing_secret_file) {
-        (Some(secrets), _) => Some(secrets.0.clone()),
-        (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(text) => Some(vec![crate::config::Secret::new(
-                text.trim_end_matches(['\n', '\r']).to_string(),
-            )]),
-            Err(e) => {
-                errors.push(format!(
-                    "{}: cannot read {}: {e}",
-                    at("signing_secret_file"),
-                    path.display()
-                ));
-                None
-            }
-        },
-        (None, None) => None,
-    };
-    let signer = secret.and_then(|secret| {
-        let key = if s.signing_secret.is_some() {
-            "signing_secret"
-        } else {
-            "signing_secret_file"
-        };
-        sign::Signer::new(s.signature, &secret)
-            .map_err(|e| errors.push(format!("{}: {e}", at(key))))
-            .ok()
-    });
+    let signer = build_signer(s, at, errors);
     // HTTP/1.1 needs Host; the connection is opened to `url`, the request line carries `target`.
     if !headers.contains_key(::http::header::HOST)
         && let Some(authority) = url.authority()
@@ -299,6 +271,74 @@ fn build_webhook(
         signer,
         timeout: s.timeout,
         ca_file: s.ca_file.clone(),
+    })
+}
+
+/// The configured headers, `Content-Type` and `User-Agent`.
+fn base_headers(
+    s: &SinkSection,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Vec<String>,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &s.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value.expose()),
+        ) {
+            (Ok(n), Ok(mut v)) => {
+                v.set_sensitive(true);
+                headers.insert(n, v);
+            }
+            (Err(_), _) => errors.push(format!("{}: {name:?} is not a header name", at("headers"))),
+            (_, Err(_)) => errors.push(format!(
+                "{}: the value of {name} is not a valid header value",
+                at("headers")
+            )),
+        }
+    }
+    match HeaderValue::from_str(&s.content_type) {
+        Ok(v) => {
+            headers.insert(CONTENT_TYPE, v);
+        }
+        Err(_) => errors.push(format!("{}: not a valid header value", at("content_type"))),
+    }
+    headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+    headers
+}
+
+/// The signer of `signing_secret` or `signing_secret_file`, if one is set.
+fn build_signer(
+    s: &SinkSection,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Vec<String>,
+) -> Option<sign::Signer> {
+    let secret = match (&s.signing_secret, &s.signing_secret_file) {
+        (Some(secrets), _) => Some(secrets.0.clone()),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(vec![crate::config::Secret::new(
+                text.trim_end_matches(['\n', '\r']).to_string(),
+            )]),
+            Err(e) => {
+                errors.push(format!(
+                    "{}: cannot read {}: {e}",
+                    at("signing_secret_file"),
+                    path.display()
+                ));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    secret.and_then(|secret| {
+        let key = if s.signing_secret.is_some() {
+            "signing_secret"
+        } else {
+            "signing_secret_file"
+        };
+        sign::Signer::new(s.signature, &secret)
+            .map_err(|e| errors.push(format!("{}: {e}", at(key))))
+            .ok()
     })
 }
 

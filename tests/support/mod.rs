@@ -2,6 +2,8 @@
 //! real flagtail binary as a child process, and Flipt audit lines.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -399,6 +401,20 @@ pub async fn eventually<T>(mut check: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + PATIENCE;
     loop {
         match check() {
+            Ok(v) => return v,
+            Err(why) if Instant::now() >= deadline => panic!("waited {PATIENCE:?}: {why}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Like [`eventually`], for a check that awaits.
+pub async fn eventually_async<T, F: std::future::Future<Output = Result<T, String>>>(
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match check().await {
             Ok(v) => return v,
             Err(why) if Instant::now() >= deadline => panic!("waited {PATIENCE:?}: {why}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,

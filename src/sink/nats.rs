@@ -1,0 +1,161 @@
+//! A `type: nats` sink's parts, built from its config: the servers, the subject template, the
+//! headers every message carries, and how to authenticate. Publishing is `delivery::nats`.
+
+use super::render::{self, Renderer};
+use super::sign::Signer;
+use crate::config::{Secret, SecretUrl, SinkSection};
+use ::http::header::HeaderMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest subject a template may render.
+pub const MAX_SUBJECT: usize = 1024;
+
+pub struct Nats {
+    /// The servers, tried in turn (user info moved into `auth` where given).
+    pub servers: Vec<SecretUrl>,
+    /// The servers, masked, for logs and errors.
+    pub shown: String,
+    pub subject: Arc<Renderer>,
+    /// Configured headers plus `Content-Type`; signature headers are added per message.
+    pub headers: HeaderMap,
+    pub signer: Option<Signer>,
+    pub auth: Auth,
+    pub ca_file: Option<PathBuf>,
+    /// A server is given as `tls://`: the connection must be TLS.
+    pub tls_required: bool,
+    /// Limit of one publish, ack included.
+    pub timeout: Duration,
+}
+
+/// How the connection authenticates.
+pub enum Auth {
+    None,
+    Token(Secret),
+    UserPassword(String, Secret),
+    /// The content of a `.creds` file.
+    Creds(Secret),
+    /// An NKey seed.
+    NkeySeed(Secret),
+}
+
+/// Builds a NATS sink's parts; errors are pushed naming their key.
+pub fn build(
+    s: &SinkSection,
+    at: &dyn Fn(&str) -> String,
+    headers: HeaderMap,
+    signer: Option<Signer>,
+    errors: &mut Vec<String>,
+) -> Option<Nats> {
+    let servers: Vec<SecretUrl> = s.url.as_ref()?.0.clone();
+    let subject = s.subject.as_deref()?;
+    let limits = render::Limits {
+        max_body_bytes: MAX_SUBJECT,
+        time: s.timeout,
+        parallel: s.concurrency as usize,
+    };
+    let subject = Renderer::new(
+        &format!("{}.subject", s.name),
+        Some(subject),
+        "text/plain",
+        false,
+        limits,
+    )
+    .map_err(|e| errors.push(format!("{}: {e}", at("subject"))))
+    .ok()?;
+    let read =
+        |key: &str, path: &PathBuf, errors: &mut Vec<String>| match std::fs::read_to_string(path) {
+            Ok(text) => Some(Secret::new(text.trim().to_string())),
+            Err(e) => {
+                errors.push(format!("{}: cannot read {}: {e}", at(key), path.display()));
+                None
+            }
+        };
+    let user_info = servers.iter().find_map(SecretUrl::credentials);
+    let auth = if let Some(token) = &s.token {
+        Auth::Token(token.clone())
+    } else if let (Some(user), Some(password)) = (&s.user, &s.password) {
+        Auth::UserPassword(user.clone(), password.clone())
+    } else if let Some(path) = &s.creds_file {
+        Auth::Creds(read("creds_file", path, errors)?)
+    } else if let Some(path) = &s.nkey_seed_file {
+        let seed = read("nkey_seed_file", path, errors)?;
+        if !seed.expose().starts_with('S') {
+            errors.push(format!(
+                "{}: {} does not hold an NKey seed (one starts with S)",
+                at("nkey_seed_file"),
+                path.display()
+            ));
+            return None;
+        }
+        Auth::NkeySeed(seed)
+    } else if let Some((user, password)) = user_info {
+        // nats://user:password@host, or nats://token@host.
+        match password.is_empty() {
+            true => Auth::Token(Secret::new(user)),
+            false => Auth::UserPassword(user, Secret::new(password)),
+        }
+    } else {
+        Auth::None
+    };
+    let shown = servers
+        .iter()
+        .map(SecretUrl::redacted)
+        .collect::<Vec<_>>()
+        .join(",");
+    Some(Nats {
+        tls_required: servers.iter().any(|u| u.scheme() == "tls"),
+        servers,
+        shown,
+        subject: Arc::new(subject),
+        headers,
+        signer,
+        auth,
+        ca_file: s.ca_file.clone(),
+        timeout: s.timeout,
+    })
+}
+
+/// Why a rendered subject cannot be published on, if it cannot: NATS subjects are dot-separated
+/// tokens with no whitespace, and a message cannot go to a wildcard.
+pub fn invalid_subject(subject: &str) -> Option<String> {
+    let why = if subject.is_empty() {
+        "it is empty"
+    } else if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        "it has whitespace"
+    } else if subject.split('.').any(str::is_empty) {
+        "it has an empty token (a leading, trailing or double dot)"
+    } else if subject.split('.').any(|t| t == "*" || t == ">") {
+        "it has a wildcard token (* or >)"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "the subject template rendered {:?}, which cannot be published on: {why}",
+        subject.chars().take(120).collect::<String>()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::invalid_subject;
+
+    #[test]
+    fn subjects_with_spaces_empty_tokens_or_wildcards_are_refused() {
+        assert!(invalid_subject("flipt.audit.flag.created").is_none());
+        assert!(invalid_subject("flipt.audit.flag-x_1.created").is_none());
+        for bad in [
+            "",
+            "flipt audit",
+            "flipt.audit.",
+            ".flipt",
+            "a..b",
+            "a.*.b",
+            "a.>",
+            "a\tb",
+        ] {
+            assert!(invalid_subject(bad).is_some(), "{bad:?}");
+        }
+    }
+}

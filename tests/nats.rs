@@ -1,0 +1,267 @@
+//! The NATS JetStream sink against a real `nats-server -js`: every event once and in order,
+//! exactly once across `kill -9` (JetStream drops re-sends by `Nats-Msg-Id`), nothing lost while
+//! the server is down, a subject without a stream dead-lettered then replayed, `check --connect`.
+
+mod support;
+
+use support::nats::{NatsServer, message_key};
+use support::*;
+
+/// A NATS sink `bus` on `server`, publishing on `flipt.audit.TYPE.ACTION`.
+fn nats_sink(server: &NatsServer, extra: &str) -> String {
+    let mut sink = format!(
+        "  - name: bus\n    type: nats\n    url: {}\n    subject: \"flipt.audit.{{{{ type }}}}.{{{{ action }}}}\"\n",
+        server.url()
+    );
+    for (key, value) in [
+        ("initial_backoff", "50ms"),
+        ("max_backoff_duration", "1m"),
+        ("timeout", "1s"),
+    ] {
+        if !extra.contains(&format!("    {key}:")) {
+            sink.push_str(&format!("    {key}: {value}\n"));
+        }
+    }
+    sink + extra
+}
+
+fn header(m: &async_nats::jetstream::message::StreamMessage, name: &str) -> String {
+    m.headers
+        .get(name)
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_arrives_in_the_stream_once_and_in_order_signed() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
+    let s = Setup::new();
+    s.write_lines(0..60, Encoding::Json);
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let sink = nats_sink(
+        &nats,
+        &format!(
+            "    concurrency: 1\n    signature: standard-webhooks\n    signing_secret: \"{secret}\"\n"
+        ),
+    );
+    let mut ft = Flagtail::start(&s.config(&sink));
+    let got = nats.wait_messages("AUDIT", 60).await;
+    assert!(ft.terminate().await.success());
+    let keys: Vec<String> = got.iter().map(message_key).collect();
+    assert_eq!(
+        keys,
+        flag_keys(0..60).collect::<Vec<_>>(),
+        "once each, in order"
+    );
+    let verifier = standardwebhooks::Webhook::new(secret).unwrap();
+    for (i, m) in got.iter().enumerate() {
+        let (_, body) = flipt_line(i, Encoding::Json);
+        assert_eq!(m.payload, body.as_bytes(), "Flipt's webhook body");
+        let action = ["created", "updated", "deleted"][i % 3];
+        assert_eq!(m.subject.as_str(), format!("flipt.audit.flag.{action}"));
+        assert_eq!(header(m, "Flagtail-Source"), "flipt");
+        assert_eq!(header(m, "Nats-Msg-Id"), header(m, "Idempotency-Key"));
+        assert!(
+            header(m, "Nats-Msg-Id").starts_with("flipt-"),
+            "{:?}",
+            m.headers
+        );
+        // The signature, checked by an independent library.
+        let mut headers = http::HeaderMap::new();
+        for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            let canonical = name
+                .split('-')
+                .map(|p| p[..1].to_uppercase() + &p[1..])
+                .collect::<Vec<_>>()
+                .join("-");
+            headers.insert(name, header(m, &canonical).parse().unwrap());
+        }
+        verifier
+            .verify(&m.payload, &headers)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", m.headers));
+    }
+    let ids: std::collections::HashSet<String> =
+        got.iter().map(|m| header(m, "Nats-Msg-Id")).collect();
+    assert_eq!(ids.len(), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_then_restart_leaves_every_event_exactly_once() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
+    let s = Setup::new();
+    s.write_lines(0..3000, Encoding::Json);
+    let config = s.config(&nats_sink(&nats, "    concurrency: 4\n"));
+    let mut ft = Flagtail::start(&config);
+    // Killed while publishing: some events are in the stream, their checkpoint maybe not.
+    nats.wait_messages("AUDIT", 300).await;
+    ft.kill_9().await;
+    let before = nats.messages("AUDIT").await.len();
+    assert!(before < 3000, "killed before the end ({before})");
+    let mut ft = Flagtail::start(&config);
+    nats.wait_messages("AUDIT", 3000).await;
+    assert!(ft.terminate().await.success());
+    // What was published before the kill but not yet checkpointed was sent again, and dropped
+    // by JetStream as a duplicate of its Nats-Msg-Id.
+    assert!(
+        ft.stderr().contains("JetStream already had this message"),
+        "some events were sent again"
+    );
+    let got = nats.messages("AUDIT").await;
+    assert_eq!(got.len(), 3000);
+    let keys = counts(got.iter().map(message_key));
+    assert_eq!(keys.len(), 3000);
+    assert!(keys.values().all(|n| *n == 1), "every event exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_while_the_server_is_down_for_several_retries() {
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
+    let s = Setup::new();
+    s.write_lines(0..5, Encoding::Json);
+    let config = s.config(&nats_sink(
+        &nats,
+        "    concurrency: 2\n    timeout: 500ms\n",
+    ));
+    let mut ft = Flagtail::start(&config);
+    nats.wait_messages("AUDIT", 5).await;
+    nats.stop();
+    s.write_lines(5..25, Encoding::Json);
+    // Several failed attempts while it is down.
+    eventually(|| match ft.stderr().matches("will retry").count() {
+        n if n >= 6 => Ok(()),
+        n => Err(format!("{n} retries")),
+    })
+    .await;
+    nats.start_again().await;
+    let got = nats.wait_messages("AUDIT", 25).await;
+    assert!(ft.terminate().await.success());
+    let keys = counts(got.iter().map(message_key));
+    assert_eq!(keys.len(), 25, "{keys:?}");
+    assert!(s.state_lines("dead-letter/bus.jsonl").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_with_no_stream_is_dead_lettered_then_replayed_once_there_is_one() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let s = Setup::new();
+    s.write_lines(0..3, Encoding::Json);
+    let config = s.config(&nats_sink(&nats, ""));
+    let mut ft = Flagtail::start(&config);
+    let dead = wait_dead_letters(&s, "bus", 3).await;
+    assert_eq!(dead, flag_keys(0..3).collect::<Vec<_>>());
+    let letters = s.state_lines("dead-letter/bus.jsonl");
+    let reason = letters[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no JetStream stream takes subject flipt.audit.flag.created"),
+        "{reason}"
+    );
+    assert_eq!(
+        letters[0]["attempts"], 1,
+        "not retried: there is nothing to wait for"
+    );
+    assert!(ft.terminate().await.success());
+    nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
+    let (code, out, err) = replay(&config, "bus");
+    assert_eq!(code, 0, "{out}{err}");
+    let got = nats.wait_messages("AUDIT", 3).await;
+    assert_eq!(
+        got.iter().map(message_key).collect::<Vec<_>>(),
+        flag_keys(0..3).collect::<Vec<_>>()
+    );
+    assert!(s.state_lines("dead-letter/bus.jsonl").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_that_renders_with_spaces_is_dead_lettered_and_batches_publish_an_array() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
+    let s = Setup::new();
+    s.write_lines(0..4, Encoding::Json);
+    let sinks = nats_sink(
+        &nats,
+        "    batch: {max_events: 2, linger: 2s}\n    concurrency: 1\n",
+    ) + "  - name: spaced\n    type: nats\n    url: "
+        + &nats.url()
+        + "\n    subject: \"flipt.audit.{{ payload.name }}\"\n";
+    let mut ft = Flagtail::start(&s.config(&sinks));
+    let got = nats.wait_messages("AUDIT", 2).await;
+    let dead = wait_dead_letters(&s, "spaced", 4).await;
+    assert_eq!(dead.len(), 4);
+    assert!(ft.terminate().await.success());
+    let reason = s.state_lines("dead-letter/spaced.jsonl")[0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("whitespace"), "{reason}");
+    let arrays: Vec<Vec<String>> = got
+        .iter()
+        .map(|m| {
+            let list: Vec<serde_json::Value> = serde_json::from_slice(&m.payload).unwrap();
+            list.iter()
+                .map(|e| e["payload"]["key"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    assert_eq!(arrays, [["flag-0", "flag-1"], ["flag-2", "flag-3"]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_reaches_each_sink_and_sends_nothing() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let sinks = webhook_sink(&rx.url("/"), "") + &nats_sink(&nats, "");
+    let config = s.config(&sinks);
+    let (code, out, err) = run_cmd(&["check", "--connect", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("sink hook: connected"), "{err}");
+    assert!(
+        err.contains("sink bus: connected") && err.contains("stream AUDIT"),
+        "{err}"
+    );
+    assert!(rx.attempts().is_empty(), "nothing sent");
+    assert!(nats.messages("AUDIT").await.is_empty(), "nothing published");
+    // No stream for the subject, and a receiver that is gone: both reported, exit 1.
+    let other = s.path("other.yaml");
+    let bad = nats_sink(&nats, "").replace("flipt.audit.", "elsewhere.")
+        + &webhook_sink(&format!("http://127.0.0.1:{}/", free_port()), "")
+            .replace("name: hook", "name: gone");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .split("sinks:\n")
+            .next()
+            .unwrap()
+            .to_string()
+            + "sinks:\n"
+            + &bad,
+    )
+    .unwrap();
+    let (code, out, err) = run_cmd(&["check", "--connect", "--config", other.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("sink bus:") && err.contains("no JetStream stream"),
+        "{err}"
+    );
+    assert!(err.contains("sink gone:"), "{err}");
+    // Without --connect nothing is reached.
+    let (code, _, err) = run_cmd(&["check", "--config", other.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+}
