@@ -265,3 +265,151 @@ async fn check_connect_reaches_each_sink_and_sends_nothing() {
     let (code, _, err) = run_cmd(&["check", "--config", other.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_user_password_nkey_and_tls_with_ca_file_each_get_in() {
+    let files = Setup::new();
+    let ca = test_ca();
+    let write = |name: &str, text: &str| {
+        let path = files.path(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (ca_file, leaf, key) = (
+        write("ca.pem", &ca.ca_pem),
+        write("leaf.pem", &ca.leaf_pem),
+        write("key.pem", &ca.key_pem),
+    );
+    let nkey = nkeys::KeyPair::new_user();
+    let seed = nkey.seed().unwrap();
+    let seed_file = write("user.nk", &format!("{seed}\n"));
+    let nkey_conf = write(
+        "nkey.conf",
+        &format!(
+            "authorization {{ users = [ {{ nkey: {} }} ] }}\n",
+            nkey.public_key()
+        ),
+    );
+    let cases: Vec<(Vec<&str>, support::nats::Access, String, &str)> = vec![
+        (
+            vec!["--auth", "t0ken-Secret-9"],
+            support::nats::Access {
+                token: Some("t0ken-Secret-9".into()),
+                ..Default::default()
+            },
+            "    token: \"${NATS_TOKEN}\"\n".into(),
+            "nats",
+        ),
+        (
+            vec!["--user", "flag", "--pass", "pAss-w0rd-7"],
+            support::nats::Access {
+                user: Some(("flag".into(), "pAss-w0rd-7".into())),
+                ..Default::default()
+            },
+            "    user: flag\n    password: \"${NATS_PASSWORD}\"\n".into(),
+            "nats",
+        ),
+        (
+            vec!["-c", &nkey_conf],
+            support::nats::Access {
+                nkey_seed: Some(seed.clone()),
+                ..Default::default()
+            },
+            format!("    nkey_seed_file: {seed_file}\n"),
+            "nats",
+        ),
+        (
+            vec!["--tls", "--tlscert", &leaf, "--tlskey", &key],
+            support::nats::Access {
+                ca_file: Some(ca_file.clone().into()),
+                ..Default::default()
+            },
+            format!("    ca_file: {ca_file}\n"),
+            "tls",
+        ),
+    ];
+    let env = [
+        ("NATS_TOKEN", "t0ken-Secret-9"),
+        ("NATS_PASSWORD", "pAss-w0rd-7"),
+    ];
+    for (args, access, extra, scheme) in cases {
+        let Some(nats) = NatsServer::start_with(&args, access).await else {
+            return;
+        };
+        nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
+        let s = Setup::new();
+        s.write_lines(0..2, Encoding::Json);
+        let sink = nats_sink(&nats, &extra).replace("url: nats://", &format!("url: {scheme}://"));
+        let mut ft = Flagtail::start_env(&s.config(&sink), &env);
+        let got = nats.wait_messages("AUDIT", 2).await;
+        assert!(ft.terminate().await.success());
+        assert_eq!(
+            got.iter().map(message_key).collect::<Vec<_>>(),
+            ["flag-0", "flag-1"],
+            "{args:?}"
+        );
+        let log = ft.stderr();
+        for secret in ["t0ken-Secret-9", "pAss-w0rd-7", &seed] {
+            assert!(!log.contains(secret), "a secret in the log:\n{log}");
+        }
+    }
+    // Without the token nothing gets in: dead-lettered once retries run out, never lost.
+    let Some(nats) = NatsServer::start_with(
+        &["--auth", "t0ken-Secret-9"],
+        support::nats::Access {
+            token: Some("t0ken-Secret-9".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
+    let s = Setup::new();
+    s.write_lines(0..1, Encoding::Json);
+    let sink = nats_sink(&nats, "    max_backoff_duration: 1s\n    timeout: 300ms\n");
+    let mut ft = Flagtail::start(&s.config(&sink));
+    wait_dead_letters(&s, "bus", 1).await;
+    assert!(ft.terminate().await.success());
+    assert!(
+        ft.stderr()
+            .to_lowercase()
+            .contains("authorization violation"),
+        "{}",
+        ft.stderr()
+    );
+    assert!(nats.messages("AUDIT").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_dead_lettered_while_the_server_was_away_go_out_once_it_is_back() {
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
+    let s = Setup::new();
+    let config = s.config(&nats_sink(
+        &nats,
+        "    max_backoff_duration: 1s\n    timeout: 300ms\n",
+    ));
+    let mut ft = Flagtail::start(&config);
+    s.write_lines(0..1, Encoding::Json);
+    nats.wait_messages("AUDIT", 1).await;
+    nats.stop();
+    s.write_lines(1..4, Encoding::Json);
+    // Longer than max_backoff_duration: dead letters, marked for the automatic replay.
+    wait_dead_letters(&s, "bus", 3).await;
+    assert!(
+        s.state_lines("dead-letter/bus.jsonl")
+            .iter()
+            .all(|l| l["retryable"] == true)
+    );
+    nats.start_again().await;
+    s.write_lines(4..5, Encoding::Json);
+    let got = nats.wait_messages("AUDIT", 5).await;
+    assert!(ft.terminate().await.success());
+    let keys = counts(got.iter().map(message_key));
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    wait_dead_letters(&s, "bus", 0).await;
+}

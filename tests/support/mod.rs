@@ -276,6 +276,10 @@ async fn handle(
 pub struct TestCa {
     pub ca_pem: String,
     pub server: Arc<rustls::ServerConfig>,
+    /// The server's certificate (for 127.0.0.1 and localhost) and key, PEM, for servers that
+    /// read files (nats-server).
+    pub leaf_pem: String,
+    pub key_pem: String,
 }
 
 pub fn test_ca() -> TestCa {
@@ -304,6 +308,8 @@ pub fn test_ca() -> TestCa {
     TestCa {
         ca_pem: ca.pem(),
         server: Arc::new(server),
+        leaf_pem: leaf.pem(),
+        key_pem: leaf_key.serialize_pem(),
     }
 }
 

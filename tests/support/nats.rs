@@ -9,6 +9,20 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     store: tempfile::TempDir,
+    /// Extra command-line arguments (auth, TLS).
+    args: Vec<String>,
+    /// How the test's own client gets in.
+    pub access: Access,
+}
+
+/// How a client authenticates to a test server, and whether it uses TLS.
+#[derive(Clone, Default)]
+pub struct Access {
+    pub token: Option<String>,
+    pub user: Option<(String, String)>,
+    pub nkey_seed: Option<String>,
+    /// CA file to trust; the connection is TLS.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The `nats-server` binary, or `None` outside CI when there is none (CI installs it).
@@ -34,14 +48,45 @@ fn binary() -> Option<&'static str> {
 impl NatsServer {
     /// Starts a server, or `None` (the test is skipped) where there is no nats-server outside CI.
     pub async fn start() -> Option<NatsServer> {
+        NatsServer::start_with(&[], Access::default()).await
+    }
+
+    /// Starts a server with extra arguments (`--auth TOKEN`, `--tls …`, `-c FILE`); the test's
+    /// client gets in with `access`.
+    pub async fn start_with(args: &[&str], access: Access) -> Option<NatsServer> {
         binary()?;
         let mut server = NatsServer {
             child: None,
             port: super::free_port(),
             store: tempfile::tempdir().unwrap(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            access,
         };
         server.start_again().await;
         Some(server)
+    }
+
+    /// A client of the server, as `access` says.
+    pub async fn client(&self) -> Result<async_nats::Client, String> {
+        let a = &self.access;
+        let mut o = async_nats::ConnectOptions::new();
+        if let Some(t) = &a.token {
+            o = o.token(t.clone());
+        }
+        if let Some((u, p)) = &a.user {
+            o = o.user_and_password(u.clone(), p.clone());
+        }
+        if let Some(seed) = &a.nkey_seed {
+            o = o.nkey(seed.clone());
+        }
+        let url = match &a.ca_file {
+            Some(ca) => {
+                o = o.add_root_certificates(ca.clone()).require_tls(true);
+                format!("tls://127.0.0.1:{}", self.port)
+            }
+            None => self.url(),
+        };
+        o.connect(url).await.map_err(|e| e.to_string())
     }
 
     /// Starts the server (again) on the same port and store.
@@ -56,17 +101,16 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         self.child = Some(child);
         // Ready once JetStream answers.
-        let url = self.url();
-        super::eventually_async(|| {
-            let url = url.clone();
-            async move {
-                let client = async_nats::connect(&url).await.map_err(|e| e.to_string())?;
+        super::eventually_async(|| async {
+            {
+                let client = self.client().await?;
                 let answer = client
                     .request("$JS.API.INFO", "".into())
                     .await
@@ -95,7 +139,7 @@ impl NatsServer {
     }
 
     pub async fn jetstream(&self) -> jetstream::Context {
-        jetstream::new(async_nats::connect(self.url()).await.unwrap())
+        jetstream::new(self.client().await.unwrap())
     }
 
     /// Makes stream `name` taking `subjects`, with a duplicate window of 2 minutes.
