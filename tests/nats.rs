@@ -413,3 +413,46 @@ async fn events_dead_lettered_while_the_server_was_away_go_out_once_it_is_back()
     assert_eq!(keys.len(), 5, "{keys:?}");
     wait_dead_letters(&s, "bus", 0).await;
 }
+
+#[test]
+fn unreadable_or_wrong_credential_files_are_config_errors_that_name_the_key() {
+    let s = Setup::new();
+    let junk = s.path("junk");
+    std::fs::write(&junk, "n0t-a-seed-SECRETISH\n").unwrap();
+    let base = "  - name: bus\n    type: nats\n    url: nats://127.0.0.1:4222\n    subject: a.b\n";
+    for (extra, key) in [
+        (
+            format!("    nkey_seed_file: {}\n", junk.display()),
+            "sinks.0.nkey_seed_file",
+        ),
+        (
+            format!("    creds_file: {}\n", junk.display()),
+            "sinks.0.creds_file",
+        ),
+        (
+            "    creds_file: /nonexistent/x.creds\n".to_string(),
+            "sinks.0.creds_file",
+        ),
+        (
+            format!("    ca_file: {}\n", junk.display()),
+            "sinks.0.ca_file",
+        ),
+        (
+            "    subject: \"a.{{ nope\"\n".to_string(),
+            "sinks.0.subject",
+        ),
+    ] {
+        let sink = if extra.contains("subject:") {
+            base.replace("    subject: a.b\n", &extra)
+        } else {
+            format!("{base}{extra}")
+        };
+        let (code, _, err) = run_cmd(&["check", "--config", s.config(&sink).to_str().unwrap()]);
+        assert_eq!(code, 2, "{extra}: {err}");
+        assert!(err.contains(key), "{extra}: {err}");
+        assert!(
+            !err.contains("SECRETISH"),
+            "a file's content in an error: {err}"
+        );
+    }
+}

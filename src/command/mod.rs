@@ -99,7 +99,7 @@ pub fn build_sinks(config: &Config) -> Result<Vec<Ready>, Failure> {
                 sink,
                 transport: Arc::new(t),
             }),
-            Err(e) => problems.push(format!("sinks.{i}.ca_file (sink {}): {e}", sink.name)),
+            Err((key, e)) => problems.push(format!("sinks.{i}.{key} (sink {}): {e}", sink.name)),
         }
     }
     if problems.is_empty() {

@@ -23,7 +23,7 @@ pub async fn replay(
         return super::dead_letters::list(config, name, false, selection);
     }
     let mut link = Transport::for_sink(&sink)
-        .map_err(|e| Failure::usage(format!("sink {name}: ca_file: {e}")))?
+        .map_err(|(key, e)| Failure::usage(format!("sink {name}: {key}: {e}")))?
         .link();
     let log = dead_letter::log(&config.file.state_dir, name);
     let select = |letter: &dead_letter::DeadLetter| selection.takes(letter);

@@ -782,4 +782,62 @@ mod tests {
         );
         assert!(out.contains("https://hooks.example/***"), "{out}");
     }
+
+    #[test]
+    fn nats_sinks_need_servers_a_subject_and_one_way_to_authenticate() {
+        let sink = |keys: &str| {
+            format!(
+                "sources:\n  - {{name: a, file: /x}}\nsinks:\n  - {{name: bus, type: nats, {keys}}}\n"
+            )
+        };
+        let ok = load(
+            "c.yaml",
+            &sink(
+                "url: [\"nats://a:4222\", \"tls://b:4222\"], subject: \"x.{{ type }}\", token: t0k",
+            ),
+        )
+        .unwrap();
+        assert_eq!(ok.file.sinks[0].url.as_ref().unwrap().0.len(), 2);
+        let out = ok.to_redacted_json();
+        assert!(!out.contains("t0k"), "{out}");
+        for (keys, want) in [
+            ("subject: x", "sinks.0.url: a nats sink needs a url"),
+            (
+                "url: \"nats://a\"",
+                "sinks.0.subject: a nats sink needs a subject",
+            ),
+            (
+                "url: \"http://a\", subject: x",
+                "is not a nats:// or tls:// URL",
+            ),
+            (
+                "url: \"nats://a\", subject: x, token: t, creds_file: /c",
+                "sinks.0.creds_file: set one way to authenticate, not token and creds_file",
+            ),
+            (
+                "url: \"nats://a\", subject: x, user: u",
+                "sinks.0.password: user and password go together",
+            ),
+            (
+                "url: \"nats://u:p@a\", subject: x, token: t",
+                "sinks.0.url: has user info and token is set too",
+            ),
+        ] {
+            let err = load("c.yaml", &sink(keys)).unwrap_err().to_string();
+            assert!(err.contains(want), "{keys}: {err}");
+        }
+        let webhook = "sources:\n  - {name: a, file: /x}\nsinks:\n  - {name: h, url: \"https://a/\", subject: x, token: t}\n";
+        let err = load("c.yaml", webhook).unwrap_err().to_string();
+        assert!(
+            err.contains("sinks.0.subject: only nats sinks use it")
+                && err.contains("sinks.0.token: only nats sinks use it"),
+            "{err}"
+        );
+        let two = "sources:\n  - {name: a, file: /x}\nsinks:\n  - {name: h, url: [\"https://a/\", \"https://b/\"]}\n";
+        let err = load("c.yaml", two).unwrap_err().to_string();
+        assert!(
+            err.contains("sinks.0.url: a webhook sink takes one url"),
+            "{err}"
+        );
+    }
 }

@@ -39,10 +39,13 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// The transport of `sink` (for webhooks: trusting the webpki roots and `ca_file`).
-    pub fn for_sink(sink: &Sink) -> std::result::Result<Transport, String> {
+    /// The transport of `sink` (for webhooks: trusting the webpki roots and `ca_file`), or the
+    /// config key at fault and why.
+    pub fn for_sink(sink: &Sink) -> std::result::Result<Transport, (&'static str, String)> {
         match &sink.output {
-            Output::Webhook(hook) => http::connector(hook.ca_file.as_deref()).map(Transport::Http),
+            Output::Webhook(hook) => http::connector(hook.ca_file.as_deref())
+                .map(Transport::Http)
+                .map_err(|e| ("ca_file", e)),
             Output::Nats(bus) => {
                 nats::Publisher::new(&sink.name, bus).map(|p| Transport::Nats(Arc::new(p)))
             }

@@ -29,17 +29,21 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Checks what can be checked before connecting (the servers' addresses, the credentials).
-    pub fn new(sink: &str, bus: &Nats) -> Result<Publisher, String> {
+    /// Checks what can be checked before connecting (the servers' addresses, the credentials,
+    /// the CA file); an error names the config key at fault.
+    pub fn new(sink: &str, bus: &Nats) -> Result<Publisher, (&'static str, String)> {
         let servers = bus
             .servers
             .iter()
             .map(|u| {
                 u.target()
                     .parse::<ServerAddr>()
-                    .map_err(|_| format!("{u} is not a NATS server address"))
+                    .map_err(|_| ("url", format!("{u} is not a NATS server address")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(ca) = &bus.ca_file {
+            super::http::connector(Some(ca)).map_err(|e| ("ca_file", e))?;
+        }
         let publisher = Publisher {
             servers,
             shown: bus.shown.clone(),
@@ -56,7 +60,7 @@ impl Publisher {
             sink: sink.to_string(),
             context: OnceCell::new(),
         };
-        publisher.options(false)?;
+        publisher.options(false).map_err(|e| ("creds_file", e))?;
         Ok(publisher)
     }
 
@@ -91,7 +95,7 @@ impl Publisher {
             Auth::NkeySeed(seed) => o.nkey(seed.expose().to_string()),
             Auth::Creds(text) => o
                 .credentials(text.expose())
-                .map_err(|_| "creds_file: not a NATS credentials file".to_string())?,
+                .map_err(|_| "not a NATS credentials file (user JWT and NKey seed)".to_string())?,
         })
     }
 
