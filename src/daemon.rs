@@ -113,6 +113,9 @@ pub async fn run(
                     if next.file.admin.listen != admin_listen {
                         tracing::warn!(running = %admin_listen, "admin.listen changed; the admin endpoint stays where it is until a restart");
                     }
+                    if next.file.log.summary_interval != config.file.log.summary_interval {
+                        tracing::warn!("log.summary_interval changed; the running interval stays until a restart");
+                    }
                     config = next;
                     if let Ok(mut view) = admin_view.write() {
                         *view = admin_view_of(&config, &book, &intakes, &sinks);

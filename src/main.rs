@@ -34,8 +34,11 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.file.log.format, &config.file.log.level);
+    // Idle blocking threads (file work, template renders) are kept, not reaped after 10 s: reaping
+    // is a timer that wakes an idle daemon.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(24 * 3600))
         .build()
     {
         Ok(rt) => rt,

@@ -77,6 +77,9 @@ fn log(before: &Totals, now: &Totals, every: Duration) {
     }
     let read = now.lines_read.saturating_sub(before.lines_read);
     let rejected = now.rejected.saturating_sub(before.rejected);
+    if read == 0 && rejected == 0 && sum == [0; 3] {
+        return;
+    }
     tracing::info!(
         lines_read = read,
         rejected,

@@ -11,7 +11,15 @@ use std::io::{self, IsTerminal, Write};
 use tracing_subscriber::EnvFilter;
 
 /// Libraries whose debug output is kept out unless the filter names them.
-const QUIET: &[&str] = &["hyper", "hyper_util", "rustls", "h2", "tokio_rustls"];
+const QUIET: &[&str] = &[
+    "hyper",
+    "hyper_util",
+    "rustls",
+    "h2",
+    "tokio_rustls",
+    // Logs every message's headers (signatures, configured header values) at trace.
+    "async_nats",
+];
 
 /// Installs the global subscriber; later calls do nothing.
 pub fn init(format: LogFormat, level: &str) {
@@ -95,7 +103,7 @@ mod tests {
     fn libraries_are_held_at_info_unless_named() {
         assert_eq!(
             with_quiet_libraries("debug,hyper=trace"),
-            "debug,hyper=trace,hyper_util=info,rustls=info,h2=info,tokio_rustls=info"
+            "debug,hyper=trace,hyper_util=info,rustls=info,h2=info,tokio_rustls=info,async_nats=info"
         );
     }
 }

@@ -63,9 +63,12 @@ async fn every_line_arrives_in_the_stream_once_and_in_order_signed() {
         let action = ["created", "updated", "deleted"][i % 3];
         assert_eq!(m.subject.as_str(), format!("flipt.audit.flag.{action}"));
         assert_eq!(header(m, "Flagtail-Source"), "flipt");
-        assert_eq!(header(m, "Nats-Msg-Id"), header(m, "Idempotency-Key"));
+        assert_eq!(
+            header(m, "Nats-Msg-Id"),
+            format!("bus:{}", header(m, "Idempotency-Key"))
+        );
         assert!(
-            header(m, "Nats-Msg-Id").starts_with("flipt-"),
+            header(m, "Idempotency-Key").starts_with("flipt-"),
             "{:?}",
             m.headers
         );
@@ -170,6 +173,10 @@ async fn a_subject_with_no_stream_is_dead_lettered_then_replayed_once_there_is_o
         letters[0]["attempts"], 1,
         "not retried: there is nothing to wait for"
     );
+    assert_eq!(
+        letters[0]["retryable"], true,
+        "replayed by itself once the sink delivers"
+    );
     assert!(ft.terminate().await.success());
     nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
     let (code, out, err) = replay(&config, "bus");
@@ -183,21 +190,33 @@ async fn a_subject_with_no_stream_is_dead_lettered_then_replayed_once_there_is_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subject_that_renders_with_spaces_is_dead_lettered_and_batches_publish_an_array() {
+async fn batches_publish_arrays_each_on_its_own_events_subject_and_bad_subjects_are_dead_lettered()
+{
     let Some(nats) = NatsServer::start().await else {
         return;
     };
     nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
     let s = Setup::new();
     s.write_lines(0..4, Encoding::Json);
+    // `bytype` batches by two on one subject; `byaction` batches by four but its subject differs
+    // per event, so each goes on its own; `spaced` renders a subject with a space.
     let sinks = nats_sink(
         &nats,
         "    batch: {max_events: 2, linger: 2s}\n    concurrency: 1\n",
-    ) + "  - name: spaced\n    type: nats\n    url: "
+    )
+    .replace("name: bus", "name: bytype")
+    .replace(".{{ action }}", "")
+        + &nats_sink(
+            &nats,
+            "    batch: {max_events: 4, linger: 2s}\n    concurrency: 1\n",
+        )
+        .replace("name: bus", "name: byaction")
+        .replace("flipt.audit.", "flipt.audit.each.")
+        + "  - name: spaced\n    type: nats\n    url: "
         + &nats.url()
         + "\n    subject: \"flipt.audit.{{ payload.name }}\"\n";
     let mut ft = Flagtail::start(&s.config(&sinks));
-    let got = nats.wait_messages("AUDIT", 2).await;
+    let got = nats.wait_messages("AUDIT", 6).await;
     let dead = wait_dead_letters(&s, "spaced", 4).await;
     assert_eq!(dead.len(), 4);
     assert!(ft.terminate().await.success());
@@ -206,16 +225,64 @@ async fn a_subject_that_renders_with_spaces_is_dead_lettered_and_batches_publish
         .unwrap()
         .to_string();
     assert!(reason.contains("whitespace"), "{reason}");
-    let arrays: Vec<Vec<String>> = got
+    let keys = |m: &async_nats::jetstream::message::StreamMessage| -> Vec<String> {
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&m.payload).unwrap();
+        list.iter()
+            .map(|e| e["payload"]["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let by_type: Vec<Vec<String>> = got
         .iter()
-        .map(|m| {
-            let list: Vec<serde_json::Value> = serde_json::from_slice(&m.payload).unwrap();
-            list.iter()
-                .map(|e| e["payload"]["key"].as_str().unwrap().to_string())
-                .collect()
-        })
+        .filter(|m| m.subject.as_str() == "flipt.audit.flag")
+        .map(keys)
         .collect();
-    assert_eq!(arrays, [["flag-0", "flag-1"], ["flag-2", "flag-3"]]);
+    assert_eq!(by_type, [["flag-0", "flag-1"], ["flag-2", "flag-3"]]);
+    let by_action: Vec<(String, Vec<String>)> = got
+        .iter()
+        .filter(|m| m.subject.starts_with("flipt.audit.each."))
+        .map(|m| (m.subject.to_string(), keys(m)))
+        .collect();
+    let want: Vec<(String, Vec<String>)> = [
+        ("created", "flag-0"),
+        ("updated", "flag-1"),
+        ("deleted", "flag-2"),
+        ("created", "flag-3"),
+    ]
+    .iter()
+    .map(|(action, key)| {
+        (
+            format!("flipt.audit.each.flag.{action}"),
+            vec![key.to_string()],
+        )
+    })
+    .collect();
+    assert_eq!(by_action, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sinks_publishing_the_same_events_into_one_stream_each_get_theirs_in() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
+    let s = Setup::new();
+    s.write_lines(0..5, Encoding::Json);
+    let sinks = nats_sink(&nats, "")
+        + &nats_sink(&nats, "")
+            .replace("name: bus", "name: prod")
+            .replace("flipt.audit.", "flipt.audit.prod.");
+    let mut ft = Flagtail::start(&s.config(&sinks));
+    let got = nats.wait_messages("AUDIT", 10).await;
+    assert!(ft.terminate().await.success());
+    let prod = got
+        .iter()
+        .filter(|m| m.subject.starts_with("flipt.audit.prod."))
+        .count();
+    assert_eq!(
+        (got.len(), prod),
+        (10, 5),
+        "neither sink's copy taken for a duplicate"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,7 +458,7 @@ async fn events_dead_lettered_while_the_server_was_away_go_out_once_it_is_back()
     let s = Setup::new();
     let config = s.config(&nats_sink(
         &nats,
-        "    max_backoff_duration: 1s\n    timeout: 300ms\n",
+        "    max_backoff_duration: 3s\n    timeout: 300ms\n",
     ));
     let mut ft = Flagtail::start(&config);
     s.write_lines(0..1, Encoding::Json);

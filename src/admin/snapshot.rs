@@ -235,30 +235,73 @@ fn count_dead_letters(state_dir: &Path, sink: &str) -> u64 {
     count_lines(log.path()) + count_lines(&log.replaying())
 }
 
-/// The lines of `path` that are not blank, read in pieces (a dead-letter file can be large); 0
-/// if it cannot be read.
+/// How far a file was counted: dead-letter files only grow in place (a replay writes a new file
+/// and renames it), so the next count reads only what was appended since.
+#[derive(Clone, Copy)]
+struct Counted {
+    dev: u64,
+    inode: u64,
+    /// Bytes counted.
+    len: u64,
+    /// Lines ended so far that are not blank.
+    lines: u64,
+    /// Whether the unended last line is blank so far.
+    blank: bool,
+}
+
+/// The lines of `path` that are not blank, read in pieces and only past what an earlier count
+/// read (a dead-letter file can be large, and the page reloads itself); 0 if it cannot be read.
 fn count_lines(path: &Path) -> u64 {
-    use std::io::Read;
+    use std::collections::HashMap;
+    use std::io::{Read, Seek, SeekFrom};
+    use std::sync::{Mutex, OnceLock};
+    static COUNTED: OnceLock<Mutex<HashMap<std::path::PathBuf, Counted>>> = OnceLock::new();
     let Ok(mut file) = std::fs::File::open(path) else {
         return 0;
     };
+    let Ok(meta) = file.metadata() else {
+        return 0;
+    };
+    let cache = COUNTED.get_or_init(Default::default);
+    let known = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(path)
+        .copied();
+    let mut c = match known {
+        Some(c) if c.dev == meta.dev() && c.inode == meta.ino() && c.len <= meta.len() => c,
+        _ => Counted {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            len: 0,
+            lines: 0,
+            blank: true,
+        },
+    };
+    if file.seek(SeekFrom::Start(c.len)).is_err() {
+        return 0;
+    }
     let mut buf = vec![0u8; 64 * 1024];
-    let (mut lines, mut blank) = (0u64, true);
     loop {
         let n = match file.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        for &c in &buf[..n] {
-            if c == b'\n' {
-                lines += u64::from(!blank);
-                blank = true;
-            } else if !c.is_ascii_whitespace() {
-                blank = false;
+        c.len += n as u64;
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                c.lines += u64::from(!c.blank);
+                c.blank = true;
+            } else if !b.is_ascii_whitespace() {
+                c.blank = false;
             }
         }
     }
-    lines + u64::from(!blank)
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(path.to_path_buf(), c);
+    c.lines + u64::from(!c.blank)
 }
 
 #[cfg(test)]
@@ -271,5 +314,17 @@ mod tests {
         std::fs::write(&path, format!("{long}\n\n  \n{{}}\n{long}")).unwrap();
         assert_eq!(super::count_lines(&path), 3);
         assert_eq!(super::count_lines(&dir.path().join("none")), 0);
+        // Appended to: only the new part is read, and the torn line it ends is counted once.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"xx\n{}\n").unwrap();
+        assert_eq!(super::count_lines(&path), 4);
+        // Replaced (a replay renames a new file into place): counted afresh.
+        let new = dir.path().join("new");
+        std::fs::write(&new, "{}\n").unwrap();
+        std::fs::rename(&new, &path).unwrap();
+        assert_eq!(super::count_lines(&path), 1);
     }
 }

@@ -78,13 +78,5 @@ fn sample_subject(bus: &crate::sink::nats::Nats) -> Result<String, String> {
         format: Format::Flipt,
     });
     let record = Arc::new(Record::new(info, 0, "check".into(), line.into(), event));
-    let rendered = bus
-        .subject
-        .render(&[record])
-        .map_err(|e| format!("subject {}", e.reason))?;
-    let subject = String::from_utf8_lossy(&rendered).trim().to_string();
-    match crate::sink::nats::invalid_subject(&subject) {
-        Some(why) => Err(why),
-        None => Ok(subject),
-    }
+    bus.subject_of(&record).map_err(|e| e.reason)
 }

@@ -124,16 +124,12 @@ fn request(sink: &crate::sink::Sink, records: &[Arc<Record>]) -> String {
             shown(&hook.headers_for(&body, &key, unix_now())),
         ),
         Output::Nats(bus) => {
-            let subject = match bus.subject.render(records.get(..1).unwrap_or(records)) {
-                Ok(s) => String::from_utf8_lossy(&s).trim().to_string(),
-                Err(e) => {
-                    return serde_json::json!({ "rejected": format!("subject {}", e.reason) })
-                        .to_string();
-                }
+            // One message per subject: `render` takes one event at a time.
+            let subject = match records.first().map(|r| bus.subject_of(r)) {
+                Some(Ok(subject)) => subject,
+                Some(Err(e)) => return serde_json::json!({ "rejected": e.reason }).to_string(),
+                None => return String::new(),
             };
-            if let Some(why) = crate::sink::nats::invalid_subject(&subject) {
-                return serde_json::json!({ "rejected": why }).to_string();
-            }
             // As they go out: canonical names, plus the message id and the source.
             let mut headers: BTreeMap<String, String> = shown(&crate::sink::signed_headers(
                 &bus.headers,
@@ -145,7 +141,10 @@ fn request(sink: &crate::sink::Sink, records: &[Arc<Record>]) -> String {
             .into_iter()
             .map(|(k, v)| (crate::delivery::nats::canonical(&k), v))
             .collect();
-            headers.insert("Nats-Msg-Id".into(), key.clone());
+            headers.insert(
+                "Nats-Msg-Id".into(),
+                crate::delivery::nats::message_id(&sink.name, &key),
+            );
             let source = records.first().map_or("", |r| &*r.source.name);
             headers.insert("Flagtail-Source".into(), source.to_string());
             ("PUBLISH", format!("nats:{subject}"), headers)

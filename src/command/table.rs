@@ -6,6 +6,13 @@ pub fn print(headers: &[&str], rows: &[Vec<String>], right: &[usize]) {
 }
 
 pub fn render(headers: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
+    // Cells can hold what a receiver answered: control characters (a terminal's escape
+    // sequences, newlines) are shown escaped, never sent to the terminal.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| printable(c)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate().take(widths.len()) {
@@ -37,8 +44,32 @@ pub fn render(headers: &[&str], rows: &[Vec<String>], right: &[usize]) -> String
     out
 }
 
+/// `text` with control characters escaped (`\u{1b}`).
+fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let rows = vec![vec!["a".to_string(), "\u{1b}[2Jgone\nline".to_string()]];
+        let out = super::render(&["X", "Y"], &rows, &[]);
+        assert!(
+            !out.contains('\u{1b}') && out.lines().count() == 2,
+            "{out:?}"
+        );
+        assert!(out.contains("\\u{1b}[2Jgone\\nline"), "{out:?}");
+    }
+
     #[test]
     fn columns_line_up() {
         let rows = vec![

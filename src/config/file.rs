@@ -601,7 +601,7 @@ fn default_content_type() -> String {
 fn default_max_backoff() -> Duration {
     Duration::from_secs(15)
 }
-fn default_max_retry_after() -> Duration {
+pub(crate) fn default_max_retry_after() -> Duration {
     Duration::from_secs(300)
 }
 fn default_burst() -> u32 {

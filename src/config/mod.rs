@@ -433,6 +433,10 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
     if c.max_line_bytes == 0 {
         p.push("max_line_bytes: must be at least 1".into());
     }
+    let summary = c.log.summary_interval;
+    if !summary.is_zero() && summary < std::time::Duration::from_millis(100) {
+        p.push("log.summary_interval: at least 100ms, or 0s to turn the summary off".into());
+    }
     if !c.admin.listen.is_empty() && c.admin.listen.parse::<std::net::SocketAddr>().is_err() {
         p.push(format!(
             "admin.listen: {:?} is not an address like 127.0.0.1:9464 (or \"\")",
@@ -601,6 +605,22 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
             ] {
                 if set {
                     p.push(format!("{at}.{key}: only webhook and nats sinks use it"));
+                }
+            }
+        }
+        if s.kind == SinkKind::Nats {
+            // NATS answers no statuses: nothing for these to act on.
+            for (key, set) in [
+                ("retry_on", s.retry_on != Default::default()),
+                (
+                    "max_retry_after",
+                    s.max_retry_after != file::default_max_retry_after(),
+                ),
+            ] {
+                if set {
+                    p.push(format!(
+                        "{at}.{key}: only webhook sinks use it (NATS has no statuses)"
+                    ));
                 }
             }
         }
@@ -822,6 +842,10 @@ mod tests {
                 "url: \"nats://u:p@a\", subject: x, token: t",
                 "sinks.0.url: has user info and token is set too",
             ),
+            (
+                "url: \"nats://a\", subject: x, retry_on: [404]",
+                "sinks.0.retry_on: only webhook sinks use it",
+            ),
         ] {
             let err = load("c.yaml", &sink(keys)).unwrap_err().to_string();
             assert!(err.contains(want), "{keys}: {err}");
@@ -831,6 +855,12 @@ mod tests {
         assert!(
             err.contains("sinks.0.subject: only nats sinks use it")
                 && err.contains("sinks.0.token: only nats sinks use it"),
+            "{err}"
+        );
+        let fast = format!("{MINIMAL}log: {{summary_interval: 1ms}}\n");
+        let err = load("c.yaml", &fast).unwrap_err().to_string();
+        assert!(
+            err.contains("log.summary_interval: at least 100ms"),
             "{err}"
         );
         let two = "sources:\n  - {name: a, file: /x}\nsinks:\n  - {name: h, url: [\"https://a/\", \"https://b/\"]}\n";

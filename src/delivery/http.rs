@@ -31,6 +31,21 @@ const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
 /// A connector trusting the webpki roots and, if given, the certificates in `ca_file`.
 pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
+    let tls = tls_config(ca_file)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
+/// A TLS client config (rustls, ring) trusting the webpki roots and, if given, the certificates
+/// in `ca_file`: what every sink that speaks TLS trusts.
+pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -54,15 +69,7 @@ pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http))
+    Ok(tls)
 }
 
 /// `check --connect`: opens a connection to the receiver (TCP, and the TLS handshake for

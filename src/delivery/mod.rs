@@ -368,80 +368,81 @@ pub async fn deliver(
     if let Output::Stdout | Output::File(_) = &sink.output {
         return write::deliver(sink, records, stop).await;
     }
-    let result = match message(sink, records).await {
-        Ok((body, subject)) => {
-            let key = Sink::delivery_key(records);
-            let source = records.first().map_or("", |r| &*r.source.name);
-            let mut tries = retry::Tries::new(sink, &key);
-            loop {
-                // Every attempt, retries too, takes a slot of the rate limit.
-                if let Some(pace) = &sink.pace
-                    && !pace.wait(stop).await
-                {
-                    break Result::Abandoned;
-                }
-                let attempt = match (&sink.output, &mut *link) {
-                    (Output::Webhook(hook), Link::Http(conn)) => {
-                        let headers = hook.headers_for(&body, &key, unix_now());
-                        conn.post(hook, headers, body.clone()).await
-                    }
-                    (Output::Nats(bus), Link::Nats(publisher)) => {
-                        let headers = crate::sink::signed_headers(
-                            &bus.headers,
-                            bus.signer.as_ref(),
-                            &body,
-                            &key,
-                            unix_now(),
-                        );
-                        let headers = nats::message_headers(&headers, &key, source);
-                        publisher.publish(&subject, headers, body.clone()).await
-                    }
-                    _ => retry::Attempt::Final {
-                        reason: "the sink was given another sink's transport".into(),
-                    },
-                };
-                if let Some(done) = tries.settle(attempt, stop).await {
-                    break done;
-                }
-            }
-        }
-        Err(e) => Result::Failed {
-            reason: e.reason,
-            attempts: 0,
-            status: None,
-            excerpt: e.excerpt,
-            retryable: false,
-        },
+    // One message per run of records that share a subject (NATS); otherwise one for all.
+    let runs = match &sink.output {
+        Output::Nats(bus) => crate::sink::nats::runs(records, bus.subjects(records).await),
+        _ => vec![(0..records.len(), Ok(String::new()))],
     };
-    vec![(0..records.len(), result)]
+    let mut outcomes = Vec::with_capacity(runs.len());
+    for (range, subject) in runs {
+        let result = match subject {
+            Ok(subject) => send(sink, link, &records[range.clone()], &subject, stop).await,
+            Err(e) => render_failed(e),
+        };
+        outcomes.push((range, result));
+    }
+    outcomes
 }
 
-/// The body of a message for `records` and, for NATS, its subject (rendered from the first
-/// record) — or why it cannot be made.
-async fn message(
+/// Renders one message of `records` and sends it (to `subject`, for NATS) until the sink's
+/// retry policy says it is done.
+async fn send(
     sink: &Sink,
+    link: &mut Link,
     records: &[Arc<Record>],
-) -> std::result::Result<(Bytes, String), crate::sink::render::RenderError> {
-    let body = Bytes::from(sink.renderer.render_bounded(records).await?);
-    let subject = match &sink.output {
-        Output::Nats(bus) => {
-            let first = records.get(..1).unwrap_or(records);
-            let rendered = bus.subject.render_bounded(first).await.map_err(|mut e| {
-                e.reason = format!("subject {}", e.reason);
-                e
-            })?;
-            let subject = String::from_utf8_lossy(&rendered).trim().to_string();
-            if let Some(why) = crate::sink::nats::invalid_subject(&subject) {
-                return Err(crate::sink::render::RenderError {
-                    reason: why,
-                    excerpt: None,
-                });
-            }
-            subject
-        }
-        _ => String::new(),
+    subject: &str,
+    stop: &CancellationToken,
+) -> Result {
+    let body = match sink.renderer.render_bounded(records).await {
+        Ok(body) => Bytes::from(body),
+        Err(e) => return render_failed(e),
     };
-    Ok((body, subject))
+    let key = Sink::delivery_key(records);
+    let source = records.first().map_or("", |r| &*r.source.name);
+    let mut tries = retry::Tries::new(sink, &key);
+    loop {
+        // Every attempt, retries too, takes a slot of the rate limit.
+        if let Some(pace) = &sink.pace
+            && !pace.wait(stop).await
+        {
+            return Result::Abandoned;
+        }
+        let attempt = match (&sink.output, &mut *link) {
+            (Output::Webhook(hook), Link::Http(conn)) => {
+                let headers = hook.headers_for(&body, &key, unix_now());
+                conn.post(hook, headers, body.clone()).await
+            }
+            (Output::Nats(bus), Link::Nats(publisher)) => {
+                let headers = crate::sink::signed_headers(
+                    &bus.headers,
+                    bus.signer.as_ref(),
+                    &body,
+                    &key,
+                    unix_now(),
+                );
+                let headers = nats::message_headers(&headers, &sink.name, &key, source);
+                publisher.publish(subject, headers, body.clone()).await
+            }
+            _ => retry::Attempt::Final {
+                reason: "the sink was given another sink's transport".into(),
+                retryable: false,
+            },
+        };
+        if let Some(done) = tries.settle(attempt, stop).await {
+            return done;
+        }
+    }
+}
+
+/// A message that could not be made: dead-lettered, never retried.
+fn render_failed(e: crate::sink::render::RenderError) -> Result {
+    Result::Failed {
+        reason: e.reason,
+        attempts: 0,
+        status: None,
+        excerpt: e.excerpt,
+        retryable: false,
+    }
 }
 
 /// Makes the outcome durable, then acknowledges the records.
@@ -455,7 +456,6 @@ async fn finish(
     sink.metrics
         .seconds
         .observe(started.elapsed().as_secs_f64());
-    crate::status::touch();
     match result {
         Result::Delivered { .. } => {
             sink.metrics.delivered.inc_by(records.len() as u64);
@@ -499,4 +499,6 @@ async fn finish(
         }
         Result::Abandoned => {}
     }
+    // After the counters: a summary that clears the mark sees what marked it.
+    crate::status::touch();
 }

@@ -27,9 +27,12 @@ pub enum Attempt {
     Retry {
         reason: String,
     },
-    /// Not worth another try, whatever the policy.
+    /// Not worth another try now, whatever the policy. `retryable`: the receiver may take it
+    /// later (a NATS subject whose stream is not there yet), so its dead letter is replayed by
+    /// itself once the sink delivers again.
     Final {
         reason: String,
+        retryable: bool,
     },
 }
 
@@ -74,13 +77,13 @@ impl<'a> Tries<'a> {
         let attempts = self.attempts;
         let (reason, retry_after) = match attempt {
             Attempt::Delivered => return Some(Outcome::Delivered { attempts }),
-            Attempt::Final { reason } => {
+            Attempt::Final { reason, retryable } => {
                 return Some(Outcome::Failed {
                     reason,
                     attempts,
                     status: self.status,
                     excerpt: None,
-                    retryable: false,
+                    retryable,
                 });
             }
             Attempt::Refused {

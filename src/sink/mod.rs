@@ -177,11 +177,26 @@ impl Sink {
         }
     }
 
-    /// The `Idempotency-Key` (and Standard Webhooks id) of a delivery of `records`.
+    /// The `Idempotency-Key` (and Standard Webhooks id) of a delivery of `records`. A batch's
+    /// names every member (a hash of their keys): the same first event with other companions
+    /// (after a restart, or a reload that changed filters) is another delivery.
     pub fn delivery_key(records: &[Arc<Record>]) -> String {
         match records {
             [one] => one.key.to_string(),
-            [first, ..] => format!("{}+{}", first.key, records.len()),
+            [first, ..] => {
+                let mut members = ring::digest::Context::new(&ring::digest::SHA256);
+                for r in records {
+                    members.update(r.key.as_bytes());
+                    members.update(b"\n");
+                }
+                let hash = members.finish();
+                format!(
+                    "{}+{}-{}",
+                    first.key,
+                    records.len(),
+                    crate::hex::encode(&hash.as_ref()[..8])
+                )
+            }
             [] => String::new(),
         }
     }

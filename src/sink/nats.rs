@@ -1,10 +1,12 @@
 //! A `type: nats` sink's parts, built from its config: the servers, the subject template, the
 //! headers every message carries, and how to authenticate. Publishing is `delivery::nats`.
 
-use super::render::{self, Renderer};
+use super::render::{self, RenderError, Renderer};
 use super::sign::Signer;
 use crate::config::{Secret, SecretUrl, SinkSection};
+use crate::record::Record;
 use ::http::header::HeaderMap;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,7 @@ pub struct Nats {
 }
 
 /// How the connection authenticates.
+#[derive(Clone)]
 pub enum Auth {
     None,
     Token(Secret),
@@ -81,9 +84,9 @@ pub fn build(
         Auth::Creds(read("creds_file", path, errors)?)
     } else if let Some(path) = &s.nkey_seed_file {
         let seed = read("nkey_seed_file", path, errors)?;
-        if !seed.expose().starts_with('S') {
+        if nkeys::KeyPair::from_seed(seed.expose()).is_err() {
             errors.push(format!(
-                "{}: {} does not hold an NKey seed (one starts with S)",
+                "{}: {} does not hold a valid NKey seed (SU…)",
                 at("nkey_seed_file"),
                 path.display()
             ));
@@ -117,9 +120,70 @@ pub fn build(
     })
 }
 
+impl Nats {
+    /// Each record's subject, rendered within the sink's limits and checked.
+    pub async fn subjects(&self, records: &[Arc<Record>]) -> Vec<Result<String, RenderError>> {
+        match self.subject.render_each_bounded(records).await {
+            Ok(each) => each.into_iter().map(checked).collect(),
+            Err(e) => records
+                .iter()
+                .map(|_| Err(subject_error(e.clone())))
+                .collect(),
+        }
+    }
+
+    /// `record`'s subject, rendered on this thread (`render`, `check --connect`).
+    pub fn subject_of(&self, record: &Arc<Record>) -> Result<String, RenderError> {
+        checked(self.subject.render(std::slice::from_ref(record)))
+    }
+}
+
+fn subject_error(mut e: RenderError) -> RenderError {
+    e.reason = format!("subject {}", e.reason);
+    e
+}
+
+/// A rendered subject, trimmed and checked.
+fn checked(rendered: Result<Vec<u8>, RenderError>) -> Result<String, RenderError> {
+    let subject = String::from_utf8_lossy(&rendered.map_err(subject_error)?)
+        .trim()
+        .to_string();
+    match invalid_subject(&subject) {
+        Some(why) => Err(RenderError {
+            reason: why,
+            excerpt: None,
+        }),
+        None => Ok(subject),
+    }
+}
+
+/// `records` cut into runs of neighbours with the same subject and source, one message each
+/// (a batch never puts an event on another event's subject); a record whose subject cannot be
+/// made is a run of its own, with the error.
+pub fn runs(
+    records: &[Arc<Record>],
+    subjects: Vec<Result<String, RenderError>>,
+) -> Vec<(Range<usize>, Result<String, RenderError>)> {
+    let mut out: Vec<(Range<usize>, Result<String, RenderError>)> = Vec::new();
+    for (i, subject) in subjects.into_iter().enumerate() {
+        if let (Some((range, Ok(last))), Ok(this)) = (out.last_mut(), &subject)
+            && last == this
+            && records[range.start].source.name == records[i].source.name
+        {
+            range.end = i + 1;
+            continue;
+        }
+        out.push((i..i + 1, subject));
+    }
+    out
+}
+
 /// Why a rendered subject cannot be published on, if it cannot: NATS subjects are dot-separated
-/// tokens with no whitespace, and a message cannot go to a wildcard.
+/// tokens with no whitespace, a message cannot go to a wildcard, and the `$…` and `_INBOX`
+/// subjects are the server's API and replies (an event must never reach
+/// `$JS.API.STREAM.PURGE…` through a template).
 pub fn invalid_subject(subject: &str) -> Option<String> {
+    let first = subject.split('.').next().unwrap_or("");
     let why = if subject.is_empty() {
         "it is empty"
     } else if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -128,6 +192,8 @@ pub fn invalid_subject(subject: &str) -> Option<String> {
         "it has an empty token (a leading, trailing or double dot)"
     } else if subject.split('.').any(|t| t == "*" || t == ">") {
         "it has a wildcard token (* or >)"
+    } else if first.starts_with('$') || first == "_INBOX" {
+        "it is a system subject ($… or _INBOX…)"
     } else {
         return None;
     };
@@ -154,6 +220,8 @@ mod tests {
             "a.*.b",
             "a.>",
             "a\tb",
+            "$JS.API.STREAM.PURGE.AUDIT",
+            "_INBOX.x",
         ] {
             assert!(invalid_subject(bad).is_some(), "{bad:?}");
         }

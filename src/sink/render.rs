@@ -105,6 +105,33 @@ impl Renderer {
         if self.template.is_none() {
             return Ok(flipt_body(records, self.batched));
         }
+        self.bounded(records, |me, records| me.render(records))
+            .await
+            .and_then(|r| r)
+    }
+
+    /// One rendering per record (a NATS subject each), all on one blocking thread within the
+    /// limits; `Err` if the job as a whole could not run or finish.
+    pub async fn render_each_bounded(
+        self: &Arc<Self>,
+        records: &[Arc<Record>],
+    ) -> Result<Vec<Result<Vec<u8>, RenderError>>, RenderError> {
+        self.bounded(records, |me, records| {
+            records
+                .iter()
+                .map(|r| me.render(std::slice::from_ref(r)))
+                .collect()
+        })
+        .await
+    }
+
+    /// Runs `job` on a blocking thread, holding one of the sink's render permits, given up after
+    /// the sink's timeout.
+    async fn bounded<T: Send + 'static>(
+        self: &Arc<Self>,
+        records: &[Arc<Record>],
+        job: impl FnOnce(&Renderer, &[Arc<Record>]) -> T + Send + 'static,
+    ) -> Result<T, RenderError> {
         let time = self.limits.time;
         let shown = humantime::format_duration(time);
         let permit = tokio::time::timeout(time, self.running.clone().acquire_owned())
@@ -119,10 +146,10 @@ impl Renderer {
         let (me, records) = (self.clone(), records.to_vec());
         let job = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            me.render(&records)
+            job(&me, &records)
         });
         match tokio::time::timeout(time, job).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => Ok(result),
             Ok(Err(e)) => Err(RenderError::new(format!(
                 "template: the render failed: {e}"
             ))),
