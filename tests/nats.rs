@@ -523,3 +523,28 @@ fn unreadable_or_wrong_credential_files_are_config_errors_that_name_the_key() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_down_at_start_is_waited_for() {
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
+    nats.stop();
+    let s = Setup::new();
+    s.write_lines(0..5, Encoding::Json);
+    let mut ft = Flagtail::start(&s.config(&nats_sink(&nats, "    timeout: 500ms\n")));
+    eventually(|| match ft.stderr().matches("will retry").count() {
+        n if n >= 2 => Ok(()),
+        n => Err(format!("{n} retries")),
+    })
+    .await;
+    nats.start_again().await;
+    let got = nats.wait_messages("AUDIT", 5).await;
+    assert!(ft.terminate().await.success());
+    assert_eq!(
+        got.iter().map(message_key).collect::<Vec<_>>(),
+        flag_keys(0..5).collect::<Vec<_>>()
+    );
+    assert!(s.state_lines("dead-letter/bus.jsonl").is_empty());
+}

@@ -247,7 +247,13 @@ struct Counted {
     lines: u64,
     /// Whether the unended last line is blank so far.
     blank: bool,
+    /// The file's first bytes (a letter's time and key): a file made anew on a reused inode
+    /// does not start with them.
+    head: [u8; HEAD],
 }
+
+/// Bytes of a file's start compared before counting on from where the last count stopped.
+const HEAD: usize = 64;
 
 /// The lines of `path` that are not blank, read in pieces and only past what an earlier count
 /// read (a dead-letter file can be large, and the page reloads itself); 0 if it cannot be read.
@@ -256,28 +262,52 @@ fn count_lines(path: &Path) -> u64 {
     use std::io::{Read, Seek, SeekFrom};
     use std::sync::{Mutex, OnceLock};
     static COUNTED: OnceLock<Mutex<HashMap<std::path::PathBuf, Counted>>> = OnceLock::new();
+    let cache = COUNTED.get_or_init(Default::default);
+    let forget = || {
+        cache.lock().unwrap_or_else(|e| e.into_inner()).remove(path);
+    };
     let Ok(mut file) = std::fs::File::open(path) else {
+        forget();
         return 0;
     };
     let Ok(meta) = file.metadata() else {
         return 0;
     };
-    let cache = COUNTED.get_or_init(Default::default);
+    let mut head = [0u8; HEAD];
+    let _ = std::os::unix::fs::FileExt::read_at(&file, &mut head, 0);
     let known = cache
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(path)
         .copied();
     let mut c = match known {
-        Some(c) if c.dev == meta.dev() && c.inode == meta.ino() && c.len <= meta.len() => c,
+        Some(c)
+            if c.dev == meta.dev()
+                && c.inode == meta.ino()
+                && c.len <= meta.len()
+                && (c.len < HEAD as u64 || c.head == head) =>
+        {
+            c
+        }
         _ => Counted {
             dev: meta.dev(),
             inode: meta.ino(),
             len: 0,
             lines: 0,
             blank: true,
+            head,
         },
     };
+    // Fewer bytes than HEAD were there when the head was taken: count again from the start.
+    if c.len < HEAD as u64 {
+        c = Counted {
+            len: 0,
+            lines: 0,
+            blank: true,
+            head,
+            ..c
+        };
+    }
     if file.seek(SeekFrom::Start(c.len)).is_err() {
         return 0;
     }

@@ -46,9 +46,8 @@ impl Transport {
             Output::Webhook(hook) => http::connector(hook.ca_file.as_deref())
                 .map(Transport::Http)
                 .map_err(|e| ("ca_file", e)),
-            Output::Nats(bus) => {
-                nats::Publisher::new(&sink.name, bus).map(|p| Transport::Nats(Arc::new(p)))
-            }
+            Output::Nats(bus) => nats::Publisher::new(&sink.name, sink.concurrency, bus)
+                .map(|p| Transport::Nats(Arc::new(p))),
             Output::Stdout | Output::File(_) => Ok(Transport::Write),
         }
     }
@@ -267,22 +266,45 @@ async fn worker(
     while let Some(batch) = next_group(&sink, &queue, &stop).await {
         #[cfg(debug_assertions)]
         fault_injection(&sink);
-        let started = Instant::now();
-        for (range, result) in deliver(&sink, &mut link, &batch, &stop).await {
-            let (delivered, retryable) = match &result {
-                Result::Delivered { .. } => (true, false),
-                Result::Failed { retryable, .. } => (false, *retryable),
-                Result::Abandoned => (false, false),
-            };
-            finish(&sink, &dead, &batch[range], result, started).await;
-            if let Some(h) = &healer {
-                if retryable {
-                    h.needed.store(true, Ordering::SeqCst);
-                }
-                if delivered {
-                    h.delivered();
-                }
+        let healer = healer.as_deref();
+        if let Output::Stdout | Output::File(_) = &sink.output {
+            let started = Instant::now();
+            for (range, result) in write::deliver(&sink, &batch, &stop).await {
+                conclude(&sink, &dead, healer, &batch[range], result, started).await;
             }
+            continue;
+        }
+        // Each message's records are acknowledged as soon as it is done, not after the group.
+        for (range, subject) in messages(&sink, &batch).await {
+            let started = Instant::now();
+            let records = &batch[range];
+            let result = send_message(&sink, &mut link, records, subject, &stop).await;
+            conclude(&sink, &dead, healer, records, result, started).await;
+        }
+    }
+}
+
+/// Makes a message's outcome durable and acknowledges its records; tells the healer.
+async fn conclude(
+    sink: &Sink,
+    dead: &RecordLog,
+    healer: Option<&Healer>,
+    records: &[Arc<Record>],
+    result: Result,
+    started: Instant,
+) {
+    let (delivered, retryable) = match &result {
+        Result::Delivered { .. } => (true, false),
+        Result::Failed { retryable, .. } => (false, *retryable),
+        Result::Abandoned => (false, false),
+    };
+    finish(sink, dead, records, result, started).await;
+    if let Some(h) = healer {
+        if retryable {
+            h.needed.store(true, Ordering::SeqCst);
+        }
+        if delivered {
+            h.delivered();
         }
     }
 }
@@ -368,20 +390,43 @@ pub async fn deliver(
     if let Output::Stdout | Output::File(_) = &sink.output {
         return write::deliver(sink, records, stop).await;
     }
-    // One message per run of records that share a subject (NATS); otherwise one for all.
-    let runs = match &sink.output {
-        Output::Nats(bus) => crate::sink::nats::runs(records, bus.subjects(records).await),
-        _ => vec![(0..records.len(), Ok(String::new()))],
-    };
-    let mut outcomes = Vec::with_capacity(runs.len());
-    for (range, subject) in runs {
-        let result = match subject {
-            Ok(subject) => send(sink, link, &records[range.clone()], &subject, stop).await,
-            Err(e) => render_failed(e),
-        };
+    let mut outcomes = Vec::new();
+    for (range, subject) in messages(sink, records).await {
+        let result = send_message(sink, link, &records[range.clone()], subject, stop).await;
         outcomes.push((range, result));
     }
     outcomes
+}
+
+/// The messages `records` make for a webhook or NATS sink: one for all, or for NATS one per run
+/// of neighbours that share a subject and a source (or a subject that cannot be made).
+async fn messages(
+    sink: &Sink,
+    records: &[Arc<Record>],
+) -> Vec<(
+    Range<usize>,
+    std::result::Result<String, crate::sink::render::RenderError>,
+)> {
+    match &sink.output {
+        Output::Nats(bus) => crate::sink::nats::runs(records, bus.subjects(records).await),
+        _ => vec![(0..records.len(), Ok(String::new()))],
+    }
+}
+
+/// One message's outcome: sent (see [`send`]), dead-lettered if its subject could not be made,
+/// or abandoned once `stop` fired (no new message after stop).
+async fn send_message(
+    sink: &Sink,
+    link: &mut Link,
+    records: &[Arc<Record>],
+    subject: std::result::Result<String, crate::sink::render::RenderError>,
+    stop: &CancellationToken,
+) -> Result {
+    match subject {
+        _ if stop.is_cancelled() => Result::Abandoned,
+        Ok(subject) => send(sink, link, records, &subject, stop).await,
+        Err(e) => render_failed(e),
+    }
 }
 
 /// Renders one message of `records` and sends it (to `subject`, for NATS) until the sink's

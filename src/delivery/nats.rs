@@ -14,16 +14,24 @@ use async_nats::{Client, ConnectOptions, ServerAddr};
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::OnceCell;
 
-/// Publishes the client may hold while it connects; while it is disconnected none are queued
-/// (each attempt fails at once and waits out the backoff), so memory stays with the sink's budget.
+/// Publishes the client may hold (at least; twice the sink's `concurrency` if more). While it is
+/// disconnected none are queued (each attempt fails at once and waits out the backoff), so memory
+/// stays with the sources' budget.
 const QUEUED: usize = 64;
+
+/// Failed reconnections after which a client gives up; the next publish makes a new one. So a
+/// client whose sink a reload dropped stops trying within about a minute.
+const MAX_RECONNECTS: usize = 60;
 
 /// How often, and how long apart, a publish answered "no responders" is tried again at once: a
 /// clustered stream has none while it elects a leader.
 const NO_RESPONDERS_TRIES: u32 = 3;
 const NO_RESPONDERS_WAIT: Duration = Duration::from_millis(250);
+
+/// JetStream error codes that sending again cannot change: the message exceeds the stream's
+/// maximum message size (10054).
+const FINAL_CODES: &[u64] = &[10054];
 
 /// Longest wait between reconnection attempts.
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
@@ -40,15 +48,45 @@ pub struct Publisher {
     timeout: Duration,
     /// The sink's name, for logs and the connection's name.
     sink: String,
-    connected: OnceCell<(Client, jetstream::Context)>,
+    /// Publishes in flight at most (the sink's `concurrency`).
+    concurrency: usize,
+    connected: tokio::sync::Mutex<Option<Arc<Conn>>>,
     /// The last connection problem the client reported, for the reason of a failed attempt.
     trouble: Arc<Mutex<Option<String>>>,
+}
+
+/// One client and its JetStream context.
+struct Conn {
+    client: Client,
+    context: jetstream::Context,
+    flags: Arc<Flags>,
+}
+
+/// What a client's events say about it.
+struct Flags {
+    /// `true` once connected (for a first publish to wait for).
+    up: tokio::sync::watch::Sender<bool>,
+    /// The client gave up reconnecting: a new one is needed.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Flags {
+    fn default() -> Flags {
+        Flags {
+            up: tokio::sync::watch::channel(false).0,
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 impl Publisher {
     /// Checks what can be checked before connecting (the servers' addresses, the credentials,
     /// the CA file); an error names the config key at fault.
-    pub fn new(sink: &str, bus: &Nats) -> Result<Publisher, (&'static str, String)> {
+    pub fn new(
+        sink: &str,
+        concurrency: usize,
+        bus: &Nats,
+    ) -> Result<Publisher, (&'static str, String)> {
         let servers = bus
             .servers
             .iter()
@@ -68,20 +106,22 @@ impl Publisher {
             tls_required: bus.tls_required || bus.ca_file.is_some(),
             timeout: bus.timeout,
             sink: sink.to_string(),
-            connected: OnceCell::new(),
+            concurrency,
+            connected: tokio::sync::Mutex::new(None),
             trouble: Arc::new(Mutex::new(None)),
         };
-        publisher.options(false).map_err(|e| ("creds_file", e))?;
+        publisher.options(None).map_err(|e| ("creds_file", e))?;
         Ok(publisher)
     }
 
-    /// The connection options; `background`: connect in the background (the daemon: a server
-    /// that is down at start is waited for) rather than fail at once (`check --connect`).
-    fn options(&self, background: bool) -> Result<ConnectOptions, String> {
+    /// The connection options. With `events` (the daemon), connect in the background (a server
+    /// that is down at start is waited for) and report to them; without (`check --connect`),
+    /// fail at once.
+    fn options(&self, events: Option<Arc<Flags>>) -> Result<ConnectOptions, String> {
         let mut o = ConnectOptions::new()
             .name(format!("flagtail {}", self.sink))
             .connection_timeout(self.timeout)
-            .client_capacity(QUEUED)
+            .client_capacity(QUEUED.max(self.concurrency.saturating_mul(2)))
             // Back soon after the server is: a delivery waiting out its backoff finds the
             // connection up (async-nats waits up to 4 s between attempts by default).
             .reconnect_delay_callback(|attempts| {
@@ -89,12 +129,17 @@ impl Publisher {
             })
             .tls_client_config(self.tls.clone())
             .require_tls(self.tls_required);
-        if background {
+        if let Some(conn) = events {
+            // The flags live as long as the client's callback: a `Conn` dropped with its sink
+            // leaves them to the client until it gives up.
             let (sink, trouble) = (self.sink.clone(), self.trouble.clone());
-            o = o.retry_on_initial_connect().event_callback(move |event| {
-                let (sink, trouble) = (sink.clone(), trouble.clone());
-                async move { note_event(&sink, &trouble, event) }
-            });
+            o = o
+                .retry_on_initial_connect()
+                .max_reconnects(MAX_RECONNECTS)
+                .event_callback(move |event| {
+                    let (sink, trouble, flags) = (sink.clone(), trouble.clone(), conn.clone());
+                    async move { note_event(&sink, &trouble, &flags, event) }
+                });
         }
         Ok(match &self.auth {
             Auth::None => o,
@@ -107,21 +152,32 @@ impl Publisher {
         })
     }
 
-    /// The client and its JetStream context, connecting on first use (in the background: this
-    /// does not wait for the server).
-    async fn connection(&self) -> Result<&(Client, jetstream::Context), String> {
-        self.connected
-            .get_or_try_init(|| async {
-                let client = self
-                    .options(true)?
-                    .connect(self.servers.clone())
-                    .await
-                    .map_err(|e| format!("NATS {}: {e}", self.shown))?;
-                let mut context = jetstream::new(client.clone());
-                context.set_timeout(self.timeout);
-                Ok((client, context))
-            })
+    /// The client and its JetStream context, connecting on first use or after the last client
+    /// gave up (in the background: this does not wait for the server).
+    async fn connection(&self) -> Result<Arc<Conn>, String> {
+        let mut held = self.connected.lock().await;
+        if let Some(conn) = &*held
+            && !conn.flags.closed.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(conn.clone());
+        }
+        // The events callback needs the connection's flags before the client exists: make the
+        // flags first, the client with them, and put them together.
+        let flags = Arc::new(Flags::default());
+        let client = self
+            .options(Some(flags.clone()))?
+            .connect(self.servers.clone())
             .await
+            .map_err(|e| format!("NATS {}: {e}", self.shown))?;
+        let mut context = jetstream::new(client.clone());
+        context.set_timeout(self.timeout);
+        let conn = Arc::new(Conn {
+            client,
+            context,
+            flags,
+        });
+        *held = Some(conn.clone());
+        Ok(conn)
     }
 
     /// The last connection problem, as a clause for a reason.
@@ -139,18 +195,37 @@ impl Publisher {
         headers: async_nats::HeaderMap,
         body: Bytes,
     ) -> Attempt {
-        let (client, context) = match self.connection().await {
+        let conn = match self.connection().await {
             Ok(c) => c,
             Err(reason) => return Attempt::Retry { reason },
         };
         let mut no_responders = 0;
         loop {
-            if client.connection_state() == State::Disconnected {
-                return Attempt::Retry {
-                    reason: format!("NATS {}: not connected{}", self.shown, self.trouble()),
-                };
+            match conn.client.connection_state() {
+                State::Connected => {}
+                // Not connected yet (just started): worth waiting for, up to `timeout`.
+                State::Pending => {
+                    let mut up = conn.flags.up.subscribe();
+                    let waited = tokio::time::timeout(self.timeout, up.wait_for(|up| *up)).await;
+                    if !matches!(waited, Ok(Ok(_))) {
+                        return Attempt::Retry {
+                            reason: format!(
+                                "NATS {}: not connected yet{}",
+                                self.shown,
+                                self.trouble()
+                            ),
+                        };
+                    }
+                }
+                // Lost: nothing is queued in the client meanwhile.
+                State::Disconnected => {
+                    return Attempt::Retry {
+                        reason: format!("NATS {}: not connected{}", self.shown, self.trouble()),
+                    };
+                }
             }
-            let published = context
+            let published = conn
+                .context
                 .publish_with_headers(subject.to_string(), headers.clone(), body.clone())
                 .await;
             let acked = match published {
@@ -201,12 +276,13 @@ impl Publisher {
                 ),
             },
             _ => {
-                // JetStream's own refusals carry an HTTP-like code: 4xx will not change by
-                // sending again (a message too large for the stream, a sealed stream).
+                // JetStream's refusals: a message larger than the stream takes will not change by
+                // sending again; anything else (an account or stream full, too many requests)
+                // may, so it is retried.
                 let api =
                     std::error::Error::source(e).and_then(|s| s.downcast_ref::<jetstream::Error>());
                 match api {
-                    Some(api) if (400..500).contains(&api.code()) => Attempt::Final {
+                    Some(api) if FINAL_CODES.contains(&api.error_code().0) => Attempt::Final {
                         reason: format!("NATS {at}: {subject}: JetStream refused: {api}"),
                         retryable: false,
                     },
@@ -221,19 +297,12 @@ impl Publisher {
     /// `check --connect`: connects (failing at once if it cannot) and names the stream that
     /// takes each subject.
     pub async fn check(&self, subjects: &[String]) -> Result<Vec<String>, String> {
-        let servers = self.servers.len().max(1) as u32;
-        let client = tokio::time::timeout(
-            self.timeout * servers,
-            self.options(false)?.connect(self.servers.clone()),
-        )
-        .await
-        .map_err(|_| {
-            format!(
-                "no connection within {}",
-                humantime::format_duration(self.timeout * servers)
-            )
-        })?
-        .map_err(|e| e.to_string())?;
+        let servers = u32::try_from(self.servers.len().max(1)).unwrap_or(u32::MAX);
+        let limit = self.timeout.saturating_mul(servers);
+        let client = tokio::time::timeout(limit, self.options(None)?.connect(self.servers.clone()))
+            .await
+            .map_err(|_| format!("no connection within {}", humantime::format_duration(limit)))?
+            .map_err(|e| e.to_string())?;
         let mut context = jetstream::new(client);
         context.set_timeout(self.timeout);
         let mut found = Vec::new();
@@ -255,24 +324,37 @@ impl Drop for Publisher {
     /// A sink replaced by a reload closes its connection (a client reconnecting to a server that
     /// is down would otherwise go on trying, and logging, for ever).
     fn drop(&mut self) {
-        if let Some((client, _)) = self.connected.take()
+        // Connected: closed now. Reconnecting: the client gives up after MAX_RECONNECTS.
+        if let Some(conn) = self.connected.get_mut().take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), client.drain()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.client.drain()).await;
             });
         }
     }
 }
 
 /// Logs a connection event once per change (a server that keeps refusing is one line, not one
-/// per reconnect attempt) and keeps the last problem for failure reasons.
-fn note_event(sink: &str, trouble: &Mutex<Option<String>>, event: async_nats::Event) {
+/// per reconnect attempt), keeps the last problem for failure reasons, and sets the client's flags.
+fn note_event(
+    sink: &str,
+    trouble: &Mutex<Option<String>>,
+    flags: &Flags,
+    event: async_nats::Event,
+) {
     let mut last = trouble.lock().unwrap_or_else(|e| e.into_inner());
     match event {
         async_nats::Event::Connected => {
             tracing::info!(sink = %sink, "connected to NATS");
+            flags.up.send_replace(true);
             *last = None;
+        }
+        async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects) => {
+            tracing::warn!(sink = %sink, "NATS: gave up reconnecting; a new connection is made for the next message");
+            flags
+                .closed
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         other => {
             let text = other.to_string();

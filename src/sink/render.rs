@@ -105,7 +105,7 @@ impl Renderer {
         if self.template.is_none() {
             return Ok(flipt_body(records, self.batched));
         }
-        self.bounded(records, |me, records| me.render(records))
+        self.bounded(records, self.limits.time, |me, records| me.render(records))
             .await
             .and_then(|r| r)
     }
@@ -116,12 +116,19 @@ impl Renderer {
         self: &Arc<Self>,
         records: &[Arc<Record>],
     ) -> Result<Vec<Result<Vec<u8>, RenderError>>, RenderError> {
-        self.bounded(records, |me, records| {
-            records
-                .iter()
-                .map(|r| me.render(std::slice::from_ref(r)))
-                .collect()
-        })
+        // Each render has the sink's time limit (its output is cut at the deadline): the job,
+        // that many.
+        let n = u32::try_from(records.len().max(1)).unwrap_or(u32::MAX);
+        self.bounded(
+            records,
+            self.limits.time.saturating_mul(n),
+            |me, records| {
+                records
+                    .iter()
+                    .map(|r| me.render(std::slice::from_ref(r)))
+                    .collect()
+            },
+        )
         .await
     }
 
@@ -130,9 +137,9 @@ impl Renderer {
     async fn bounded<T: Send + 'static>(
         self: &Arc<Self>,
         records: &[Arc<Record>],
+        time: Duration,
         job: impl FnOnce(&Renderer, &[Arc<Record>]) -> T + Send + 'static,
     ) -> Result<T, RenderError> {
-        let time = self.limits.time;
         let shown = humantime::format_duration(time);
         let permit = tokio::time::timeout(time, self.running.clone().acquire_owned())
             .await
