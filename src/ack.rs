@@ -1,11 +1,13 @@
-//! Per-source bookkeeping of lines in flight: which are done, how far the checkpoint may move, and
-//! how much memory the source may still fill.
+//! Per-source bookkeeping of lines in flight: which are done, how far the checkpoint may move; and
+//! the one process-wide [`Budget`] of memory they may fill.
 //!
 //! Every line read gets a slot, in file order, holding how many sinks still owe an acknowledgement.
 //! Slots complete in any order (sinks with `concurrency > 1`, several sinks); the checkpoint moves
 //! to the end of the longest fully done prefix. A source must [`Tracker::admit`] a line's cost
-//! before reading on; the cost comes back only when the line leaves the front of the queue, so a
-//! stuck delivery stops reading once the budget is spent: memory stays bounded whatever the backlog.
+//! (what its record really holds: the line, its key and the parsed event) before reading on; the
+//! cost comes back only when the line leaves the front of its source's queue, so a stuck delivery
+//! stops reading once the budget is spent. All sources draw on one budget: memory stays bounded
+//! whatever the backlog and however many sources there are.
 
 use crate::checkpoint::CheckpointBook;
 use crate::position::Position;
@@ -13,10 +15,36 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::Semaphore;
 
-/// Bytes of lines one source may have in flight (read and not yet checkpointed).
+/// Bytes of records all sources together may have in flight (read and not yet checkpointed).
 pub const IN_FLIGHT_BYTES: usize = 4 * 1024 * 1024;
-/// Cost charged per line on top of its length: the event, the slot and the queues' share.
+/// Cost charged per line on top of the bytes its record holds: the record and event structs, the
+/// slot, the allocator's rounding and the queues' share.
 pub const LINE_OVERHEAD: usize = 256;
+
+/// The process's budget of bytes in flight, shared by every source's tracker.
+#[derive(Debug)]
+pub struct Budget {
+    permits: Semaphore,
+    capacity: usize,
+}
+
+impl Budget {
+    /// A budget that fits at least one line of `max_line` bytes (and its parsed event).
+    pub fn new(max_line: usize) -> Arc<Budget> {
+        let capacity = IN_FLIGHT_BYTES
+            .max(max_line.saturating_mul(2).saturating_add(LINE_OVERHEAD))
+            .min(Semaphore::MAX_PERMITS);
+        Arc::new(Budget {
+            permits: Semaphore::new(capacity),
+            capacity,
+        })
+    }
+
+    /// Bytes not charged to any line now.
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
 
 struct Slot {
     remaining: u32,
@@ -40,22 +68,17 @@ impl std::fmt::Debug for Tracker {
 pub struct Tracker {
     source: Box<str>,
     book: Arc<CheckpointBook>,
-    budget: Semaphore,
-    capacity: usize,
+    budget: Arc<Budget>,
     state: Mutex<State>,
 }
 
 impl Tracker {
-    /// A tracker whose budget fits at least one line of `max_line` bytes.
-    pub fn new(source: &str, book: Arc<CheckpointBook>, max_line: usize) -> Self {
-        let capacity = IN_FLIGHT_BYTES
-            .max(max_line + LINE_OVERHEAD)
-            .min(Semaphore::MAX_PERMITS);
+    /// A tracker of `source`'s lines, drawing on the process's `budget`.
+    pub fn new(source: &str, book: Arc<CheckpointBook>, budget: Arc<Budget>) -> Self {
         Tracker {
             source: source.into(),
             book,
-            budget: Semaphore::new(capacity),
-            capacity,
+            budget,
             state: Mutex::new(State {
                 front: 0,
                 slots: VecDeque::new(),
@@ -63,14 +86,19 @@ impl Tracker {
         }
     }
 
-    /// The cost of a line of `len` bytes.
-    pub fn cost(&self, len: usize) -> u32 {
-        (len + LINE_OVERHEAD).min(self.capacity) as u32
+    /// The cost of a record holding `bytes` bytes (line, key, event).
+    pub fn cost(&self, bytes: usize) -> u32 {
+        u32::try_from(
+            bytes
+                .saturating_add(LINE_OVERHEAD)
+                .min(self.budget.capacity),
+        )
+        .unwrap_or(u32::MAX)
     }
 
     /// Waits until `cost` fits in the budget, then takes it. Returns it to [`Tracker::push`].
     pub async fn admit(&self, cost: u32) {
-        if let Ok(permit) = self.budget.acquire_many(cost).await {
+        if let Ok(permit) = self.budget.permits.acquire_many(cost).await {
             permit.forget();
         }
     }
@@ -119,13 +147,27 @@ impl Tracker {
         }
         drop(st);
         if released > 0 {
-            self.budget.add_permits(released);
+            self.budget.permits.add_permits(released);
         }
         if let Some(end) = last {
             self.book.set(&self.source, end);
         }
     }
+}
 
+impl Drop for Tracker {
+    /// Lines never finished (a pipeline stopped by a reload or shutdown) give their cost back to
+    /// the process's budget: it outlives every tracker.
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let owed: usize = st.slots.iter().map(|s| s.cost as usize).sum();
+        if owed > 0 {
+            self.budget.permits.add_permits(owed);
+        }
+    }
+}
+
+impl Tracker {
     /// Lines read and not yet checkpointed.
     #[cfg(test)]
     fn in_flight(&self) -> usize {
@@ -152,7 +194,7 @@ mod tests {
     async fn checkpoint_moves_only_past_a_done_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let book = CheckpointBook::open(dir.path()).unwrap();
-        let t = Tracker::new("s", book.clone(), 100);
+        let t = Tracker::new("s", book.clone(), Budget::new(100));
         let a = t.push(at(10), 2, 1);
         let b = t.push(at(20), 1, 1);
         let _c = t.push(at(30), 0, 1);
@@ -169,8 +211,8 @@ mod tests {
     async fn budget_blocks_until_the_front_is_done() {
         let dir = tempfile::tempdir().unwrap();
         let book = CheckpointBook::open(dir.path()).unwrap();
-        let t = Arc::new(Tracker::new("s", book, 10));
-        let big = t.capacity as u32;
+        let t = Arc::new(Tracker::new("s", book, Budget::new(10)));
+        let big = t.budget.capacity as u32;
         t.admit(big).await;
         let first = t.push(at(1), 1, big);
         let waiter = tokio::spawn({
@@ -181,5 +223,29 @@ mod tests {
         assert!(!waiter.is_finished());
         t.ack(first);
         waiter.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sources_share_one_budget_and_a_dropped_tracker_gives_its_share_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = CheckpointBook::open(dir.path()).unwrap();
+        let budget = Budget::new(10);
+        let full = budget.available();
+        let a = Tracker::new("a", book.clone(), budget.clone());
+        let b = Arc::new(Tracker::new("b", book, budget.clone()));
+        let cost = a.cost(1000);
+        a.admit(cost).await;
+        a.push(at(1), 1, cost);
+        b.admit(cost).await;
+        let seq = b.push(at(1), 1, cost);
+        assert_eq!(budget.available(), full - 2 * cost as usize);
+        b.ack(seq);
+        assert_eq!(budget.available(), full - cost as usize);
+        drop(a);
+        assert_eq!(
+            budget.available(),
+            full,
+            "unfinished lines of a stopped pipeline"
+        );
     }
 }

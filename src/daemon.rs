@@ -6,7 +6,7 @@
 //! Otherwise the running pipeline is stopped like at shutdown and a new one started; positions come
 //! from the in-memory checkpoints, so lines not yet acknowledged are read again (same keys).
 
-use crate::ack::Tracker;
+use crate::ack::{Budget, Tracker};
 use crate::admin;
 use crate::checkpoint::CheckpointBook;
 use crate::config::Config;
@@ -75,12 +75,15 @@ pub async fn run(
             admin_stop.clone(),
         )))
     };
+    // One budget of bytes in flight for every source, kept across reloads.
+    let max_line = usize::try_from(config.file.max_line_bytes).unwrap_or(usize::MAX);
+    let budget = Budget::new(max_line);
     let summary_stop = CancellationToken::new();
     let summary = tokio::spawn(crate::summary::run(
         config.file.log.summary_interval,
         summary_stop.clone(),
     ));
-    let mut pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health);
+    let mut pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health, &budget);
     for note in &config.notes {
         tracing::warn!("{note}");
     }
@@ -120,7 +123,7 @@ pub async fn run(
                     if let Ok(mut view) = admin_view.write() {
                         *view = admin_view_of(&config, &book, &intakes, &sinks);
                     }
-                    pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health);
+                    pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health, &budget);
                     tracing::info!(config = %config.paths, "config reloaded");
                 }
                 Err(e) => tracing::error!("reload refused, the running config stays: {e:#}"),
@@ -231,6 +234,7 @@ impl Pipeline {
         book: &Arc<CheckpointBook>,
         intakes: &Intakes,
         health: &Arc<Health>,
+        budget: &Arc<Budget>,
     ) -> Pipeline {
         let c = &config.file;
         health.expect(c.sources.iter().map(|s| s.name.to_string()));
@@ -268,7 +272,7 @@ impl Pipeline {
                     name: name.into(),
                     format: s.format,
                 }),
-                tracker: Arc::new(Tracker::new(name, book.clone(), max_line)),
+                tracker: Arc::new(Tracker::new(name, book.clone(), budget.clone())),
                 sinks: ports.clone(),
                 rejected: rejected.clone(),
                 stop: stop.clone(),

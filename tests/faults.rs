@@ -545,3 +545,77 @@ async fn sighup_reloads_sinks_and_refuses_a_bad_config() {
     assert_eq!(got[3].path, "/v2");
     assert_eq!(got.len(), 4, "positions were kept: nothing was sent twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_share_one_in_flight_budget_while_the_receiver_is_down() {
+    let rx = Receiver::start().await;
+    rx.plan(|_| Reply::Status(503));
+    let s = Setup::new();
+    // Three sources of 8 MiB each, in lines of 10 KiB (so the sink's queue of 1024 records is
+    // not what stops reading): with a budget per source they could hold 12 MiB at once.
+    let per_source = 800;
+    let long = format!(
+        r#""namespace_key":"default","description":"{}""#,
+        "x".repeat(10_000)
+    );
+    let mut extra = String::new();
+    let mut sizes = 0u64;
+    for name in ["a", "b", "c"] {
+        let path = s.path(&format!("{name}.log"));
+        let text: String = (0..per_source)
+            .map(|i| {
+                flipt_line(i, Encoding::Json)
+                    .0
+                    .replace(r#""namespace_key":"default""#, &long)
+            })
+            .collect();
+        sizes += text.len() as u64;
+        std::fs::write(&path, text).unwrap();
+        extra.push_str(&format!(
+            "  - name: {name}\n    file: {}\n    format: flipt\n",
+            path.display()
+        ));
+    }
+    let config = s.config(&webhook_sink(
+        &rx.url("/"),
+        "    max_backoff_duration: 1h\n    initial_backoff: 100ms\n    batch: {max_events: 500}\n",
+    ));
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("sources:\n", &format!("sources:\n{extra}"));
+    std::fs::write(&config, text).unwrap();
+    let mut ft = Flagtail::start(&config);
+    rx.wait_attempts(3).await;
+    ft.wait_log("retry_in").await;
+    // Reading has paused: wait until it stops moving, then look.
+    let read = eventually(|| {
+        let before = bytes_read(ft.pid());
+        std::thread::sleep(Duration::from_millis(300));
+        match bytes_read(ft.pid()) {
+            after if after == before => Ok(after),
+            after => Err(format!("still reading: {after}")),
+        }
+    })
+    .await;
+    assert!(
+        read < 7 * 1024 * 1024,
+        "one 4 MiB budget for all sources, charged with what records hold: {read} of {sizes} bytes read"
+    );
+    rx.plan(|_| Reply::Status(200));
+    let batched = || -> usize {
+        rx.delivered()
+            .iter()
+            .map(|r| {
+                serde_json::from_slice::<Vec<serde_json::Value>>(&r.body)
+                    .unwrap()
+                    .len()
+            })
+            .sum()
+    };
+    eventually(|| match batched() {
+        n if n >= 3 * per_source => Ok(()),
+        n => Err(format!("{n} of {} events", 3 * per_source)),
+    })
+    .await;
+    assert!(ft.terminate().await.success());
+}

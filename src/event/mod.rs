@@ -108,6 +108,15 @@ pub struct Event {
 }
 
 impl Event {
+    /// Bytes the event holds on the heap (its texts), for the in-flight budget.
+    pub fn heap_bytes(&self) -> usize {
+        self.version.len()
+            + self.kind.len()
+            + self.metadata.get().len()
+            + self.payload.get().len()
+            + self.timestamp.len()
+    }
+
     /// Writes the body Flipt's own webhook sink sends for this event, byte for byte:
     /// compact, keys `version, type, action, metadata, payload, timestamp, status`.
     pub fn write_flipt_json(&self, out: &mut Vec<u8>) {

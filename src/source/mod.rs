@@ -180,7 +180,10 @@ impl Dispatch {
             }
         }
         let key = format!("{}-{}-{}", self.info.name, at.origin.key(), at.start);
-        let cost = self.tracker.cost(text.len());
+        // What the record will hold: the line, its key and the parsed event.
+        let cost = self
+            .tracker
+            .cost(text.len() + key.len() + event.heap_bytes());
         let (start, tracker) = (at.start, self.tracker.clone());
         let seq = self.settle(at, wanted, cost).await?;
         if wanted == 0 {
