@@ -5,7 +5,8 @@ start-up: from spawning flagtail until it tells systemd READY=1 (every source op
           bound), read from a datagram socket given as NOTIFY_SOCKET; median of --runs.
 idle:     context switches of all its threads (voluntary and involuntary, from /proc/PID/task/*/
           status) over --idle seconds with nothing to read and nothing to send, after a first
-          event was delivered (so connections and tasks exist). Zero means no timer fires.
+          event was delivered and its summary logged (so connections and tasks exist, and the
+          summary's timer, armed by that event, has fired). Zero means no timer fires.
 
 The config follows a file, listens on a Unix socket and an HTTP port (journals), serves the
 admin endpoint, and delivers to a webhook receiver here that answers 204.
@@ -75,7 +76,7 @@ def main():
     with open(conf, "w") as f:
         f.write(f"""state_dir: {d}/state
 admin: {{listen: "127.0.0.1:{free_port()}"}}
-log: {{level: warn}}
+log: {{level: warn, summary_interval: 1s}}
 sources:
   - name: flipt
     file: {log}
@@ -116,11 +117,17 @@ sinks:
                 '"payload":{"key":"idle"},"timestamp":"2026-11-23T06:00:00Z"}\n')
     if not Ok.got.wait(10):
         sys.exit("the event did not arrive")
-    time.sleep(1)  # let the checkpoint be saved and everything settle
+    # Let the checkpoint be saved and the summary of that event be logged (1 s after it), so what
+    # follows is idle.
+    time.sleep(3)
     before = switches(proc.pid)
     time.sleep(a.idle)
     after = switches(proc.pid)
     threads = len(after)
+    for tid in sorted(set(before) & set(after)):
+        if after[tid] != before[tid]:
+            with open(f"/proc/{proc.pid}/task/{tid}/comm") as f:
+                print(f"  thread {tid} ({f.read().strip()}): {after[tid] - before[tid]} switches")
     proc.terminate()
     proc.wait()
     server.shutdown()
