@@ -480,7 +480,7 @@ async fn send(
 }
 
 /// A message that could not be made: dead-lettered, never retried.
-fn render_failed(e: crate::sink::render::RenderError) -> Result {
+pub(crate) fn render_failed(e: crate::sink::render::RenderError) -> Result {
     Result::Failed {
         reason: e.reason,
         attempts: 0,

@@ -29,16 +29,7 @@ pub async fn deliver(sink: &Sink, records: &[Arc<Record>], stop: &CancellationTo
                 out.push(b'\n');
                 written.push(range);
             }
-            Err(e) => outcomes.push((
-                range,
-                Result::Failed {
-                    reason: e.reason,
-                    attempts: 0,
-                    status: None,
-                    excerpt: e.excerpt,
-                    retryable: false,
-                },
-            )),
+            Err(e) => outcomes.push((range, super::render_failed(e))),
         }
     }
     if !written.is_empty() {

@@ -414,6 +414,25 @@ pub async fn eventually<T>(mut check: impl FnMut() -> Result<T, String>) -> T {
     }
 }
 
+/// The first of `names` that runs (`NAME --version`), or `None` outside CI when there is none:
+/// the test is then skipped, saying so. In CI it must be there (`.ci/run` installs `package`).
+pub fn tool(names: &[&'static str], package: &str) -> Option<&'static str> {
+    let found = names.iter().copied().find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have {package} (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: no {package} on this machine (apt-get install {package})");
+    }
+    found
+}
+
 /// Like [`eventually`], for a check that awaits.
 pub async fn eventually_async<T, F: std::future::Future<Output = Result<T, String>>>(
     mut check: impl FnMut() -> F,

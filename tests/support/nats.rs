@@ -27,22 +27,7 @@ pub struct Access {
 
 /// The `nats-server` binary, or `None` outside CI when there is none (CI installs it).
 fn binary() -> Option<&'static str> {
-    let found = ["nats-server", "/usr/sbin/nats-server"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have nats-server (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: no nats-server on this machine (apt-get install nats-server)");
-    }
-    found
+    super::tool(&["nats-server", "/usr/sbin/nats-server"], "nats-server")
 }
 
 impl NatsServer {
