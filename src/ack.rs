@@ -1,13 +1,16 @@
-//! Per-source bookkeeping of lines in flight: which are done, how far the checkpoint may move; and
-//! the one process-wide [`Budget`] of memory they may fill.
+//! Per-source bookkeeping of lines in flight: which are done, how far the checkpoint may move, and
+//! how much memory the source may still fill.
 //!
 //! Every line read gets a slot, in file order, holding how many sinks still owe an acknowledgement.
 //! Slots complete in any order (sinks with `concurrency > 1`, several sinks); the checkpoint moves
 //! to the end of the longest fully done prefix. A source must [`Tracker::admit`] a line's cost
 //! (what its record really holds: the line, its key and the parsed event) before reading on; the
-//! cost comes back only when the line leaves the front of its source's queue, so a stuck delivery
-//! stops reading once the budget is spent. All sources draw on one budget: memory stays bounded
-//! whatever the backlog and however many sources there are.
+//! cost comes back only when the line leaves the front of the queue, so a stuck delivery stops
+//! reading once the source's share is spent.
+//!
+//! The process has one budget of bytes in flight, [`IN_FLIGHT_BYTES`], split evenly between the
+//! sources of the running config ([`share`]): memory stays bounded whatever the backlog and however
+//! many sources there are, and a source whose sink is stuck never holds back the others.
 
 use crate::checkpoint::CheckpointBook;
 use crate::position::Position;
@@ -21,29 +24,12 @@ pub const IN_FLIGHT_BYTES: usize = 4 * 1024 * 1024;
 /// slot, the allocator's rounding and the queues' share.
 pub const LINE_OVERHEAD: usize = 256;
 
-/// The process's budget of bytes in flight, shared by every source's tracker.
-#[derive(Debug)]
-pub struct Budget {
-    permits: Semaphore,
-    capacity: usize,
-}
-
-impl Budget {
-    /// A budget that fits at least one line of `max_line` bytes (and its parsed event).
-    pub fn new(max_line: usize) -> Arc<Budget> {
-        let capacity = IN_FLIGHT_BYTES
-            .max(max_line.saturating_mul(2).saturating_add(LINE_OVERHEAD))
-            .min(Semaphore::MAX_PERMITS);
-        Arc::new(Budget {
-            permits: Semaphore::new(capacity),
-            capacity,
-        })
-    }
-
-    /// Bytes not charged to any line now.
-    pub fn available(&self) -> usize {
-        self.permits.available_permits()
-    }
+/// Each of `sources` sources' share of [`IN_FLIGHT_BYTES`]; at least what one record of a
+/// `max_line`-byte line can hold (the line and its parsed event), so every line fits.
+pub fn share(sources: usize, max_line: usize) -> usize {
+    (IN_FLIGHT_BYTES / sources.max(1))
+        .max(max_line.saturating_mul(2).saturating_add(LINE_OVERHEAD))
+        .min(Semaphore::MAX_PERMITS)
 }
 
 struct Slot {
@@ -68,17 +54,20 @@ impl std::fmt::Debug for Tracker {
 pub struct Tracker {
     source: Box<str>,
     book: Arc<CheckpointBook>,
-    budget: Arc<Budget>,
+    budget: Semaphore,
+    capacity: usize,
     state: Mutex<State>,
 }
 
 impl Tracker {
-    /// A tracker of `source`'s lines, drawing on the process's `budget`.
-    pub fn new(source: &str, book: Arc<CheckpointBook>, budget: Arc<Budget>) -> Self {
+    /// A tracker of `source`'s lines, which may hold `capacity` bytes in flight ([`share`]).
+    pub fn new(source: &str, book: Arc<CheckpointBook>, capacity: usize) -> Self {
+        let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
         Tracker {
             source: source.into(),
             book,
-            budget,
+            budget: Semaphore::new(capacity),
+            capacity,
             state: Mutex::new(State {
                 front: 0,
                 slots: VecDeque::new(),
@@ -88,17 +77,12 @@ impl Tracker {
 
     /// The cost of a record holding `bytes` bytes (line, key, event).
     pub fn cost(&self, bytes: usize) -> u32 {
-        u32::try_from(
-            bytes
-                .saturating_add(LINE_OVERHEAD)
-                .min(self.budget.capacity),
-        )
-        .unwrap_or(u32::MAX)
+        u32::try_from(bytes.saturating_add(LINE_OVERHEAD).min(self.capacity)).unwrap_or(u32::MAX)
     }
 
     /// Waits until `cost` fits in the budget, then takes it. Returns it to [`Tracker::push`].
     pub async fn admit(&self, cost: u32) {
-        if let Ok(permit) = self.budget.permits.acquire_many(cost).await {
+        if let Ok(permit) = self.budget.acquire_many(cost).await {
             permit.forget();
         }
     }
@@ -147,22 +131,10 @@ impl Tracker {
         }
         drop(st);
         if released > 0 {
-            self.budget.permits.add_permits(released);
+            self.budget.add_permits(released);
         }
         if let Some(end) = last {
             self.book.set(&self.source, end);
-        }
-    }
-}
-
-impl Drop for Tracker {
-    /// Lines never finished (a pipeline stopped by a reload or shutdown) give their cost back to
-    /// the process's budget: it outlives every tracker.
-    fn drop(&mut self) {
-        let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        let owed: usize = st.slots.iter().map(|s| s.cost as usize).sum();
-        if owed > 0 {
-            self.budget.permits.add_permits(owed);
         }
     }
 }
@@ -194,7 +166,7 @@ mod tests {
     async fn checkpoint_moves_only_past_a_done_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let book = CheckpointBook::open(dir.path()).unwrap();
-        let t = Tracker::new("s", book.clone(), Budget::new(100));
+        let t = Tracker::new("s", book.clone(), share(1, 100));
         let a = t.push(at(10), 2, 1);
         let b = t.push(at(20), 1, 1);
         let _c = t.push(at(30), 0, 1);
@@ -211,8 +183,8 @@ mod tests {
     async fn budget_blocks_until_the_front_is_done() {
         let dir = tempfile::tempdir().unwrap();
         let book = CheckpointBook::open(dir.path()).unwrap();
-        let t = Arc::new(Tracker::new("s", book, Budget::new(10)));
-        let big = t.budget.capacity as u32;
+        let t = Arc::new(Tracker::new("s", book, share(1, 10)));
+        let big = t.capacity as u32;
         t.admit(big).await;
         let first = t.push(at(1), 1, big);
         let waiter = tokio::spawn({
@@ -225,27 +197,11 @@ mod tests {
         waiter.await.unwrap();
     }
 
-    #[tokio::test]
-    async fn sources_share_one_budget_and_a_dropped_tracker_gives_its_share_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let book = CheckpointBook::open(dir.path()).unwrap();
-        let budget = Budget::new(10);
-        let full = budget.available();
-        let a = Tracker::new("a", book.clone(), budget.clone());
-        let b = Arc::new(Tracker::new("b", book, budget.clone()));
-        let cost = a.cost(1000);
-        a.admit(cost).await;
-        a.push(at(1), 1, cost);
-        b.admit(cost).await;
-        let seq = b.push(at(1), 1, cost);
-        assert_eq!(budget.available(), full - 2 * cost as usize);
-        b.ack(seq);
-        assert_eq!(budget.available(), full - cost as usize);
-        drop(a);
-        assert_eq!(
-            budget.available(),
-            full,
-            "unfinished lines of a stopped pipeline"
-        );
+    #[test]
+    fn the_budget_is_split_between_sources_but_always_fits_a_line() {
+        assert_eq!(share(1, 1000), IN_FLIGHT_BYTES);
+        assert_eq!(share(4, 1000), IN_FLIGHT_BYTES / 4);
+        assert_eq!(share(0, 1000), IN_FLIGHT_BYTES);
+        assert_eq!(share(64, 1 << 20), (2 << 20) + LINE_OVERHEAD);
     }
 }

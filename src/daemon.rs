@@ -6,7 +6,7 @@
 //! Otherwise the running pipeline is stopped like at shutdown and a new one started; positions come
 //! from the in-memory checkpoints, so lines not yet acknowledged are read again (same keys).
 
-use crate::ack::{Budget, Tracker};
+use crate::ack::{self, Tracker};
 use crate::admin;
 use crate::checkpoint::CheckpointBook;
 use crate::config::Config;
@@ -75,15 +75,12 @@ pub async fn run(
             admin_stop.clone(),
         )))
     };
-    // One budget of bytes in flight for every source, kept across reloads.
-    let max_line = usize::try_from(config.file.max_line_bytes).unwrap_or(usize::MAX);
-    let budget = Budget::new(max_line);
     let summary_stop = CancellationToken::new();
     let summary = tokio::spawn(crate::summary::run(
         config.file.log.summary_interval,
         summary_stop.clone(),
     ));
-    let mut pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health, &budget);
+    let mut pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health);
     for note in &config.notes {
         tracing::warn!("{note}");
     }
@@ -123,7 +120,7 @@ pub async fn run(
                     if let Ok(mut view) = admin_view.write() {
                         *view = admin_view_of(&config, &book, &intakes, &sinks);
                     }
-                    pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health, &budget);
+                    pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health);
                     tracing::info!(config = %config.paths, "config reloaded");
                 }
                 Err(e) => tracing::error!("reload refused, the running config stays: {e:#}"),
@@ -234,7 +231,6 @@ impl Pipeline {
         book: &Arc<CheckpointBook>,
         intakes: &Intakes,
         health: &Arc<Health>,
-        budget: &Arc<Budget>,
     ) -> Pipeline {
         let c = &config.file;
         health.expect(c.sources.iter().map(|s| s.name.to_string()));
@@ -263,16 +259,19 @@ impl Pipeline {
         }
         let ports: Arc<[SinkPort]> = ports.into();
         let mut sources = JoinSet::new();
+        let max_line = usize::try_from(c.max_line_bytes).unwrap_or(usize::MAX);
+        // The process's bytes in flight, split between the sources: one stuck sink holds back
+        // only the sources that feed it.
+        let share = ack::share(c.sources.len(), max_line);
         for s in &c.sources {
             let name = s.name.as_str();
-            let max_line = usize::try_from(c.max_line_bytes).unwrap_or(usize::MAX);
             let rejected = Rejected(RecordLog::new(&c.state_dir, "rejected", name));
             let dispatch = Dispatch {
                 info: Arc::new(SourceInfo {
                     name: name.into(),
                     format: s.format,
                 }),
-                tracker: Arc::new(Tracker::new(name, book.clone(), budget.clone())),
+                tracker: Arc::new(Tracker::new(name, book.clone(), share)),
                 sinks: ports.clone(),
                 rejected: rejected.clone(),
                 stop: stop.clone(),

@@ -180,10 +180,14 @@ impl Dispatch {
             }
         }
         let key = format!("{}-{}-{}", self.info.name, at.origin.key(), at.start);
-        // What the record will hold: the line, its key and the parsed event.
-        let cost = self
-            .tracker
-            .cost(text.len() + key.len() + event.heap_bytes());
+        // What the record will hold: the line, its key and the parsed event (nothing but the slot
+        // when no sink takes it).
+        let cost = match wanted {
+            0 => self.tracker.cost(0),
+            _ => self
+                .tracker
+                .cost(text.len() + key.len() + event.heap_bytes()),
+        };
         let (start, tracker) = (at.start, self.tracker.clone());
         let seq = self.settle(at, wanted, cost).await?;
         if wanted == 0 {
