@@ -670,3 +670,30 @@ async fn a_stuck_sink_holds_back_only_the_sources_that_feed_it() {
     assert!(down.delivered().is_empty());
     assert!(ft.terminate().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_cannot_be_written_is_held_and_written_once_it_can() {
+    let rx = Receiver::start().await;
+    rx.plan(|_| Reply::Status(400));
+    let s = Setup::new();
+    // The dead-letter file's place is taken by a directory: every append fails.
+    let blocker = s.state().join("dead-letter/hook.jsonl");
+    std::fs::create_dir_all(&blocker).unwrap();
+    s.write_lines(0..1, Encoding::Json);
+    let mut ft = Flagtail::start(&s.config(&webhook_sink(&rx.url("/"), "")));
+    ft.wait_log("holding these events").await;
+    std::fs::remove_dir(&blocker).unwrap();
+    assert_eq!(wait_dead_letters(&s, "hook", 1).await, ["flag-0"]);
+    assert!(ft.terminate().await.success());
+    // Acknowledged once written: after a restart only the next line is sent.
+    let before = rx.attempts().len();
+    let mut ft = Flagtail::start(&s.config(&webhook_sink(&rx.url("/"), "")));
+    s.write_lines(1..2, Encoding::Json);
+    wait_dead_letters(&s, "hook", 2).await;
+    assert!(ft.terminate().await.success());
+    let again: Vec<String> = rx.attempts()[before..]
+        .iter()
+        .map(|r| key_of(&r.body))
+        .collect();
+    assert_eq!(again, ["flag-1"]);
+}

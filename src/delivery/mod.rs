@@ -3,8 +3,9 @@
 //!
 //! `concurrency` requests run at once (1 keeps file order). A record is acknowledged only after its
 //! outcome is durable: the receiver said 2xx, the file sink fsynced, or its dead letter was written.
-//! If even the dead letter cannot be written the record is left unacknowledged, so the checkpoint
-//! stays before it and it is read again after a restart. On shutdown no new request starts, retries
+//! A dead letter that cannot be written is tried again until it is; the record stays
+//! unacknowledged meanwhile, so if flagtail stops first it is read again after a restart. On
+//! shutdown no new request starts, retries
 //! waiting for their backoff give up at once (unacknowledged, so re-sent later with the same key),
 //! and requests on the wire get `shutdown_grace` to finish.
 
@@ -270,7 +271,7 @@ async fn worker(
         if let Output::Stdout | Output::File(_) = &sink.output {
             let started = Instant::now();
             for (range, result) in write::deliver(&sink, &batch, &stop).await {
-                conclude(&sink, &dead, healer, &batch[range], result, started).await;
+                conclude(&sink, &dead, healer, &batch[range], result, started, &stop).await;
             }
             continue;
         }
@@ -279,7 +280,7 @@ async fn worker(
             let started = Instant::now();
             let records = &batch[range];
             let result = send_message(&sink, &mut link, records, subject, &stop).await;
-            conclude(&sink, &dead, healer, records, result, started).await;
+            conclude(&sink, &dead, healer, records, result, started, &stop).await;
         }
     }
 }
@@ -292,13 +293,14 @@ async fn conclude(
     records: &[Arc<Record>],
     result: Result,
     started: Instant,
+    stop: &CancellationToken,
 ) {
     let (delivered, retryable) = match &result {
         Result::Delivered { .. } => (true, false),
         Result::Failed { retryable, .. } => (false, *retryable),
         Result::Abandoned => (false, false),
     };
-    finish(sink, dead, records, result, started).await;
+    finish(sink, dead, records, result, started, stop).await;
     if let Some(h) = healer {
         if retryable {
             h.needed.store(true, Ordering::SeqCst);
@@ -497,6 +499,7 @@ async fn finish(
     records: &[Arc<Record>],
     result: Result,
     started: Instant,
+    stop: &CancellationToken,
 ) {
     sink.metrics
         .seconds
@@ -522,23 +525,37 @@ async fn finish(
                     serde_json::to_vec(&letter).unwrap_or_default()
                 })
                 .collect();
-            let log = dead.clone();
-            let written = tokio::task::spawn_blocking(move || log.append(&lines)).await;
-            match written {
-                Ok(Ok(())) => {
-                    // One line per failed delivery, however many events it carried.
-                    if let Some(first) = records.first() {
-                        tracing::warn!(sink = %sink.name, url = %sink.shown(), status, attempts, events = records.len(), source = %first.source.name, offset = first.offset, key = %first.key, "dead-lettered: {reason}");
+            // Tried until written (a full disk frees up), or until shutdown: then the events
+            // stay unacknowledged and are read again after a restart.
+            let lines = Arc::new(lines);
+            let mut wait = Duration::from_millis(200);
+            loop {
+                let (log, batch) = (dead.clone(), lines.clone());
+                let written = tokio::task::spawn_blocking(move || log.append(&batch)).await;
+                match written {
+                    Ok(Ok(())) => {
+                        // One line per failed delivery, however many events it carried.
+                        if let Some(first) = records.first() {
+                            tracing::warn!(sink = %sink.name, url = %sink.shown(), status, attempts, events = records.len(), source = %first.source.name, offset = first.offset, key = %first.key, "dead-lettered: {reason}");
+                        }
+                        sink.metrics.state.failed(&reason);
+                        sink.metrics.dead_letter.inc_by(records.len() as u64);
+                        records.iter().for_each(|r| r.ack());
+                        break;
                     }
-                    sink.metrics.state.failed(&reason);
-                    sink.metrics.dead_letter.inc_by(records.len() as u64);
-                    records.iter().for_each(|r| r.ack());
+                    Ok(Err(e)) => {
+                        tracing::error!(sink = %sink.name, path = %dead.path().display(), error = %e, retry_in = ?wait, "cannot write dead letters; holding these events until they can be")
+                    }
+                    Err(e) => {
+                        tracing::error!(sink = %sink.name, error = %e, "dead-letter writer failed")
+                    }
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(sink = %sink.name, path = %dead.path().display(), error = %e, "cannot write dead letters; the events stay unacknowledged and are read again after a restart")
-                }
-                Err(e) => {
-                    tracing::error!(sink = %sink.name, error = %e, "dead-letter writer failed")
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => wait = (wait * 2).min(Duration::from_secs(30)),
+                    () = stop.cancelled() => {
+                        tracing::error!(sink = %sink.name, events = records.len(), "stopping with dead letters unwritten; the events are read again after a restart");
+                        break;
+                    }
                 }
             }
         }
