@@ -188,6 +188,23 @@ async fn a_second_daemon_on_the_same_state_dir_exits_2_naming_the_first() {
 
     s.write_lines(3..6, Encoding::Console);
     wait_keys(flag_keys(0..6), || delivered_keys(&rx)).await;
+    // The first daemon's checkpoint is on disk past flag-2 (a kill before that save, as under
+    // heavy I/O, rightly sends flag-0..2 again).
+    let saved = || -> u64 {
+        std::fs::read(s.state().join("checkpoints.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|c| c["sources"]["flipt"]["file"]["offset"].as_u64())
+            .unwrap_or(0)
+    };
+    let three: u64 = (0..3)
+        .map(|i| flipt_line(i, Encoding::Console).0.len() as u64)
+        .sum();
+    eventually(|| match saved() {
+        at if at >= three => Ok(()),
+        at => Err(format!("checkpoint at {at}, want {three}")),
+    })
+    .await;
     // kill -9 leaves no lock behind: the next daemon starts and goes on.
     first.kill_9().await;
     s.write_lines(6..8, Encoding::Console);
