@@ -27,7 +27,8 @@ pub async fn replay(
         .link();
     let log = dead_letter::log(&config.file.state_dir, name);
     let select = |letter: &dead_letter::DeadLetter| selection.takes(letter);
-    let report = |text: &str| eprintln!("{text}");
+    // Reasons quote what receivers answered: never raw to the terminal.
+    let report = |text: &str| eprintln!("{}", super::table::printable(text));
     let options = Options {
         select: &select,
         stop_at_failure: false,

@@ -93,7 +93,7 @@ pub fn render(s: &Snapshot) -> String {
         humantime::format_duration(Duration::from_secs(s.uptime_seconds))
     );
     if let Some(dead) = &s.dead {
-        out.push_str(&format!("died: {dead}\n"));
+        out.push_str(&format!("died: {}\n", table::printable(dead)));
     }
     if !s.waiting_for.is_empty() {
         out.push_str(&format!(

@@ -44,14 +44,20 @@ pub fn render(headers: &[&str], rows: &[Vec<String>], right: &[usize]) -> String
     out
 }
 
-/// `text` with control characters escaped (`\u{1b}`).
-fn printable(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
+/// `text` with control characters and bidirectional overrides escaped (`\u{1b}`, `\u{202e}`),
+/// for a terminal.
+pub fn printable(text: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    if !text.chars().any(hidden) {
         return text.to_string();
     }
     text.chars()
-        .map(|c| match c.is_control() {
-            true => c.escape_default().to_string(),
+        .map(|c| match hidden(c) {
+            true => c.escape_unicode().to_string(),
             false => c.to_string(),
         })
         .collect()
@@ -67,7 +73,8 @@ mod tests {
             !out.contains('\u{1b}') && out.lines().count() == 2,
             "{out:?}"
         );
-        assert!(out.contains("\\u{1b}[2Jgone\\nline"), "{out:?}");
+        assert!(out.contains("\\u{1b}[2Jgone\\u{a}line"), "{out:?}");
+        assert_eq!(super::printable("a\u{202e}b"), "a\\u{202e}b");
     }
 
     #[test]
