@@ -164,7 +164,7 @@ async fn a_subject_with_no_stream_is_dead_lettered_then_replayed_once_there_is_o
     let dead = wait_dead_letters(&s, "bus", 3).await;
     assert_eq!(dead, flag_keys(0..3).collect::<Vec<_>>());
     let letters = s.state_lines("dead-letter/bus.jsonl");
-    let reason = letters[0]["reason"].as_str().unwrap();
+    let reason = &dead_reasons(&s, "bus")[0];
     assert!(
         reason.contains("no JetStream stream takes subject flipt.audit.flag.created"),
         "{reason}"
@@ -220,10 +220,7 @@ async fn batches_publish_arrays_each_on_its_own_events_subject_and_bad_subjects_
     let dead = wait_dead_letters(&s, "spaced", 4).await;
     assert_eq!(dead.len(), 4);
     assert!(ft.terminate().await.success());
-    let reason = s.state_lines("dead-letter/spaced.jsonl")[0]["reason"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let reason = &dead_reasons(&s, "spaced")[0];
     assert!(reason.contains("whitespace"), "{reason}");
     let keys = |m: &async_nats::jetstream::message::StreamMessage| -> Vec<String> {
         let list: Vec<serde_json::Value> = serde_json::from_slice(&m.payload).unwrap();

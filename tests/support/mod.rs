@@ -676,6 +676,14 @@ pub fn dead_keys(s: &Setup, sink: &str) -> Vec<String> {
         .collect()
 }
 
+/// The reasons of a sink's dead letters, in order.
+pub fn dead_reasons(s: &Setup, sink: &str) -> Vec<String> {
+    s.state_lines(&format!("dead-letter/{sink}.jsonl"))
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
