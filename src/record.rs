@@ -15,13 +15,23 @@ pub struct SourceInfo {
     pub format: Format,
 }
 
+/// What a record's idempotency key is made of.
+#[derive(Debug)]
+enum Key {
+    /// Read from a stream (a file's fingerprint in hex, a journal's id): `SOURCE-STREAM-OFFSET`,
+    /// written out when a delivery needs it.
+    Stream(Arc<str>),
+    /// Given whole: a dead letter's, kept from its first delivery.
+    Given(Box<str>),
+}
+
 #[derive(Debug)]
 pub struct Record {
     pub source: Arc<SourceInfo>,
     /// Byte offset of the line's first byte in its file.
     pub offset: u64,
-    /// `Idempotency-Key` of a delivery of this record alone: source, file fingerprint, offset.
-    pub key: Box<str>,
+    /// What `Idempotency-Key` of a delivery of this record alone is made of.
+    key: Key,
     /// The line as read (for templates' `source.line` and dead letters).
     pub line: Box<str>,
     pub event: Event,
@@ -30,6 +40,7 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record with an idempotency key given whole (a dead letter's, a test's).
     pub fn new(
         source: Arc<SourceInfo>,
         offset: u64,
@@ -40,11 +51,47 @@ impl Record {
         Record {
             source,
             offset,
-            key,
+            key: Key::Given(key),
             line,
             event,
             ack: None,
         }
+    }
+
+    /// A record read at `offset` of `stream` (what identifies the file or journal in keys).
+    pub fn read(
+        source: Arc<SourceInfo>,
+        offset: u64,
+        stream: Arc<str>,
+        line: Box<str>,
+        event: Event,
+    ) -> Self {
+        Record {
+            source,
+            offset,
+            key: Key::Stream(stream),
+            line,
+            event,
+            ack: None,
+        }
+    }
+
+    /// Appends the `Idempotency-Key` of a delivery of this record alone: source, stream, offset.
+    pub fn write_key(&self, out: &mut String) {
+        match &self.key {
+            Key::Stream(stream) => {
+                use std::fmt::Write;
+                let _ = write!(out, "{}-{stream}-{}", self.source.name, self.offset);
+            }
+            Key::Given(key) => out.push_str(key),
+        }
+    }
+
+    /// The `Idempotency-Key` of a delivery of this record alone.
+    pub fn key(&self) -> String {
+        let mut out = String::with_capacity(64);
+        self.write_key(&mut out);
+        out
     }
 
     pub fn with_ack(mut self, tracker: Arc<Tracker>, seq: u64) -> Self {

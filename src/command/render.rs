@@ -82,7 +82,7 @@ pub fn render(
             .to_string(),
             Err(rejection) => serde_json::json!({ "rejected": rejection.to_string() }).to_string(),
             Ok(event) if !sink.filter.accepts(&info.name, &event, &mut Default::default()) => serde_json::json!({
-                "skipped": format!("sink {} does not take {}:{} from source {}", sink.name, event.kind, event.action.as_str(), info.name)
+                "skipped": format!("sink {} does not take {}:{} from source {}", sink.name, event.kind(), event.action.as_str(), info.name)
             })
             .to_string(),
             Ok(event) => {

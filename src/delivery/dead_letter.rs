@@ -52,7 +52,7 @@ impl DeadLetter {
             source: record.source.name.to_string(),
             format: record.source.format,
             offset: record.offset,
-            idempotency_key: record.key.to_string(),
+            idempotency_key: record.key(),
             attempts,
             reason: reason.to_string(),
             event,

@@ -536,7 +536,7 @@ async fn finish(
                     Ok(Ok(())) => {
                         // One line per failed delivery, however many events it carried.
                         if let Some(first) = records.first() {
-                            tracing::warn!(sink = %sink.name, url = %sink.shown(), status, attempts, events = records.len(), source = %first.source.name, offset = first.offset, key = %first.key, "dead-lettered: {reason}");
+                            tracing::warn!(sink = %sink.name, url = %sink.shown(), status, attempts, events = records.len(), source = %first.source.name, offset = first.offset, key = %first.key(), "dead-lettered: {reason}");
                         }
                         sink.metrics.state.failed(&reason);
                         sink.metrics.dead_letter.inc_by(records.len() as u64);

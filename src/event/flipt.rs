@@ -5,7 +5,7 @@
 //! JSON text, compacted and Go-escaped, which is what Flipt's webhook would send.
 
 use super::fields::Fields;
-use super::{Action, Event, Rejection, Status, gojson};
+use super::{Action, Event, Json, Rejection, Status};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
@@ -36,23 +36,15 @@ pub fn from_fields(f: &Fields<'_>) -> Result<Event, Rejection> {
     if !metadata.get().trim_start().starts_with('{') {
         return Err(Rejection::NotAnEvent("metadata is not an object".into()));
     }
-    Ok(Event {
-        version: version.into(),
-        kind: kind.into(),
+    Ok(Event::new(
+        &version,
+        &kind,
         action,
         status,
-        metadata: compacted(metadata),
-        payload: compacted(payload),
-        timestamp: timestamp.into(),
-    })
-}
-
-fn compacted(raw: &RawValue) -> Box<RawValue> {
-    let mut out = Vec::with_capacity(raw.get().len());
-    gojson::compact(raw.get(), &mut out);
-    // `compact` turns valid JSON into valid JSON made of the same UTF-8 plus ASCII escapes.
-    let text = String::from_utf8(out).unwrap_or_default();
-    RawValue::from_string(text).unwrap_or_else(|_| raw.to_owned())
+        Json::Written(metadata.get()),
+        Json::Written(payload.get()),
+        &timestamp,
+    ))
 }
 
 #[cfg(test)]

@@ -12,55 +12,78 @@ use std::io;
 /// Appends `json` (valid JSON text) compacted and Go-escaped: whitespace between tokens is dropped,
 /// and inside strings `<` `>` `&` U+2028 U+2029 become `\u003c` `\u003e` `\u0026` `\u2028` `\u2029`.
 /// Existing escapes are kept as written.
-pub fn compact(json: &str, out: &mut Vec<u8>) {
+///
+/// Runs of bytes that stay as they are are copied whole; text is only cut where a byte is dropped
+/// or replaced, always before an ASCII byte or the first byte of U+2028/U+2029, so every piece is
+/// whole characters.
+pub fn compact(json: &str, out: &mut String) {
     let bytes = json.as_bytes();
     out.reserve(bytes.len());
     let mut in_string = false;
+    // The start of the run not yet copied.
+    let mut run = 0;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         if !in_string {
             match b {
-                b' ' | b'\t' | b'\n' | b'\r' => {}
-                b'"' => {
-                    in_string = true;
-                    out.push(b);
+                b' ' | b'\t' | b'\n' | b'\r' => {
+                    out.push_str(&json[run..i]);
+                    run = i + 1;
                 }
-                _ => out.push(b),
+                b'"' => in_string = true,
+                _ => {}
             }
             i += 1;
             continue;
         }
-        match b {
+        if !STRING_STOPS[b as usize] {
+            i += 1;
+            continue;
+        }
+        let escaped: &str = match b {
+            // An escape is kept as written; the byte after `\` never ends the string.
             b'\\' => {
-                // An escape is two bytes (`\uXXXX` continues with plain hex digits).
-                out.extend_from_slice(&bytes[i..(i + 2).min(bytes.len())]);
                 i += 2;
                 continue;
             }
             b'"' => {
                 in_string = false;
-                out.push(b);
-            }
-            b'<' => out.extend_from_slice(b"\\u003c"),
-            b'>' => out.extend_from_slice(b"\\u003e"),
-            b'&' => out.extend_from_slice(b"\\u0026"),
-            0xE2 if bytes.get(i + 1) == Some(&0x80)
-                && matches!(bytes.get(i + 2), Some(0xA8 | 0xA9)) =>
-            {
-                out.extend_from_slice(if bytes[i + 2] == 0xA8 {
-                    b"\\u2028"
-                } else {
-                    b"\\u2029"
-                });
-                i += 3;
+                i += 1;
                 continue;
             }
-            _ => out.push(b),
-        }
-        i += 1;
+            b'<' => "\\u003c",
+            b'>' => "\\u003e",
+            b'&' => "\\u0026",
+            _ => match (bytes.get(i + 1), bytes.get(i + 2)) {
+                (Some(0x80), Some(0xA8)) => "\\u2028",
+                (Some(0x80), Some(0xA9)) => "\\u2029",
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            },
+        };
+        out.push_str(&json[run..i]);
+        out.push_str(escaped);
+        i += if b == 0xE2 { 3 } else { 1 };
+        run = i;
     }
+    out.push_str(json.get(run..).unwrap_or_default());
 }
+
+/// Bytes inside a string that [`compact`] must look at: `\\`, `"`, `<`, `>`, `&`, and 0xE2 (the
+/// first byte of U+2028 and U+2029).
+const STRING_STOPS: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'\\' as usize] = true;
+    t[b'"' as usize] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
+    t[b'&' as usize] = true;
+    t[0xE2] = true;
+    t
+};
 
 /// serde_json's compact output with Go's HTML-safe string escaping.
 #[derive(Debug, Default, Clone, Copy)]
@@ -114,9 +137,9 @@ mod tests {
     use super::*;
 
     fn compacted(s: &str) -> String {
-        let mut out = Vec::new();
+        let mut out = String::new();
         compact(s, &mut out);
-        String::from_utf8(out).unwrap()
+        out
     }
 
     #[test]

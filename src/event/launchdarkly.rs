@@ -140,15 +140,15 @@ mod tests {
                 .replace("updateOn", action)
         };
         let e = parse(&with("flag", "createFlag")).unwrap();
-        assert_eq!((&*e.kind, e.action), ("flag", Action::Created));
+        assert_eq!((e.kind(), e.action), ("flag", Action::Created));
         let e = parse(&with("flag", "deleteFlag")).unwrap();
-        assert_eq!((&*e.kind, e.action), ("flag", Action::Deleted));
+        assert_eq!((e.kind(), e.action), ("flag", Action::Deleted));
         assert!(!body(&with("flag", "updateOff")).contains("\"enabled\":true"));
         assert!(body(&with("flag", "updateOff")).contains("\"enabled\":false"));
         let e = parse(&with("project", "updateName")).unwrap();
-        assert_eq!((&*e.kind, e.action), ("namespace", Action::Updated));
+        assert_eq!((e.kind(), e.action), ("namespace", Action::Updated));
         let e = parse(&with("segment", "createSegment")).unwrap();
-        assert_eq!(&*e.kind, "segment");
+        assert_eq!(e.kind(), "segment");
         assert!(matches!(
             parse(&with("member", "createMember")),
             Err(Rejection::Unmapped(_))

@@ -16,7 +16,6 @@ pub mod unleash;
 
 use fields::Fields;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use std::fmt;
 
 /// What happened to the resource. Flipt's set; other sources map onto it.
@@ -91,47 +90,118 @@ impl Format {
 }
 
 /// One audit event.
+///
+/// Its texts (`version`, `type`, `metadata`, `payload`, `timestamp`) live in one allocation, one
+/// after another, and are read through accessors: a line becomes an event with one copy.
 #[derive(Debug, Clone)]
 pub struct Event {
-    /// `"0.2"` for current Flipt; kept as written.
-    pub version: Box<str>,
-    /// The resource type (`flag`, `segment`, ...); an open set, as other sources add their own.
-    pub kind: Box<str>,
     pub action: Action,
     pub status: Status,
-    /// Compact, Go-escaped JSON text of `{"actor": {...}}`.
-    pub metadata: Box<RawValue>,
-    /// Compact, Go-escaped JSON text of any value; `null` for denied events.
-    pub payload: Box<RawValue>,
-    /// RFC 3339, as written by the source.
-    pub timestamp: Box<str>,
+    /// `version`, `kind`, `metadata`, `payload` and `timestamp`, one after another.
+    text: Box<str>,
+    /// Where each of the five texts ends in `text`.
+    ends: [usize; 5],
+}
+
+/// JSON text for [`Event::new`]'s `metadata` or `payload`.
+#[derive(Debug, Clone, Copy)]
+pub enum Json<'a> {
+    /// Valid JSON as a source wrote it: compacted and Go-escaped on the way in.
+    Written(&'a str),
+    /// Already compact and Go-escaped (what [`gojson::to_vec`] writes).
+    Compact(&'a str),
 }
 
 impl Event {
+    /// An event from its parts. `metadata` and `payload` must be valid JSON text.
+    pub fn new(
+        version: &str,
+        kind: &str,
+        action: Action,
+        status: Status,
+        metadata: Json<'_>,
+        payload: Json<'_>,
+        timestamp: &str,
+    ) -> Event {
+        let len = |j: &Json| match j {
+            Json::Written(t) | Json::Compact(t) => t.len(),
+        };
+        let mut text = String::with_capacity(
+            version.len() + kind.len() + len(&metadata) + len(&payload) + timestamp.len(),
+        );
+        let mut ends = [0; 5];
+        text.push_str(version);
+        ends[0] = text.len();
+        text.push_str(kind);
+        ends[1] = text.len();
+        for (at, json) in [(2, metadata), (3, payload)] {
+            match json {
+                Json::Written(t) => gojson::compact(t, &mut text),
+                Json::Compact(t) => text.push_str(t),
+            }
+            ends[at] = text.len();
+        }
+        text.push_str(timestamp);
+        ends[4] = text.len();
+        Event {
+            action,
+            status,
+            text: text.into_boxed_str(),
+            ends,
+        }
+    }
+
+    /// Text `i` of the five.
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.text.get(start..self.ends[i]).unwrap_or_default()
+    }
+
+    /// `"0.2"` for current Flipt; kept as written.
+    pub fn version(&self) -> &str {
+        self.part(0)
+    }
+
+    /// The resource type (`flag`, `segment`, ...); an open set, as other sources add their own.
+    pub fn kind(&self) -> &str {
+        self.part(1)
+    }
+
+    /// Compact, Go-escaped JSON text of `{"actor": {...}}`.
+    pub fn metadata(&self) -> &str {
+        self.part(2)
+    }
+
+    /// Compact, Go-escaped JSON text of any value; `null` for denied events.
+    pub fn payload(&self) -> &str {
+        self.part(3)
+    }
+
+    /// RFC 3339, as written by the source.
+    pub fn timestamp(&self) -> &str {
+        self.part(4)
+    }
+
     /// Bytes the event holds on the heap (its texts), for the in-flight budget.
     pub fn heap_bytes(&self) -> usize {
-        self.version.len()
-            + self.kind.len()
-            + self.metadata.get().len()
-            + self.payload.get().len()
-            + self.timestamp.len()
+        self.text.len()
     }
 
     /// Writes the body Flipt's own webhook sink sends for this event, byte for byte:
     /// compact, keys `version, type, action, metadata, payload, timestamp, status`.
     pub fn write_flipt_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"version\":");
-        gojson::write_str(out, &self.version);
+        gojson::write_str(out, self.version());
         out.extend_from_slice(b",\"type\":");
-        gojson::write_str(out, &self.kind);
+        gojson::write_str(out, self.kind());
         out.extend_from_slice(b",\"action\":\"");
         out.extend_from_slice(self.action.as_str().as_bytes());
         out.extend_from_slice(b"\",\"metadata\":");
-        out.extend_from_slice(self.metadata.get().as_bytes());
+        out.extend_from_slice(self.metadata().as_bytes());
         out.extend_from_slice(b",\"payload\":");
-        out.extend_from_slice(self.payload.get().as_bytes());
+        out.extend_from_slice(self.payload().as_bytes());
         out.extend_from_slice(b",\"timestamp\":");
-        gojson::write_str(out, &self.timestamp);
+        gojson::write_str(out, self.timestamp());
         out.extend_from_slice(b",\"status\":\"");
         out.extend_from_slice(self.status.as_str().as_bytes());
         out.extend_from_slice(b"\"}");
@@ -147,21 +217,21 @@ impl Event {
         payload: serde_json::Map<String, serde_json::Value>,
         timestamp: String,
     ) -> Result<Event, Rejection> {
-        let raw = |v: serde_json::Value| -> Result<Box<RawValue>, Rejection> {
+        let go = |v: serde_json::Value| -> Result<String, Rejection> {
             let bytes = gojson::to_vec(&v).map_err(|e| Rejection::NotAnEvent(e.to_string()))?;
-            RawValue::from_string(String::from_utf8_lossy(&bytes).into_owned())
-                .map_err(|e| Rejection::NotAnEvent(e.to_string()))
+            String::from_utf8(bytes).map_err(|e| Rejection::NotAnEvent(e.to_string()))
         };
         let metadata = serde_json::Map::from_iter([("actor".to_string(), actor.into())]);
-        Ok(Event {
-            version: "0.2".into(),
-            kind: kind.into(),
+        let (metadata, payload) = (go(metadata.into())?, go(payload.into())?);
+        Ok(Event::new(
+            "0.2",
+            kind,
             action,
-            status: Status::Success,
-            metadata: raw(metadata.into())?,
-            payload: raw(payload.into())?,
-            timestamp: timestamp.into(),
-        })
+            Status::Success,
+            Json::Compact(&metadata),
+            Json::Compact(&payload),
+            &timestamp,
+        ))
     }
 
     /// The default webhook body as text, for tests.
@@ -176,17 +246,17 @@ impl Event {
     /// when `metadata` or `payload` has what a JSON value cannot hold (a number out of range like
     /// `1e999`, nesting deeper than 128 levels): the bytes are kept, but a template cannot see them.
     pub fn to_value(&self) -> Result<serde_json::Value, String> {
-        let parse = |what: &str, raw: &RawValue| {
-            serde_json::from_str::<serde_json::Value>(raw.get()).map_err(|e| format!("{what}: {e}"))
+        let parse = |what: &str, text: &str| {
+            serde_json::from_str::<serde_json::Value>(text).map_err(|e| format!("{what}: {e}"))
         };
         Ok(serde_json::json!({
-            "version": &*self.version,
-            "type": &*self.kind,
+            "version": self.version(),
+            "type": self.kind(),
             "action": self.action.as_str(),
             "status": self.status.as_str(),
-            "metadata": parse("metadata", &self.metadata)?,
-            "payload": parse("payload", &self.payload)?,
-            "timestamp": &*self.timestamp,
+            "metadata": parse("metadata", self.metadata())?,
+            "payload": parse("payload", self.payload())?,
+            "timestamp": self.timestamp(),
         }))
     }
 }
@@ -279,7 +349,7 @@ mod tests {
     #[test]
     fn auto_detects_flipt_and_rejects_others() {
         let line = r#"{"version":"0.2","type":"flag","action":"created","metadata":{},"payload":null,"timestamp":"t"}"#;
-        assert_eq!(&*parse_line(Format::Auto, line).unwrap().kind, "flag");
+        assert_eq!(parse_line(Format::Auto, line).unwrap().kind(), "flag");
         assert_eq!(
             parse_line(Format::Auto, r#"{"kind":"x"}"#)
                 .unwrap_err()

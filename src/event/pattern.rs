@@ -36,7 +36,7 @@ impl EventPattern {
     }
 
     pub fn matches(&self, event: &Event) -> bool {
-        self.kind.as_deref().is_none_or(|k| k == &*event.kind)
+        self.kind.as_deref().is_none_or(|k| k == event.kind())
             && self.action.is_none_or(|a| a == event.action)
     }
 }
@@ -152,11 +152,11 @@ impl FieldMatch {
     /// entries (and sinks) share one parse per event.
     pub fn matches(&self, event: &Event, parsed: &mut Parsed) -> bool {
         let text: Option<std::borrow::Cow<str>> = match self.path.root {
-            Root::Version => Some(event.version.as_ref().into()),
-            Root::Type => Some(event.kind.as_ref().into()),
+            Root::Version => Some(event.version().into()),
+            Root::Type => Some(event.kind().into()),
             Root::Action => Some(event.action.as_str().into()),
             Root::Status => Some(event.status.as_str().into()),
-            Root::Timestamp => Some(event.timestamp.as_ref().into()),
+            Root::Timestamp => Some(event.timestamp().into()),
             Root::Metadata | Root::Payload => {
                 let base = parsed.get(event, self.path.root);
                 self.path
@@ -185,11 +185,11 @@ pub struct Parsed {
 impl Parsed {
     fn get(&mut self, event: &Event, root: Root) -> &serde_json::Value {
         let (slot, raw) = match root {
-            Root::Metadata => (&mut self.metadata, &event.metadata),
-            _ => (&mut self.payload, &event.payload),
+            Root::Metadata => (&mut self.metadata, event.metadata()),
+            _ => (&mut self.payload, event.payload()),
         };
         // Text that no value can hold (`1e999`) matches nothing rather than failing the event.
-        slot.get_or_insert_with(|| serde_json::from_str(raw.get()).unwrap_or_default())
+        slot.get_or_insert_with(|| serde_json::from_str(raw).unwrap_or_default())
     }
 }
 

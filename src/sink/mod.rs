@@ -182,17 +182,20 @@ impl Sink {
     /// (after a restart, or a reload that changed filters) is another delivery.
     pub fn delivery_key(records: &[Arc<Record>]) -> String {
         match records {
-            [one] => one.key.to_string(),
+            [one] => one.key(),
             [first, ..] => {
                 let mut members = ring::digest::Context::new(&ring::digest::SHA256);
+                let mut key = String::with_capacity(64);
                 for r in records {
-                    members.update(r.key.as_bytes());
+                    key.clear();
+                    r.write_key(&mut key);
+                    members.update(key.as_bytes());
                     members.update(b"\n");
                 }
                 let hash = members.finish();
                 format!(
                     "{}+{}-{}",
-                    first.key,
+                    first.key(),
                     records.len(),
                     crate::hex::encode(&hash.as_ref()[..8])
                 )

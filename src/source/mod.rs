@@ -100,7 +100,7 @@ pub enum Origin<'a> {
     /// A followed file, and its fingerprint in hex (for keys).
     File {
         file: &'a Arc<FileIdentity>,
-        key: &'a str,
+        key: &'a Arc<str>,
     },
     /// A source's journal (its directory), and the journal's id (for keys).
     Journal { dir: &'a Path, id: &'a Arc<str> },
@@ -109,7 +109,7 @@ pub enum Origin<'a> {
 impl Origin<'_> {
     /// What identifies the stream in idempotency keys: the same after a restart, different for
     /// another file (or a journal made anew).
-    fn key(&self) -> &str {
+    fn key(&self) -> &Arc<str> {
         match self {
             Origin::File { key, .. } => key,
             Origin::Journal { id, .. } => id,
@@ -179,22 +179,20 @@ impl Dispatch {
                 crate::status::touch();
             }
         }
-        let key = format!("{}-{}-{}", self.info.name, at.origin.key(), at.start);
-        // What the record will hold: the line, its key and the parsed event (nothing but the slot
-        // when no sink takes it).
+        // What the record will hold: the line and the parsed event (nothing but the slot when no
+        // sink takes it).
         let cost = match wanted {
             0 => self.tracker.cost(0),
-            _ => self
-                .tracker
-                .cost(text.len() + key.len() + event.heap_bytes()),
+            _ => self.tracker.cost(text.len() + event.heap_bytes()),
         };
+        let stream = Arc::clone(at.origin.key());
         let (start, tracker) = (at.start, self.tracker.clone());
         let seq = self.settle(at, wanted, cost).await?;
         if wanted == 0 {
             return Ok(());
         }
         let record = Arc::new(
-            Record::new(self.info.clone(), start, key.into(), text.into(), event)
+            Record::read(self.info.clone(), start, stream, text.into(), event)
                 .with_ack(tracker, seq),
         );
         let ports = self.sinks.iter().filter(|p| {

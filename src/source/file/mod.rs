@@ -48,7 +48,7 @@ struct Reader {
     file: File,
     identity: Arc<FileIdentity>,
     /// Hex of the fingerprint, for idempotency keys; empty until the first line is complete.
-    file_key: String,
+    file_key: Arc<str>,
     splitter: LineSplitter,
 }
 
@@ -209,7 +209,7 @@ impl FileSource {
             let mut identity = (*r.identity).clone();
             identity.fingerprint = Some(fp);
             r.identity = Arc::new(identity);
-            r.file_key = fp.short_hex();
+            r.file_key = fp.short_hex().into();
         }
         Ok(())
     }
@@ -241,7 +241,7 @@ impl FileSource {
             }
         }
         r.identity = Arc::new(FileIdentity::of_open(&self.path, &r.file)?);
-        r.file_key.clear();
+        r.file_key = Arc::from("");
         r.splitter.reset(0);
         r.file.seek(SeekFrom::Start(0))?;
         Ok(())

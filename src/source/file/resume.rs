@@ -79,7 +79,8 @@ impl FileSource {
         let file_key = identity
             .fingerprint
             .map(|f| f.short_hex())
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into();
         Ok(Reader {
             file,
             identity,
