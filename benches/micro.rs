@@ -22,7 +22,7 @@ fn record(line: &str, format: Format) -> Arc<Record> {
         format,
     });
     let event = parse_line(format, line).expect("a valid line");
-    Arc::new(Record::new(info, 0, "bench-0".into(), line.into(), event))
+    Arc::new(Record::new(info, 0, "bench-0".into(), event))
 }
 
 fn limits() -> Limits {

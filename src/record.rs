@@ -32,8 +32,7 @@ pub struct Record {
     pub offset: u64,
     /// What `Idempotency-Key` of a delivery of this record alone is made of.
     key: Key,
-    /// The line as read (for templates' `source.line` and dead letters).
-    pub line: Box<str>,
+    /// The event, and the line it was read from (for templates' `source.line` and dead letters).
     pub event: Event,
     /// Where to report completion; `None` for records that are not read from a source (replay).
     ack: Option<(Arc<Tracker>, u64)>,
@@ -41,39 +40,30 @@ pub struct Record {
 
 impl Record {
     /// A record with an idempotency key given whole (a dead letter's, a test's).
-    pub fn new(
-        source: Arc<SourceInfo>,
-        offset: u64,
-        key: Box<str>,
-        line: Box<str>,
-        event: Event,
-    ) -> Self {
+    pub fn new(source: Arc<SourceInfo>, offset: u64, key: Box<str>, event: Event) -> Self {
         Record {
             source,
             offset,
             key: Key::Given(key),
-            line,
             event,
             ack: None,
         }
     }
 
     /// A record read at `offset` of `stream` (what identifies the file or journal in keys).
-    pub fn read(
-        source: Arc<SourceInfo>,
-        offset: u64,
-        stream: Arc<str>,
-        line: Box<str>,
-        event: Event,
-    ) -> Self {
+    pub fn read(source: Arc<SourceInfo>, offset: u64, stream: Arc<str>, event: Event) -> Self {
         Record {
             source,
             offset,
             key: Key::Stream(stream),
-            line,
             event,
             ack: None,
         }
+    }
+
+    /// The line as read.
+    pub fn line(&self) -> &str {
+        self.event.line()
     }
 
     /// Appends the `Idempotency-Key` of a delivery of this record alone: source, stream, offset.

@@ -77,6 +77,6 @@ fn sample_subject(bus: &crate::sink::nats::Nats) -> Result<String, String> {
         name: "check".into(),
         format: Format::Flipt,
     });
-    let record = Arc::new(Record::new(info, 0, "check".into(), line.into(), event));
+    let record = Arc::new(Record::new(info, 0, "check".into(), event));
     bus.subject_of(&record).map_err(|e| e.reason)
 }

@@ -87,7 +87,7 @@ pub fn render(
             .to_string(),
             Ok(event) => {
                 let key = format!("{}-render-{start}", info.name);
-                let record = Arc::new(Record::new(info.clone(), start, key.into(), line.into(), event));
+                let record = Arc::new(Record::new(info.clone(), start, key.into(), event));
                 request(&sink, &[record])
             }
         };

@@ -42,7 +42,7 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     pub fn new(sink: &str, record: &Record, attempts: u32, reason: &str) -> DeadLetter {
-        let mut event = Vec::with_capacity(record.line.len());
+        let mut event = Vec::with_capacity(record.line().len());
         record.event.write_flipt_json(&mut event);
         let event = RawValue::from_string(String::from_utf8_lossy(&event).into_owned())
             .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
@@ -56,7 +56,7 @@ impl DeadLetter {
             attempts,
             reason: reason.to_string(),
             event,
-            line: record.line.to_string(),
+            line: record.line().to_string(),
             body_excerpt: None,
             retryable: false,
         }
@@ -64,7 +64,9 @@ impl DeadLetter {
 
     /// The record to deliver again.
     pub fn to_record(&self) -> Result<Record, String> {
-        let event = parse_line(Format::Flipt, self.event.get()).map_err(|e| e.to_string())?;
+        let event = parse_line(Format::Flipt, self.event.get())
+            .map_err(|e| e.to_string())?
+            .relined(&self.line);
         let source = Arc::new(SourceInfo {
             name: self.source.as_str().into(),
             format: self.format,
@@ -73,7 +75,6 @@ impl DeadLetter {
             source,
             self.offset,
             self.idempotency_key.as_str().into(),
-            self.line.as_str().into(),
             event,
         ))
     }
@@ -82,4 +83,31 @@ impl DeadLetter {
 /// The dead-letter file of one sink.
 pub fn log(state_dir: &Path, sink: &str) -> RecordLog {
     RecordLog::new(state_dir, "dead-letter", sink)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_gives_back_its_event_key_and_first_line() {
+        let line = r#"{"id":41,"type":"feature-created","createdBy":"admin","createdAt":"2026-11-23T06:00:07.000Z","featureName":"a<b>","project":"default","data":null,"preData":null,"tags":[]}"#;
+        let event = parse_line(Format::Unleash, line).unwrap();
+        let info = Arc::new(SourceInfo {
+            name: "unleash".into(),
+            format: Format::Unleash,
+        });
+        let record = Record::read(info, 7, "j1".into(), event);
+        let letter = DeadLetter::new("hook", &record, 3, "503");
+        let again = letter.to_record().unwrap();
+        assert_eq!(again.line(), line, "the line as read, not the event");
+        assert_eq!(again.key(), "unleash-j1-7");
+        let body = |r: &Record| {
+            let mut out = Vec::new();
+            r.event.write_flipt_json(&mut out);
+            out
+        };
+        assert_eq!(body(&again), body(&record));
+        assert_eq!(again.event.payload(), record.event.payload());
+    }
 }

@@ -13,13 +13,16 @@ use std::fmt;
 
 /// The top-level fields of one JSON object, in the order written.
 pub struct Fields<'a> {
+    /// The line they were read from.
+    line: &'a str,
     entries: Vec<(Cow<'a, str>, &'a RawValue)>,
 }
 
 impl<'a> Fields<'a> {
     /// Reads the top level of `line`.
     pub fn parse(line: &'a str) -> Result<Fields<'a>, Rejection> {
-        let fields: Fields = serde_json::from_str(line).map_err(|e| json_rejection(&e))?;
+        let Entries(entries) = serde_json::from_str(line).map_err(|e| json_rejection(&e))?;
+        let fields = Fields { line, entries };
         if let Some(key) = fields.repeated() {
             return Err(Rejection::NotAnEvent(format!(
                 "field {key:?} is written twice"
@@ -44,6 +47,11 @@ impl<'a> Fields<'a> {
         self.entries
             .iter()
             .find_map(|(key, _)| (!seen.insert(key.as_ref())).then_some(key.as_ref()))
+    }
+
+    /// The line the fields were read from.
+    pub fn line(&self) -> &'a str {
+        self.line
     }
 
     /// The text of field `key`, if present.
@@ -107,22 +115,25 @@ pub fn json_rejection(e: &serde_json::Error) -> Rejection {
 #[derive(serde::Deserialize)]
 struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for Fields<'de> {
+/// The top-level fields of a JSON object, as [`Fields`] reads them.
+struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Entries<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Object;
         impl<'de> Visitor<'de> for Object {
-            type Value = Fields<'de>;
+            type Value = Entries<'de>;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
                 let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
                 while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     entries.push((key, map.next_value::<&'de RawValue>()?));
                 }
-                Ok(Fields { entries })
+                Ok(Entries(entries))
             }
         }
         d.deserialize_map(Object)

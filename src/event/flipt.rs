@@ -5,7 +5,7 @@
 //! JSON text, compacted and Go-escaped, which is what Flipt's webhook would send.
 
 use super::fields::Fields;
-use super::{Action, Event, Json, Rejection, Status};
+use super::{Action, Event, Json, Parts, Rejection, Status};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
@@ -37,13 +37,16 @@ pub fn from_fields(f: &Fields<'_>) -> Result<Event, Rejection> {
         return Err(Rejection::NotAnEvent("metadata is not an object".into()));
     }
     Ok(Event::new(
-        &version,
-        &kind,
-        action,
-        status,
-        Json::Written(metadata.get()),
-        Json::Written(payload.get()),
-        &timestamp,
+        f.line(),
+        Parts {
+            version: &version,
+            kind: &kind,
+            action,
+            status,
+            metadata: Json::Written(metadata.get()),
+            payload: Json::Written(payload.get()),
+            timestamp: &timestamp,
+        },
     ))
 }
 

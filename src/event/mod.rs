@@ -89,21 +89,22 @@ impl Format {
     }
 }
 
-/// One audit event.
+/// One audit event, and the line it was read from.
 ///
-/// Its texts (`version`, `type`, `metadata`, `payload`, `timestamp`) live in one allocation, one
-/// after another, and are read through accessors: a line becomes an event with one copy.
+/// Its texts (the line, `version`, `type`, `metadata`, `payload`, `timestamp`) live in one
+/// allocation, one after another, and are read through accessors: a line becomes an event with
+/// one copy, and a record on its way to the sinks is two allocations (this and the record).
 #[derive(Debug, Clone)]
 pub struct Event {
     pub action: Action,
     pub status: Status,
-    /// `version`, `kind`, `metadata`, `payload` and `timestamp`, one after another.
+    /// The line, `version`, `kind`, `metadata`, `payload` and `timestamp`, one after another.
     text: Box<str>,
-    /// Where each of the five texts ends in `text`.
-    ends: [usize; 5],
+    /// Where each of the six texts ends in `text`.
+    ends: [usize; 6],
 }
 
-/// JSON text for [`Event::new`]'s `metadata` or `payload`.
+/// JSON text for [`Parts`]' `metadata` or `payload`.
 #[derive(Debug, Clone, Copy)]
 pub enum Json<'a> {
     /// Valid JSON as a source wrote it: compacted and Go-escaped on the way in.
@@ -112,77 +113,115 @@ pub enum Json<'a> {
     Compact(&'a str),
 }
 
-impl Event {
-    /// An event from its parts. `metadata` and `payload` must be valid JSON text.
-    pub fn new(
-        version: &str,
-        kind: &str,
-        action: Action,
-        status: Status,
-        metadata: Json<'_>,
-        payload: Json<'_>,
-        timestamp: &str,
-    ) -> Event {
-        let len = |j: &Json| match j {
+impl Json<'_> {
+    fn len(&self) -> usize {
+        match self {
             Json::Written(t) | Json::Compact(t) => t.len(),
-        };
-        let mut text = String::with_capacity(
-            version.len() + kind.len() + len(&metadata) + len(&payload) + timestamp.len(),
-        );
-        let mut ends = [0; 5];
-        text.push_str(version);
+        }
+    }
+}
+
+/// What an event is made of, borrowed from wherever it was read.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts<'a> {
+    pub version: &'a str,
+    pub kind: &'a str,
+    pub action: Action,
+    pub status: Status,
+    /// Must be valid JSON text.
+    pub metadata: Json<'a>,
+    /// Must be valid JSON text.
+    pub payload: Json<'a>,
+    pub timestamp: &'a str,
+}
+
+impl Event {
+    /// The event made of `parts`, read from `line` (empty when it was not read from a line).
+    pub fn new(line: &str, parts: Parts<'_>) -> Event {
+        let len = line.len()
+            + parts.version.len()
+            + parts.kind.len()
+            + parts.metadata.len()
+            + parts.payload.len()
+            + parts.timestamp.len();
+        let mut text = String::with_capacity(len);
+        let mut ends = [0; 6];
+        text.push_str(line);
         ends[0] = text.len();
-        text.push_str(kind);
+        text.push_str(parts.version);
         ends[1] = text.len();
-        for (at, json) in [(2, metadata), (3, payload)] {
+        text.push_str(parts.kind);
+        ends[2] = text.len();
+        for (at, json) in [(3, parts.metadata), (4, parts.payload)] {
             match json {
                 Json::Written(t) => gojson::compact(t, &mut text),
                 Json::Compact(t) => text.push_str(t),
             }
             ends[at] = text.len();
         }
-        text.push_str(timestamp);
-        ends[4] = text.len();
+        text.push_str(parts.timestamp);
+        ends[5] = text.len();
         Event {
-            action,
-            status,
+            action: parts.action,
+            status: parts.status,
             text: text.into_boxed_str(),
             ends,
         }
     }
 
-    /// Text `i` of the five.
+    /// The same event, as read from `line` instead (a dead letter's event with its first line).
+    pub fn relined(&self, line: &str) -> Event {
+        Event::new(
+            line,
+            Parts {
+                version: self.version(),
+                kind: self.kind(),
+                action: self.action,
+                status: self.status,
+                metadata: Json::Compact(self.metadata()),
+                payload: Json::Compact(self.payload()),
+                timestamp: self.timestamp(),
+            },
+        )
+    }
+
+    /// Text `i` of the six.
     fn part(&self, i: usize) -> &str {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         self.text.get(start..self.ends[i]).unwrap_or_default()
     }
 
+    /// The line the event was read from, without its line ending.
+    pub fn line(&self) -> &str {
+        self.part(0)
+    }
+
     /// `"0.2"` for current Flipt; kept as written.
     pub fn version(&self) -> &str {
-        self.part(0)
+        self.part(1)
     }
 
     /// The resource type (`flag`, `segment`, ...); an open set, as other sources add their own.
     pub fn kind(&self) -> &str {
-        self.part(1)
+        self.part(2)
     }
 
     /// Compact, Go-escaped JSON text of `{"actor": {...}}`.
     pub fn metadata(&self) -> &str {
-        self.part(2)
+        self.part(3)
     }
 
     /// Compact, Go-escaped JSON text of any value; `null` for denied events.
     pub fn payload(&self) -> &str {
-        self.part(3)
+        self.part(4)
     }
 
     /// RFC 3339, as written by the source.
     pub fn timestamp(&self) -> &str {
-        self.part(4)
+        self.part(5)
     }
 
-    /// Bytes the event holds on the heap (its texts), for the in-flight budget.
+    /// Bytes the event holds on the heap (its line and texts), for the in-flight budget.
     pub fn heap_bytes(&self) -> usize {
         self.text.len()
     }
@@ -211,6 +250,7 @@ impl Event {
     /// `metadata` (`{"actor": actor}`) and `payload` written as Go writes a map (keys sorted,
     /// `<>&` escaped), as Flipt's webhook would send them.
     pub fn mapped(
+        line: &str,
         kind: &str,
         action: Action,
         actor: serde_json::Map<String, serde_json::Value>,
@@ -224,13 +264,16 @@ impl Event {
         let metadata = serde_json::Map::from_iter([("actor".to_string(), actor.into())]);
         let (metadata, payload) = (go(metadata.into())?, go(payload.into())?);
         Ok(Event::new(
-            "0.2",
-            kind,
-            action,
-            Status::Success,
-            Json::Compact(&metadata),
-            Json::Compact(&payload),
-            &timestamp,
+            line,
+            Parts {
+                version: "0.2",
+                kind,
+                action,
+                status: Status::Success,
+                metadata: Json::Compact(&metadata),
+                payload: Json::Compact(&payload),
+                timestamp: &timestamp,
+            },
         ))
     }
 

@@ -227,7 +227,7 @@ impl Renderer {
                 }
             }
             ctx.insert("event", &event);
-            let line: serde_json::Value = serde_json::from_str(&r.line)
+            let line: serde_json::Value = serde_json::from_str(r.line())
                 .map_err(|e| unusable("source line", e.to_string()))?;
             ctx.insert(
                 "source",
@@ -295,7 +295,7 @@ impl io::Write for Bounded {
 
 /// Flipt's webhook body for one event, or a JSON array of them for a batch.
 pub fn flipt_body(records: &[Arc<Record>], batched: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(records.iter().map(|r| r.line.len() + 16).sum());
+    let mut out = Vec::with_capacity(records.iter().map(|r| r.line().len() + 16).sum());
     if batched {
         out.push(b'[');
     }
@@ -376,7 +376,6 @@ mod tests {
             info,
             0,
             "k".into(),
-            line.into(),
             parse_line(Format::Flipt, line).unwrap(),
         ))
     }

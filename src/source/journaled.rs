@@ -38,7 +38,7 @@ impl JournalSource {
             }
             loop {
                 let n = splitter.fill_from(&mut reader)?;
-                while let Some(piece) = splitter.next_piece().map(|p| p.to_owned()) {
+                while let Some(piece) = splitter.next_piece() {
                     if self
                         .dispatch
                         .piece(origin, piece, self.max_line)

@@ -21,7 +21,7 @@ use crate::record::{Record, SourceInfo};
 use crate::record_log::{RecordLog, now_rfc3339};
 use crate::sink::Sink;
 use base64::Engine;
-use lines::OwnedPiece;
+use lines::Piece;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,16 +149,15 @@ pub struct Span<'a> {
 
 impl Dispatch {
     /// Handles one complete line (without its line ending).
-    pub async fn line(&self, at: Span<'_>, text: Vec<u8>) -> Result<(), Stopped> {
+    pub async fn line(&self, at: Span<'_>, bytes: &[u8]) -> Result<(), Stopped> {
         self.lines_read.inc();
-        let text = match String::from_utf8(text) {
-            Ok(t) => t,
-            Err(e) => return self.reject(at, Rejection::InvalidUtf8, e.as_bytes()).await,
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return self.reject(at, Rejection::InvalidUtf8, bytes).await;
         };
         if text.trim().is_empty() {
             return self.settle(at, 0, 0).await.map(drop);
         }
-        let event = match parse_line(self.info.format, &text) {
+        let event = match parse_line(self.info.format, text) {
             Ok(event) => event,
             Err(Rejection::Unmapped(kind)) => {
                 tracing::debug!(source = %self.info.name, offset = at.start, kind = %kind, "event type not mapped; skipped");
@@ -183,7 +182,7 @@ impl Dispatch {
         // sink takes it).
         let cost = match wanted {
             0 => self.tracker.cost(0),
-            _ => self.tracker.cost(text.len() + event.heap_bytes()),
+            _ => self.tracker.cost(event.heap_bytes()),
         };
         let stream = Arc::clone(at.origin.key());
         let (start, tracker) = (at.start, self.tracker.clone());
@@ -191,10 +190,8 @@ impl Dispatch {
         if wanted == 0 {
             return Ok(());
         }
-        let record = Arc::new(
-            Record::read(self.info.clone(), start, stream, text.into(), event)
-                .with_ack(tracker, seq),
-        );
+        let record =
+            Arc::new(Record::read(self.info.clone(), start, stream, event).with_ack(tracker, seq));
         let ports = self.sinks.iter().filter(|p| {
             p.sink
                 .filter
@@ -213,15 +210,15 @@ impl Dispatch {
     pub async fn piece(
         &self,
         origin: Origin<'_>,
-        piece: OwnedPiece,
+        piece: Piece<'_>,
         max_line: usize,
     ) -> Result<(), Stopped> {
         let (start, end) = piece.range();
         let at = Span { origin, start, end };
         match piece {
-            OwnedPiece::Line { text, .. } => self.line(at, text).await,
-            OwnedPiece::TooLong { len, prefix, .. } => {
-                self.too_long(at, len, max_line as u64, &prefix).await
+            Piece::Line { text, .. } => self.line(at, text).await,
+            Piece::TooLong { len, prefix, .. } => {
+                self.too_long(at, len, max_line as u64, prefix).await
             }
         }
     }

@@ -186,10 +186,11 @@ impl FileSource {
                 r.splitter.unread(n);
                 return Ok(Drained::Truncated);
             }
-            while let Some(piece) = r.splitter.next_piece().map(|p| p.to_owned()) {
+            // Lines are parsed where they were read; only what a record keeps is copied.
+            while let Some(piece) = r.splitter.next_piece() {
                 let (start, end) = piece.range();
                 if start == 0 && r.identity.fingerprint.is_none() {
-                    self.take_fingerprint(r, end)?;
+                    take_fingerprint(&r.file, &mut r.identity, &mut r.file_key, end)?;
                 }
                 let origin = Origin::File {
                     file: &r.identity,
@@ -202,16 +203,6 @@ impl FileSource {
             }
             tokio::task::consume_budget().await;
         }
-    }
-
-    fn take_fingerprint(&self, r: &mut Reader, first_line_end: u64) -> io::Result<()> {
-        if let Some(fp) = Fingerprint::of(&r.file, first_line_end.min(FINGERPRINT_MAX))? {
-            let mut identity = (*r.identity).clone();
-            identity.fingerprint = Some(fp);
-            r.identity = Arc::new(identity);
-            r.file_key = fp.short_hex().into();
-        }
-        Ok(())
     }
 
     /// The file was truncated in place: finish its copy if there is one (copytruncate copies before
@@ -318,4 +309,21 @@ impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
         Error::Io(e)
     }
+}
+
+/// Takes the fingerprint of `file` once its first line (ending at `first_line_end`) is complete:
+/// `identity` gets it, and `key` its hex for idempotency keys.
+fn take_fingerprint(
+    file: &File,
+    identity: &mut Arc<FileIdentity>,
+    key: &mut Arc<str>,
+    first_line_end: u64,
+) -> io::Result<()> {
+    if let Some(fp) = Fingerprint::of(file, first_line_end.min(FINGERPRINT_MAX))? {
+        let mut changed = (**identity).clone();
+        changed.fingerprint = Some(fp);
+        *identity = Arc::new(changed);
+        *key = fp.short_hex().into();
+    }
+    Ok(())
 }

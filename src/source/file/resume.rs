@@ -27,7 +27,7 @@ impl FileSource {
                     let at = last_line_end(&mut r.file)?;
                     if at > 0 {
                         let first = first_line_end(&mut r.file)?;
-                        self.take_fingerprint(&mut r, first)?;
+                        super::take_fingerprint(&r.file, &mut r.identity, &mut r.file_key, first)?;
                     }
                     r.file.seek(SeekFrom::Start(at))?;
                     r.splitter.reset(at);
