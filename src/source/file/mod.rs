@@ -190,7 +190,12 @@ impl FileSource {
             while let Some(piece) = r.splitter.next_piece() {
                 let (start, end) = piece.range();
                 if start == 0 && r.identity.fingerprint.is_none() {
-                    take_fingerprint(&r.file, &mut r.identity, &mut r.file_key, end)?;
+                    // The line is out of the splitter: it goes on even if the file cannot be
+                    // fingerprinted (rotation is then told by the inode alone).
+                    if let Err(e) = take_fingerprint(&r.file, &mut r.identity, &mut r.file_key, end)
+                    {
+                        tracing::warn!(source = %self.dispatch.info.name, path = %self.path.display(), error = %e, "cannot fingerprint the file's first line");
+                    }
                 }
                 let origin = Origin::File {
                     file: &r.identity,
