@@ -1,6 +1,6 @@
 //! Property tests (run in CI with a bounded case count, `PROPTEST_CASES`): arbitrary bytes through
 //! line splitting and event parsing in every format never panic, and the splitter accounts for
-//! every byte exactly once.
+//! every byte exactly once, and compaction gives the bytes it always gave.
 
 use flagtail::event::{Format, gojson, parse_line};
 use flagtail::source::lines::{LineSplitter, Piece};
@@ -48,7 +48,83 @@ fn split(input: &[u8], chunks: &[usize], max: usize) -> Vec<(u64, u64, bool, Vec
     out
 }
 
+/// Compaction as it was first written, a byte at a time: the run-copying one must give the same
+/// bytes for any text, JSON or not.
+fn compact_bytewise(json: &str) -> Vec<u8> {
+    let (bytes, mut out, mut in_string, mut i) = (json.as_bytes(), Vec::new(), false, 0);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !in_string {
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' => {}
+                b'"' => {
+                    in_string = true;
+                    out.push(b);
+                }
+                _ => out.push(b),
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'\\' => {
+                out.extend_from_slice(&bytes[i..(i + 2).min(bytes.len())]);
+                i += 2;
+                continue;
+            }
+            b'"' => {
+                in_string = false;
+                out.push(b);
+            }
+            b'<' => out.extend_from_slice(b"\\u003c"),
+            b'>' => out.extend_from_slice(b"\\u003e"),
+            b'&' => out.extend_from_slice(b"\\u0026"),
+            0xE2 if bytes.get(i + 1) == Some(&0x80)
+                && matches!(bytes.get(i + 2), Some(0xA8 | 0xA9)) =>
+            {
+                out.extend_from_slice(if bytes[i + 2] == 0xA8 {
+                    b"\\u2028"
+                } else {
+                    b"\\u2029"
+                });
+                i += 3;
+                continue;
+            }
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Text near JSON strings: quotes, escapes, the characters Go escapes, multi-byte UTF-8 and
+/// whitespace, in any order.
+fn stringy_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("\"".to_string()),
+        Just("\\".to_string()),
+        Just("\\\"".to_string()),
+        Just("\\u2028".to_string()),
+        Just("\u{2028}".to_string()),
+        Just("\u{2029}".to_string()),
+        Just("\\\u{2028}".to_string()),
+        Just("\u{e2}".to_string()),
+        Just("<&>".to_string()),
+        Just(" \t\r\n".to_string()),
+        Just("é€😀".to_string()),
+        "\\PC{0,8}",
+    ];
+    proptest::collection::vec(piece, 0..24).prop_map(|v| v.concat())
+}
+
 proptest! {
+    #[test]
+    fn compaction_copies_runs_to_the_same_bytes(text in stringy_text()) {
+        let mut out = String::new();
+        gojson::compact(&text, &mut out);
+        prop_assert_eq!(out.as_bytes(), &compact_bytewise(&text)[..]);
+    }
+
     #[test]
     fn splitter_accounts_for_every_byte(input in loggy_bytes(), chunks in proptest::collection::vec(1usize..300, 1..8), max in 1usize..200) {
         let pieces = split(&input, &chunks, max);

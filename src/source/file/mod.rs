@@ -189,13 +189,15 @@ impl FileSource {
             // Lines are parsed where they were read; only what a record keeps is copied.
             while let Some(piece) = r.splitter.next_piece() {
                 let (start, end) = piece.range();
-                if start == 0 && r.identity.fingerprint.is_none() {
-                    // The line is out of the splitter: it goes on even if the file cannot be
-                    // fingerprinted (rotation is then told by the inode alone).
-                    if let Err(e) = take_fingerprint(&r.file, &mut r.identity, &mut r.file_key, end)
-                    {
-                        tracing::warn!(source = %self.dispatch.info.name, path = %self.path.display(), error = %e, "cannot fingerprint the file's first line");
-                    }
+                if start == 0
+                    && r.identity.fingerprint.is_none()
+                    && let Err(e) = take_fingerprint(&r.file, &mut r.identity, &mut r.file_key, end)
+                {
+                    // Nothing of the file went out yet: read it again from the start when trying
+                    // again, so its first line is neither lost nor read without a fingerprint.
+                    r.splitter.reset(0);
+                    r.file.seek(SeekFrom::Start(0))?;
+                    return Err(e.into());
                 }
                 let origin = Origin::File {
                     file: &r.identity,
