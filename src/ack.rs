@@ -4,7 +4,7 @@
 //! Every line read gets a slot, in file order, holding how many sinks still owe an acknowledgement.
 //! Slots complete in any order (sinks with `concurrency > 1`, several sinks); the checkpoint moves
 //! to the end of the longest fully done prefix. A source must [`Tracker::admit`] a line's cost
-//! (what its record really holds: the line, its key and the parsed event) before reading on; the
+//! (what its record really holds: the parsed event with its line) before reading on; the
 //! cost comes back only when the line leaves the front of the queue, so a stuck delivery stops
 //! reading once the source's share is spent.
 //!
@@ -75,7 +75,7 @@ impl Tracker {
         }
     }
 
-    /// The cost of a record holding `bytes` bytes (line, key, event).
+    /// The cost of a record holding `bytes` bytes (its event, line included).
     pub fn cost(&self, bytes: usize) -> u32 {
         u32::try_from(bytes.saturating_add(LINE_OVERHEAD).min(self.capacity)).unwrap_or(u32::MAX)
     }
