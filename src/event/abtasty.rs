@@ -56,7 +56,7 @@ pub fn from_fields(f: &Fields<'_>) -> Result<Event, Rejection> {
     }
     let mut payload = Map::new();
     for (key, raw) in f.iter().filter(|(k, _)| !COMMON.contains(k)) {
-        let value: Value = serde_json::from_str(raw.get())
+        let value: Value = serde_json::from_str(raw)
             .map_err(|e| Rejection::NotAnEvent(format!("field {key:?}: {e}")))?;
         payload.insert(key.to_string(), value);
     }

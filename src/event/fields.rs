@@ -6,22 +6,25 @@
 //! twice, is not an event.
 
 use super::Rejection;
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
+use super::scan::{self, Malformed, Value};
+use serde::Deserialize;
 use std::borrow::Cow;
-use std::fmt;
 
 /// The top-level fields of one JSON object, in the order written.
 pub struct Fields<'a> {
     /// The line they were read from.
     line: &'a str,
-    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
+    entries: Vec<(Cow<'a, str>, Value<'a>)>,
 }
 
 impl<'a> Fields<'a> {
     /// Reads the top level of `line`.
     pub fn parse(line: &'a str) -> Result<Fields<'a>, Rejection> {
-        let Entries(entries) = serde_json::from_str(line).map_err(|e| json_rejection(&e))?;
+        let mut entries = Vec::with_capacity(8);
+        scan::object(line, &mut entries).map_err(|e| match e {
+            Malformed::Syntax(e) => Rejection::NotJson(e.to_string()),
+            Malformed::NotAnObject => Rejection::NotAnEvent("not a JSON object".into()),
+        })?;
         let fields = Fields { line, entries };
         if let Some(key) = fields.repeated() {
             return Err(Rejection::NotAnEvent(format!(
@@ -30,7 +33,6 @@ impl<'a> Fields<'a> {
         }
         Ok(fields)
     }
-
     /// A key written more than once, if any. Linear for the usual handful of fields; a line with
     /// many (a hostile one, up to `max_line_bytes` of keys) is checked through a set.
     fn repeated(&self) -> Option<&str> {
@@ -54,9 +56,14 @@ impl<'a> Fields<'a> {
         self.line
     }
 
-    /// The text of field `key`, if present.
-    pub fn raw(&self, key: &str) -> Option<&'a RawValue> {
+    /// Field `key` as scanned, if present.
+    pub fn value(&self, key: &str) -> Option<Value<'a>> {
         self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// The JSON text of field `key`, if present.
+    pub fn raw(&self, key: &str) -> Option<&'a str> {
+        self.value(key).map(|v| v.text)
     }
 
     /// Whether field `key` is present.
@@ -66,78 +73,60 @@ impl<'a> Fields<'a> {
 
     /// Whether field `key` is a string containing `needle`.
     pub fn str_contains(&self, key: &str, needle: char) -> bool {
-        self.get::<Cow<str>>(key)
+        self.str(key)
             .ok()
             .flatten()
             .is_some_and(|s| s.contains(needle))
+    }
+
+    /// String field `key`, borrowed from the line when written without escapes; `None` when
+    /// absent or `null`.
+    pub fn str(&self, key: &str) -> Result<Option<Cow<'a, str>>, Rejection> {
+        match self.value(key).and_then(|v| v.plain_str()) {
+            Some(s) => Ok(Some(Cow::Borrowed(s))),
+            None => self.get(key),
+        }
+    }
+
+    /// String field `key`; an error naming it when absent.
+    pub fn require_str(&self, key: &str) -> Result<Cow<'a, str>, Rejection> {
+        match self.require_value(key)?.plain_str() {
+            Some(s) => Ok(Cow::Borrowed(s)),
+            None => self.require(key),
+        }
     }
 
     /// Field `key` read as `T`; `None` when absent or `null`.
     pub fn get<T: Deserialize<'a>>(&self, key: &str) -> Result<Option<T>, Rejection> {
         match self.raw(key) {
             None => Ok(None),
-            Some(raw) if raw.get() == "null" => Ok(None),
+            Some("null") => Ok(None),
             Some(raw) => read(key, raw).map(Some),
         }
     }
 
     /// Field `key` read as `T`; an error naming it when absent.
     pub fn require<T: Deserialize<'a>>(&self, key: &str) -> Result<T, Rejection> {
-        match self.raw(key) {
-            None => Err(Rejection::NotAnEvent(format!("missing field {key:?}"))),
-            Some(raw) => read(key, raw),
-        }
+        read(key, self.require_value(key)?.text)
     }
 
-    /// Every field, in the order written.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &'a RawValue)> {
-        self.entries.iter().map(|(k, v)| (k.as_ref(), *v))
+    /// Field `key` as scanned; an error naming it when absent.
+    pub fn require_value(&self, key: &str) -> Result<Value<'a>, Rejection> {
+        self.value(key)
+            .ok_or_else(|| Rejection::NotAnEvent(format!("missing field {key:?}")))
+    }
+
+    /// Every field and its JSON text, in the order written.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &'a str)> {
+        self.entries.iter().map(|(k, v)| (k.as_ref(), v.text))
     }
 }
 
 /// Reads one field's text as `T`, naming the field when it has the wrong shape.
-fn read<'a, T: Deserialize<'a>>(key: &str, raw: &'a RawValue) -> Result<T, Rejection> {
+fn read<'a, T: Deserialize<'a>>(key: &str, text: &'a str) -> Result<T, Rejection> {
     // Strings are borrowed from the line when they have no escapes.
-    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let mut de = serde_json::Deserializer::from_str(text);
     T::deserialize(&mut de).map_err(|e| Rejection::NotAnEvent(format!("field {key:?}: {e}")))
-}
-
-/// Tells "not JSON at all" from "JSON, but not the shape of an event".
-pub fn json_rejection(e: &serde_json::Error) -> Rejection {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Data => Rejection::NotAnEvent(e.to_string()),
-        _ => Rejection::NotJson(e.to_string()),
-    }
-}
-
-/// A key, borrowed from the line unless it has escapes.
-#[derive(serde::Deserialize)]
-struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
-
-/// The top-level fields of a JSON object, as [`Fields`] reads them.
-struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for Entries<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Object;
-        impl<'de> Visitor<'de> for Object {
-            type Value = Entries<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-                    entries.push((key, map.next_value::<&'de RawValue>()?));
-                }
-                Ok(Entries(entries))
-            }
-        }
-        d.deserialize_map(Object)
-    }
 }
 
 #[cfg(test)]
@@ -147,8 +136,8 @@ mod tests {
     #[test]
     fn fields_are_read_once_and_kept_as_text() {
         let f = Fields::parse(r#"{"a": 1.50, "b\u0041": {"x": [1, 2]}, "c": null}"#).unwrap();
-        assert_eq!(f.raw("a").unwrap().get(), "1.50");
-        assert_eq!(f.raw("bA").unwrap().get(), r#"{"x": [1, 2]}"#);
+        assert_eq!(f.raw("a").unwrap(), "1.50");
+        assert_eq!(f.raw("bA").unwrap(), r#"{"x": [1, 2]}"#);
         assert_eq!(f.get::<String>("c").unwrap(), None);
         assert!(
             f.require::<String>("d")
@@ -186,5 +175,11 @@ mod tests {
         );
         let line = line.replace("\"k7\":7}", "\"k40\":7}");
         assert!(Fields::parse(&line).is_ok());
+        // Like serde_json's: a key must decode to text; a value only has to be well formed.
+        let lone = r#"{"\ud800":1}"#;
+        assert_eq!(Fields::parse(lone).err().unwrap().tag(), "not_json");
+        let f = Fields::parse(r#"{"a":"\ud800","b\u00e9":"x\ny"}"#).unwrap();
+        assert_eq!(f.raw("a"), Some(r#""\ud800""#));
+        assert_eq!(f.str("bé").unwrap().as_deref(), Some("x\ny"));
     }
 }

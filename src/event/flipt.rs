@@ -6,8 +6,6 @@
 
 use super::fields::Fields;
 use super::{Action, Event, Json, Parts, Rejection, Status};
-use serde_json::value::RawValue;
-use std::borrow::Cow;
 
 /// Parses one Flipt audit line.
 pub fn parse(line: &str) -> Result<Event, Rejection> {
@@ -16,12 +14,12 @@ pub fn parse(line: &str) -> Result<Event, Rejection> {
 
 /// Maps a line already read into its fields.
 pub fn from_fields(f: &Fields<'_>) -> Result<Event, Rejection> {
-    let version: Cow<str> = f.require("version")?;
-    let kind: Cow<str> = f.require("type")?;
-    let action: Cow<str> = f.require("action")?;
+    let version = f.require_str("version")?;
+    let kind = f.require_str("type")?;
+    let action = f.require_str("action")?;
     let action = Action::parse(&action)
         .ok_or_else(|| Rejection::NotAnEvent(format!("unknown action {action:?}")))?;
-    let status = match f.get::<Cow<str>>("status")?.as_deref() {
+    let status = match f.str("status")?.as_deref() {
         None | Some("") => Status::Absent,
         Some("success") => Status::Success,
         Some("denied") => Status::Denied,
@@ -30,10 +28,10 @@ pub fn from_fields(f: &Fields<'_>) -> Result<Event, Rejection> {
     if kind.is_empty() {
         return Err(Rejection::NotAnEvent("empty type".into()));
     }
-    let metadata: &RawValue = f.require("metadata")?;
-    let payload: &RawValue = f.require("payload")?;
-    let timestamp: Cow<str> = f.require("timestamp")?;
-    if !metadata.get().trim_start().starts_with('{') {
+    let metadata = json(f, "metadata")?;
+    let payload = json(f, "payload")?;
+    let timestamp = f.require_str("timestamp")?;
+    if !metadata.text().starts_with('{') {
         return Err(Rejection::NotAnEvent("metadata is not an object".into()));
     }
     Ok(Event::new(
@@ -43,11 +41,21 @@ pub fn from_fields(f: &Fields<'_>) -> Result<Event, Rejection> {
             kind: &kind,
             action,
             status,
-            metadata: Json::Written(metadata.get()),
-            payload: Json::Written(payload.get()),
+            metadata,
+            payload,
             timestamp: &timestamp,
         },
     ))
+}
+
+/// Field `key`'s JSON text, kept as it is when it is already compact and Go-escaped.
+fn json<'a>(f: &Fields<'a>, key: &str) -> Result<Json<'a>, Rejection> {
+    let value = f.require_value(key)?;
+    Ok(if value.compact {
+        Json::Compact(value.text)
+    } else {
+        Json::Written(value.text)
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod flipt;
 pub mod gojson;
 pub mod launchdarkly;
 pub mod pattern;
+mod scan;
 pub mod unleash;
 
 use fields::Fields;
@@ -114,10 +115,15 @@ pub enum Json<'a> {
 }
 
 impl Json<'_> {
-    fn len(&self) -> usize {
+    /// The text as given.
+    pub fn text(&self) -> &str {
         match self {
-            Json::Written(t) | Json::Compact(t) => t.len(),
+            Json::Written(t) | Json::Compact(t) => t,
         }
+    }
+
+    fn len(&self) -> usize {
+        self.text().len()
     }
 }
 
