@@ -233,6 +233,7 @@ fn jsonish() -> impl Strategy<Value = String> {
         "\"\t\"",
         "\"\u{2028}<\"",
         "\u{e9}",
+        "\"é€漢字\u{2029}abcdefgh<\"",
     ];
     let piece = prop_oneof![
         4 => json_value().prop_map(|v| serde_json::to_string(&v).unwrap()),

@@ -159,7 +159,7 @@ const IN_STRING: [u8; 256] = {
 };
 
 /// Where the run of ordinary string bytes starting at `at` ends: eight bytes at a time, then
-/// the last few one at a time. May stop early, at a non-ASCII byte that is ordinary after all.
+/// the last few one at a time.
 fn ordinary_run(bytes: &[u8], mut at: usize) -> usize {
     while let Some(chunk) = bytes.get(at..at + 8) {
         let mut word = [0; 8];
@@ -178,9 +178,9 @@ fn ordinary_run(bytes: &[u8], mut at: usize) -> usize {
     at
 }
 
-/// The high bit of each of eight string bytes (the first in the low byte) that may not be
-/// [`ORDINARY`]: `"`, `\`, a control character, a byte Go escapes, any non-ASCII byte. Bits
-/// above the lowest set one may be false alarms; the lowest is exact.
+/// The high bit of each of eight string bytes (the first in the low byte) that is not
+/// [`ORDINARY`]: `"`, `\`, a control character, a byte Go escapes. Bits above the lowest set one
+/// may be false alarms; the lowest is exact.
 fn lookouts(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -192,7 +192,7 @@ fn lookouts(w: u64) -> u64 {
         | equal(b'<')
         | equal(b'>')
         | equal(b'&')
-        | (w & HIGH)
+        | equal(0xE2)
 }
 
 impl<'a> Scanner<'a> {
@@ -393,11 +393,10 @@ impl<'a> Scanner<'a> {
                 CONTROL => {
                     return Err("control character (\\u0000-\\u001F) found while parsing a string");
                 }
-                GO_ESCAPED => {
+                _ => {
                     self.compact = false;
                     self.at += 1;
                 }
-                _ => self.at += 1,
             }
         }
     }
@@ -565,7 +564,7 @@ mod tests {
             for pos in 0..8 {
                 let mut word = [b'a'; 8];
                 word[pos] = b;
-                let matters = IN_STRING[b as usize] != ORDINARY || b >= 0x80;
+                let matters = IN_STRING[b as usize] != ORDINARY;
                 let found = lookouts(u64::from_le_bytes(word));
                 assert_eq!(found != 0, matters, "{b:#x} at {pos}");
                 if matters {
