@@ -70,8 +70,11 @@ impl Record {
     pub fn write_key(&self, out: &mut String) {
         match &self.key {
             Key::Stream(stream) => {
-                use std::fmt::Write;
-                let _ = write!(out, "{}-{stream}-{}", self.source.name, self.offset);
+                out.push_str(&self.source.name);
+                out.push('-');
+                out.push_str(stream);
+                out.push('-');
+                push_decimal(out, self.offset);
             }
             Key::Given(key) => out.push_str(key),
         }
@@ -93,6 +96,36 @@ impl Record {
     pub fn ack(&self) {
         if let Some((tracker, seq)) = &self.ack {
             tracker.ack(*seq);
+        }
+    }
+}
+
+/// Appends `n` in decimal (what `write!` would, without the formatting machinery: a batch's
+/// delivery key writes one per event).
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decimals_are_written_as_format_writes_them() {
+        for n in [0, 7, 10, 99, 1_000_001, u64::MAX] {
+            let mut out = String::from("x-");
+            super::push_decimal(&mut out, n);
+            assert_eq!(out, format!("x-{n}"));
         }
     }
 }

@@ -220,7 +220,9 @@ impl Connection {
         for fresh in [false, true] {
             let open = match self.open.take() {
                 Some(open) if !fresh => open,
-                _ => Open::connect(&mut self.connector, hook).await?,
+                // Boxed: connecting (TLS included) is the biggest state of this future, and
+                // is rare; inline, every request would move it around.
+                _ => Box::pin(Open::connect(&mut self.connector, hook)).await?,
             };
             let open = self.open.insert(open);
             let (result, ended) = open.exchange(req).await;

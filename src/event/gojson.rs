@@ -127,6 +127,16 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
 
 /// Appends `s` as a Go-escaped JSON string.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Printable ASCII with nothing to escape (a version, a type, a timestamp) goes as it is.
+    let plain =
+        |b: &u8| matches!(b, b' '..=b'~') && !matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&');
+    if s.as_bytes().iter().all(plain) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     let mut ser = serde_json::Serializer::with_formatter(&mut *out, GoFormatter);
     // Writing a &str into a Vec cannot fail.
     let _ = s.serialize(&mut ser);
@@ -162,8 +172,16 @@ mod tests {
             String::from_utf8(to_vec(&v).unwrap()).unwrap(),
             r#"{"a":1,"b":"x\u003cy\u003e\u0026z\u2028"}"#
         );
-        let mut out = Vec::new();
-        write_str(&mut out, "tab\there");
-        assert_eq!(out, br#""tab\there""#);
+        for (text, want) in [
+            ("tab\there", r#""tab\there""#),
+            ("2026-11-23T06:00:07Z", r#""2026-11-23T06:00:07Z""#),
+            ("a\"b\\c<d>&", r#""a\"b\\c\u003cd\u003e\u0026""#),
+            ("é\u{2028}", r#""é\u2028""#),
+            ("", r#""""#),
+        ] {
+            let mut out = Vec::new();
+            write_str(&mut out, text);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
     }
 }

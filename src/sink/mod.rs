@@ -184,15 +184,12 @@ impl Sink {
         match records {
             [one] => one.key(),
             [first, ..] => {
-                let mut members = ring::digest::Context::new(&ring::digest::SHA256);
-                let mut key = String::with_capacity(64);
+                let mut keys = String::with_capacity(records.len() * 48);
                 for r in records {
-                    key.clear();
-                    r.write_key(&mut key);
-                    members.update(key.as_bytes());
-                    members.update(b"\n");
+                    r.write_key(&mut keys);
+                    keys.push('\n');
                 }
-                let hash = members.finish();
+                let hash = ring::digest::digest(&ring::digest::SHA256, keys.as_bytes());
                 format!(
                     "{}+{}-{}",
                     first.key(),
