@@ -83,6 +83,20 @@ struct Append {
     done: oneshot::Sender<Result<(), String>>,
 }
 
+/// An append the writer has, not yet known to be durable.
+#[derive(Debug)]
+pub struct Pending(oneshot::Receiver<Result<(), String>>);
+
+impl Pending {
+    /// Once the append is durable; an error if its write or fsync failed.
+    pub async fn durable(self) -> Result<(), AppendError> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err("the journal writer stopped".into()))
+            .map_err(AppendError::Io)
+    }
+}
+
 struct Shared {
     dir: PathBuf,
     id: Arc<str>,
@@ -192,6 +206,13 @@ impl Journal {
     /// Appends `bytes` (whole lines, each ending in `\n`) and returns once they are durable,
     /// waiting for room if the journal is full.
     pub async fn append(&self, bytes: Vec<u8>) -> Result<(), AppendError> {
+        self.submit(bytes).await?.durable().await
+    }
+
+    /// Hands `bytes` (whole lines, each ending in `\n`) to the writer, waiting for room if the
+    /// journal is full, but not for the write: [`Pending::durable`] says when they are durable.
+    /// One caller's submissions are written in the order submitted.
+    pub async fn submit(&self, bytes: Vec<u8>) -> Result<Pending, AppendError> {
         let n = self.cost(&bytes)?;
         let permit = self
             .shared
@@ -200,7 +221,7 @@ impl Journal {
             .acquire_many_owned(n)
             .await
             .map_err(|_| AppendError::Io("the journal is closed".into()))?;
-        self.write(bytes, permit).await
+        self.hand_over(bytes, permit).await
     }
 
     /// Like [`Journal::append`], but refuses at once when the journal is full.
@@ -213,7 +234,7 @@ impl Journal {
                 return Err(AppendError::Io("the journal is closed".into()));
             }
         };
-        self.write(bytes, permit).await
+        self.hand_over(bytes, permit).await?.durable().await
     }
 
     fn cost(&self, bytes: &[u8]) -> Result<u32, AppendError> {
@@ -223,7 +244,11 @@ impl Journal {
         u32::try_from(bytes.len()).map_err(|_| AppendError::TooLarge)
     }
 
-    async fn write(&self, bytes: Vec<u8>, permit: OwnedSemaphorePermit) -> Result<(), AppendError> {
+    async fn hand_over(
+        &self,
+        bytes: Vec<u8>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Pending, AppendError> {
         let (done, answer) = oneshot::channel();
         let append = Append {
             bytes,
@@ -235,10 +260,7 @@ impl Journal {
             .send(append)
             .await
             .map_err(|_| AppendError::Io("the journal writer stopped".into()))?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err("the journal writer stopped".into()))
-            .map_err(AppendError::Io)
+        Ok(Pending(answer))
     }
 
     /// Deletes the segments wholly before the source's durable position, each time it moves,

@@ -172,6 +172,34 @@ async fn kill_9_right_after_the_socket_acknowledged_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_read_on_while_its_lines_are_fsynced_is_told_only_what_is_durable_in_order() {
+    let rx = Receiver::start().await;
+    rx.plan(|_| Reply::Status(503));
+    let s = Setup::new();
+    let (config, sock) = socket_config(
+        &s,
+        "",
+        &webhook_sink(&rx.url("/"), "    max_backoff_duration: 60s\n"),
+    );
+    let mut ft = Flagtail::start(&config);
+    // About 700 KB in one go: a dozen reads, several of them with the journal's writer at once.
+    let n = 2000;
+    assert_eq!(send(&sock, &lines(0..n)).await, format!("ok {n}\n"));
+    ft.kill_9().await;
+    rx.plan(|_| Reply::Status(200));
+    let mut ft = Flagtail::start(&config);
+    wait_keys(flag_keys(0..n), || delivered_keys(&rx)).await;
+    assert!(ft.terminate().await.success());
+    // One client's lines keep their order through the journal (one delivery at a time here).
+    let mut seen = std::collections::HashSet::new();
+    let order: Vec<String> = delivered_keys(&rx)
+        .into_iter()
+        .filter(|k| !k.is_empty() && seen.insert(k.clone()))
+        .collect();
+    assert_eq!(order, flag_keys(0..n).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_journal_holds_the_client_back_then_drains_and_shrinks() {
     let rx = Receiver::start().await;
     rx.plan(|_| Reply::Status(503));

@@ -3,11 +3,14 @@
 //! Many clients at once, at most `max_connections` (a permit is taken before `accept`, so a full
 //! source stops accepting instead of failing). Each client's complete lines are appended to the
 //! source's [`Journal`] as they arrive, one append per read; the lines count as received only once
-//! that append is durable. When the client ends its side of the connection, flagtail answers
+//! that append is durable. Reading goes on while up to [`IN_FLIGHT`] appends are being written
+//! and fsynced (one client's appends are written in order), so a fast client is not held to one
+//! fsync per read. When the client ends its side of the connection, flagtail answers
 //! `ok N` (N lines journaled from this connection) and closes: a client that reads that answer knows
 //! its lines survive a crash. A client still connected when flagtail stops or reloads gets the same
-//! answer for what was journaled so far (a partial line it was sending is not counted). A line over `max_line_bytes` is rejected (recorded, never buffered
-//! whole); a client that disconnects mid-line loses only that partial line, which is recorded as
+//! answer for what was journaled so far (a partial line it was sending is not counted; lines
+//! still with the writer are waited for a short while). A line over `max_line_bytes` is rejected
+//! (recorded, never buffered whole); a client that disconnects mid-line loses only that partial line, which is recorded as
 //! rejected. When the journal is full, the client's lines are not read until it has room again.
 //!
 //! The listener ([`SocketListener`]) is bound once by the daemon and kept across reloads: binding
@@ -18,7 +21,8 @@
 use super::lines::{LineSplitter, OwnedPiece};
 use super::{Rejected, Stopped};
 use crate::event::Rejection;
-use crate::journal::Journal;
+use crate::journal::{AppendError, Journal, Pending};
+use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -31,6 +35,11 @@ use tokio_util::sync::CancellationToken;
 
 /// How many bytes one read from a client asks for.
 const READ: usize = 64 * 1024;
+/// Reads of one client the journal's writer may hold before reading waits for the oldest to be
+/// durable: a client is read on while its earlier lines are written and fsynced.
+const IN_FLIGHT: usize = 4;
+/// How long a client's answer waits, once stopping, for its lines already with the writer.
+const SETTLE_ON_STOP: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A bound socket; the socket file is removed when this is dropped.
 #[derive(Debug)]
@@ -163,6 +172,8 @@ impl SocketSource {
         let mut splitter = LineSplitter::new(0, self.max_line);
         let mut buf = vec![0u8; READ];
         let mut accepted = 0u64;
+        // Appends with the writer, oldest first, and how many lines each holds.
+        let mut pending = VecDeque::new();
         loop {
             let read = tokio::select! {
                 r = stream.read(&mut buf) => r,
@@ -187,10 +198,13 @@ impl SocketSource {
                         if !batch.is_empty()
                             && batch.len() + text.len() >= self.journal.batch_limit()
                         {
-                            if !self.append(std::mem::take(&mut batch), client).await {
+                            let batch = (std::mem::take(&mut batch), std::mem::take(&mut lines));
+                            if !self
+                                .submit(batch, &mut pending, &mut accepted, client)
+                                .await
+                            {
                                 return;
                             }
-                            accepted += std::mem::take(&mut lines);
                         }
                         batch.extend_from_slice(&text);
                         batch.push(b'\n');
@@ -219,10 +233,31 @@ impl SocketSource {
             if batch.is_empty() {
                 continue;
             }
-            if !self.append(batch, client).await {
+            if !self
+                .submit((batch, lines), &mut pending, &mut accepted, client)
+                .await
+            {
                 return;
             }
-            accepted += lines;
+        }
+        // What the writer has is counted once durable; when stopping, for a short while only
+        // (lines not counted are sent again by the client: nothing is lost).
+        let settle = async {
+            while let Some(oldest) = pending.pop_front() {
+                if !self.settle(oldest, &mut accepted, client).await {
+                    return false;
+                }
+            }
+            true
+        };
+        let settled = match self.stop.is_cancelled() {
+            false => settle.await,
+            true => tokio::time::timeout(SETTLE_ON_STOP, settle)
+                .await
+                .unwrap_or(true),
+        };
+        if !settled {
+            return;
         }
         let (start, partial) = splitter.pending();
         if !partial.is_empty() && !self.stop.is_cancelled() {
@@ -248,20 +283,58 @@ impl SocketSource {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answer).await;
     }
 
-    /// Appends a client's lines; until the journal takes them, the client is not read from
+    /// Hands a client's lines (and how many there are) to the journal; until it has room, and
+    /// while [`IN_FLIGHT`] earlier ones are not yet durable, the client is not read from
     /// (backpressure). False if the connection must end unanswered.
-    async fn append(&self, batch: Vec<u8>, client: u64) -> bool {
-        let appended = tokio::select! {
-            r = self.journal.append(batch) => r,
+    async fn submit(
+        &self,
+        (batch, lines): (Vec<u8>, u64),
+        pending: &mut VecDeque<(Pending, u64)>,
+        accepted: &mut u64,
+        client: u64,
+    ) -> bool {
+        let submitted = tokio::select! {
+            r = self.journal.submit(batch) => r,
             _ = self.stop.cancelled() => return false,
         };
-        match appended {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(source = %self.name, client, error = %e, "cannot journal a client's lines; closing the connection unanswered");
-                false
+        match submitted {
+            Ok(append) => pending.push_back((append, lines)),
+            Err(e) => return self.failed(&e, client),
+        }
+        while pending.len() > IN_FLIGHT {
+            let Some(oldest) = pending.pop_front() else {
+                break;
+            };
+            let settled = tokio::select! {
+                ok = self.settle(oldest, accepted, client) => ok,
+                _ = self.stop.cancelled() => false,
+            };
+            if !settled {
+                return false;
             }
         }
+        true
+    }
+
+    /// Waits for one append to be durable and counts its lines. False if it failed.
+    async fn settle(
+        &self,
+        (append, lines): (Pending, u64),
+        accepted: &mut u64,
+        client: u64,
+    ) -> bool {
+        match append.durable().await {
+            Ok(()) => {
+                *accepted += lines;
+                true
+            }
+            Err(e) => self.failed(&e, client),
+        }
+    }
+
+    fn failed(&self, e: &AppendError, client: u64) -> bool {
+        tracing::error!(source = %self.name, client, error = %e, "cannot journal a client's lines; closing the connection unanswered");
+        false
     }
 
     async fn reject(
