@@ -11,6 +11,9 @@
 //!   segment holds whole lines; a segment that reaches its size is closed right after the commit
 //!   that filled it, so the segment being written (the one trimming cannot delete) stays small.
 //!   Writes go at explicit offsets; one that fails is cut back off and its appends refused.
+//!   A caller may hand over appends without waiting for each ([`Journal::submit`]); those in
+//!   one [`Chain`] (a socket client's) are refused after the first of them that fails, so a
+//!   client's lines are never written after a gap.
 //! - **Bounded.** `max_bytes` bounds what the segments hold: an append first takes its size from a
 //!   budget that trimming gives back; when it is spent, [`Journal::append`] waits (the socket then
 //!   stops reading) or [`Journal::try_append`] refuses (HTTP answers 503). Nothing accepted is
@@ -81,6 +84,23 @@ struct Append {
     /// append fails or never reaches the writer.
     permit: OwnedSemaphorePermit,
     done: oneshot::Sender<Result<(), String>>,
+    /// The appends this one must follow, if any: once one of them fails, the rest are refused.
+    chain: Option<Chain>,
+}
+
+/// Appends that must be written in order, all or a prefix (one socket client's): once one of
+/// them fails, the writer refuses the rest instead of writing later lines after a gap.
+#[derive(Debug, Clone, Default)]
+pub struct Chain(Arc<std::sync::atomic::AtomicBool>);
+
+impl Chain {
+    fn broken(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn break_off(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// An append the writer has, not yet known to be durable.
@@ -88,9 +108,10 @@ struct Append {
 pub struct Pending(oneshot::Receiver<Result<(), String>>);
 
 impl Pending {
-    /// Once the append is durable; an error if its write or fsync failed.
-    pub async fn durable(self) -> Result<(), AppendError> {
-        self.0
+    /// Once the append is durable; an error if its write or fsync failed. Cancelling the wait
+    /// leaves the append as it was; once it has answered, it must not be asked again.
+    pub async fn durable(&mut self) -> Result<(), AppendError> {
+        (&mut self.0)
             .await
             .unwrap_or_else(|_| Err("the journal writer stopped".into()))
             .map_err(AppendError::Io)
@@ -206,13 +227,18 @@ impl Journal {
     /// Appends `bytes` (whole lines, each ending in `\n`) and returns once they are durable,
     /// waiting for room if the journal is full.
     pub async fn append(&self, bytes: Vec<u8>) -> Result<(), AppendError> {
-        self.submit(bytes).await?.durable().await
+        self.submit(bytes, None).await?.durable().await
     }
 
     /// Hands `bytes` (whole lines, each ending in `\n`) to the writer, waiting for room if the
     /// journal is full, but not for the write: [`Pending::durable`] says when they are durable.
-    /// One caller's submissions are written in the order submitted.
-    pub async fn submit(&self, bytes: Vec<u8>) -> Result<Pending, AppendError> {
+    /// One caller's submissions are written in the order submitted; those in one `chain` are
+    /// refused after the first of them that fails.
+    pub async fn submit(
+        &self,
+        bytes: Vec<u8>,
+        chain: Option<&Chain>,
+    ) -> Result<Pending, AppendError> {
         let n = self.cost(&bytes)?;
         let permit = self
             .shared
@@ -221,7 +247,7 @@ impl Journal {
             .acquire_many_owned(n)
             .await
             .map_err(|_| AppendError::Io("the journal is closed".into()))?;
-        self.hand_over(bytes, permit).await
+        self.hand_over(bytes, permit, chain.cloned()).await
     }
 
     /// Like [`Journal::append`], but refuses at once when the journal is full.
@@ -234,7 +260,7 @@ impl Journal {
                 return Err(AppendError::Io("the journal is closed".into()));
             }
         };
-        self.hand_over(bytes, permit).await?.durable().await
+        self.hand_over(bytes, permit, None).await?.durable().await
     }
 
     fn cost(&self, bytes: &[u8]) -> Result<u32, AppendError> {
@@ -248,12 +274,14 @@ impl Journal {
         &self,
         bytes: Vec<u8>,
         permit: OwnedSemaphorePermit,
+        chain: Option<Chain>,
     ) -> Result<Pending, AppendError> {
         let (done, answer) = oneshot::channel();
         let append = Append {
             bytes,
             permit,
             done,
+            chain,
         };
         // If this is cancelled, or the writer refuses, the permit inside goes back to the budget.
         self.appends
@@ -358,18 +386,27 @@ impl Shared {
 fn write_loop(shared: &Shared, mut appends: mpsc::Receiver<Append>) {
     let mut file: Option<(u64, File)> = None;
     while let Some(first) = appends.blocking_recv() {
-        let mut batch = vec![first];
-        let mut bytes = batch[0].bytes.len();
+        let mut batch = Vec::new();
+        let mut bytes = 0;
         // A group stays within about one segment, so the segment it closes is trimmable soon.
         let group_bytes = usize::try_from(shared.segment_bytes).unwrap_or(usize::MAX);
-        while bytes < group_bytes {
-            match appends.try_recv() {
-                Ok(a) => {
-                    bytes += a.bytes.len();
-                    batch.push(a);
-                }
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(a) = next.take() {
+            if a.chain.as_ref().is_some_and(Chain::broken) {
+                // Its permit goes back to the budget.
+                let _ = a
+                    .done
+                    .send(Err("an earlier append of its client failed".into()));
+            } else {
+                bytes += a.bytes.len();
+                batch.push(a);
             }
+            if bytes < group_bytes {
+                next = appends.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let result = commit(shared, &mut file, &batch).map_err(|e| e.to_string());
         if let Err(e) = &result {
@@ -379,7 +416,12 @@ fn write_loop(shared: &Shared, mut appends: mpsc::Receiver<Append>) {
             match &result {
                 // Written: its share of the budget stays taken until trimming gives it back.
                 Ok(()) => a.permit.forget(),
-                Err(_) => drop(a.permit),
+                Err(_) => {
+                    drop(a.permit);
+                    if let Some(chain) = &a.chain {
+                        chain.break_off();
+                    }
+                }
             }
             let _ = a.done.send(result.clone());
         }
@@ -639,6 +681,33 @@ mod tests {
         );
         j.try_append(b"fits-now\n".to_vec()).await.unwrap();
         assert_eq!(read_all(&mut r), "fits-now\n");
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_append_the_rest_of_its_chain_is_refused_not_written_after_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 1 << 20, None).unwrap();
+        // The segment to be written becomes a directory: the first write fails.
+        let segment = segment_path(dir.path(), 0);
+        let kept = std::fs::read(&segment).unwrap();
+        std::fs::remove_file(&segment).unwrap();
+        std::fs::create_dir(&segment).unwrap();
+        let chain = Chain::default();
+        let mut first = j.submit(b"one\n".to_vec(), Some(&chain)).await.unwrap();
+        assert!(first.durable().await.is_err());
+        // Mended: the chain's next append is still refused; others are written.
+        std::fs::remove_dir(&segment).unwrap();
+        std::fs::write(&segment, &kept).unwrap();
+        let mut second = j.submit(b"two\n".to_vec(), Some(&chain)).await.unwrap();
+        let refused = second.durable().await.unwrap_err().to_string();
+        assert!(refused.contains("earlier append"), "{refused}");
+        j.append(b"other\n".to_vec()).await.unwrap();
+        assert_eq!(read_all(&mut j.reader(None)), "other\n");
+        // What the refused appends took from the budget came back.
+        assert_eq!(
+            j.shared.budget.available_permits() as u64,
+            j.shared.max_bytes - 6
+        );
     }
 
     #[tokio::test]

@@ -4,8 +4,9 @@
 //! source stops accepting instead of failing). Each client's complete lines are appended to the
 //! source's [`Journal`] as they arrive, one append per read; the lines count as received only once
 //! that append is durable. Reading goes on while up to [`IN_FLIGHT`] appends are being written
-//! and fsynced (one client's appends are written in order), so a fast client is not held to one
-//! fsync per read. When the client ends its side of the connection, flagtail answers
+//! and fsynced, so a fast client is not held to one fsync per read. One client's appends are
+//! written in order, and once one fails the journal refuses the rest (no later lines after a gap);
+//! the client is then closed unanswered and sends again. When the client ends its side of the connection, flagtail answers
 //! `ok N` (N lines journaled from this connection) and closes: a client that reads that answer knows
 //! its lines survive a crash. A client still connected when flagtail stops or reloads gets the same
 //! answer for what was journaled so far (a partial line it was sending is not counted; lines
@@ -21,7 +22,7 @@
 use super::lines::{LineSplitter, OwnedPiece};
 use super::{Rejected, Stopped};
 use crate::event::Rejection;
-use crate::journal::{AppendError, Journal, Pending};
+use crate::journal::{AppendError, Chain, Journal, Pending};
 use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -35,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How many bytes one read from a client asks for.
 const READ: usize = 64 * 1024;
-/// Reads of one client the journal's writer may hold before reading waits for the oldest to be
-/// durable: a client is read on while its earlier lines are written and fsynced.
+/// Appends of one client the journal's writer may hold; reading waits for the oldest to be
+/// durable before handing over another: a client is read on while its earlier lines are written
+/// and fsynced.
 const IN_FLIGHT: usize = 4;
 /// How long a client's answer waits, once stopping, for its lines already with the writer.
 const SETTLE_ON_STOP: std::time::Duration = std::time::Duration::from_secs(2);
@@ -174,7 +176,8 @@ impl SocketSource {
         let mut accepted = 0u64;
         // Appends with the writer, oldest first, and how many lines each holds.
         let mut pending = VecDeque::new();
-        loop {
+        let chain = Chain::default();
+        'reading: loop {
             let read = tokio::select! {
                 r = stream.read(&mut buf) => r,
                 // Stopping (shutdown or reload): say what was journaled, then close.
@@ -199,11 +202,13 @@ impl SocketSource {
                             && batch.len() + text.len() >= self.journal.batch_limit()
                         {
                             let batch = (std::mem::take(&mut batch), std::mem::take(&mut lines));
-                            if !self
-                                .submit(batch, &mut pending, &mut accepted, client)
+                            match self
+                                .hand(batch, &chain, &mut pending, &mut accepted, client)
                                 .await
                             {
-                                return;
+                                Handed::Taken => {}
+                                Handed::Stopping => break 'reading,
+                                Handed::Failed => return,
                             }
                         }
                         batch.extend_from_slice(&text);
@@ -233,30 +238,32 @@ impl SocketSource {
             if batch.is_empty() {
                 continue;
             }
-            if !self
-                .submit((batch, lines), &mut pending, &mut accepted, client)
+            match self
+                .hand((batch, lines), &chain, &mut pending, &mut accepted, client)
                 .await
             {
-                return;
+                Handed::Taken => {}
+                Handed::Stopping => break,
+                Handed::Failed => return,
             }
         }
-        // What the writer has is counted once durable; when stopping, for a short while only
+        // What the writer has is counted once durable; once stopping, for a short while only
         // (lines not counted are sent again by the client: nothing is lost).
-        let settle = async {
-            while let Some(oldest) = pending.pop_front() {
-                if !self.settle(oldest, &mut accepted, client).await {
-                    return false;
-                }
-            }
-            true
-        };
-        let settled = match self.stop.is_cancelled() {
-            false => settle.await,
-            true => tokio::time::timeout(SETTLE_ON_STOP, settle)
+        let mut settled = None;
+        if !self.stop.is_cancelled() {
+            settled = tokio::select! {
+                r = settle_all(&mut pending, &mut accepted) => Some(r),
+                _ = self.stop.cancelled() => None,
+            };
+        }
+        let settled = match settled {
+            Some(r) => r,
+            None => tokio::time::timeout(SETTLE_ON_STOP, settle_all(&mut pending, &mut accepted))
                 .await
-                .unwrap_or(true),
+                .unwrap_or(Ok(())),
         };
-        if !settled {
+        if let Err(e) = settled {
+            self.failed(&e, client);
             return;
         }
         let (start, partial) = splitter.pending();
@@ -283,58 +290,45 @@ impl SocketSource {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answer).await;
     }
 
-    /// Hands a client's lines (and how many there are) to the journal; until it has room, and
+    /// Hands a client's lines (and how many there are) to the journal. Until it has room, and
     /// while [`IN_FLIGHT`] earlier ones are not yet durable, the client is not read from
-    /// (backpressure). False if the connection must end unanswered.
-    async fn submit(
+    /// (backpressure).
+    async fn hand(
         &self,
         (batch, lines): (Vec<u8>, u64),
+        chain: &Chain,
         pending: &mut VecDeque<(Pending, u64)>,
         accepted: &mut u64,
         client: u64,
-    ) -> bool {
+    ) -> Handed {
+        while pending.len() >= IN_FLIGHT {
+            let settled = tokio::select! {
+                r = settle_oldest(pending, accepted) => r,
+                _ = self.stop.cancelled() => return Handed::Stopping,
+            };
+            if let Err(e) = settled {
+                self.failed(&e, client);
+                return Handed::Failed;
+            }
+        }
         let submitted = tokio::select! {
-            r = self.journal.submit(batch) => r,
-            _ = self.stop.cancelled() => return false,
+            r = self.journal.submit(batch, Some(chain)) => r,
+            _ = self.stop.cancelled() => return Handed::Stopping,
         };
         match submitted {
-            Ok(append) => pending.push_back((append, lines)),
-            Err(e) => return self.failed(&e, client),
-        }
-        while pending.len() > IN_FLIGHT {
-            let Some(oldest) = pending.pop_front() else {
-                break;
-            };
-            let settled = tokio::select! {
-                ok = self.settle(oldest, accepted, client) => ok,
-                _ = self.stop.cancelled() => false,
-            };
-            if !settled {
-                return false;
+            Ok(append) => {
+                pending.push_back((append, lines));
+                Handed::Taken
             }
-        }
-        true
-    }
-
-    /// Waits for one append to be durable and counts its lines. False if it failed.
-    async fn settle(
-        &self,
-        (append, lines): (Pending, u64),
-        accepted: &mut u64,
-        client: u64,
-    ) -> bool {
-        match append.durable().await {
-            Ok(()) => {
-                *accepted += lines;
-                true
+            Err(e) => {
+                self.failed(&e, client);
+                Handed::Failed
             }
-            Err(e) => self.failed(&e, client),
         }
     }
 
-    fn failed(&self, e: &AppendError, client: u64) -> bool {
+    fn failed(&self, e: &AppendError, client: u64) {
         tracing::error!(source = %self.name, client, error = %e, "cannot journal a client's lines; closing the connection unanswered");
-        false
     }
 
     async fn reject(
@@ -348,4 +342,40 @@ impl SocketSource {
             .record(&self.name, shown, range, why, raw, &self.stop)
             .await
     }
+}
+
+/// What became of a client's lines handed to the journal.
+enum Handed {
+    /// The writer has them.
+    Taken,
+    /// Stopping: answer what is durable, then close.
+    Stopping,
+    /// The journal refused them (logged): close unanswered.
+    Failed,
+}
+
+/// Waits for the oldest append with the writer to be durable, then counts its lines. If the wait
+/// is cancelled, it stays first in line, so what is counted is always a prefix of the client's.
+async fn settle_oldest(
+    pending: &mut VecDeque<(Pending, u64)>,
+    accepted: &mut u64,
+) -> Result<(), AppendError> {
+    let Some((append, lines)) = pending.front_mut() else {
+        return Ok(());
+    };
+    append.durable().await?;
+    *accepted += *lines;
+    pending.pop_front();
+    Ok(())
+}
+
+/// [`settle_oldest`] until nothing is with the writer.
+async fn settle_all(
+    pending: &mut VecDeque<(Pending, u64)>,
+    accepted: &mut u64,
+) -> Result<(), AppendError> {
+    while !pending.is_empty() {
+        settle_oldest(pending, accepted).await?;
+    }
+    Ok(())
 }
