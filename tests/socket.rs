@@ -141,10 +141,11 @@ async fn a_client_that_disconnects_mid_line_loses_only_that_line() {
     assert_eq!(rx.delivered().len(), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_right_after_the_socket_acknowledged_loses_nothing() {
+/// Sends lines `0..n` to a flagtail whose receiver refuses them all (and would retry for a
+/// minute), checks the answer `ok n`, and kills it with -9: the lines exist only in the journal.
+/// The receiver then takes everything. Returns it, the setup (kept alive), config and socket.
+async fn acknowledged_then_killed(n: usize) -> (Receiver, Setup, PathBuf, PathBuf) {
     let rx = Receiver::start().await;
-    // Nothing is delivered before the kill: every line exists only in the journal.
     rx.plan(|_| Reply::Status(503));
     let s = Setup::new();
     let (config, sock) = socket_config(
@@ -153,8 +154,15 @@ async fn kill_9_right_after_the_socket_acknowledged_loses_nothing() {
         &webhook_sink(&rx.url("/"), "    max_backoff_duration: 60s\n"),
     );
     let mut ft = Flagtail::start(&config);
-    assert_eq!(send(&sock, &lines(0..20)).await, "ok 20\n");
+    assert_eq!(send(&sock, &lines(0..n)).await, format!("ok {n}\n"));
     ft.kill_9().await;
+    rx.plan(|_| Reply::Status(200));
+    (rx, s, config, sock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_right_after_the_socket_acknowledged_loses_nothing() {
+    let (rx, _s, config, sock) = acknowledged_then_killed(20).await;
     assert!(
         std::fs::symlink_metadata(&sock)
             .unwrap()
@@ -162,7 +170,6 @@ async fn kill_9_right_after_the_socket_acknowledged_loses_nothing() {
             .is_socket(),
         "kill -9 leaves the socket behind"
     );
-    rx.plan(|_| Reply::Status(200));
     // The stale socket is replaced, and the journal read from the start.
     let mut ft = Flagtail::start(&config);
     assert_eq!(send(&sock, &lines(20..25)).await, "ok 5\n");
@@ -173,20 +180,9 @@ async fn kill_9_right_after_the_socket_acknowledged_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_read_on_while_its_lines_are_fsynced_is_told_only_what_is_durable_in_order() {
-    let rx = Receiver::start().await;
-    rx.plan(|_| Reply::Status(503));
-    let s = Setup::new();
-    let (config, sock) = socket_config(
-        &s,
-        "",
-        &webhook_sink(&rx.url("/"), "    max_backoff_duration: 60s\n"),
-    );
-    let mut ft = Flagtail::start(&config);
     // About 700 KB in one go: a dozen reads, several of them with the journal's writer at once.
     let n = 2000;
-    assert_eq!(send(&sock, &lines(0..n)).await, format!("ok {n}\n"));
-    ft.kill_9().await;
-    rx.plan(|_| Reply::Status(200));
+    let (rx, _s, config, _sock) = acknowledged_then_killed(n).await;
     let mut ft = Flagtail::start(&config);
     wait_keys(flag_keys(0..n), || delivered_keys(&rx)).await;
     assert!(ft.terminate().await.success());
