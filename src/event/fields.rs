@@ -33,6 +33,7 @@ impl<'a> Fields<'a> {
         }
         Ok(fields)
     }
+
     /// A key written more than once, if any. Linear for the usual handful of fields; a line with
     /// many (a hostile one, up to `max_line_bytes` of keys) is checked through a set.
     fn repeated(&self) -> Option<&str> {

@@ -84,9 +84,9 @@ struct Scanner<'a> {
     text: &'a str,
     bytes: &'a [u8],
     at: usize,
-    /// Cleared by whitespace or a byte Go escapes, since the current value began.
+    /// Cleared by whitespace or a byte Go escapes, since the current top-level value began.
     compact: bool,
-    /// Set by an escape, since the current value began.
+    /// Set by an escape, since the current top-level key or value began.
     escaped: bool,
 }
 
