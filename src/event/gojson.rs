@@ -72,16 +72,21 @@ pub fn compact(json: &str, out: &mut String) {
     out.push_str(json.get(run..).unwrap_or_default());
 }
 
-/// Bytes inside a string that [`compact`] must look at: `\\`, `"`, `<`, `>`, `&`, and 0xE2 (the
-/// first byte of U+2028 and U+2029).
+/// Bytes inside a string that Go writes otherwise: `<`, `>`, `&`, and 0xE2, the first byte of
+/// U+2028 and U+2029 (the two after it tell). The one list [`compact`], [`write_str`] and the
+/// line scanner go by.
+pub const GO_ESCAPES: [u8; 4] = [b'<', b'>', b'&', 0xE2];
+
+/// Bytes inside a string that [`compact`] must look at: `\\`, `"` and [`GO_ESCAPES`].
 const STRING_STOPS: [bool; 256] = {
     let mut t = [false; 256];
     t[b'\\' as usize] = true;
     t[b'"' as usize] = true;
-    t[b'<' as usize] = true;
-    t[b'>' as usize] = true;
-    t[b'&' as usize] = true;
-    t[0xE2] = true;
+    let mut i = 0;
+    while i < GO_ESCAPES.len() {
+        t[GO_ESCAPES[i] as usize] = true;
+        i += 1;
+    }
     t
 };
 
@@ -129,7 +134,7 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     // Printable ASCII with nothing to escape (a version, a type, a timestamp) goes as it is.
     let plain =
-        |b: &u8| matches!(b, b' '..=b'~') && !matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&');
+        |b: &u8| matches!(b, b' '..=b'~') && !matches!(b, b'"' | b'\\') && !GO_ESCAPES.contains(b);
     if s.as_bytes().iter().all(plain) {
         out.reserve(s.len() + 2);
         out.push(b'"');

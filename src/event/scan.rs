@@ -6,6 +6,7 @@
 //! would write (no whitespace between tokens, nothing inside a string that Go escapes), so an
 //! event can keep those bytes as they are instead of compacting them again.
 
+use super::gojson::GO_ESCAPES;
 use std::borrow::Cow;
 use std::fmt;
 
@@ -138,8 +139,8 @@ const ORDINARY: u8 = 0;
 const QUOTE: u8 = 1;
 const BACKSLASH: u8 = 2;
 const CONTROL: u8 = 3;
-/// `<`, `>`, `&`, and 0xE2, the first byte of U+2028 and U+2029 (and of other characters, which
-/// only costs a compaction that changes nothing).
+/// One of [`GO_ESCAPES`] (0xE2 also starts other characters, which only costs a compaction that
+/// changes nothing).
 const GO_ESCAPED: u8 = 4;
 
 const IN_STRING: [u8; 256] = {
@@ -151,10 +152,11 @@ const IN_STRING: [u8; 256] = {
     }
     t[b'"' as usize] = QUOTE;
     t[b'\\' as usize] = BACKSLASH;
-    t[b'<' as usize] = GO_ESCAPED;
-    t[b'>' as usize] = GO_ESCAPED;
-    t[b'&' as usize] = GO_ESCAPED;
-    t[0xE2] = GO_ESCAPED;
+    let mut i = 0;
+    while i < GO_ESCAPES.len() {
+        t[GO_ESCAPES[i] as usize] = GO_ESCAPED;
+        i += 1;
+    }
     t
 };
 
@@ -188,13 +190,8 @@ fn lookouts(w: u64) -> u64 {
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let below = |v: u64, n: u8| v.wrapping_sub(ONES * n as u64) & !v & HIGH;
     let equal = |c: u8| below(w ^ (ONES * c as u64), 1);
-    below(w, 0x20)
-        | equal(b'"')
-        | equal(b'\\')
-        | equal(b'<')
-        | equal(b'>')
-        | equal(b'&')
-        | equal(0xE2)
+    let [lt, gt, amp, e2] = GO_ESCAPES;
+    below(w, 0x20) | equal(b'"') | equal(b'\\') | equal(lt) | equal(gt) | equal(amp) | equal(e2)
 }
 
 impl<'a> Scanner<'a> {
@@ -329,25 +326,18 @@ impl<'a> Scanner<'a> {
         loop {
             // A value starts here.
             match self.peek() {
-                Some(b'{') => {
+                Some(open @ (b'{' | b'[')) => {
+                    let object = open == b'{';
                     self.at += 1;
                     self.whitespace();
-                    if self.peek() == Some(b'}') {
+                    if self.peek() == Some(if object { b'}' } else { b']' }) {
                         self.at += 1;
                     } else {
-                        nesting.push(true);
-                        self.key()?;
-                        self.whitespace();
-                        continue;
-                    }
-                }
-                Some(b'[') => {
-                    self.at += 1;
-                    self.whitespace();
-                    if self.peek() == Some(b']') {
-                        self.at += 1;
-                    } else {
-                        nesting.push(false);
+                        nesting.push(object);
+                        if object {
+                            self.key()?;
+                            self.whitespace();
+                        }
                         continue;
                     }
                 }
