@@ -343,6 +343,16 @@ fn check_accepts_the_examples_and_names_a_typo() {
         err.contains("sinks.0.body") && !err.contains("topsecret"),
         "{err}"
     );
+    // The body's framing is flagtail's: a configured Content-Length would break the request.
+    let config = s.config("  - name: hook\n    url: http://127.0.0.1:9/\n    headers: {Content-Length: \"12\", Transfer-Encoding: chunked}\n");
+    let (code, _, err) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("sinks.0.headers")
+            && err.contains("Content-Length is set by flagtail")
+            && err.contains("Transfer-Encoding is set by flagtail"),
+        "{err}"
+    );
     let config = s.config("  - name: hook\n    url: http://127.0.0.1:9/\n    signing_secret: topsecret\n    headers: {Authorization: \"Bearer tok123\"}\n");
     let (code, out, _) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 0);

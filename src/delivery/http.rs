@@ -10,17 +10,21 @@
 
 use super::retry::Attempt;
 use crate::sink::Webhook;
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
+use http::StatusCode;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use std::io::IoSlice;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Context;
 use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tower_service::Service;
 
 /// Opens TCP or TLS connections to a sink's receiver.
@@ -90,81 +94,306 @@ pub async fn probe(connector: &Connector, hook: &Webhook) -> Result<(), String> 
     }
 }
 
-/// One worker's connection to a sink's receiver, opened when first needed. The worker drives it
-/// itself while a request is out (no connection task to hand each request to and back).
+/// One worker's connection to a sink's receiver, opened when first needed and kept alive between
+/// requests while the receiver keeps it.
 pub struct Connection {
     connector: Connector,
     open: Option<Open>,
+    /// The head of the request being sent (kept for its capacity).
+    head: Vec<u8>,
 }
 
-type Failure = Box<dyn std::error::Error + Send + Sync>;
-type Stream = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+/// A connection's byte stream: plain TCP, or TLS (rustls, through the connector's stream).
+type Io = Either<TcpStream, TokioIo<Stream>>;
+type Stream = hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>;
 
-/// An open HTTP/1.1 connection: where requests go in, and the connection itself, which only
-/// moves while it is polled.
+/// An open connection and what has been read from it and not yet used.
 struct Open {
-    sender: SendRequest<Full<Bytes>>,
-    wire: http1::Connection<Stream, Full<Bytes>>,
+    io: Io,
+    read: Vec<u8>,
 }
 
-/// What a request came to: the response's status, `Retry-After`, and its body (or why the body
-/// could not be read).
-type Answer = (StatusCode, Option<Duration>, Result<Vec<u8>, hyper::Error>);
+/// Why an exchange failed before the receiver answered.
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body as far as it was read: whole (or its first [`MAX_RESPONSE_BODY`] bytes), or cut short
+/// (with why).
+type Body = Result<Vec<u8>, String>;
+
+/// What a request came to: the response's status, `Retry-After`, and its body.
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: Body,
+}
 
 impl Open {
     async fn connect(connector: &mut Connector, hook: &Webhook) -> Result<Open, Failure> {
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-        let stream = connector.call(hook.url.clone()).await?;
-        let (sender, wire) = http1::handshake(stream).await?;
-        Ok(Open { sender, wire })
-    }
-
-    /// Runs `work` while driving the connection; `true` with it if the connection ended.
-    async fn drive<T>(
-        wire: &mut http1::Connection<Stream, Full<Bytes>>,
-        work: impl std::future::Future<Output = T>,
-    ) -> (T, bool) {
-        tokio::pin!(work);
-        tokio::select! {
-            biased;
-            out = &mut work => (out, false),
-            _ = wire => (work.await, true),
-        }
-    }
-
-    /// Sends `req` and reads the answer. `Err(Ok(req))`: the connection could not take the
-    /// request before sending any of it (the receiver closed it while idle), so it can go out on
-    /// a new one.
-    async fn exchange(
-        &mut self,
-        req: Request<Full<Bytes>>,
-    ) -> (Result<Answer, Result<Request<Full<Bytes>>, Failure>>, bool) {
-        let Open { sender, wire } = self;
-        let (ready, ended) = Open::drive(wire, sender.ready()).await;
-        if ready.is_err() || ended {
-            return (Err(Ok(req)), true);
-        }
-        let work = async {
-            let resp = match sender.try_send_request(req).await {
-                Ok(resp) => resp,
-                Err(mut e) => {
-                    return Err(match e.take_message() {
-                        Some(req) => Ok(req),
-                        None => Err(Failure::from(e.into_error())),
-                    });
-                }
-            };
-            let status = resp.status();
-            let retry_after = resp
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
-            let body = read_body(resp.into_body()).await;
-            Ok((status, retry_after, body))
+        let io = match connector.call(hook.url.clone()).await? {
+            hyper_rustls::MaybeHttpsStream::Http(tcp) => Either::Left(tcp.into_inner()),
+            tls => Either::Right(TokioIo::new(tls)),
         };
-        Open::drive(wire, work).await
+        Ok(Open {
+            io,
+            read: Vec::with_capacity(1024),
+        })
     }
+
+    /// Whether a kept connection can take a request: the receiver has neither closed it nor
+    /// sent anything unasked while it was idle. Looks without waiting.
+    fn reusable(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.read.is_empty()
+            && Pin::new(&mut self.io)
+                .poll_read(&mut cx, &mut buf)
+                .is_pending()
+    }
+
+    /// Writes the request and reads the answer; `true` with it if the connection can be kept.
+    async fn exchange(&mut self, head: &[u8], body: &[u8]) -> Result<(Answer, bool), Failure> {
+        let mut parts = [IoSlice::new(head), IoSlice::new(body)];
+        let mut left = &mut parts[..];
+        while !left.is_empty() {
+            let n = self.io.write_vectored(left).await?;
+            if n == 0 {
+                return Err("the connection took no more bytes".into());
+            }
+            IoSlice::advance_slices(&mut left, n);
+        }
+        self.io.flush().await?;
+        let head = loop {
+            let head = self.read_head().await?;
+            if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err("the receiver switched protocols".into());
+            }
+            // Interim answers (100 Continue, 103 Early Hints) come before the real one.
+            if !head.status.is_informational() {
+                break head;
+            }
+        };
+        let (body, whole) = match head.framing {
+            _ if head.status == StatusCode::NO_CONTENT
+                || head.status == StatusCode::NOT_MODIFIED =>
+            {
+                (Ok(Vec::new()), true)
+            }
+            Framing::Length(n) => {
+                let mut kept = Vec::new();
+                let whole = self.read_body(Some(n), &mut kept).await;
+                (whole.map(|all| (kept, all)))
+                    .map_or_else(|e| (Err(e), false), |(kept, all)| (Ok(kept), all))
+            }
+            Framing::Chunked => {
+                let mut kept = Vec::new();
+                self.read_chunked(&mut kept)
+                    .await
+                    .map_or_else(|e| (Err(e), false), |all| (Ok(kept), all))
+            }
+            Framing::UntilClose => {
+                // Whatever came before the close is the body.
+                let mut kept = Vec::new();
+                let _ = self.read_body(None, &mut kept).await;
+                (Ok(kept), false)
+            }
+        };
+        let keep = head.keep_alive && whole && self.read.is_empty();
+        let answer = Answer {
+            status: head.status,
+            retry_after: head.retry_after,
+            body,
+        };
+        Ok((answer, keep))
+    }
+
+    /// Reads more bytes into `read`; `false` at the end of the stream.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        if self.read.capacity() - self.read.len() < 512 {
+            self.read.reserve(4096);
+        }
+        Ok(self.io.read_buf(&mut self.read).await? > 0)
+    }
+
+    /// Reads and parses a response head, and takes it out of `read`.
+    async fn read_head(&mut self) -> Result<Head, Failure> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(&self.read) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let head = Head::of(&response)?;
+                    self.read.drain(..len);
+                    return Ok(head);
+                }
+                Ok(httparse::Status::Partial) if self.read.len() >= MAX_RESPONSE_HEAD => {
+                    return Err("the response head is over 64 KiB".into());
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => return Err(format!("the response is not HTTP/1.1: {e}").into()),
+            }
+            if !self.fill().await? {
+                return Err(match self.read.is_empty() {
+                    true => "the connection closed before a response",
+                    false => "the connection closed within the response head",
+                }
+                .into());
+            }
+        }
+    }
+
+    /// Reads `len` bytes of body (`None`: up to the end of the stream) into `kept`, up to its
+    /// [`MAX_RESPONSE_BODY`]th byte; `Ok(true)` if all of them were read, `Ok(false)` if the
+    /// rest is not waited for (the connection is then closed instead). An error if the stream
+    /// ends early.
+    async fn read_body(&mut self, len: Option<u64>, kept: &mut Vec<u8>) -> Result<bool, String> {
+        let mut left = len.unwrap_or(u64::MAX);
+        loop {
+            let take = self
+                .read
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            let room = MAX_RESPONSE_BODY.saturating_sub(kept.len());
+            kept.extend_from_slice(&self.read[..take.min(room)]);
+            self.read.drain(..take);
+            left -= take as u64;
+            if left == 0 {
+                return Ok(true);
+            }
+            if kept.len() >= MAX_RESPONSE_BODY {
+                return Ok(false);
+            }
+            match self.fill().await {
+                Ok(true) => {}
+                Ok(false) if len.is_none() => return Ok(false),
+                Ok(false) => {
+                    return Err(format!(
+                        "the connection closed {left} bytes before the body's end"
+                    ));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// Reads a chunked body to its end (trailers included) into `kept`, up to its
+    /// [`MAX_RESPONSE_BODY`]th byte; as [`Open::read_body`].
+    async fn read_chunked(&mut self, kept: &mut Vec<u8>) -> Result<bool, String> {
+        loop {
+            let line = self.read_line().await?;
+            let size = parse_chunk_size(&line).ok_or("a chunk's size is not hex")?;
+            if size == 0 {
+                // Trailers, up to the blank line.
+                while !self.read_line().await?.is_empty() {}
+                return Ok(true);
+            }
+            if !self.read_body(Some(size), kept).await? {
+                return Ok(false);
+            }
+            if !self.read_line().await?.is_empty() {
+                return Err("a chunk is longer than its size".into());
+            }
+        }
+    }
+
+    /// Reads one line of a chunked body, without its line end; at most 4 KiB.
+    async fn read_line(&mut self) -> Result<Vec<u8>, String> {
+        loop {
+            if let Some(end) = memchr::memchr(b'\n', &self.read) {
+                let mut line: Vec<u8> = self.read.drain(..=end).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(line);
+            }
+            if self.read.len() > 4096 {
+                return Err("a line of the chunked body is over 4 KiB".into());
+            }
+            match self.fill().await {
+                Ok(true) => {}
+                Ok(false) => return Err("the connection closed within a chunked body".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// The most headers a response may have.
+const MAX_HEADERS: usize = 64;
+/// The most a response head may take.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// How a response's body ends.
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// Neither a length nor chunks: the body runs to the end of the connection.
+    UntilClose,
+}
+
+/// What the exchange needs of a response head.
+struct Head {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    framing: Framing,
+    /// The receiver keeps the connection open after this response.
+    keep_alive: bool,
+}
+
+impl Head {
+    fn of(response: &httparse::Response) -> Result<Head, Failure> {
+        let status = response
+            .code
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or("the response has no valid status")?;
+        let http10 = response.version == Some(0);
+        let (mut length, mut coding, mut close, mut keep) = (None, None, false, false);
+        let mut retry_after = None;
+        for h in response.headers.iter() {
+            let value = std::str::from_utf8(h.value).unwrap_or("");
+            let tokens = || value.split(',').map(str::trim);
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let n = value.trim().parse::<u64>().ok();
+                if n.is_none() || length.is_some_and(|l| Some(l) != n) {
+                    return Err("the response's Content-Length is not one number".into());
+                }
+                length = n;
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                // The last coding decides; only chunked has an end of its own.
+                coding = tokens().next_back().map(|c| c.eq_ignore_ascii_case("chunked"));
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                close |= tokens().any(|t| t.eq_ignore_ascii_case("close"));
+                keep |= tokens().any(|t| t.eq_ignore_ascii_case("keep-alive"));
+            } else if h.name.eq_ignore_ascii_case("retry-after") {
+                retry_after = parse_retry_after(value);
+            }
+        }
+        // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
+        let framing = match (coding, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+        };
+        Ok(Head {
+            status,
+            retry_after,
+            framing,
+            // HTTP/1.0 closes unless it says keep-alive.
+            keep_alive: !close && (!http10 || keep),
+        })
+    }
+}
+
+/// A chunk-size line's size (extensions after `;` ignored).
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(line).ok()?;
+    let size = text.split(';').next()?.trim();
+    if size.is_empty() || size.len() > 15 {
+        return None;
+    }
+    u64::from_str_radix(size, 16).ok()
 }
 
 impl Connection {
@@ -172,31 +401,37 @@ impl Connection {
         Connection {
             connector,
             open: None,
+            head: Vec::new(),
         }
     }
 
-    /// POSTs `body` with `headers` to the sink's receiver, within the sink's `timeout`.
-    pub async fn post(&mut self, hook: &Webhook, headers: HeaderMap, body: Bytes) -> Attempt {
+    /// POSTs `body` to the sink's receiver with the headers of delivery `key` (signed at
+    /// `unix_secs`), within the sink's `timeout`.
+    pub async fn post(
+        &mut self,
+        hook: &Webhook,
+        key: &str,
+        unix_secs: u64,
+        body: &[u8],
+    ) -> Attempt {
         let shown = &hook.shown;
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = hook.target.clone();
-        *req.headers_mut() = headers;
-        let outcome = tokio::time::timeout(hook.timeout, self.send(hook, req)).await;
-        if !matches!(outcome, Ok(Ok((_, _, Ok(_))))) {
-            // The connection's state is unknown: the next attempt opens a new one.
-            self.open = None;
-        }
+        hook.write_head(&mut self.head, body, key, unix_secs);
+        let outcome = tokio::time::timeout(hook.timeout, self.send(hook, body)).await;
         match outcome {
-            // A 2xx cut short (fewer bytes than its Content-Length, a broken chunk) is not an
-            // answer: the receiver may not have taken the event. Any other status stands as it is.
-            Ok(Ok((status, _, Err(e)))) if status.is_success() => Attempt::Retry {
-                reason: format!(
-                    "POST {shown}: {status} but the response was cut short: {}",
-                    error_chain(&e)
-                ),
+            Ok(Ok(answer)) => match answer.body {
+                Ok(body) => classify(answer.status, answer.retry_after, &body, shown),
+                // A 2xx cut short (fewer bytes than its Content-Length, a broken chunk) is not
+                // an answer: the receiver may not have taken the event.
+                Err(e) if answer.status.is_success() => Attempt::Retry {
+                    reason: format!(
+                        "POST {shown}: {} but the response was cut short: {e}",
+                        answer.status
+                    ),
+                },
+                // Any other status stands as it is.
+                Err(_) => classify(answer.status, answer.retry_after, b"", shown),
             },
-            Ok(Ok((status, retry_after, Err(_)))) => classify(status, retry_after, b"", shown),
+            // The connection was dropped with the request: the next attempt opens a new one.
             Err(_) => Attempt::Retry {
                 reason: format!(
                     "POST {shown}: no response within {}",
@@ -206,58 +441,27 @@ impl Connection {
             Ok(Err(e)) => Attempt::Retry {
                 reason: format!("POST {shown}: {}", error_chain(e.as_ref())),
             },
-            Ok(Ok((status, retry_after, Ok(body)))) => classify(status, retry_after, &body, shown),
         }
     }
 
-    /// Sends `req` on the open connection, or on a new one if there is none or the open one
-    /// could not take it before sending anything (the receiver closed it while it was idle).
-    async fn send(
-        &mut self,
-        hook: &Webhook,
-        mut req: Request<Full<Bytes>>,
-    ) -> Result<Answer, Failure> {
-        for fresh in [false, true] {
-            let open = match self.open.take() {
-                Some(open) if !fresh => open,
-                // Boxed: connecting (TLS included) is the biggest state of this future, and
-                // is rare; inline, every request would move it around.
-                _ => Box::pin(Open::connect(&mut self.connector, hook)).await?,
-            };
-            let open = self.open.insert(open);
-            let (result, ended) = open.exchange(req).await;
-            if ended {
-                self.open = None;
-            }
-            match result {
-                Ok(answer) => return Ok(answer),
-                Err(Ok(back)) if !fresh => {
-                    self.open = None;
-                    req = back;
-                }
-                Err(Ok(_)) => return Err("the new connection could not take the request".into()),
-                Err(Err(e)) => return Err(e),
-            }
+    /// Sends the request on the kept connection, or on a new one if there is none or the
+    /// receiver closed it while it was idle; keeps the connection if the receiver does.
+    async fn send(&mut self, hook: &Webhook, body: &[u8]) -> Result<Answer, Failure> {
+        if self.open.as_mut().is_some_and(|open| !open.reusable()) {
+            self.open = None;
         }
-        Err("no connection could take the request".into())
-    }
-}
-
-/// Reads a response body to its end (so the connection can be kept) or to its first
-/// [`MAX_RESPONSE_BODY`] bytes, whichever comes first (the rest is not waited for; the connection
-/// is then closed). An error if the body ends early.
-async fn read_body(mut body: hyper::body::Incoming) -> Result<Vec<u8>, hyper::Error> {
-    let mut kept = Vec::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            let room = MAX_RESPONSE_BODY.saturating_sub(kept.len());
-            kept.extend_from_slice(&data[..room.min(data.len())]);
-            if room < data.len() {
-                break;
-            }
+        let mut open = match self.open.take() {
+            Some(open) => open,
+            // Boxed: connecting (TLS included) is the biggest state of this future, and is
+            // rare; inline, every request would move it around.
+            _ => Box::pin(Open::connect(&mut self.connector, hook)).await?,
+        };
+        let (answer, keep) = open.exchange(&self.head, body).await?;
+        if keep {
+            self.open = Some(open);
         }
+        Ok(answer)
     }
-    Ok(kept)
 }
 
 fn classify(
@@ -314,6 +518,273 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::Output;
+    use tokio::io::AsyncWriteExt;
+    use tokio::sync::mpsc;
+
+    /// A receiver on 127.0.0.1 that answers the requests on its Nth connection with the raw
+    /// answers of `script[N]`, one per request, then closes that connection. Reports each
+    /// request (its head and body) and each closed connection.
+    struct Receiver {
+        port: u16,
+        heard: mpsc::UnboundedReceiver<Heard>,
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Heard {
+        Request {
+            connection: usize,
+            head: String,
+            body: Vec<u8>,
+        },
+        Closed(usize),
+    }
+
+    impl Receiver {
+        async fn start(script: Vec<Vec<&'static str>>) -> Receiver {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let (tell, heard) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                for (connection, answers) in script.into_iter().enumerate() {
+                    let (mut io, _) = listener.accept().await.unwrap();
+                    let tell = tell.clone();
+                    tokio::spawn(async move {
+                        let mut read = Vec::new();
+                        for answer in answers {
+                            let Some((head, body)) = read_request(&mut io, &mut read).await else {
+                                break;
+                            };
+                            let _ = tell.send(Heard::Request {
+                                connection,
+                                head,
+                                body,
+                            });
+                            if io.write_all(answer.as_bytes()).await.is_err() {
+                                break;
+                            }
+                        }
+                        drop(io);
+                        let _ = tell.send(Heard::Closed(connection));
+                    });
+                }
+            });
+            Receiver { port, heard }
+        }
+
+        /// A webhook sink sending to this receiver.
+        fn hook(&self) -> Box<Webhook> {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("flagtail.yaml");
+            let yaml = format!(
+                "sources: [{{name: s, file: {}/a.log}}]\nsinks: [{{name: r, url: 'http://127.0.0.1:{}/in?x=1', signing_secret: s3cret}}]\n",
+                dir.path().display(),
+                self.port
+            );
+            std::fs::write(&path, yaml).unwrap();
+            let config = crate::config::Config::load(&path).unwrap();
+            let sink = crate::sink::Sink::build(0, &config.file.sinks[0]).unwrap();
+            match sink.output {
+                Output::Webhook(hook) => hook,
+                _ => unreachable!(),
+            }
+        }
+
+        async fn next(&mut self) -> Heard {
+            self.heard.recv().await.unwrap()
+        }
+    }
+
+    /// Reads one request (head to the blank line, then its `content-length` bytes).
+    async fn read_request(io: &mut TcpStream, read: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+        loop {
+            if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(read[..end].to_vec()).unwrap();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                while read.len() < end + 4 + len {
+                    if io.read_buf(read).await.ok()? == 0 {
+                        return None;
+                    }
+                }
+                let body = read[end + 4..end + 4 + len].to_vec();
+                read.drain(..end + 4 + len);
+                return Some((head, body));
+            }
+            if io.read_buf(read).await.ok()? == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// What an attempt came to, short: `delivered`, `refused CODE: REASON`, `retry: REASON`.
+    fn said(attempt: Attempt) -> String {
+        match attempt {
+            Attempt::Delivered => "delivered".into(),
+            Attempt::Refused {
+                status,
+                reason,
+                retry_after,
+            } => {
+                format!("refused {status} {retry_after:?}: {reason}")
+            }
+            Attempt::Retry { reason } => format!("retry: {reason}"),
+            Attempt::Final { reason, .. } => format!("final: {reason}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_carries_its_signed_head_and_the_body_as_written() {
+        let mut receiver = Receiver::start(vec![vec!["HTTP/1.1 204 No Content\r\n\r\n"]]).await;
+        let hook = receiver.hook();
+        let mut conn = Connection::new(connector(None).unwrap());
+        let body = br#"{"a":1}"#;
+        assert_eq!(said(conn.post(&hook, "s-k-1", 7, body).await), "delivered");
+        let Heard::Request {
+            head, body: got, ..
+        } = receiver.next().await
+        else {
+            panic!("no request");
+        };
+        assert_eq!(got, body);
+        let lines: Vec<&str> = head.lines().collect();
+        assert_eq!(lines[0], "POST /in?x=1 HTTP/1.1");
+        let sig = crate::hex::encode(
+            ring::hmac::sign(
+                &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3cret"),
+                body,
+            )
+            .as_ref(),
+        );
+        for want in [
+            format!("host: 127.0.0.1:{}", receiver.port),
+            "content-type: application/json".into(),
+            "idempotency-key: s-k-1".into(),
+            format!("x-flipt-webhook-signature: {sig}"),
+            "content-length: 7".into(),
+        ] {
+            assert!(lines.contains(&want.as_str()), "{want} not in {head}");
+        }
+    }
+
+    #[tokio::test]
+    async fn interim_and_chunked_answers_keep_the_connection_until_the_receiver_closes_it() {
+        let mut receiver = Receiver::start(vec![
+            vec![
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: 1\r\n\r\n",
+                "HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok",
+            ],
+            vec!["HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"],
+        ])
+        .await;
+        let hook = receiver.hook();
+        let mut conn = Connection::new(connector(None).unwrap());
+        let mut connections = Vec::new();
+        for _ in 0..2 {
+            assert_eq!(said(conn.post(&hook, "k", 0, b"x").await), "delivered");
+            match receiver.next().await {
+                Heard::Request { connection, .. } => connections.push(connection),
+                other => panic!("{other:?}"),
+            }
+        }
+        // The receiver closes the first connection while it is idle: the next request goes out
+        // on a new one, at its first attempt.
+        assert_eq!(receiver.next().await, Heard::Closed(0));
+        assert_eq!(said(conn.post(&hook, "k", 0, b"x").await), "delivered");
+        match receiver.next().await {
+            Heard::Request { connection, .. } => connections.push(connection),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(connections, [0, 0, 1]);
+    }
+
+    #[tokio::test]
+    async fn connection_close_and_http_1_0_answers_are_not_kept() {
+        // Were either connection reused, its second answer (a 500) would be read.
+        let receiver = Receiver::start(vec![
+            vec![
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n",
+            ],
+            vec![
+                "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+                "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n",
+            ],
+            vec!["HTTP/1.1 204 No Content\r\n\r\n"],
+        ])
+        .await;
+        let hook = receiver.hook();
+        let mut conn = Connection::new(connector(None).unwrap());
+        for _ in 0..3 {
+            assert_eq!(said(conn.post(&hook, "k", 0, b"x").await), "delivered");
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_quote_their_body_and_broken_answers_are_retried() {
+        let receiver = Receiver::start(vec![
+            vec!["HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnope\r\n0\r\n\r\n"],
+            vec!["HTTP/1.1 503 Busy\r\nRetry-After: 7\r\n\r\nbusy"],
+            vec!["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"],
+            vec!["HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab"],
+            vec!["SSH-2.0-OpenSSH_9.2\r\n\r\n"],
+            vec!["HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"],
+            vec![""],
+        ])
+        .await;
+        let hook = receiver.hook();
+        let mut conn = Connection::new(connector(None).unwrap());
+        let mut got = Vec::new();
+        for _ in 0..7 {
+            got.push(said(conn.post(&hook, "k", 0, b"x").await));
+        }
+        let shown = &hook.shown;
+        assert_eq!(
+            got,
+            [
+                format!("refused 400 None: POST {shown}: 400 Bad Request: nope"),
+                format!("refused 503 Some(7s): POST {shown}: 503 Service Unavailable: busy"),
+                format!(
+                    "retry: POST {shown}: 200 OK but the response was cut short: the connection closed 3 bytes before the body's end"
+                ),
+                format!(
+                    "retry: POST {shown}: 200 OK but the response was cut short: the connection closed 8 bytes before the body's end"
+                ),
+                format!("retry: POST {shown}: the response is not HTTP/1.1: invalid HTTP version"),
+                format!("retry: POST {shown}: the response's Content-Length is not one number"),
+                format!("retry: POST {shown}: the connection closed before a response"),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_answer_is_read_up_to_its_limit_and_its_connection_not_kept() {
+        static LONG: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+        let long = LONG.get_or_init(|| {
+            let body = "y".repeat(MAX_RESPONSE_BODY * 4);
+            Box::leak(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_boxed_str(),
+            )
+        });
+        let receiver = Receiver::start(vec![
+            vec![long, "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"],
+            vec!["HTTP/1.1 204 No Content\r\n\r\n"],
+        ])
+        .await;
+        let hook = receiver.hook();
+        let mut conn = Connection::new(connector(None).unwrap());
+        for _ in 0..2 {
+            assert_eq!(said(conn.post(&hook, "k", 0, b"x").await), "delivered");
+        }
+    }
 
     #[test]
     fn success_is_delivered_and_any_other_status_is_a_refusal_with_its_code() {

@@ -456,8 +456,7 @@ async fn send(
         }
         let attempt = match (&sink.output, &mut *link) {
             (Output::Webhook(hook), Link::Http(conn)) => {
-                let headers = hook.headers_for(&body, &key, unix_now());
-                conn.post(hook, headers, body.clone()).await
+                conn.post(hook, &key, unix_now(), &body).await
             }
             (Output::Nats(bus), Link::Nats(publisher)) => {
                 let headers = crate::sink::signed_headers(

@@ -14,7 +14,9 @@ pub mod sign;
 
 use crate::config::{Config, ConfigError, SinkKind, SinkSection};
 use crate::record::Record;
-use ::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use ::http::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING, USER_AGENT,
+};
 use base64::Engine;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,8 +74,9 @@ pub struct FileOutput {
 pub struct Webhook {
     /// Where to connect (scheme, host, port), user info removed.
     pub url: ::http::Uri,
-    /// The request line's target: the URL's path and query.
-    pub target: ::http::Uri,
+    /// The request line (`POST` and the URL's path and query) and the headers every request
+    /// carries, written once; each attempt adds its own (see [`Webhook::write_head`]).
+    pub head: Vec<u8>,
     /// The URL with its path masked, for logs and errors.
     pub shown: String,
     /// Configured headers plus `Content-Type` and `User-Agent`.
@@ -207,6 +210,48 @@ impl Webhook {
     pub fn headers_for(&self, body: &[u8], key: &str, unix_secs: u64) -> HeaderMap {
         signed_headers(&self.headers, self.signer.as_ref(), body, key, unix_secs)
     }
+
+    /// Writes into `out` the HTTP/1.1 head of one attempt to send `body`: the same headers as
+    /// [`Webhook::headers_for`], then `Content-Length`, then the blank line.
+    pub fn write_head(&self, out: &mut Vec<u8>, body: &[u8], key: &str, unix_secs: u64) {
+        out.clear();
+        out.extend_from_slice(&self.head);
+        let mut header = |name: &str, value: &str| {
+            if HeaderValue::from_str(value).is_ok() {
+                for part in [name, ": ", value, "\r\n"] {
+                    out.extend_from_slice(part.as_bytes());
+                }
+            }
+        };
+        header(IDEMPOTENCY_KEY, key);
+        if let Some(signer) = &self.signer {
+            for (name, value) in signer.headers(body, key, unix_secs) {
+                header(name, &value);
+            }
+        }
+        use std::io::Write;
+        let _ = write!(out, "content-length: {}\r\n\r\n", body.len());
+    }
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The request line and the headers of `headers` that no attempt sets itself (the idempotency
+/// key and the signature headers replace configured ones of the same name).
+fn request_head(target: &str, headers: &HeaderMap, signer: Option<&sign::Signer>) -> Vec<u8> {
+    let mut head = format!("POST {target} HTTP/1.1\r\n").into_bytes();
+    let per_attempt = |name: &str| {
+        name == IDEMPOTENCY_KEY || signer.is_some_and(|s| s.header_names().contains(&name))
+    };
+    for (name, value) in headers {
+        if !per_attempt(name.as_str()) {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+    }
+    head
 }
 
 /// `base` plus `Idempotency-Key` and, with a signer, the signature headers of `body`.
@@ -219,7 +264,7 @@ pub fn signed_headers(
 ) -> HeaderMap {
     let mut h = base.clone();
     if let Ok(v) = HeaderValue::from_str(key) {
-        h.insert(HeaderName::from_static("idempotency-key"), v);
+        h.insert(HeaderName::from_static(IDEMPOTENCY_KEY), v);
     }
     if let Some(signer) = signer {
         for (name, value) in signer.headers(body, key, unix_secs) {
@@ -270,17 +315,15 @@ fn build_webhook(
             headers.insert(::http::header::HOST, v);
         }
     }
-    let target = url.path_and_query().map_or_else(
-        || ::http::Uri::from_static("/"),
-        |pq| {
-            pq.as_str()
-                .parse()
-                .unwrap_or_else(|_| ::http::Uri::from_static("/"))
-        },
-    );
+    let target = match url.path_and_query().map(|pq| pq.as_str()) {
+        Some(t) if t.starts_with('/') => t.to_string(),
+        Some(t) => format!("/{t}"),
+        None => "/".to_string(),
+    };
+    let head = request_head(&target, &headers, signer.as_ref());
     Some(Webhook {
         url,
-        target,
+        head,
         shown: url_text.redacted(),
         headers,
         signer,
@@ -301,6 +344,11 @@ fn base_headers(
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value.expose()),
         ) {
+            // The body's framing is flagtail's to write.
+            (Ok(n), _) if n == CONTENT_LENGTH || n == TRANSFER_ENCODING => errors.push(format!(
+                "{}: {name} is set by flagtail from the body",
+                at("headers")
+            )),
             (Ok(n), Ok(mut v)) => {
                 v.set_sensitive(true);
                 headers.insert(n, v);

@@ -56,6 +56,16 @@ impl Signer {
         Ok(Signer { scheme, keys })
     }
 
+    /// The names of the headers [`Signer::headers`] makes.
+    pub fn header_names(&self) -> &'static [&'static str] {
+        match self.scheme {
+            SignatureScheme::Flipt => &[FLIPT_HEADER],
+            SignatureScheme::StandardWebhooks => {
+                &["webhook-id", "webhook-timestamp", "webhook-signature"]
+            }
+        }
+    }
+
     /// Headers that sign `body`; `id` is the delivery's stable id, `unix_secs` the attempt's time.
     /// Flipt's signature is made with the newest key; Standard Webhooks carries one `v1,`
     /// signature per key, space-separated, so receivers can rotate without a gap.
