@@ -203,16 +203,25 @@ async fn https_works_only_when_ca_file_names_the_test_ca() {
         reasons[0].to_lowercase().contains("certificate"),
         "{reasons:?}"
     );
-    // With it, the same receiver is trusted.
-    append(&s.log(), &flipt_line(2, Encoding::Json).0);
+    // With it, the same receiver is trusted, and one connection carries every event in turn
+    // (the receiver's session tickets do not make it look unusable).
+    for i in 2..12 {
+        append(&s.log(), &flipt_line(i, Encoding::Json).0);
+    }
+    // (A sink of another name: the first one's dead letter would be replayed on a second
+    // connection.)
     let with_ca = webhook_sink(
         &rx.url("/tls"),
-        &format!("    ca_file: {}\n", ca_path.display()),
-    );
+        &format!("    ca_file: {}\n    concurrency: 1\n", ca_path.display()),
+    )
+    .replace("name: hook", "name: tls");
+    let before = rx.connections();
     let mut ft = Flagtail::start(&s.config(&with_ca));
-    let got = rx.wait_delivered(1).await;
+    let got = rx.wait_delivered(10).await;
     ft.terminate().await;
-    assert_eq!(key_of(&got[0].body), "flag-2");
+    let keys: Vec<String> = got.iter().map(|r| key_of(&r.body)).collect();
+    assert_eq!(keys, flag_keys(2..12).collect::<Vec<_>>());
+    assert_eq!(rx.connections() - before, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,14 +352,16 @@ fn check_accepts_the_examples_and_names_a_typo() {
         err.contains("sinks.0.body") && !err.contains("topsecret"),
         "{err}"
     );
-    // The body's framing is flagtail's: a configured Content-Length would break the request.
-    let config = s.config("  - name: hook\n    url: http://127.0.0.1:9/\n    headers: {Content-Length: \"12\", Transfer-Encoding: chunked}\n");
+    // The body's framing and the connection are flagtail's: a configured Content-Length would
+    // break the request.
+    let config = s.config("  - name: hook\n    url: http://127.0.0.1:9/\n    headers: {Content-Length: \"12\", Transfer-Encoding: chunked, Connection: close}\n");
     let (code, _, err) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(
         err.contains("sinks.0.headers")
-            && err.contains("Content-Length is set by flagtail")
-            && err.contains("Transfer-Encoding is set by flagtail"),
+            && err.contains("content-length is set by flagtail")
+            && err.contains("transfer-encoding is set by flagtail")
+            && err.contains("connection is set by flagtail"),
         "{err}"
     );
     let config = s.config("  - name: hook\n    url: http://127.0.0.1:9/\n    signing_secret: topsecret\n    headers: {Authorization: \"Bearer tok123\"}\n");

@@ -1,12 +1,19 @@
 //! The HTTP side of webhook sinks: one worker's connection and one attempt at a request.
 //!
-//! Each delivery worker owns one HTTP/1.1 connection (hyper's `client::conn::http1`) to its sink's
-//! receiver, kept alive between requests and opened again when the receiver closes it or an
-//! attempt fails; a request the connection could not take before sending anything goes out at once
-//! on a new one. TLS is rustls (ring provider) trusting the webpki roots plus a sink's `ca_file`.
+//! Each delivery worker owns one HTTP/1.1 connection to its sink's receiver and speaks the
+//! protocol itself: the sink's request line and fixed headers are written once at start-up, each
+//! attempt adds its key, signature and length and goes out in one vectored write, and the answer
+//! is parsed with `httparse` (length, chunks or read-to-close; interim 1xx answers skipped). The
+//! connection is kept while the receiver keeps it; before a kept one is reused the kernel is
+//! asked whether the receiver closed it or sent anything unasked, so a stale answer is never
+//! taken for a new request's. Everything a receiver controls is bounded (head 64 KiB, kept body
+//! 64 KiB, 8 interim answers, chunk lines 4 KiB, trailers 16 KiB), and the whole attempt runs
+//! within the sink's `timeout`. Connecting (DNS, TCP, TLS) is hyper-rustls' connector: rustls
+//! (ring provider) trusting the webpki roots plus a sink's `ca_file`.
+//!
 //! An attempt ends in one of three ways (SPEC §4): delivered (2xx), worth retrying (connection
-//! errors, timeouts, 408, 429, 5xx except 501; with the receiver's `Retry-After`), or final (any
-//! other status).
+//! errors, timeouts, a 2xx cut short, 408, 429, 5xx except 501; with the receiver's
+//! `Retry-After`), or final (any other status).
 
 use super::retry::Attempt;
 use crate::sink::Webhook;
@@ -17,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use std::io::IoSlice;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -110,7 +118,11 @@ type Stream = hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>;
 /// An open connection and what has been read from it and not yet used.
 struct Open {
     io: Io,
+    /// The TCP socket under `io`, looked at without reading (see [`Open::reusable`]).
+    socket: RawFd,
+    /// Bytes read; those before `at` are used.
     read: Vec<u8>,
+    at: usize,
 }
 
 /// Why an exchange failed before the receiver answered.
@@ -127,33 +139,128 @@ struct Answer {
     body: Body,
 }
 
+/// How many interim (1xx) answers may come before the real one.
+const MAX_INTERIM: usize = 8;
+/// The most a line of a chunked body may take, and all its trailers together.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// A read buffer grown past this (by a long response head) is let go after the exchange.
+const KEPT_READ_BUFFER: usize = 16 * 1024;
+
 impl Open {
     async fn connect(connector: &mut Connector, hook: &Webhook) -> Result<Open, Failure> {
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-        let io = match connector.call(hook.url.clone()).await? {
-            hyper_rustls::MaybeHttpsStream::Http(tcp) => Either::Left(tcp.into_inner()),
-            tls => Either::Right(TokioIo::new(tls)),
+        let (io, socket) = match connector.call(hook.url.clone()).await? {
+            hyper_rustls::MaybeHttpsStream::Http(tcp) => {
+                let tcp = tcp.into_inner();
+                let socket = tcp.as_raw_fd();
+                (Either::Left(tcp), socket)
+            }
+            hyper_rustls::MaybeHttpsStream::Https(tls) => {
+                let socket = tls.inner().get_ref().0.inner().inner().as_raw_fd();
+                let tls = hyper_rustls::MaybeHttpsStream::Https(tls);
+                (Either::Right(TokioIo::new(tls)), socket)
+            }
         };
         Ok(Open {
             io,
+            socket,
             read: Vec::with_capacity(1024),
+            at: 0,
         })
     }
 
-    /// Whether a kept connection can take a request: the receiver has neither closed it nor
-    /// sent anything unasked while it was idle. Looks without waiting.
+    /// What has been read and not yet used.
+    fn unread(&self) -> &[u8] {
+        &self.read[self.at..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.at += n;
+    }
+
+    /// Whether the connection can take a request: the receiver has neither closed it nor sent
+    /// anything unasked (a stale answer must never be taken for the next request's). Asks the
+    /// kernel, without waiting and without reading; over TLS, records waiting (a session ticket)
+    /// are handed to rustls, and anything they hold but protocol makes the connection unusable.
     fn reusable(&mut self) -> bool {
-        let mut probe = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut probe);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        self.read.is_empty()
-            && Pin::new(&mut self.io)
-                .poll_read(&mut cx, &mut buf)
-                .is_pending()
+        if !self.unread().is_empty() {
+            return false;
+        }
+        match peek(self.socket) {
+            Peek::Nothing => true,
+            Peek::Closed => false,
+            Peek::Waiting if matches!(self.io, Either::Left(_)) => false,
+            Peek::Waiting => {
+                let mut byte = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut byte);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let read = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(|cx| {
+                    Pin::new(&mut self.io).poll_read(cx, &mut buf)
+                })));
+                read.poll(&mut cx).is_pending() && peek(self.socket) == Peek::Nothing
+            }
+        }
     }
 
     /// Writes the request and reads the answer; `true` with it if the connection can be kept.
     async fn exchange(&mut self, head: &[u8], body: &[u8]) -> Result<(Answer, bool), Failure> {
+        let written = self.write_request(head, body).await;
+        let wrote_all = written.is_ok();
+        let head = match (self.final_head().await, written) {
+            (Ok(head), Ok(())) => head,
+            // A receiver that stops reading may have answered first (413 to a body too big):
+            // that answer stands, unless it claims to have taken what it could not read.
+            (Ok(head), Err(_)) if !head.status.is_success() => head,
+            (_, Err(e)) | (Err(e), Ok(())) => return Err(e),
+        };
+        let (body, whole) = match head.framing {
+            _ if head.status == StatusCode::NO_CONTENT
+                || head.status == StatusCode::NOT_MODIFIED =>
+            {
+                (Ok(Vec::new()), true)
+            }
+            Framing::Length(n) => {
+                let mut kept = Vec::new();
+                match self.read_body(Some(n), &mut kept).await {
+                    Ok(all) => (Ok(kept), all),
+                    Err(e) => (Err(e), false),
+                }
+            }
+            Framing::Chunked => {
+                let mut kept = Vec::new();
+                match self.read_chunked(&mut kept).await {
+                    Ok(all) => (Ok(kept), all),
+                    Err(e) => (Err(e), false),
+                }
+            }
+            Framing::UntilClose => {
+                // The body is what comes before the close; a reset is no close.
+                let mut kept = Vec::new();
+                match self.read_body(None, &mut kept).await {
+                    Ok(_) => (Ok(kept), false),
+                    Err(e) => (Err(e), false),
+                }
+            }
+        };
+        let keep = wrote_all && head.keep_alive && whole && self.unread().is_empty();
+        if keep {
+            self.read.clear();
+            self.at = 0;
+            if self.read.capacity() > KEPT_READ_BUFFER {
+                self.read = Vec::with_capacity(1024);
+            }
+        }
+        let answer = Answer {
+            status: head.status,
+            retry_after: head.retry_after,
+            body,
+        };
+        Ok((answer, keep))
+    }
+
+    /// Writes the head and the body, in one write when the connection takes it.
+    async fn write_request(&mut self, head: &[u8], body: &[u8]) -> Result<(), Failure> {
         let mut parts = [IoSlice::new(head), IoSlice::new(body)];
         let mut left = &mut parts[..];
         while !left.is_empty() {
@@ -164,77 +271,55 @@ impl Open {
             IoSlice::advance_slices(&mut left, n);
         }
         self.io.flush().await?;
-        let head = loop {
+        Ok(())
+    }
+
+    /// The head of the real answer, after any interim ones (100 Continue, 103 Early Hints).
+    async fn final_head(&mut self) -> Result<Head, Failure> {
+        for _ in 0..=MAX_INTERIM {
             let head = self.read_head().await?;
             if head.status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err("the receiver switched protocols".into());
             }
-            // Interim answers (100 Continue, 103 Early Hints) come before the real one.
             if !head.status.is_informational() {
-                break head;
+                return Ok(head);
             }
-        };
-        let (body, whole) = match head.framing {
-            _ if head.status == StatusCode::NO_CONTENT
-                || head.status == StatusCode::NOT_MODIFIED =>
-            {
-                (Ok(Vec::new()), true)
-            }
-            Framing::Length(n) => {
-                let mut kept = Vec::new();
-                let whole = self.read_body(Some(n), &mut kept).await;
-                (whole.map(|all| (kept, all)))
-                    .map_or_else(|e| (Err(e), false), |(kept, all)| (Ok(kept), all))
-            }
-            Framing::Chunked => {
-                let mut kept = Vec::new();
-                self.read_chunked(&mut kept)
-                    .await
-                    .map_or_else(|e| (Err(e), false), |all| (Ok(kept), all))
-            }
-            Framing::UntilClose => {
-                // Whatever came before the close is the body.
-                let mut kept = Vec::new();
-                let _ = self.read_body(None, &mut kept).await;
-                (Ok(kept), false)
-            }
-        };
-        let keep = head.keep_alive && whole && self.read.is_empty();
-        let answer = Answer {
-            status: head.status,
-            retry_after: head.retry_after,
-            body,
-        };
-        Ok((answer, keep))
+        }
+        Err(format!("more than {MAX_INTERIM} interim answers").into())
     }
 
-    /// Reads more bytes into `read`; `false` at the end of the stream.
+    /// Reads more bytes; `false` at the end of the stream.
     async fn fill(&mut self) -> std::io::Result<bool> {
+        if self.at > 0 {
+            self.read.drain(..self.at);
+            self.at = 0;
+        }
         if self.read.capacity() - self.read.len() < 512 {
             self.read.reserve(4096);
         }
         Ok(self.io.read_buf(&mut self.read).await? > 0)
     }
 
-    /// Reads and parses a response head, and takes it out of `read`.
+    /// Reads and parses a response head.
     async fn read_head(&mut self) -> Result<Head, Failure> {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut response = httparse::Response::new(&mut headers);
-            match response.parse(&self.read) {
+            match response.parse(self.unread()) {
+                Ok(httparse::Status::Complete(len)) if len > MAX_RESPONSE_HEAD => {}
                 Ok(httparse::Status::Complete(len)) => {
                     let head = Head::of(&response)?;
-                    self.read.drain(..len);
+                    self.consume(len);
                     return Ok(head);
-                }
-                Ok(httparse::Status::Partial) if self.read.len() >= MAX_RESPONSE_HEAD => {
-                    return Err("the response head is over 64 KiB".into());
                 }
                 Ok(httparse::Status::Partial) => {}
                 Err(e) => return Err(format!("the response is not HTTP/1.1: {e}").into()),
             }
+            if self.unread().len() >= MAX_RESPONSE_HEAD {
+                return Err("the response head is over 64 KiB".into());
+            }
             if !self.fill().await? {
-                return Err(match self.read.is_empty() {
+                return Err(match self.unread().is_empty() {
                     true => "the connection closed before a response",
                     false => "the connection closed within the response head",
                 }
@@ -246,17 +331,17 @@ impl Open {
     /// Reads `len` bytes of body (`None`: up to the end of the stream) into `kept`, up to its
     /// [`MAX_RESPONSE_BODY`]th byte; `Ok(true)` if all of them were read, `Ok(false)` if the
     /// rest is not waited for (the connection is then closed instead). An error if the stream
-    /// ends early.
+    /// ends early or breaks.
     async fn read_body(&mut self, len: Option<u64>, kept: &mut Vec<u8>) -> Result<bool, String> {
         let mut left = len.unwrap_or(u64::MAX);
         loop {
-            let take = self
-                .read
+            let unread = self.unread();
+            let take = unread
                 .len()
                 .min(usize::try_from(left).unwrap_or(usize::MAX));
             let room = MAX_RESPONSE_BODY.saturating_sub(kept.len());
-            kept.extend_from_slice(&self.read[..take.min(room)]);
-            self.read.drain(..take);
+            kept.extend_from_slice(&unread[..take.min(room)]);
+            self.consume(take);
             left -= take as u64;
             if left == 0 {
                 return Ok(true);
@@ -282,33 +367,46 @@ impl Open {
     async fn read_chunked(&mut self, kept: &mut Vec<u8>) -> Result<bool, String> {
         loop {
             let line = self.read_line().await?;
-            let size = parse_chunk_size(&line).ok_or("a chunk's size is not hex")?;
+            let size = line.size.ok_or("a chunk's size is not hex")?;
             if size == 0 {
                 // Trailers, up to the blank line.
-                while !self.read_line().await?.is_empty() {}
-                return Ok(true);
+                let mut trailers = 0;
+                loop {
+                    let line = self.read_line().await?;
+                    if line.empty {
+                        return Ok(true);
+                    }
+                    trailers += line.len;
+                    if trailers > MAX_TRAILERS {
+                        return Err("the trailers are over 16 KiB".into());
+                    }
+                }
             }
             if !self.read_body(Some(size), kept).await? {
                 return Ok(false);
             }
-            if !self.read_line().await?.is_empty() {
+            if !self.read_line().await?.empty {
                 return Err("a chunk is longer than its size".into());
             }
         }
     }
 
-    /// Reads one line of a chunked body, without its line end; at most 4 KiB.
-    async fn read_line(&mut self) -> Result<Vec<u8>, String> {
+    /// Reads (consumes) one CRLF-ended line of a chunked body.
+    async fn read_line(&mut self) -> Result<Line, String> {
         loop {
-            if let Some(end) = memchr::memchr(b'\n', &self.read) {
-                let mut line: Vec<u8> = self.read.drain(..=end).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
+            if let Some(end) = memchr::memchr(b'\n', self.unread()) {
+                let line = match self.unread()[..end].strip_suffix(b"\r") {
+                    Some(text) => Line {
+                        len: end + 1,
+                        empty: text.is_empty(),
+                        size: parse_chunk_size(text),
+                    },
+                    None => return Err("a line of the chunked body does not end in CRLF".into()),
+                };
+                self.consume(line.len);
                 return Ok(line);
             }
-            if self.read.len() > 4096 {
+            if self.unread().len() > MAX_CHUNK_LINE {
                 return Err("a line of the chunked body is over 4 KiB".into());
             }
             match self.fill().await {
@@ -320,8 +418,52 @@ impl Open {
     }
 }
 
+/// A line of a chunked body.
+struct Line {
+    /// Its bytes, CRLF included.
+    len: usize,
+    /// Nothing before the CRLF.
+    empty: bool,
+    /// Read as a chunk-size line.
+    size: Option<u64>,
+}
+
+/// What [`Open::peek`] saw on a socket.
+#[derive(PartialEq)]
+enum Peek {
+    /// Nothing to read: the connection is idle.
+    Nothing,
+    /// The receiver closed the connection (or it failed).
+    Closed,
+    /// Bytes are waiting.
+    Waiting,
+}
+
+/// Looks at `socket` without reading from it or waiting.
+fn peek(socket: RawFd) -> Peek {
+    let mut byte = 0u8;
+    // SAFETY: `socket` is the open socket of a connection this worker holds; one byte is
+    // peeked into a local.
+    let n = unsafe {
+        libc::recv(
+            socket,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Peek::Closed,
+        n if n > 0 => Peek::Waiting,
+        _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
+            Peek::Nothing
+        }
+        _ => Peek::Closed,
+    }
+}
+
 /// The most headers a response may have.
-const MAX_HEADERS: usize = 64;
+const MAX_HEADERS: usize = 100;
 /// The most a response head may take.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
@@ -355,14 +497,23 @@ impl Head {
             let value = std::str::from_utf8(h.value).unwrap_or("");
             let tokens = || value.split(',').map(str::trim);
             if h.name.eq_ignore_ascii_case("content-length") {
-                let n = value.trim().parse::<u64>().ok();
-                if n.is_none() || length.is_some_and(|l| Some(l) != n) {
-                    return Err("the response's Content-Length is not one number".into());
+                // One number, or a list of the same number (RFC 9110 §8.6).
+                for n in tokens() {
+                    let n = n
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                        .then(|| n.parse::<u64>().ok());
+                    match (n.flatten(), length) {
+                        (Some(n), None) => length = Some(n),
+                        (Some(n), Some(l)) if n == l => {}
+                        _ => return Err("the response's Content-Length is not one number".into()),
+                    }
                 }
-                length = n;
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 // The last coding decides; only chunked has an end of its own.
-                coding = tokens().next_back().map(|c| c.eq_ignore_ascii_case("chunked"));
+                coding = tokens()
+                    .next_back()
+                    .map(|c| c.eq_ignore_ascii_case("chunked"));
             } else if h.name.eq_ignore_ascii_case("connection") {
                 close |= tokens().any(|t| t.eq_ignore_ascii_case("close"));
                 keep |= tokens().any(|t| t.eq_ignore_ascii_case("keep-alive"));
@@ -370,30 +521,33 @@ impl Head {
                 retry_after = parse_retry_after(value);
             }
         }
-        // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
+        // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3); a response with both, or
+        // with chunks over HTTP/1.0, is odd enough that its connection is not kept.
         let framing = match (coding, length) {
-            (Some(true), _) => Framing::Chunked,
-            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (Some(true), _) if !http10 => Framing::Chunked,
+            (Some(_), _) | (None, None) => Framing::UntilClose,
             (None, Some(n)) => Framing::Length(n),
         };
+        let odd = coding.is_some() && (length.is_some() || http10);
         Ok(Head {
             status,
             retry_after,
             framing,
             // HTTP/1.0 closes unless it says keep-alive.
-            keep_alive: !close && (!http10 || keep),
+            keep_alive: !close && !odd && (!http10 || keep),
         })
     }
 }
 
-/// A chunk-size line's size (extensions after `;` ignored).
+/// A chunk-size line's size (extensions after `;` ignored): hex digits only.
 fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(line).ok()?;
-    let size = text.split(';').next()?.trim();
-    if size.is_empty() || size.len() > 15 {
+    let size = text.split(';').next()?.trim_matches([' ', '\t']);
+    let digits = size.trim_start_matches('0');
+    if size.is_empty() || digits.len() > 15 || !size.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    u64::from_str_radix(size, 16).ok()
+    u64::from_str_radix(if digits.is_empty() { "0" } else { digits }, 16).ok()
 }
 
 impl Connection {
@@ -538,6 +692,8 @@ mod tests {
             body: Vec<u8>,
         },
         Closed(usize),
+        /// Bytes went out unasked after an answer.
+        Extra(usize),
     }
 
     impl Receiver {
@@ -560,8 +716,28 @@ mod tests {
                                 head,
                                 body,
                             });
+                            // `ANSWER|EXTRA|MORE`: MORE goes out after ANSWER, unasked;
+                            // `ANSWER|RST|`: the connection is reset after ANSWER.
+                            let (answer, extra) = match answer.split_once("|EXTRA|") {
+                                Some((answer, extra)) => (answer, Some(extra)),
+                                None => (answer, None),
+                            };
+                            let (answer, reset) = match answer.strip_suffix("|RST|") {
+                                Some(answer) => (answer, true),
+                                None => (answer, false),
+                            };
                             if io.write_all(answer.as_bytes()).await.is_err() {
                                 break;
+                            }
+                            if reset {
+                                // Linger 0 resets at once: nothing blocks on drop.
+                                #[allow(deprecated)]
+                                io.set_linger(Some(Duration::ZERO)).unwrap();
+                                break;
+                            }
+                            if let Some(extra) = extra {
+                                io.write_all(extra.as_bytes()).await.unwrap();
+                                let _ = tell.send(Heard::Extra(connection));
                             }
                         }
                         drop(io);
@@ -813,5 +989,101 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[tokio::test]
+    async fn bytes_sent_unasked_after_an_answer_are_never_taken_for_the_next_one() {
+        // A stale 200 waits on the kept connection: the next request must go out on a new
+        // connection, whose 503 is its answer.
+        let mut receiver = Receiver::start(vec![
+            vec!["HTTP/1.1 204 No Content\r\n\r\n|EXTRA|HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"],
+            vec!["HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"],
+        ])
+        .await;
+        let hook = receiver.hook();
+        let mut conn = Connection::new(connector(None).unwrap());
+        assert_eq!(said(conn.post(&hook, "k", 0, b"x").await), "delivered");
+        assert!(matches!(
+            receiver.next().await,
+            Heard::Request { connection: 0, .. }
+        ));
+        assert_eq!(receiver.next().await, Heard::Extra(0));
+        assert!(said(conn.post(&hook, "k", 0, b"x").await).starts_with("refused 503"));
+    }
+
+    #[tokio::test]
+    async fn a_kept_http_1_0_connection_is_reused_and_odd_framing_is_not_kept() {
+        let receiver = Receiver::start(vec![
+            vec![
+                "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+                // Both framings: read as chunks, and the connection is let go.
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n",
+            ],
+            vec!["HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok"],
+        ])
+        .await;
+        let hook = receiver.hook();
+        let mut conn = Connection::new(connector(None).unwrap());
+        for _ in 0..3 {
+            assert_eq!(said(conn.post(&hook, "k", 0, b"x").await), "delivered");
+        }
+    }
+
+    #[tokio::test]
+    async fn hostile_answers_end_the_attempt_with_a_reason() {
+        static LONG: std::sync::OnceLock<[&'static str; 4]> = std::sync::OnceLock::new();
+        let [head, interims, trailers, tiny] = *LONG.get_or_init(|| {
+            let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+            [
+                leak(format!(
+                    "HTTP/1.1 200 OK\r\nX: {}\r\n\r\n",
+                    "a".repeat(70_000)
+                )),
+                leak("HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_INTERIM + 1)),
+                leak(format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n{}",
+                    "T: x\r\n".repeat(4000)
+                )),
+                leak(format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",
+                    "1\r\nz\r\n".repeat(MAX_RESPONSE_BODY + 5)
+                )),
+            ]
+        });
+        let receiver = Receiver::start(vec![
+            vec![head],
+            vec![interims],
+            vec![trailers],
+            vec!["HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"],
+            vec!["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nabcde\r\n0\r\n\r\n"],
+            vec!["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\nz\r\n0\r\n\r\n"],
+            vec!["HTTP/1.1 200 OK\r\n\r\nhalf an answer|RST|"],
+            vec![tiny],
+            vec!["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0005\r\nabcde\r\n0\r\n\r\n"],
+        ])
+        .await;
+        let hook = receiver.hook();
+        let mut conn = Connection::new(connector(None).unwrap());
+        let mut got = Vec::new();
+        for _ in 0..9 {
+            let said = said(conn.post(&hook, "k", 0, b"x").await);
+            got.push(said.replace(&format!("POST {}: ", hook.shown), ""));
+        }
+        assert_eq!(
+            got,
+            [
+                "retry: the response head is over 64 KiB",
+                "retry: more than 8 interim answers",
+                "retry: 200 OK but the response was cut short: the trailers are over 16 KiB",
+                "retry: the receiver switched protocols",
+                "retry: 200 OK but the response was cut short: a chunk's size is not hex",
+                "retry: 200 OK but the response was cut short: a line of the chunked body does not end in CRLF",
+                "retry: 200 OK but the response was cut short: Connection reset by peer (os error 104)",
+                // Kept up to the limit; the rest is not waited for.
+                "delivered",
+                "delivered",
+            ]
+        );
     }
 }

@@ -14,9 +14,7 @@ pub mod sign;
 
 use crate::config::{Config, ConfigError, SinkKind, SinkSection};
 use crate::record::Record;
-use ::http::header::{
-    CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING, USER_AGENT,
-};
+use ::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use base64::Engine;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -236,6 +234,19 @@ impl Webhook {
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+/// Headers a webhook sink's config may not set: they frame the body or steer the connection,
+/// which flagtail's HTTP/1.1 client does itself.
+const FLAGTAIL_MANAGES: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+];
+
 /// The request line and the headers of `headers` that no attempt sets itself (the idempotency
 /// key and the signature headers replace configured ones of the same name).
 fn request_head(target: &str, headers: &HeaderMap, signer: Option<&sign::Signer>) -> Vec<u8> {
@@ -291,6 +302,15 @@ fn build_webhook(
         return None;
     };
     let mut headers = base_headers(s, at, errors);
+    // The body's framing and the connection are flagtail's to manage.
+    for name in headers.keys() {
+        if FLAGTAIL_MANAGES.contains(&name.as_str()) {
+            errors.push(format!(
+                "{}: {name} is set by flagtail, not by config",
+                at("headers")
+            ));
+        }
+    }
     if let Some((user, password)) = url_text.credentials() {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         if let Ok(mut v) = HeaderValue::from_str(&format!("Basic {token}")) {
@@ -344,11 +364,6 @@ fn base_headers(
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value.expose()),
         ) {
-            // The body's framing is flagtail's to write.
-            (Ok(n), _) if n == CONTENT_LENGTH || n == TRANSFER_ENCODING => errors.push(format!(
-                "{}: {name} is set by flagtail from the body",
-                at("headers")
-            )),
             (Ok(n), Ok(mut v)) => {
                 v.set_sensitive(true);
                 headers.insert(n, v);

@@ -69,6 +69,8 @@ struct State {
     delivered: Mutex<Vec<Received>>,
     count: watch::Sender<usize>,
     plan: Mutex<Plan>,
+    /// Connections accepted.
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 /// A real HTTP(S) server on loopback.
@@ -93,6 +95,7 @@ impl Receiver {
             delivered: Mutex::new(Vec::new()),
             count: watch::channel(0).0,
             plan: Mutex::new(Box::new(|_| Reply::Status(200))),
+            connections: Default::default(),
         });
         let r = Receiver {
             addr,
@@ -133,6 +136,13 @@ impl Receiver {
             })
         });
         Outage(down)
+    }
+
+    /// How many connections were accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn delivered(&self) -> Vec<Received> {
@@ -199,6 +209,9 @@ impl Receiver {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                state
+                    .connections
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let state = state.clone();
                 let tls = tls.clone();
                 conns.spawn(async move {
