@@ -813,6 +813,20 @@ mod tests {
         }
     }
 
+    /// Sends `n` requests over one worker's connection to a receiver answering as `script`
+    /// says; what each came to (as [`said`], without the `POST URL: ` of reasons).
+    async fn send_n(script: Vec<Vec<&'static str>>, n: usize) -> Vec<String> {
+        let receiver = Receiver::start(script).await;
+        let hook = receiver.hook();
+        let mut conn = Connection::new(connector(None).unwrap());
+        let mut got = Vec::new();
+        for _ in 0..n {
+            let said = said(conn.post(&hook, "k", 0, b"x").await);
+            got.push(said.replace(&format!("POST {}: ", hook.shown), ""));
+        }
+        got
+    }
+
     #[tokio::test]
     async fn the_request_carries_its_signed_head_and_the_body_as_written() {
         let mut receiver = Receiver::start(vec![vec!["HTTP/1.1 204 No Content\r\n\r\n"]]).await;
@@ -881,28 +895,27 @@ mod tests {
     #[tokio::test]
     async fn connection_close_and_http_1_0_answers_are_not_kept() {
         // Were either connection reused, its second answer (a 500) would be read.
-        let receiver = Receiver::start(vec![
+        let got = send_n(
             vec![
-                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-                "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n",
+                vec![
+                    "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                    "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n",
+                ],
+                vec![
+                    "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+                    "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n",
+                ],
+                vec!["HTTP/1.1 204 No Content\r\n\r\n"],
             ],
-            vec![
-                "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
-                "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n",
-            ],
-            vec!["HTTP/1.1 204 No Content\r\n\r\n"],
-        ])
+            3,
+        )
         .await;
-        let hook = receiver.hook();
-        let mut conn = Connection::new(connector(None).unwrap());
-        for _ in 0..3 {
-            assert_eq!(said(conn.post(&hook, "k", 0, b"x").await), "delivered");
-        }
+        assert_eq!(got, ["delivered"; 3]);
     }
 
     #[tokio::test]
     async fn refusals_quote_their_body_and_broken_answers_are_retried() {
-        let receiver = Receiver::start(vec![
+        let got = send_n(vec![
             vec!["HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnope\r\n0\r\n\r\n"],
             vec!["HTTP/1.1 503 Busy\r\nRetry-After: 7\r\n\r\nbusy"],
             vec!["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"],
@@ -910,29 +923,18 @@ mod tests {
             vec!["SSH-2.0-OpenSSH_9.2\r\n\r\n"],
             vec!["HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"],
             vec![""],
-        ])
+        ], 7)
         .await;
-        let hook = receiver.hook();
-        let mut conn = Connection::new(connector(None).unwrap());
-        let mut got = Vec::new();
-        for _ in 0..7 {
-            got.push(said(conn.post(&hook, "k", 0, b"x").await));
-        }
-        let shown = &hook.shown;
         assert_eq!(
             got,
             [
-                format!("refused 400 None: POST {shown}: 400 Bad Request: nope"),
-                format!("refused 503 Some(7s): POST {shown}: 503 Service Unavailable: busy"),
-                format!(
-                    "retry: POST {shown}: 200 OK but the response was cut short: the connection closed 3 bytes before the body's end"
-                ),
-                format!(
-                    "retry: POST {shown}: 200 OK but the response was cut short: the connection closed 8 bytes before the body's end"
-                ),
-                format!("retry: POST {shown}: the response is not HTTP/1.1: invalid HTTP version"),
-                format!("retry: POST {shown}: the response's Content-Length is not one number"),
-                format!("retry: POST {shown}: the connection closed before a response"),
+                "refused 400 None: 400 Bad Request: nope",
+                "refused 503 Some(7s): 503 Service Unavailable: busy",
+                "retry: 200 OK but the response was cut short: the connection closed 3 bytes before the body's end",
+                "retry: 200 OK but the response was cut short: the connection closed 8 bytes before the body's end",
+                "retry: the response is not HTTP/1.1: invalid HTTP version",
+                "retry: the response's Content-Length is not one number",
+                "retry: the connection closed before a response",
             ]
         );
     }
@@ -950,16 +952,15 @@ mod tests {
                 .into_boxed_str(),
             )
         });
-        let receiver = Receiver::start(vec![
-            vec![long, "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"],
-            vec!["HTTP/1.1 204 No Content\r\n\r\n"],
-        ])
+        let got = send_n(
+            vec![
+                vec![long, "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"],
+                vec!["HTTP/1.1 204 No Content\r\n\r\n"],
+            ],
+            2,
+        )
         .await;
-        let hook = receiver.hook();
-        let mut conn = Connection::new(connector(None).unwrap());
-        for _ in 0..2 {
-            assert_eq!(said(conn.post(&hook, "k", 0, b"x").await), "delivered");
-        }
+        assert_eq!(got, ["delivered"; 2]);
     }
 
     #[test]
@@ -1013,7 +1014,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_kept_http_1_0_connection_is_reused_and_odd_framing_is_not_kept() {
-        let receiver = Receiver::start(vec![
+        let got = send_n(vec![
             vec![
                 "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
                 // Both framings: read as chunks, and the connection is let go.
@@ -1021,13 +1022,8 @@ mod tests {
                 "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n",
             ],
             vec!["HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok"],
-        ])
-        .await;
-        let hook = receiver.hook();
-        let mut conn = Connection::new(connector(None).unwrap());
-        for _ in 0..3 {
-            assert_eq!(said(conn.post(&hook, "k", 0, b"x").await), "delivered");
-        }
+        ], 3).await;
+        assert_eq!(got, ["delivered"; 3]);
     }
 
     #[tokio::test]
@@ -1051,7 +1047,7 @@ mod tests {
                 )),
             ]
         });
-        let receiver = Receiver::start(vec![
+        let got = send_n(vec![
             vec![head],
             vec![interims],
             vec![trailers],
@@ -1061,15 +1057,7 @@ mod tests {
             vec!["HTTP/1.1 200 OK\r\n\r\nhalf an answer|RST|"],
             vec![tiny],
             vec!["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0005\r\nabcde\r\n0\r\n\r\n"],
-        ])
-        .await;
-        let hook = receiver.hook();
-        let mut conn = Connection::new(connector(None).unwrap());
-        let mut got = Vec::new();
-        for _ in 0..9 {
-            let said = said(conn.post(&hook, "k", 0, b"x").await);
-            got.push(said.replace(&format!("POST {}: ", hook.shown), ""));
-        }
+        ], 9).await;
         assert_eq!(
             got,
             [
