@@ -141,8 +141,9 @@ struct Answer {
 
 /// How many interim (1xx) answers may come before the real one.
 const MAX_INTERIM: usize = 8;
-/// The most a line of a chunked body may take, and all its trailers together.
+/// The most a line of a chunked body may take.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// The most a chunked body's trailers may take together.
 const MAX_TRAILERS: usize = 16 * 1024;
 /// A read buffer grown past this (by a long response head) is let go after the exchange.
 const KEPT_READ_BUFFER: usize = 16 * 1024;
