@@ -214,21 +214,34 @@ impl Webhook {
     pub fn write_head(&self, out: &mut Vec<u8>, body: &[u8], key: &str, unix_secs: u64) {
         out.clear();
         out.extend_from_slice(&self.head);
-        let mut header = |name: &str, value: &str| {
-            if HeaderValue::from_str(value).is_ok() {
-                for part in [name, ": ", value, "\r\n"] {
-                    out.extend_from_slice(part.as_bytes());
-                }
-            }
-        };
-        header(IDEMPOTENCY_KEY, key);
-        if let Some(signer) = &self.signer {
-            for (name, value) in signer.headers(body, key, unix_secs) {
-                header(name, &value);
-            }
+        for (name, value) in attempt_headers(self.signer.as_ref(), body, key, unix_secs) {
+            push_header(out, name, value.as_bytes());
         }
         use std::io::Write;
         let _ = write!(out, "content-length: {}\r\n\r\n", body.len());
+    }
+}
+
+/// The headers one attempt adds to a sink's own: `Idempotency-Key` and, with a signer, the
+/// signature headers of `body`. A value that cannot be a header value is left out.
+fn attempt_headers(
+    signer: Option<&sign::Signer>,
+    body: &[u8],
+    key: &str,
+    unix_secs: u64,
+) -> impl Iterator<Item = (&'static str, HeaderValue)> {
+    let signed = signer
+        .map(|s| s.headers(body, key, unix_secs))
+        .unwrap_or_default();
+    std::iter::once((IDEMPOTENCY_KEY, key.to_string()))
+        .chain(signed)
+        .filter_map(|(name, value)| Some((name, HeaderValue::from_str(&value).ok()?)))
+}
+
+/// Writes one `name: value` header line.
+fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    for part in [name.as_bytes(), b": ", value, b"\r\n"] {
+        out.extend_from_slice(part);
     }
 }
 
@@ -256,10 +269,7 @@ fn request_head(target: &str, headers: &HeaderMap, signer: Option<&sign::Signer>
     };
     for (name, value) in headers {
         if !per_attempt(name.as_str()) {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
+            push_header(&mut head, name.as_str(), value.as_bytes());
         }
     }
     head
@@ -274,15 +284,8 @@ pub fn signed_headers(
     unix_secs: u64,
 ) -> HeaderMap {
     let mut h = base.clone();
-    if let Ok(v) = HeaderValue::from_str(key) {
-        h.insert(HeaderName::from_static(IDEMPOTENCY_KEY), v);
-    }
-    if let Some(signer) = signer {
-        for (name, value) in signer.headers(body, key, unix_secs) {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                h.insert(HeaderName::from_static(name), v);
-            }
-        }
+    for (name, value) in attempt_headers(signer, body, key, unix_secs) {
+        h.insert(HeaderName::from_static(name), value);
     }
     h
 }

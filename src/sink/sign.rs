@@ -9,6 +9,8 @@ use base64::engine::general_purpose::STANDARD;
 use ring::hmac;
 
 pub const FLIPT_HEADER: &str = "x-flipt-webhook-signature";
+/// Standard Webhooks' headers: the message id, the attempt's time, the signatures.
+const STANDARD_HEADERS: [&str; 3] = ["webhook-id", "webhook-timestamp", "webhook-signature"];
 
 /// Signing keys, newest first, and the scheme they are used with.
 pub struct Signer {
@@ -60,9 +62,7 @@ impl Signer {
     pub fn header_names(&self) -> &'static [&'static str] {
         match self.scheme {
             SignatureScheme::Flipt => &[FLIPT_HEADER],
-            SignatureScheme::StandardWebhooks => {
-                &["webhook-id", "webhook-timestamp", "webhook-signature"]
-            }
+            SignatureScheme::StandardWebhooks => &STANDARD_HEADERS,
         }
     }
 
@@ -91,11 +91,8 @@ impl Signer {
                         format!("v1,{}", STANDARD.encode(ctx.sign().as_ref()))
                     })
                     .collect();
-                vec![
-                    ("webhook-id", msg_id),
-                    ("webhook-timestamp", ts),
-                    ("webhook-signature", sigs.join(" ")),
-                ]
+                let [id, timestamp, signature] = STANDARD_HEADERS;
+                vec![(id, msg_id), (timestamp, ts), (signature, sigs.join(" "))]
             }
         }
     }
