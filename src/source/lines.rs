@@ -99,8 +99,10 @@ struct Skipping {
 
 #[derive(Debug)]
 pub struct LineSplitter {
-    /// Bytes read and not yet taken; `buf[consumed..]` is pending.
+    /// `buf[..end]` is what was read; `buf[consumed..end]` is pending. The bytes after `end` are
+    /// room for the next read, zeroed once when the buffer grows (not on every read).
     buf: Vec<u8>,
+    end: usize,
     consumed: usize,
     /// File offset of `buf[0]`.
     base: u64,
@@ -114,7 +116,8 @@ impl LineSplitter {
     /// A splitter whose next byte is at `offset` in the stream.
     pub fn new(offset: u64, max_line: usize) -> Self {
         LineSplitter {
-            buf: Vec::with_capacity(CHUNK),
+            buf: Vec::new(),
+            end: 0,
             consumed: 0,
             base: offset,
             max_line,
@@ -125,12 +128,12 @@ impl LineSplitter {
 
     /// Offset of the next byte that will be read into the buffer.
     pub fn read_offset(&self) -> u64 {
-        self.base + self.buf.len() as u64
+        self.base + self.end as u64
     }
 
     /// Forgets everything buffered and continues at `offset` (a truncated file starts over).
     pub fn reset(&mut self, offset: u64) {
-        self.buf.clear();
+        self.end = 0;
         self.consumed = 0;
         self.base = offset;
         self.skipping = None;
@@ -141,54 +144,59 @@ impl LineSplitter {
     pub fn pending(&self) -> (u64, &[u8]) {
         match &self.skipping {
             Some(skip) => (skip.start, &skip.prefix),
-            None => (self.base + self.consumed as u64, &self.buf[self.consumed..]),
+            None => (
+                self.base + self.consumed as u64,
+                &self.buf[self.consumed..self.end],
+            ),
         }
     }
 
-    /// Reads once from `r` into the buffer; returns the byte count (0 at end of file).
+    /// Reads once from `r` into the buffer, at most [`CHUNK`] bytes; returns the byte count (0 at
+    /// end of file).
     pub fn fill_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
         self.compact();
-        let len = self.buf.len();
-        self.buf.resize(len + CHUNK, 0);
-        let n = match r.read(&mut self.buf[len..]) {
-            Ok(n) => n,
-            Err(e) => {
-                self.buf.truncate(len);
-                return Err(e);
-            }
-        };
-        self.buf.truncate(len + n);
+        let room = self.end + CHUNK;
+        if self.buf.len() < room {
+            self.buf.resize(room, 0);
+        }
+        let n = r.read(&mut self.buf[self.end..room])?;
+        self.end += n;
         Ok(n)
     }
 
     /// Forgets the last `n` bytes read (only right after [`LineSplitter::fill_from`], before any
     /// piece is taken): they turned out to belong to a file that replaced the one being read.
     pub fn unread(&mut self, n: usize) {
-        let keep = self.buf.len().saturating_sub(n).max(self.consumed);
-        self.buf.truncate(keep);
+        self.end = self.end.saturating_sub(n).max(self.consumed);
     }
 
     /// Appends bytes directly.
     pub fn push(&mut self, bytes: &[u8]) {
         self.compact();
+        self.buf.truncate(self.end);
         self.buf.extend_from_slice(bytes);
+        self.end = self.buf.len();
     }
 
+    /// Moves the pending bytes to the front, and gives back memory a long line made the buffer
+    /// take once it is no longer needed.
     fn compact(&mut self) {
         if self.consumed > 0 {
-            self.buf.drain(..self.consumed);
+            self.buf.copy_within(self.consumed..self.end, 0);
+            self.end -= self.consumed;
             self.base += self.consumed as u64;
             self.consumed = 0;
         }
-        if self.buf.capacity() > 4 * CHUNK.max(self.max_line) && self.buf.len() < CHUNK {
-            self.buf.shrink_to(CHUNK);
+        if self.buf.capacity() > 4 * CHUNK.max(self.max_line) && self.end < CHUNK {
+            self.buf.truncate(CHUNK);
+            self.buf.shrink_to_fit();
         }
     }
 
     /// The next complete piece, or `None` when more bytes are needed.
     pub fn next_piece(&mut self) -> Option<Piece<'_>> {
         self.finished_skip = None;
-        let pending = &self.buf[self.consumed..];
+        let pending = &self.buf[self.consumed..self.end];
         let start = self.base + self.consumed as u64;
         let newline = memchr(b'\n', pending);
         if let Some(skip) = &mut self.skipping {
@@ -210,7 +218,7 @@ impl LineSplitter {
                     let room = TOO_LONG_PREFIX.saturating_sub(skip.prefix.len());
                     skip.prefix
                         .extend_from_slice(&pending[..room.min(pending.len())]);
-                    self.consumed = self.buf.len();
+                    self.consumed = self.end;
                     return None;
                 }
             }
@@ -241,7 +249,7 @@ impl LineSplitter {
                     len: pending.len() as u64,
                     prefix,
                 });
-                self.consumed = self.buf.len();
+                self.consumed = self.end;
                 None
             }
             None => None,
@@ -291,6 +299,35 @@ mod tests {
             ["3-22:long(18)", "22-27:next", "27-33:long(5)"]
         );
         assert!(s.buf.capacity() < 1 << 20);
+    }
+
+    #[test]
+    fn reads_keep_the_partial_line_and_forget_what_was_unread() {
+        // A reader that hands out a few bytes per read, cutting lines anywhere.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                let n = self.0.len().min(out.len()).min(5);
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut s = LineSplitter::new(10, 64);
+        let mut r = Trickle(b"one\ntwo\nthree\nfour");
+        let mut got = Vec::new();
+        while s.fill_from(&mut r).unwrap() > 0 {
+            got.extend(collect(&mut s));
+        }
+        assert_eq!(got, ["10-14:one", "14-18:two", "18-24:three"]);
+        assert_eq!(s.pending(), (24, &b"four"[..]));
+        assert_eq!(s.read_offset(), 28);
+        // The last read turned out to be another file's: it is forgotten, the partial line kept.
+        assert_eq!(s.fill_from(&mut Trickle(b"XY\n")).unwrap(), 3);
+        s.unread(3);
+        assert_eq!(s.read_offset(), 28);
+        s.push(b"!\n");
+        assert_eq!(collect(&mut s), ["24-30:four!"]);
     }
 
     #[test]

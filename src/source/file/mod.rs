@@ -25,8 +25,7 @@ use super::lines::LineSplitter;
 use super::{Dispatch, Origin, Span, Stopped, watch};
 use crate::checkpoint::CheckpointBook;
 use crate::config::ReadFrom;
-use crate::metrics;
-use crate::position::{FINGERPRINT_MAX, FileIdentity, Fingerprint, Position};
+use crate::position::{FINGERPRINT_MAX, FileIdentity, Fingerprint};
 use disk::find_copy;
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom};
@@ -52,6 +51,15 @@ struct Reader {
     splitter: LineSplitter,
 }
 
+/// What [`FileSource::check`] found.
+enum Check {
+    Truncated,
+    /// Neither shorter than what was read nor with another first line; `size` bytes long.
+    Whole {
+        size: u64,
+    },
+}
+
 /// What a look at the file system found after reading to the end.
 enum Found {
     Nothing,
@@ -64,7 +72,10 @@ enum Found {
 /// How reading to the end went.
 #[derive(Debug, PartialEq, Eq)]
 enum Drained {
-    End,
+    /// Everything the file held was read. `checked`: the file was found whole (not truncated, same
+    /// first line) after the last read, so [`FileSource::look`] need not check it again: a change
+    /// after that check is a new wake-up.
+    End { checked: bool },
     /// The file was truncated under the reader; nothing of the last read was used.
     Truncated,
 }
@@ -155,16 +166,19 @@ impl FileSource {
         let mut replaced = false;
         loop {
             // `drain` checks every chunk, so a truncation is seen before a stale offset is used.
-            if self.drain(r).await? == Drained::Truncated {
-                self.start_over(r).await?;
-                continue;
-            }
+            let checked = match self.drain(r).await? {
+                Drained::End { checked } => checked,
+                Drained::Truncated => {
+                    self.start_over(r).await?;
+                    continue;
+                }
+            };
             if replaced {
                 tracing::info!(source = %self.dispatch.info.name, path = %self.path.display(), "file was rotated; following the new file");
                 self.give_up_partial(r, "the file was rotated away").await?;
                 return Ok(true);
             }
-            match self.look(r)? {
+            match self.look(r, checked)? {
                 Found::Nothing => return Ok(false),
                 Found::Truncated => self.start_over(r).await?,
                 Found::Replaced => replaced = true,
@@ -175,16 +189,27 @@ impl FileSource {
     /// Reads and dispatches every complete line up to the end of the file.
     /// Every chunk is checked after it is read and before its lines go out: if the file was
     /// truncated meanwhile, the chunk may be new content at a stale offset, so it is dropped and
-    /// `Drained::Truncated` returned.
+    /// `Drained::Truncated` returned. The check's size says when the end is reached, so a wake-up
+    /// for one line costs one read, not a second one that returns nothing.
     async fn drain(&self, r: &mut Reader) -> Result<Drained, Error> {
+        let mut checked = false;
         loop {
             if self.dispatch.stop.is_cancelled() {
                 return Err(Error::Stopped);
             }
             let n = r.splitter.fill_from(&mut r.file)?;
-            if n > 0 && self.truncated(r)? {
-                r.splitter.unread(n);
-                return Ok(Drained::Truncated);
+            let mut at_end = n == 0;
+            if n > 0 {
+                match self.check(r)? {
+                    Check::Truncated => {
+                        r.splitter.unread(n);
+                        return Ok(Drained::Truncated);
+                    }
+                    Check::Whole { size } => {
+                        checked = true;
+                        at_end = size <= r.splitter.read_offset();
+                    }
+                }
             }
             // Lines are parsed where they were read; only what a record keeps is copied.
             while let Some(piece) = r.splitter.next_piece() {
@@ -205,8 +230,8 @@ impl FileSource {
                 };
                 self.dispatch.piece(origin, piece, self.max_line).await?;
             }
-            if n == 0 {
-                return Ok(Drained::End);
+            if at_end {
+                return Ok(Drained::End { checked });
             }
             tokio::task::consume_budget().await;
         }
@@ -245,32 +270,25 @@ impl FileSource {
         Ok(())
     }
 
-    /// Whether the open file is shorter than what was read, or its first line changed.
-    fn truncated(&self, r: &Reader) -> io::Result<bool> {
+    /// Whether the open file is shorter than what was read, or its first line changed; if not,
+    /// its size.
+    fn check(&self, r: &Reader) -> io::Result<Check> {
         let size = r.file.metadata()?.len();
         let changed = match &r.identity.fingerprint {
             Some(fp) => !fp.matches(&r.file)?,
             None => false,
         };
-        Ok(size < r.splitter.read_offset() || changed)
+        Ok(match size < r.splitter.read_offset() || changed {
+            true => Check::Truncated,
+            false => Check::Whole { size },
+        })
     }
 
-    /// Checks the open file and the path after reading to the end.
-    fn look(&self, r: &mut Reader) -> io::Result<Found> {
-        if self.truncated(r)? {
+    /// Checks the open file (unless `checked`: [`Drained::End`]) and the path after reading to the
+    /// end.
+    fn look(&self, r: &mut Reader, checked: bool) -> io::Result<Found> {
+        if !checked && let Check::Truncated = self.check(r)? {
             return Ok(Found::Truncated);
-        }
-        let size = r.file.metadata()?.len();
-        if let Some(Position::File { file, offset }) = self.book.get(&self.dispatch.info.name)
-            && file.same_inode(&r.file.metadata()?)
-        {
-            let lag = size.saturating_sub(offset) as i64;
-            metrics::get()
-                .source_lag_bytes
-                .get_or_create(&metrics::SourceLabel {
-                    source: self.dispatch.info.name.to_string(),
-                })
-                .set(lag);
         }
         match fs::metadata(&self.path) {
             Ok(m) if r.identity.same_inode(&m) => Ok(Found::Nothing),
