@@ -1,10 +1,11 @@
 //! Splits a byte stream into lines with their byte offsets.
 //!
-//! Bytes are appended with [`LineSplitter::fill_from`] (or [`LineSplitter::push`] in tests) and
-//! taken out as [`Piece`]s: a complete line (without `\n` and a trailing `\r`), or a line longer
-//! than the limit, which is never held in memory whole: only its first bytes are kept for the
-//! rejected record, the rest is skipped up to the next newline. A last line with no newline stays
-//! pending until its newline arrives. It knows nothing of files or events.
+//! Bytes are appended with [`LineSplitter::fill_from`] (a file or a journal) or
+//! [`LineSplitter::push`] (a socket) and taken out as [`Piece`]s: a complete line (without `\n`
+//! and a trailing `\r`), or a line longer than the limit, which is never held in memory whole:
+//! only its first bytes are kept for the rejected record, the rest is skipped up to the next
+//! newline. A last line with no newline stays pending until its newline arrives. It knows nothing
+//! of files or events.
 
 use memchr::memchr;
 use std::io::{self, Read};

@@ -192,7 +192,6 @@ impl FileSource {
     /// `Drained::Truncated` returned. The check's size says when the end is reached, so a wake-up
     /// for one line costs one read, not a second one that returns nothing.
     async fn drain(&self, r: &mut Reader) -> Result<Drained, Error> {
-        let mut checked = false;
         loop {
             if self.dispatch.stop.is_cancelled() {
                 return Err(Error::Stopped);
@@ -205,10 +204,7 @@ impl FileSource {
                         r.splitter.unread(n);
                         return Ok(Drained::Truncated);
                     }
-                    Check::Whole { size } => {
-                        checked = true;
-                        at_end = size <= r.splitter.read_offset();
-                    }
+                    Check::Whole { size } => at_end = size <= r.splitter.read_offset(),
                 }
             }
             // Lines are parsed where they were read; only what a record keeps is copied.
@@ -231,7 +227,9 @@ impl FileSource {
                 self.dispatch.piece(origin, piece, self.max_line).await?;
             }
             if at_end {
-                return Ok(Drained::End { checked });
+                // A read that returned nothing was not checked: the file may have shrunk since the
+                // check before it (`look` checks it).
+                return Ok(Drained::End { checked: n > 0 });
             }
             tokio::task::consume_budget().await;
         }
