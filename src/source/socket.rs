@@ -6,13 +6,14 @@
 //! that append is durable. Reading goes on while up to [`IN_FLIGHT`] appends are being written
 //! and fsynced, so a fast client is not held to one fsync per read. One client's appends are
 //! written in order, and once one fails the journal refuses the rest (no later lines after a gap);
-//! the client is then closed unanswered and sends again. When the client ends its side of the connection, flagtail answers
-//! `ok N` (N lines journaled from this connection) and closes: a client that reads that answer knows
-//! its lines survive a crash. A client still connected when flagtail stops or reloads gets the same
-//! answer for what was journaled so far (a partial line it was sending is not counted; lines
-//! still with the writer are waited for a short while). A line over `max_line_bytes` is rejected
-//! (recorded, never buffered whole); a client that disconnects mid-line loses only that partial line, which is recorded as
-//! rejected. When the journal is full, the client's lines are not read until it has room again.
+//! the client is then closed unanswered and sends again. When the client ends its side of the
+//! connection, flagtail answers `ok N` (N lines journaled from this connection) and closes: a
+//! client that reads that answer knows its lines survive a crash. A client still connected when
+//! flagtail stops or reloads gets the same answer for what was journaled so far (a partial line it
+//! was sending is not counted; lines still with the writer are waited for a short while). A line
+//! over `max_line_bytes` is rejected (recorded, never buffered whole); a client that disconnects
+//! mid-line loses only that partial line, which is recorded as rejected. When the journal is full,
+//! the client's lines are not read until it has room again.
 //!
 //! The listener ([`SocketListener`]) is bound once by the daemon and kept across reloads: binding
 //! refuses a path that exists and is not a socket, or a socket another process listens on; a stale
@@ -249,13 +250,11 @@ impl SocketSource {
         }
         // What the writer has is counted once durable; once stopping, for a short while only
         // (lines not counted are sent again by the client: nothing is lost).
-        let mut settled = None;
-        if !self.stop.is_cancelled() {
-            settled = tokio::select! {
-                r = settle_all(&mut pending, &mut accepted) => Some(r),
-                _ = self.stop.cancelled() => None,
-            };
-        }
+        let settled = tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => None,
+            r = settle_all(&mut pending, &mut accepted) => Some(r),
+        };
         let settled = match settled {
             Some(r) => r,
             None => tokio::time::timeout(SETTLE_ON_STOP, settle_all(&mut pending, &mut accepted))

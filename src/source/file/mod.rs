@@ -70,7 +70,6 @@ enum Found {
 }
 
 /// How reading to the end went.
-#[derive(Debug, PartialEq, Eq)]
 enum Drained {
     /// Everything the file held was read. `checked`: the file was found whole (not truncated, same
     /// first line) after the last read, so [`FileSource::look`] need not check it again: a change
@@ -197,16 +196,16 @@ impl FileSource {
                 return Err(Error::Stopped);
             }
             let n = r.splitter.fill_from(&mut r.file)?;
-            let mut at_end = n == 0;
-            if n > 0 {
-                match self.check(r)? {
+            let at_end = match n {
+                0 => true,
+                _ => match self.check(r)? {
                     Check::Truncated => {
                         r.splitter.unread(n);
                         return Ok(Drained::Truncated);
                     }
-                    Check::Whole { size } => at_end = size <= r.splitter.read_offset(),
-                }
-            }
+                    Check::Whole { size } => size <= r.splitter.read_offset(),
+                },
+            };
             // Lines are parsed where they were read; only what a record keeps is copied.
             while let Some(piece) = r.splitter.next_piece() {
                 let (start, end) = piece.range();
