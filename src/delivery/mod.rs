@@ -275,6 +275,13 @@ async fn worker(
             }
             continue;
         }
+        // A group was gathered on the thread that read its records (each record's send woke this
+        // worker there). Yielding once per group lets the other runtime thread take the render,
+        // the signature and the send, so reading and delivering use both cores; per record it
+        // would be a cross-thread hand-off each, which costs more than it gains.
+        if batch.len() > 1 {
+            tokio::task::yield_now().await;
+        }
         // Each message's records are acknowledged as soon as it is done, not after the group.
         for (range, subject) in messages(&sink, &batch).await {
             let started = Instant::now();
