@@ -4,7 +4,8 @@
 //! Every line read gets a slot, in file order, holding how many sinks still owe an acknowledgement.
 //! Slots complete in any order (sinks with `concurrency > 1`, several sinks); the checkpoint moves
 //! to the end of the longest fully done prefix. A source must [`Tracker::admit`] a line's cost
-//! (what its record really holds: the parsed event with its line) before reading on; the
+//! (what its record really holds: the line, shared with the buffer it was read into, and what of
+//! the parsed event is not a piece of it; a line no sink takes, its bytes) before reading on; the
 //! cost comes back only when the line leaves the front of the queue, so a stuck delivery stops
 //! reading once the source's share is spent.
 //!
@@ -20,9 +21,9 @@ use tokio::sync::Semaphore;
 
 /// Bytes of records all sources together may have in flight (read and not yet checkpointed).
 pub const IN_FLIGHT_BYTES: usize = 4 * 1024 * 1024;
-/// Cost charged per line on top of the bytes its record holds: the record and event structs, the
-/// slot, the allocator's rounding and the queues' share.
-pub const LINE_OVERHEAD: usize = 256;
+/// Cost charged per line on top of the bytes its record holds: the record and event structs
+/// (about 260 bytes), the slot, the allocator's rounding and the queues' share.
+pub const LINE_OVERHEAD: usize = 384;
 
 /// Each of `sources` sources' share of [`IN_FLIGHT_BYTES`]; at least what one record of a
 /// `max_line`-byte line can hold (the line and its parsed event), so every line fits.

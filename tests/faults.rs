@@ -580,10 +580,12 @@ async fn sources_share_one_in_flight_budget_while_the_receiver_is_down() {
         &rx.url("/"),
         "    max_backoff_duration: 1h\n    initial_backoff: 100ms\n    batch: {max_events: 500}\n",
     ));
+    // Lines up to 64 KiB, so each source's share is a third of the budget (a source's share is
+    // never less than what a record of its longest line may hold).
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("sources:\n", &format!("sources:\n{extra}"));
-    std::fs::write(&config, text).unwrap();
+    std::fs::write(&config, format!("max_line_bytes: 65536\n{text}")).unwrap();
     let mut ft = Flagtail::start(&config);
     rx.wait_attempts(3).await;
     ft.wait_log("retry_in").await;
@@ -598,9 +600,10 @@ async fn sources_share_one_in_flight_budget_while_the_receiver_is_down() {
         }
     })
     .await;
-    // Split 4 MiB, charged with what records hold (about twice the line), is some 2 MiB of lines
-    // plus what the readers have buffered ahead (under 2 MiB here); 4 MiB for each source would
-    // be some 6 MiB of lines, charging the line alone 12 MiB.
+    // Split 4 MiB, charged with what records hold (the line, which they share with the buffer it
+    // was read into), is some 4 MiB of lines plus what the readers have buffered ahead and the
+    // first lines read back to check the files (3.5 MiB in all when this was written); 4 MiB
+    // for each source would be 12 MiB.
     assert!(
         read < 5 * 1024 * 1024,
         "one 4 MiB budget for all sources, charged with what records hold: {read} of {sizes} bytes read"

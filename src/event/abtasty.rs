@@ -79,7 +79,7 @@ pub fn from_fields(f: &Fields<'_>) -> Result<Event, Rejection> {
     if let Some(on) = enabled {
         payload.insert("enabled".into(), on.into());
     }
-    Event::mapped(f.line(), kind, action, actor, payload, date)
+    Event::mapped(f, kind, action, actor, payload, date)
 }
 
 /// Where an event's `enabled` comes from.

@@ -5,8 +5,9 @@
 //! mapping reads the few fields it needs. A line that is not a JSON object, or names a field
 //! twice, is not an event.
 
-use super::Rejection;
 use super::scan::{self, Malformed, Value};
+use super::{Event, Parts, Rejection};
+use bytestring::ByteString;
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -14,18 +15,33 @@ use std::borrow::Cow;
 pub struct Fields<'a> {
     /// The line they were read from.
     line: &'a str,
+    /// The same line, when an event made of these fields may share it instead of copying it.
+    shared: Option<&'a ByteString>,
     entries: Vec<(Cow<'a, str>, Value<'a>)>,
 }
 
 impl<'a> Fields<'a> {
     /// Reads the top level of `line`.
     pub fn parse(line: &'a str) -> Result<Fields<'a>, Rejection> {
+        Fields::scan(line, None)
+    }
+
+    /// Reads the top level of `line`, which events made of the fields then share.
+    pub fn parse_shared(line: &'a ByteString) -> Result<Fields<'a>, Rejection> {
+        Fields::scan(line, Some(line))
+    }
+
+    fn scan(line: &'a str, shared: Option<&'a ByteString>) -> Result<Fields<'a>, Rejection> {
         let mut entries = Vec::with_capacity(8);
         scan::object(line, &mut entries).map_err(|e| match e {
             Malformed::Syntax(e) => Rejection::NotJson(e.to_string()),
             Malformed::NotAnObject => Rejection::NotAnEvent("not a JSON object".into()),
         })?;
-        let fields = Fields { line, entries };
+        let fields = Fields {
+            line,
+            shared,
+            entries,
+        };
         if let Some(key) = fields.repeated() {
             return Err(Rejection::NotAnEvent(format!(
                 "field {key:?} is written twice"
@@ -55,6 +71,14 @@ impl<'a> Fields<'a> {
     /// The line the fields were read from.
     pub fn line(&self) -> &'a str {
         self.line
+    }
+
+    /// The event made of `parts` (pieces of this line, or not), read from this line.
+    pub fn event(&self, parts: Parts<'_>) -> Event {
+        match self.shared {
+            Some(line) => Event::read(line, parts),
+            None => Event::new(self.line, parts),
+        }
     }
 
     /// Field `key` as scanned, if present.

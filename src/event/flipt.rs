@@ -34,18 +34,15 @@ pub fn from_fields(f: &Fields<'_>) -> Result<Event, Rejection> {
     if !metadata.text().starts_with('{') {
         return Err(Rejection::NotAnEvent("metadata is not an object".into()));
     }
-    Ok(Event::new(
-        f.line(),
-        Parts {
-            version: &version,
-            kind: &kind,
-            action,
-            status,
-            metadata,
-            payload,
-            timestamp: &timestamp,
-        },
-    ))
+    Ok(f.event(Parts {
+        version: &version,
+        kind: &kind,
+        action,
+        status,
+        metadata,
+        payload,
+        timestamp: &timestamp,
+    }))
 }
 
 /// Field `key`'s JSON text, kept as it is when it is already compact and Go-escaped.

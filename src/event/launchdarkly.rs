@@ -110,7 +110,7 @@ pub fn from_fields(f: &Fields<'_>) -> Result<Event, Rejection> {
     }
     let when = UNIX_EPOCH + Duration::from_millis(date);
     let timestamp = humantime::format_rfc3339_millis(when).to_string();
-    Event::mapped(f.line(), kind, action, actor, payload, timestamp)
+    Event::mapped(f, kind, action, actor, payload, timestamp)
 }
 
 #[cfg(test)]

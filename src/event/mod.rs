@@ -15,6 +15,7 @@ pub mod pattern;
 mod scan;
 pub mod unleash;
 
+use bytestring::ByteString;
 use fields::Fields;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -92,17 +93,30 @@ impl Format {
 
 /// One audit event, and the line it was read from.
 ///
-/// Its texts (the line, `version`, `type`, `metadata`, `payload`, `timestamp`) live in one
-/// allocation, one after another, and are read through accessors: a line becomes an event with
-/// one copy, and a record on its way to the sinks is two allocations (this and the record).
+/// The line is kept as read: read from a source, it shares the buffer it was read into (no copy,
+/// no allocation). Texts that are pieces of the line as they are (plain strings, JSON already
+/// compact and Go-escaped, as Flipt writes it) are kept as where they are in it; the others
+/// (strings with escapes, JSON to compact, another vendor's mapped values) are written one after
+/// another into `extra`. A Flipt line as Flipt writes it becomes an event without an allocation.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub action: Action,
     pub status: Status,
-    /// The line, `version`, `kind`, `metadata`, `payload` and `timestamp`, one after another.
-    text: Box<str>,
-    /// Where each of the six texts ends in `text`.
-    ends: [usize; 6],
+    /// The line as read, without its line ending.
+    line: ByteString,
+    /// `version`, `kind`, `metadata`, `payload` and `timestamp` where they are not pieces of the
+    /// line; empty (no allocation) when they all are.
+    extra: String,
+    /// Where each of those five texts is.
+    places: [Place; 5],
+}
+
+/// Where one of an event's texts is: a byte range of its line or of its `extra`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Place {
+    in_line: bool,
+    start: usize,
+    end: usize,
 }
 
 /// JSON text for [`Parts`]' `metadata` or `payload`.
@@ -121,10 +135,6 @@ impl Json<'_> {
             Json::Written(t) | Json::Compact(t) => t,
         }
     }
-
-    fn len(&self) -> usize {
-        self.text().len()
-    }
 }
 
 /// What an event is made of, borrowed from wherever it was read.
@@ -142,36 +152,68 @@ pub struct Parts<'a> {
 }
 
 impl Event {
-    /// The event made of `parts`, read from `line` (empty when it was not read from a line).
+    /// The event made of `parts`, read from `line` (empty when it was not read from a line); the
+    /// line is copied.
     pub fn new(line: &str, parts: Parts<'_>) -> Event {
-        let len = line.len()
-            + parts.version.len()
-            + parts.kind.len()
-            + parts.metadata.len()
-            + parts.payload.len()
-            + parts.timestamp.len();
-        let mut text = String::with_capacity(len);
-        let mut ends = [0; 6];
-        text.push_str(line);
-        ends[0] = text.len();
-        text.push_str(parts.version);
-        ends[1] = text.len();
-        text.push_str(parts.kind);
-        ends[2] = text.len();
-        for (at, json) in [(3, parts.metadata), (4, parts.payload)] {
-            match json {
-                Json::Written(t) => gojson::compact(t, &mut text),
-                Json::Compact(t) => text.push_str(t),
+        Event::assemble(ByteString::from(line), line, parts)
+    }
+
+    /// The event made of `parts`, read from `line`, which it shares.
+    pub fn read(line: &ByteString, parts: Parts<'_>) -> Event {
+        Event::assemble(line.clone(), line, parts)
+    }
+
+    /// The event of `parts`, whose texts may be pieces of `read`; `line` holds the same text as
+    /// `read` (its copy, or the shared line itself).
+    fn assemble(line: ByteString, read: &str, parts: Parts<'_>) -> Event {
+        // A text kept as it is: its range in the line, when it is a piece of it.
+        let within = |text: &str| {
+            let start = (text.as_ptr() as usize).checked_sub(read.as_ptr() as usize)?;
+            (start + text.len() <= read.len()).then_some(start)
+        };
+        let texts = [
+            Json::Compact(parts.version),
+            Json::Compact(parts.kind),
+            parts.metadata,
+            parts.payload,
+            Json::Compact(parts.timestamp),
+        ];
+        let mut places = [Place::default(); 5];
+        let mut outside = 0;
+        for (place, text) in places.iter_mut().zip(texts) {
+            match text {
+                Json::Compact(t) if let Some(start) = within(t) => {
+                    *place = Place {
+                        in_line: true,
+                        start,
+                        end: start + t.len(),
+                    }
+                }
+                other => outside += other.text().len(),
             }
-            ends[at] = text.len();
         }
-        text.push_str(parts.timestamp);
-        ends[5] = text.len();
+        let mut extra = String::with_capacity(outside);
+        for (place, text) in places.iter_mut().zip(texts) {
+            if place.in_line {
+                continue;
+            }
+            let start = extra.len();
+            match text {
+                Json::Written(t) => gojson::compact(t, &mut extra),
+                Json::Compact(t) => extra.push_str(t),
+            }
+            *place = Place {
+                in_line: false,
+                start,
+                end: extra.len(),
+            };
+        }
         Event {
             action: parts.action,
             status: parts.status,
-            text: text.into_boxed_str(),
-            ends,
+            line,
+            extra,
+            places,
         }
     }
 
@@ -191,45 +233,50 @@ impl Event {
         )
     }
 
-    /// Text `i` of the six.
+    /// Text `i` of the five after the line.
     fn part(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        self.text.get(start..self.ends[i]).unwrap_or_default()
+        let Place {
+            in_line,
+            start,
+            end,
+        } = self.places[i];
+        let text: &str = if in_line { &self.line } else { &self.extra };
+        text.get(start..end).unwrap_or_default()
     }
 
     /// The line the event was read from, without its line ending.
     pub fn line(&self) -> &str {
-        self.part(0)
+        &self.line
     }
 
     /// `"0.2"` for current Flipt; kept as written.
     pub fn version(&self) -> &str {
-        self.part(1)
+        self.part(0)
     }
 
     /// The resource type (`flag`, `segment`, ...); an open set, as other sources add their own.
     pub fn kind(&self) -> &str {
-        self.part(2)
+        self.part(1)
     }
 
     /// Compact, Go-escaped JSON text of `{"actor": {...}}`.
     pub fn metadata(&self) -> &str {
-        self.part(3)
+        self.part(2)
     }
 
     /// Compact, Go-escaped JSON text of any value; `null` for denied events.
     pub fn payload(&self) -> &str {
-        self.part(4)
+        self.part(3)
     }
 
     /// RFC 3339, as written by the source.
     pub fn timestamp(&self) -> &str {
-        self.part(5)
+        self.part(4)
     }
 
     /// Bytes the event holds on the heap (its line and texts), for the in-flight budget.
     pub fn heap_bytes(&self) -> usize {
-        self.text.len()
+        self.line.len() + self.extra.capacity()
     }
 
     /// Writes the body Flipt's own webhook sink sends for this event, byte for byte:
@@ -256,7 +303,7 @@ impl Event {
     /// `metadata` (`{"actor": actor}`) and `payload` written as Go writes a map (keys sorted,
     /// `<>&` escaped), as Flipt's webhook would send them.
     pub fn mapped(
-        line: &str,
+        f: &Fields<'_>,
         kind: &str,
         action: Action,
         actor: serde_json::Map<String, serde_json::Value>,
@@ -269,18 +316,15 @@ impl Event {
         };
         let metadata = serde_json::Map::from_iter([("actor".to_string(), actor.into())]);
         let (metadata, payload) = (go(metadata.into())?, go(payload.into())?);
-        Ok(Event::new(
-            line,
-            Parts {
-                version: "0.2",
-                kind,
-                action,
-                status: Status::Success,
-                metadata: Json::Compact(&metadata),
-                payload: Json::Compact(&payload),
-                timestamp: &timestamp,
-            },
-        ))
+        Ok(f.event(Parts {
+            version: "0.2",
+            kind,
+            action,
+            status: Status::Success,
+            metadata: Json::Compact(&metadata),
+            payload: Json::Compact(&payload),
+            timestamp: &timestamp,
+        }))
     }
 
     /// The default webhook body as text, for tests.
@@ -359,16 +403,25 @@ impl fmt::Display for Rejection {
 /// Reads one line (without its line ending) in `format`. The line is read once, into its
 /// top-level fields; `auto` picks the vendor from the keys it finds (SPEC §1.3).
 pub fn parse_line(format: Format, line: &str) -> Result<Event, Rejection> {
-    let fields = Fields::parse(line)?;
+    from_fields(format, &Fields::parse(line)?)
+}
+
+/// [`parse_line`] for a line the event then shares instead of copying.
+pub fn parse_shared(format: Format, line: &ByteString) -> Result<Event, Rejection> {
+    from_fields(format, &Fields::parse_shared(line)?)
+}
+
+/// The event of a line read into its fields.
+fn from_fields(format: Format, fields: &Fields<'_>) -> Result<Event, Rejection> {
     let format = match format {
-        Format::Auto => detect(&fields)?,
+        Format::Auto => detect(fields)?,
         known => known,
     };
     match format {
-        Format::Flipt | Format::Auto => flipt::from_fields(&fields),
-        Format::Unleash => unleash::from_fields(&fields),
-        Format::Abtasty => abtasty::from_fields(&fields),
-        Format::Launchdarkly => launchdarkly::from_fields(&fields),
+        Format::Flipt | Format::Auto => flipt::from_fields(fields),
+        Format::Unleash => unleash::from_fields(fields),
+        Format::Abtasty => abtasty::from_fields(fields),
+        Format::Launchdarkly => launchdarkly::from_fields(fields),
     }
 }
 
@@ -394,6 +447,42 @@ fn detect(f: &Fields<'_>) -> Result<Format, Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_as_flipt_writes_it_is_shared_not_copied() {
+        let compact = r#"{"version":"0.2","type":"flag","action":"created","status":"success","metadata":{"actor":{"ip":"1.2.3.4"}},"payload":{"key":"a"},"timestamp":"t"}"#;
+        let line = ByteString::from(compact);
+        let event = parse_shared(Format::Flipt, &line).unwrap();
+        assert_eq!(event.line().as_ptr(), line.as_ptr(), "the line itself");
+        assert_eq!(event.heap_bytes(), line.len(), "nothing beside it");
+        assert_eq!(
+            event.payload().as_ptr(),
+            line[line.find("{\"key").unwrap()..].as_ptr()
+        );
+        assert_eq!(
+            event.webhook_body(),
+            parse_line(Format::Flipt, compact).unwrap().webhook_body()
+        );
+        // Spaces to compact and a type with escapes: those texts are written beside the line,
+        // the others still are pieces of it, and the body is the same as from a copy.
+        let spaced = r#"{"version":"0.2","type":"fl\u0061g","action":"created","status":"success","metadata":{"actor": {"ip":"1.2.3.4"}},"payload":{"key":"a"},"timestamp":"t"}"#;
+        let line = ByteString::from(spaced);
+        let event = parse_shared(Format::Flipt, &line).unwrap();
+        assert_eq!(event.line().as_ptr(), line.as_ptr());
+        assert_eq!(
+            (event.kind(), event.metadata()),
+            ("flag", r#"{"actor":{"ip":"1.2.3.4"}}"#)
+        );
+        assert_eq!(
+            event.heap_bytes() - line.len(),
+            "flag".len() + spaced.find(",\"payload").unwrap() - spaced.find("{\"actor").unwrap()
+        );
+        assert_eq!(
+            event.webhook_body(),
+            parse_line(Format::Flipt, spaced).unwrap().webhook_body()
+        );
+        assert!(event.webhook_body().contains(r#""type":"flag""#));
+    }
 
     #[test]
     fn auto_detects_flipt_and_rejects_others() {

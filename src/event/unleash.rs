@@ -66,7 +66,7 @@ pub fn from_fields(f: &Fields<'_>) -> Result<Event, Rejection> {
     if let Some(on) = enabled {
         payload.insert("enabled".into(), on.into());
     }
-    Event::mapped(f.line(), kind, action, actor, payload, created_at)
+    Event::mapped(f, kind, action, actor, payload, created_at)
 }
 
 /// Unleash's event type → (type, action, `enabled` for on/off events); `None`: unmapped.

@@ -6,86 +6,40 @@
 //! only its first bytes are kept for the rejected record, the rest is skipped up to the next
 //! newline. A last line with no newline stays pending until its newline arrives. It knows nothing
 //! of files or events.
+//!
+//! Lines are handed out as [`Bytes`] that share the buffer they were read into: the lines of one
+//! 64 KiB buffer are one allocation, however many there are and however long they live. A buffer
+//! is kept while any of its lines is, so what lines in flight hold is their own bytes plus at most
+//! the two buffers at the ends of the run of lines in flight.
 
+use bytes::{Buf, Bytes, BytesMut};
 use memchr::memchr;
 use std::io::{self, Read};
 
-/// How many bytes one read asks for.
+/// How many bytes one read asks for, and how big a new buffer is.
 const CHUNK: usize = 64 * 1024;
 /// How much of an over-long line is kept for the rejected record.
 pub const TOO_LONG_PREFIX: usize = 1024;
 
 /// One unit of output.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Piece<'a> {
+pub enum Piece {
     /// A complete line. `start` is the offset of its first byte, `end` the offset after its `\n`.
-    Line {
-        start: u64,
-        end: u64,
-        text: &'a [u8],
-    },
+    Line { start: u64, end: u64, text: Bytes },
     /// A line over the limit; `len` counts its bytes without the line ending.
     TooLong {
         start: u64,
         end: u64,
         len: u64,
-        prefix: &'a [u8],
+        prefix: Bytes,
     },
 }
 
-impl Piece<'_> {
+impl Piece {
     /// The byte range of the piece: its first byte, and the offset after its line ending.
     pub fn range(&self) -> (u64, u64) {
         match self {
             Piece::Line { start, end, .. } | Piece::TooLong { start, end, .. } => (*start, *end),
-        }
-    }
-
-    /// A copy that does not borrow the splitter.
-    pub fn to_owned(&self) -> OwnedPiece {
-        match self {
-            Piece::Line { start, end, text } => OwnedPiece::Line {
-                start: *start,
-                end: *end,
-                text: text.to_vec(),
-            },
-            Piece::TooLong {
-                start,
-                end,
-                len,
-                prefix,
-            } => OwnedPiece::TooLong {
-                start: *start,
-                end: *end,
-                len: *len,
-                prefix: prefix.to_vec(),
-            },
-        }
-    }
-}
-
-/// A [`Piece`] copied out of the splitter, so it can be handed on while the splitter is used.
-#[derive(Debug)]
-pub enum OwnedPiece {
-    Line {
-        start: u64,
-        end: u64,
-        text: Vec<u8>,
-    },
-    TooLong {
-        start: u64,
-        end: u64,
-        len: u64,
-        prefix: Vec<u8>,
-    },
-}
-
-impl OwnedPiece {
-    pub fn range(&self) -> (u64, u64) {
-        match self {
-            OwnedPiece::Line { start, end, .. } | OwnedPiece::TooLong { start, end, .. } => {
-                (*start, *end)
-            }
         }
     }
 }
@@ -100,138 +54,134 @@ struct Skipping {
 
 #[derive(Debug)]
 pub struct LineSplitter {
-    /// `buf[..end]` is what was read; `buf[consumed..end]` is pending. The bytes after `end` are
-    /// room for the next read, zeroed once when the buffer grows (not on every read).
-    buf: Vec<u8>,
-    end: usize,
-    consumed: usize,
-    /// File offset of `buf[0]`.
+    /// What was read and not taken out yet. Lines are split off its front and keep sharing its
+    /// memory; reads are appended at its back, into a new buffer once this one is full.
+    buf: BytesMut,
+    /// Stream offset of `buf[0]`.
     base: u64,
+    /// Where a read lands before it is appended (zeroed once, not on every read).
+    scratch: Vec<u8>,
     max_line: usize,
     skipping: Option<Skipping>,
-    /// Set after a piece that must be copied before the next call (`TooLong` borrows `skipping`).
-    finished_skip: Option<Skipping>,
 }
 
 impl LineSplitter {
     /// A splitter whose next byte is at `offset` in the stream.
     pub fn new(offset: u64, max_line: usize) -> Self {
         LineSplitter {
-            buf: Vec::new(),
-            end: 0,
-            consumed: 0,
+            buf: BytesMut::new(),
             base: offset,
+            scratch: Vec::new(),
             max_line,
             skipping: None,
-            finished_skip: None,
         }
     }
 
     /// Offset of the next byte that will be read into the buffer.
     pub fn read_offset(&self) -> u64 {
-        self.base + self.end as u64
+        self.base + self.buf.len() as u64
     }
 
     /// Forgets everything buffered and continues at `offset` (a truncated file starts over).
     pub fn reset(&mut self, offset: u64) {
-        self.end = 0;
-        self.consumed = 0;
+        self.buf.clear();
         self.base = offset;
         self.skipping = None;
-        self.finished_skip = None;
     }
 
     /// The partial line waiting for its newline: its offset and bytes (empty if none).
     pub fn pending(&self) -> (u64, &[u8]) {
         match &self.skipping {
             Some(skip) => (skip.start, &skip.prefix),
-            None => (
-                self.base + self.consumed as u64,
-                &self.buf[self.consumed..self.end],
-            ),
+            None => (self.base, &self.buf),
         }
     }
 
     /// Reads once from `r` into the buffer, at most [`CHUNK`] bytes; returns the byte count (0 at
     /// end of file).
     pub fn fill_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
-        self.compact();
-        let room = self.end + CHUNK;
-        if self.buf.len() < room {
-            self.buf.resize(room, 0);
+        if self.scratch.len() < CHUNK {
+            self.scratch.resize(CHUNK, 0);
         }
-        let n = r.read(&mut self.buf[self.end..room])?;
-        self.end += n;
+        let n = r.read(&mut self.scratch)?;
+        let LineSplitter { buf, scratch, .. } = self;
+        Self::append(buf, &scratch[..n], self.max_line);
         Ok(n)
     }
 
     /// Forgets the last `n` bytes read (only right after [`LineSplitter::fill_from`], before any
     /// piece is taken): they turned out to belong to a file that replaced the one being read.
     pub fn unread(&mut self, n: usize) {
-        self.end = self.end.saturating_sub(n).max(self.consumed);
+        self.buf.truncate(self.buf.len().saturating_sub(n));
     }
 
     /// Appends bytes directly.
     pub fn push(&mut self, bytes: &[u8]) {
-        self.compact();
-        self.buf.truncate(self.end);
-        self.buf.extend_from_slice(bytes);
-        self.end = self.buf.len();
+        Self::append(&mut self.buf, bytes, self.max_line);
     }
 
-    /// Moves the pending bytes to the front, and gives back memory a long line made the buffer
-    /// take once it is no longer needed.
-    fn compact(&mut self) {
-        if self.consumed > 0 {
-            self.buf.copy_within(self.consumed..self.end, 0);
-            self.end -= self.consumed;
-            self.base += self.consumed as u64;
-            self.consumed = 0;
+    /// Appends `bytes` to `buf`: in place while it has room; else in the same memory if no line
+    /// holds any of it, or in a new buffer of at least [`CHUNK`] bytes that starts with what is
+    /// pending. A buffer a long line made big is given back once it is no longer needed.
+    fn append(buf: &mut BytesMut, bytes: &[u8], max_line: usize) {
+        if buf.capacity() > 4 * CHUNK.max(max_line) && buf.len() < CHUNK {
+            let mut small = BytesMut::with_capacity(CHUNK);
+            small.extend_from_slice(buf);
+            *buf = small;
         }
-        if self.buf.capacity() > 4 * CHUNK.max(self.max_line) && self.end < CHUNK {
-            self.buf.truncate(CHUNK);
-            self.buf.shrink_to_fit();
+        if buf.capacity() - buf.len() < bytes.len() {
+            buf.reserve(bytes.len().max(CHUNK));
         }
+        buf.extend_from_slice(bytes);
+    }
+
+    /// Takes the first `n` pending bytes out of the buffer.
+    fn take(&mut self, n: usize) -> Bytes {
+        self.base += n as u64;
+        self.buf.split_to(n).freeze()
     }
 
     /// The next complete piece, or `None` when more bytes are needed.
-    pub fn next_piece(&mut self) -> Option<Piece<'_>> {
-        self.finished_skip = None;
-        let pending = &self.buf[self.consumed..self.end];
-        let start = self.base + self.consumed as u64;
-        let newline = memchr(b'\n', pending);
+    pub fn next_piece(&mut self) -> Option<Piece> {
+        let start = self.base;
+        let newline = memchr(b'\n', &self.buf);
         if let Some(skip) = &mut self.skipping {
             match newline {
                 Some(i) => {
                     skip.len += i as u64;
-                    self.consumed += i + 1;
-                    self.finished_skip = self.skipping.take();
-                    let s = self.finished_skip.as_ref()?;
+                    self.base += i as u64 + 1;
+                    self.buf.advance(i + 1);
+                    let s = self.skipping.take()?;
                     return Some(Piece::TooLong {
                         start: s.start,
                         end: start + i as u64 + 1,
                         len: s.len,
-                        prefix: &s.prefix,
+                        prefix: Bytes::from(s.prefix),
                     });
                 }
                 None => {
-                    skip.len += pending.len() as u64;
+                    let pending = self.buf.len();
+                    skip.len += pending as u64;
                     let room = TOO_LONG_PREFIX.saturating_sub(skip.prefix.len());
                     skip.prefix
-                        .extend_from_slice(&pending[..room.min(pending.len())]);
-                    self.consumed = self.end;
+                        .extend_from_slice(&self.buf[..room.min(pending)]);
+                    self.base += pending as u64;
+                    self.buf.clear();
                     return None;
                 }
             }
         }
         match newline {
             Some(i) => {
-                let raw = &self.buf[self.consumed..self.consumed + i];
-                let text = raw.strip_suffix(b"\r").unwrap_or(raw);
-                self.consumed += i + 1;
+                let mut text = self.take(i + 1);
+                text.truncate(i);
+                if text.ends_with(b"\r") {
+                    text.truncate(i - 1);
+                }
                 let end = start + i as u64 + 1;
                 if text.len() > self.max_line {
-                    let prefix = &text[..TOO_LONG_PREFIX.min(text.len())];
+                    // A copy: the rejected record keeps it, not the whole line.
+                    let prefix = Bytes::copy_from_slice(&text[..TOO_LONG_PREFIX.min(text.len())]);
                     Some(Piece::TooLong {
                         start,
                         end,
@@ -242,15 +192,17 @@ impl LineSplitter {
                     Some(Piece::Line { start, end, text })
                 }
             }
-            None if pending.len() > self.max_line + 1 => {
+            None if self.buf.len() > self.max_line + 1 => {
                 // No newline within the limit (+1 for a `\r`): skip the rest of this line.
-                let prefix = pending[..TOO_LONG_PREFIX.min(pending.len())].to_vec();
+                let pending = self.buf.len();
+                let prefix = self.buf[..TOO_LONG_PREFIX.min(pending)].to_vec();
                 self.skipping = Some(Skipping {
                     start,
-                    len: pending.len() as u64,
+                    len: pending as u64,
                     prefix,
                 });
-                self.consumed = self.end;
+                self.base += pending as u64;
+                self.buf.clear();
                 None
             }
             None => None,
@@ -267,7 +219,7 @@ mod tests {
         while let Some(p) = splitter.next_piece() {
             out.push(match p {
                 Piece::Line { start, end, text } => {
-                    format!("{start}-{end}:{}", String::from_utf8_lossy(text))
+                    format!("{start}-{end}:{}", String::from_utf8_lossy(&text))
                 }
                 Piece::TooLong {
                     start, end, len, ..
@@ -329,6 +281,31 @@ mod tests {
         assert_eq!(s.read_offset(), 28);
         s.push(b"!\n");
         assert_eq!(collect(&mut s), ["24-30:four!"]);
+    }
+
+    #[test]
+    fn lines_share_the_buffer_they_were_read_into_and_outlive_it() {
+        let mut s = LineSplitter::new(0, 2 * CHUNK);
+        s.push(b"one\ntwo\nthr");
+        let Some(Piece::Line { text: one, .. }) = s.next_piece() else {
+            panic!("a line")
+        };
+        let Some(Piece::Line { text: two, .. }) = s.next_piece() else {
+            panic!("a line")
+        };
+        // One allocation: the second line starts right after the first one's newline.
+        assert_eq!(one.as_ptr().wrapping_add(4), two.as_ptr());
+        // Reads go on into new memory while the lines are held; the lines do not change.
+        for _ in 0..CHUNK {
+            s.push(b"x");
+        }
+        s.push(b"\n");
+        let Some(Piece::Line { text: long, .. }) = s.next_piece() else {
+            panic!("a line")
+        };
+        assert_eq!((&one[..], &two[..]), (&b"one"[..], &b"two"[..]));
+        assert_eq!(long.len(), 3 + CHUNK);
+        assert!(long.starts_with(b"thrxx"));
     }
 
     #[test]

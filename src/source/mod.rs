@@ -14,13 +14,15 @@ pub mod socket;
 mod watch;
 
 use crate::ack::Tracker;
-use crate::event::{Rejection, parse_line};
+use crate::event::{Rejection, parse_shared};
 use crate::metrics;
 use crate::position::{FileIdentity, Position};
 use crate::record::{Record, SourceInfo};
 use crate::record_log::{RecordLog, now_rfc3339};
 use crate::sink::Sink;
 use base64::Engine;
+use bytes::Bytes;
+use bytestring::ByteString;
 use lines::Piece;
 use std::path::Path;
 use std::sync::Arc;
@@ -149,22 +151,23 @@ pub struct Span<'a> {
 
 impl Dispatch {
     /// Handles one complete line (without its line ending).
-    pub async fn line(&self, at: Span<'_>, bytes: &[u8]) -> Result<(), Stopped> {
+    pub async fn line(&self, at: Span<'_>, bytes: Bytes) -> Result<(), Stopped> {
         self.lines_read.inc();
-        let Ok(text) = std::str::from_utf8(bytes) else {
-            return self.reject(at, Rejection::InvalidUtf8, bytes).await;
+        // The event keeps the line as read, sharing the buffer it was read into.
+        let Ok(text) = ByteString::try_from(bytes.clone()) else {
+            return self.reject(at, Rejection::InvalidUtf8, &bytes).await;
         };
         if text.trim().is_empty() {
             return self.settle(at, 0, 0).await.map(drop);
         }
-        let event = match parse_line(self.info.format, text) {
+        let event = match parse_shared(self.info.format, &text) {
             Ok(event) => event,
             Err(Rejection::Unmapped(kind)) => {
                 tracing::debug!(source = %self.info.name, offset = at.start, kind = %kind, "event type not mapped; skipped");
                 self.unmapped.inc();
                 return self.settle(at, 0, 0).await.map(drop);
             }
-            Err(rejection) => return self.reject(at, rejection, text.as_bytes()).await,
+            Err(rejection) => return self.reject(at, rejection, &bytes).await,
         };
         // The filters are evaluated again when sending, cheaper than keeping a list per line; a
         // `match:` parses the payload once for both passes and all sinks.
@@ -178,10 +181,10 @@ impl Dispatch {
                 crate::status::touch();
             }
         }
-        // What the record will hold: the line and the parsed event (nothing but the slot when no
-        // sink takes it).
+        // What the record will hold: the line and what of the event is not in it. A line no sink
+        // takes is charged too (see `settle`).
         let cost = match wanted {
-            0 => self.tracker.cost(0),
+            0 => 0,
             _ => self.tracker.cost(event.heap_bytes()),
         };
         let stream = Arc::clone(at.origin.key());
@@ -210,7 +213,7 @@ impl Dispatch {
     pub async fn piece(
         &self,
         origin: Origin<'_>,
-        piece: Piece<'_>,
+        piece: Piece,
         max_line: usize,
     ) -> Result<(), Stopped> {
         let (start, end) = piece.range();
@@ -218,7 +221,7 @@ impl Dispatch {
         match piece {
             Piece::Line { text, .. } => self.line(at, text).await,
             Piece::TooLong { len, prefix, .. } => {
-                self.too_long(at, len, max_line as u64, prefix).await
+                self.too_long(at, len, max_line as u64, &prefix).await
             }
         }
     }
@@ -246,9 +249,12 @@ impl Dispatch {
         .await
     }
 
-    /// Admits the line's cost and registers it with the tracker.
+    /// Admits the line's cost and registers it with the tracker. Every line is charged at least
+    /// its own bytes, taken or not: lines share the buffer they were read into, so a line no sink
+    /// took stays in memory as long as a neighbour that one did.
     async fn settle(&self, at: Span<'_>, sinks: u32, cost: u32) -> Result<u64, Stopped> {
-        let cost = cost.max(self.tracker.cost(0));
+        let read = usize::try_from(at.end - at.start).unwrap_or(usize::MAX);
+        let cost = cost.max(self.tracker.cost(read));
         tokio::select! {
             _ = self.tracker.admit(cost) => {}
             _ = self.stop.cancelled() => return Err(Stopped),

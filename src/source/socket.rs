@@ -20,7 +20,7 @@
 //! socket left by a crash is replaced; the socket is created with `socket_mode` (through a private
 //! name, then renamed into place) and removed when flagtail is done with it.
 
-use super::lines::{LineSplitter, OwnedPiece};
+use super::lines::{LineSplitter, Piece};
 use super::{Rejected, Stopped};
 use crate::event::Rejection;
 use crate::journal::{AppendError, Chain, Journal, Pending};
@@ -195,10 +195,10 @@ impl SocketSource {
             splitter.push(&buf[..n]);
             let mut batch = Vec::new();
             let mut lines = 0u64;
-            while let Some(piece) = splitter.next_piece().map(|p| p.to_owned()) {
+            while let Some(piece) = splitter.next_piece() {
                 match piece {
-                    OwnedPiece::Line { text, .. } if text.iter().all(u8::is_ascii_whitespace) => {}
-                    OwnedPiece::Line { text, .. } => {
+                    Piece::Line { text, .. } if text.iter().all(u8::is_ascii_whitespace) => {}
+                    Piece::Line { text, .. } => {
                         if !batch.is_empty()
                             && batch.len() + text.len() >= self.journal.batch_limit()
                         {
@@ -216,7 +216,7 @@ impl SocketSource {
                         batch.push(b'\n');
                         lines += 1;
                     }
-                    OwnedPiece::TooLong {
+                    Piece::TooLong {
                         start,
                         end,
                         len,
