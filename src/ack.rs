@@ -88,6 +88,14 @@ impl Tracker {
         }
     }
 
+    /// Takes `cost` from the budget if it fits now, as [`Tracker::admit`] would without waiting.
+    pub fn try_admit(&self, cost: u32) -> bool {
+        self.budget
+            .try_acquire_many(cost)
+            .map(tokio::sync::SemaphorePermit::forget)
+            .is_ok()
+    }
+
     /// Records a line ending at `end` that `sinks` sinks will acknowledge; returns its sequence
     /// number. `cost` must have been admitted.
     pub fn push(&self, end: Position, sinks: u32, cost: u32) -> u64 {
@@ -106,15 +114,21 @@ impl Tracker {
 
     /// One sink is done with line `seq`.
     pub fn ack(&self, seq: u64) {
+        self.ack_all([seq]);
+    }
+
+    /// One sink is done with each of lines `seqs` (a delivered group): one lock for all.
+    pub fn ack_all(&self, seqs: impl IntoIterator<Item = u64>) {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(index) = seq.checked_sub(st.front) else {
-            return;
-        };
-        let Some(slot) = st.slots.get_mut(index as usize) else {
-            return;
-        };
-        slot.remaining = slot.remaining.saturating_sub(1);
-        if index == 0 && slot.remaining == 0 {
+        for seq in seqs {
+            let Some(index) = seq.checked_sub(st.front) else {
+                continue;
+            };
+            if let Some(slot) = st.slots.get_mut(index as usize) {
+                slot.remaining = slot.remaining.saturating_sub(1);
+            }
+        }
+        if st.slots.front().is_some_and(|s| s.remaining == 0) {
             self.advance(st);
         }
     }
@@ -178,6 +192,28 @@ mod tests {
         t.ack(a);
         assert_eq!(book.get("s"), Some(at(30)));
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_group_is_acknowledged_at_once_and_still_only_past_a_done_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = CheckpointBook::open(dir.path()).unwrap();
+        let t = Tracker::new("s", book.clone(), share(1, 100));
+        let mut seqs = vec![];
+        for i in 1..=5 {
+            assert!(t.try_admit(1));
+            seqs.push(t.push(at(i * 10), 2, 1));
+        }
+        // One sink's group, newest first, then the other's without the first line.
+        t.ack_all(seqs.iter().rev().copied());
+        t.ack_all(seqs[1..].iter().copied());
+        assert_eq!(book.get("s"), None, "line 1 is still owed");
+        assert_eq!(t.in_flight(), 5);
+        t.ack_all([seqs[0], seqs[0] + 100]);
+        assert_eq!(book.get("s"), Some(at(50)));
+        assert_eq!(t.in_flight(), 0);
+        assert!(t.try_admit(t.capacity as u32), "the whole budget is back");
+        assert!(!t.try_admit(1));
     }
 
     #[tokio::test(start_paused = true)]

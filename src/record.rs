@@ -98,6 +98,28 @@ impl Record {
             tracker.ack(*seq);
         }
     }
+
+    /// [`Record::ack`] for each of `records` (a delivered group), one lock per run of records
+    /// from the same source.
+    pub fn ack_all(records: &[Arc<Record>]) {
+        let mut rest = records;
+        while let Some(first) = rest.first() {
+            let Some((tracker, _)) = &first.ack else {
+                rest = &rest[1..];
+                continue;
+            };
+            let run = rest
+                .iter()
+                .position(|r| !r.ack.as_ref().is_some_and(|(t, _)| Arc::ptr_eq(t, tracker)))
+                .unwrap_or(rest.len());
+            tracker.ack_all(
+                rest[..run]
+                    .iter()
+                    .filter_map(|r| r.ack.as_ref().map(|a| a.1)),
+            );
+            rest = &rest[run..];
+        }
+    }
 }
 
 /// Appends `n` in decimal (what `write!` would, without the formatting machinery: a batch's

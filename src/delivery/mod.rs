@@ -513,7 +513,7 @@ async fn finish(
     match result {
         Result::Delivered { .. } => {
             sink.metrics.delivered.inc_by(records.len() as u64);
-            records.iter().for_each(|r| r.ack());
+            Record::ack_all(records);
         }
         Result::Failed {
             reason,
@@ -546,7 +546,7 @@ async fn finish(
                         }
                         sink.metrics.state.failed(&reason);
                         sink.metrics.dead_letter.inc_by(records.len() as u64);
-                        records.iter().for_each(|r| r.ack());
+                        Record::ack_all(records);
                         break;
                     }
                     Ok(Err(e)) => {

@@ -37,6 +37,9 @@ impl JournalSource {
                 return Ok(());
             }
             loop {
+                if self.dispatch.stop.is_cancelled() {
+                    return Ok(());
+                }
                 let n = splitter.fill_from(&mut reader)?;
                 while let Some(piece) = splitter.next_piece() {
                     if self

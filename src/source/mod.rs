@@ -201,11 +201,20 @@ impl Dispatch {
                 .accepts(&self.info.name, &record.event, &mut parsed)
         });
         for port in ports {
+            // Waiting (with a way out) only when the queue is full.
+            let record = match port.queue.try_send(record.clone()) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(record)) => record,
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stopped),
+            };
             tokio::select! {
-                sent = port.queue.send(record.clone()) => if sent.is_err() { return Err(Stopped) },
+                sent = port.queue.send(record) => if sent.is_err() { return Err(Stopped) },
                 _ = self.stop.cancelled() => return Err(Stopped),
             }
         }
+        // The sends above may not have waited: a source with room everywhere still gives way to
+        // the tasks it woke every so often.
+        tokio::task::consume_budget().await;
         Ok(())
     }
 
@@ -255,9 +264,12 @@ impl Dispatch {
     async fn settle(&self, at: Span<'_>, sinks: u32, cost: u32) -> Result<u64, Stopped> {
         let read = usize::try_from(at.end - at.start).unwrap_or(usize::MAX);
         let cost = cost.max(self.tracker.cost(read));
-        tokio::select! {
-            _ = self.tracker.admit(cost) => {}
-            _ = self.stop.cancelled() => return Err(Stopped),
+        // Waiting (with a way out) only when the budget is spent.
+        if !self.tracker.try_admit(cost) {
+            tokio::select! {
+                _ = self.tracker.admit(cost) => {}
+                _ = self.stop.cancelled() => return Err(Stopped),
+            }
         }
         Ok(self.tracker.push(at.origin.at(at.end), sinks, cost))
     }
