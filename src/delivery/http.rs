@@ -106,7 +106,7 @@ pub async fn probe(connector: &Connector, hook: &Webhook) -> Result<(), String> 
 /// requests while the receiver keeps it.
 pub struct Connection {
     connector: Connector,
-    open: Option<Open>,
+    open: Option<Box<Open>>,
     /// The head of the request being sent (kept for its capacity).
     head: Vec<u8>,
 }
@@ -571,7 +571,9 @@ impl Connection {
     ) -> Attempt {
         let shown = &hook.shown;
         hook.write_head(&mut self.head, body, key, unix_secs);
-        let outcome = tokio::time::timeout(hook.timeout, self.send(hook, body)).await;
+        // Pinned where it is: moving the exchange's state into the timeout would copy it.
+        let send = std::pin::pin!(self.send(hook, body));
+        let outcome = tokio::time::timeout(hook.timeout, send).await;
         match outcome {
             Ok(Ok(answer)) => match answer.body {
                 Ok(body) => classify(answer.status, answer.retry_after, &body, shown),
@@ -605,11 +607,13 @@ impl Connection {
         if self.open.as_mut().is_some_and(|open| !open.reusable()) {
             self.open = None;
         }
+        // Taken for the exchange: a connection dropped with it (an error, the timeout) is not
+        // used again. Boxed, so taking it moves a pointer, not a TLS session.
         let mut open = match self.open.take() {
             Some(open) => open,
             // Boxed: connecting (TLS included) is the biggest state of this future, and is
             // rare; inline, every request would move it around.
-            _ => Box::pin(Open::connect(&mut self.connector, hook)).await?,
+            _ => Box::new(Box::pin(Open::connect(&mut self.connector, hook)).await?),
         };
         let (answer, keep) = open.exchange(&self.head, body).await?;
         if keep {

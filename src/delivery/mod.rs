@@ -474,7 +474,9 @@ async fn send(
                     unix_now(),
                 );
                 let headers = nats::message_headers(&headers, &sink.name, &key, source);
-                publisher.publish(subject, headers, body.clone()).await
+                // Boxed: a publish's state is large, and inline it would be moved with every
+                // webhook request's too.
+                Box::pin(publisher.publish(subject, headers, body.clone())).await
             }
             _ => retry::Attempt::Final {
                 reason: "the sink was given another sink's transport".into(),
