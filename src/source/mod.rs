@@ -212,9 +212,6 @@ impl Dispatch {
                 _ = self.stop.cancelled() => return Err(Stopped),
             }
         }
-        // The sends above may not have waited: a source with room everywhere still gives way to
-        // the tasks it woke every so often.
-        tokio::task::consume_budget().await;
         Ok(())
     }
 
