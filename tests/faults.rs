@@ -236,6 +236,40 @@ async fn rejected_lines_are_recorded_and_reading_goes_on() {
     assert!(ft.stderr().contains("rejected line"));
 }
 
+/// An over-long line holds only its kept prefix in memory, so it is charged that, not its length:
+/// a line longer than the source's whole share must not stop reading while the sink is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_long_line_does_not_stop_reading_while_a_sink_is_down() {
+    let rx = Receiver::start().await;
+    let outage = rx.outage(|_| None);
+    let s = Setup::new();
+    let config = s.config_with("max_line_bytes: 4096", &webhook_sink(&rx.url("/"), ""));
+    s.write_lines(0..1, Encoding::Console);
+    // Longer than the 4 MiB every source may hold in flight, and read while flag-0 is in flight.
+    append(
+        &s.log(),
+        &format!("{{\"pad\":\"{}\"}}\n", "x".repeat(5 << 20)),
+    );
+    append(&s.log(), "not json at all\n");
+    let mut ft = Flagtail::start(&config);
+    rx.wait_attempts(1).await;
+    let reasons = eventually(|| {
+        let rejected = s.state_lines("rejected/flipt.jsonl");
+        match rejected.len() {
+            2 => Ok(rejected),
+            n => Err(format!("{n} of 2 lines rejected")),
+        }
+    })
+    .await;
+    assert_eq!(reasons[0]["reason"], "too_long");
+    assert_eq!(reasons[1]["reason"], "not_json");
+    assert!(delivered_keys(&rx).is_empty(), "the sink is still down");
+    outage.end();
+    rx.wait_delivered(1).await;
+    ft.terminate().await;
+    assert_eq!(delivered_keys(&rx), ["flag-0"]);
+}
+
 /// A small deterministic random source, seeded from the clock and printed, so a failure can be rerun.
 struct Lcg(u64);
 

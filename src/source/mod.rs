@@ -158,14 +158,14 @@ impl Dispatch {
             return self.reject(at, Rejection::InvalidUtf8, &bytes).await;
         };
         if text.trim().is_empty() {
-            return self.settle(at, 0, 0).await.map(drop);
+            return self.settle(at, 0, 0, bytes.len()).await.map(drop);
         }
         let event = match parse_shared(self.info.format, &text) {
             Ok(event) => event,
             Err(Rejection::Unmapped(kind)) => {
                 tracing::debug!(source = %self.info.name, offset = at.start, kind = %kind, "event type not mapped; skipped");
                 self.unmapped.inc();
-                return self.settle(at, 0, 0).await.map(drop);
+                return self.settle(at, 0, 0, bytes.len()).await.map(drop);
             }
             Err(rejection) => return self.reject(at, rejection, &bytes).await,
         };
@@ -189,7 +189,7 @@ impl Dispatch {
         };
         let stream = Arc::clone(at.origin.key());
         let (start, tracker) = (at.start, self.tracker.clone());
-        let seq = self.settle(at, wanted, cost).await?;
+        let seq = self.settle(at, wanted, cost, bytes.len()).await?;
         if wanted == 0 {
             return Ok(());
         }
@@ -256,11 +256,17 @@ impl Dispatch {
     }
 
     /// Admits the line's cost and registers it with the tracker. Every line is charged at least
-    /// its own bytes, taken or not: lines share the buffer they were read into, so a line no sink
-    /// took stays in memory as long as a neighbour that one did.
-    async fn settle(&self, at: Span<'_>, sinks: u32, cost: u32) -> Result<u64, Stopped> {
-        let read = usize::try_from(at.end - at.start).unwrap_or(usize::MAX);
-        let cost = cost.max(self.tracker.cost(read));
+    /// the `held` bytes it kept in memory, taken or not: lines share the buffer they were read
+    /// into, so a line no sink took stays in memory as long as a neighbour that one did. (An
+    /// over-long line held only its prefix: the rest was skipped, never buffered.)
+    async fn settle(
+        &self,
+        at: Span<'_>,
+        sinks: u32,
+        cost: u32,
+        held: usize,
+    ) -> Result<u64, Stopped> {
+        let cost = cost.max(self.tracker.cost(held));
         // Waiting (with a way out) only when the budget is spent.
         if !self.tracker.try_admit(cost) {
             tokio::select! {
@@ -285,7 +291,7 @@ impl Dispatch {
                 &self.stop,
             )
             .await?;
-        self.settle(at, 0, 0).await.map(drop)
+        self.settle(at, 0, 0, raw.len()).await.map(drop)
     }
 }
 
