@@ -32,8 +32,7 @@ use crate::checkpoint::{create_private_dir, sync_dir};
 use crate::position::Position;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -456,22 +455,19 @@ fn commit(shared: &Shared, file: &mut Option<(u64, File)>, batch: &[Append]) -> 
     let Some((_, f)) = file.as_mut() else {
         return Err(io::Error::other("no segment open"));
     };
-    let mut out = Vec::with_capacity(batch.iter().map(|a| a.bytes.len()).sum());
-    for a in batch {
-        out.extend_from_slice(&a.bytes);
-    }
+    let size: u64 = batch.iter().map(|a| a.bytes.len() as u64).sum();
     // At an explicit offset: bytes a failed write left behind are overwritten, never followed.
-    let written = f.write_all_at(&out, len).and_then(|()| f.sync_data());
+    let written = write_group(f, batch, len).and_then(|()| f.sync_data());
     if let Err(e) = written {
         let _ = f.set_len(len);
         *file = None;
         return Err(e);
     }
-    let end = base + len + out.len() as u64;
+    let end = base + len + size;
     {
         let mut st = shared.lock();
         if let Some(last) = st.segments.back_mut() {
-            last.len += out.len() as u64;
+            last.len += size;
         }
     }
     shared.committed.send_replace(end);
@@ -479,6 +475,23 @@ fn commit(shared: &Shared, file: &mut Option<(u64, File)>, batch: &[Append]) -> 
         && let Err(e) = roll_over(shared, file, end)
     {
         tracing::error!(journal = %shared.dir.display(), error = %e, "cannot start a new journal segment; trying again at the next append");
+    }
+    Ok(())
+}
+
+/// Writes the appends' bytes one after another from `offset`, gathered by the kernel (no copy
+/// into one buffer first).
+fn write_group(f: &mut File, batch: &[Append], offset: u64) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|a| IoSlice::new(&a.bytes)).collect();
+    let mut rest = &mut slices[..];
+    f.seek(SeekFrom::Start(offset))?;
+    while !rest.is_empty() {
+        match f.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

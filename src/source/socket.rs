@@ -193,7 +193,9 @@ impl SocketSource {
                 }
             };
             splitter.push(&buf[..n]);
-            let mut batch = Vec::new();
+            // Room for every complete line buffered (no regrowing line by line).
+            let buffered = splitter.pending().1.len();
+            let mut batch = Vec::with_capacity(buffered.min(self.journal.batch_limit()));
             let mut lines = 0u64;
             while let Some(piece) = splitter.next_piece() {
                 match piece {
