@@ -26,7 +26,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -61,7 +61,7 @@ struct Seen {
     /// The clock the writer stamps lines with.
     epoch: Instant,
     /// Whether the keys are stamps to measure (latency runs) or just numbers.
-    stamped: std::sync::atomic::AtomicBool,
+    stamped: AtomicBool,
 }
 
 impl Seen {
@@ -70,10 +70,9 @@ impl Seen {
         let stamped = self.stamped.load(Ordering::Relaxed);
         let mut n = 0;
         let mut lat = Vec::new();
-        let mut rest = body;
-        while let Some(at) = find(rest, MARK) {
+        for at in memchr::memmem::find_iter(body, MARK) {
             n += 1;
-            rest = &rest[at + MARK.len()..];
+            let rest = &body[at + MARK.len()..];
             if stamped {
                 let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
                 if let Some(stamp) = std::str::from_utf8(&rest[..digits])
@@ -103,10 +102,6 @@ impl Seen {
             }
         }
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Starts the receiver on 127.0.0.1; its port.
@@ -149,7 +144,20 @@ fn config(dir: &Path, log: &Path, port: u16, batch: usize) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "state_dir: {state}\nadmin: {{listen: \"\"}}\nlog: {{level: warn}}\nsources:\n  - name: bench\n    file: {log}\n    format: flipt\n    read_from: beginning\nsinks:\n  - name: receiver\n    url: http://127.0.0.1:{port}/\n    signing_secret: bench-secret\n    concurrency: 4\n{batch}",
+            r#"state_dir: {state}
+admin: {{listen: ""}}
+log: {{level: warn}}
+sources:
+  - name: bench
+    file: {log}
+    format: flipt
+    read_from: beginning
+sinks:
+  - name: receiver
+    url: http://127.0.0.1:{port}/
+    signing_secret: bench-secret
+    concurrency: 4
+{batch}"#,
             state = dir.join("state").display(),
             log = log.display(),
         ),
@@ -161,7 +169,8 @@ fn config(dir: &Path, log: &Path, port: u16, batch: usize) -> PathBuf {
 /// flagtail's CPU seconds so far and its peak RSS in MiB.
 fn usage(child: &Child) -> (f64, f64) {
     let pid = child.id();
-    let tick = 100.0; // USER_HZ on Linux
+    // SAFETY: sysconf only reads a constant of the system.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -258,8 +267,7 @@ async fn latency(seen: &Arc<Seen>, port: u16, rate: u64, seconds: u64) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while sent < total {
         tick.tick().await;
-        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
-        let due = due.min(total);
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
         if due > sent {
             let stamp = seen.epoch.elapsed().as_micros() as u64;
             let mut chunk = String::new();

@@ -253,7 +253,7 @@ async fn an_over_long_line_does_not_stop_reading_while_a_sink_is_down() {
     append(&s.log(), "not json at all\n");
     let mut ft = Flagtail::start(&config);
     rx.wait_attempts(1).await;
-    let reasons = eventually(|| {
+    let rejected = eventually(|| {
         let rejected = s.state_lines("rejected/flipt.jsonl");
         match rejected.len() {
             2 => Ok(rejected),
@@ -261,8 +261,8 @@ async fn an_over_long_line_does_not_stop_reading_while_a_sink_is_down() {
         }
     })
     .await;
-    assert_eq!(reasons[0]["reason"], "too_long");
-    assert_eq!(reasons[1]["reason"], "not_json");
+    assert_eq!(rejected[0]["reason"], "too_long");
+    assert_eq!(rejected[1]["reason"], "not_json");
     assert!(delivered_keys(&rx).is_empty(), "the sink is still down");
     outage.end();
     rx.wait_delivered(1).await;

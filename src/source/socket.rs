@@ -193,9 +193,8 @@ impl SocketSource {
                 }
             };
             splitter.push(&buf[..n]);
-            // Room for every complete line buffered (no regrowing line by line).
-            let buffered = splitter.pending().1.len();
-            let mut batch = Vec::with_capacity(buffered.min(self.journal.batch_limit()));
+            // About what this read's lines hold (not regrown line by line).
+            let mut batch = Vec::with_capacity(n.min(self.journal.batch_limit()));
             let mut lines = 0u64;
             while let Some(piece) = splitter.next_piece() {
                 match piece {
