@@ -11,6 +11,7 @@ use crate::admin;
 use crate::checkpoint::CheckpointBook;
 use crate::config::Config;
 use crate::config::SourceKind;
+use crate::delivery::backlog::Backlogs;
 use crate::delivery::{self, Ready, dead_letter};
 use crate::health::Health;
 use crate::intake::{Intake, Intakes, Listener};
@@ -57,6 +58,12 @@ pub async fn run(
     let mut config = config;
     let mut intakes = Intakes::default();
     intakes.update(&config, &book)?;
+    let mut backlogs = Backlogs::default();
+    backlogs.open_all(
+        &config.file.state_dir,
+        sinks.iter().map(|r| &*r.sink),
+        &book,
+    )?;
     let admin_view: admin::Shared = Arc::new(std::sync::RwLock::new(admin_view_of(
         &config, &book, &intakes, &sinks,
     )));
@@ -80,7 +87,7 @@ pub async fn run(
         config.file.log.summary_interval,
         summary_stop.clone(),
     ));
-    let mut pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health);
+    let mut pipeline = Pipeline::start(&config, sinks, &book, (&intakes, &backlogs), &health);
     for note in &config.notes {
         tracing::warn!("{note}");
     }
@@ -107,6 +114,11 @@ pub async fn run(
                         tracing::error!("reload refused, the running config stays: {e:#}");
                         continue;
                     }
+                    let state_dir = &next.file.state_dir;
+                    if let Err(e) = backlogs.open_all(state_dir, sinks.iter().map(|r| &*r.sink), &book) {
+                        tracing::error!("reload refused, the running config stays: {e:#}");
+                        continue;
+                    }
                     if let Err(e) = pipeline.stop().await {
                         break Err(e);
                     }
@@ -120,7 +132,7 @@ pub async fn run(
                     if let Ok(mut view) = admin_view.write() {
                         *view = admin_view_of(&config, &book, &intakes, &sinks);
                     }
-                    pipeline = Pipeline::start(&config, sinks, &book, &intakes, &health);
+                    pipeline = Pipeline::start(&config, sinks, &book, (&intakes, &backlogs), &health);
                     tracing::info!(config = %config.paths, "config reloaded");
                 }
                 Err(e) => tracing::error!("reload refused, the running config stays: {e:#}"),
@@ -229,7 +241,7 @@ impl Pipeline {
         config: &Config,
         sinks: Vec<Ready>,
         book: &Arc<CheckpointBook>,
-        intakes: &Intakes,
+        (intakes, backlogs): (&Intakes, &Backlogs),
         health: &Arc<Health>,
     ) -> Pipeline {
         let c = &config.file;
@@ -241,15 +253,22 @@ impl Pipeline {
         let mut sink_tasks = JoinSet::new();
         let mut names = HashMap::new();
         let mut ports = Vec::new();
+        let max_line = usize::try_from(c.max_line_bytes).unwrap_or(usize::MAX);
         for ready in sinks {
             let (tx, rx) = mpsc::channel(delivery::QUEUE);
             let dead = dead_letter::log(&c.state_dir, &ready.sink.name);
             let sink_name = ready.sink.name.to_string();
+            // Opened for every sink before the pipeline starts (`Backlogs::open_all`).
+            let Some(backlog) = backlogs.get(&sink_name) else {
+                continue;
+            };
             ports.push(SinkPort {
                 sink: ready.sink.clone(),
                 queue: tx,
+                backlog: backlog.clone(),
             });
-            let worker = delivery::run_sink(ready, rx, dead, stop.clone(), c.shutdown_grace);
+            let (stop, grace) = (stop.clone(), c.shutdown_grace);
+            let worker = delivery::run_sink(ready, rx, dead, backlog, max_line, stop, grace);
             // Like a source, a sink worker only ends when stopped: any other end is an error.
             let task = sink_tasks.spawn(async move {
                 worker.await;
@@ -259,7 +278,6 @@ impl Pipeline {
         }
         let ports: Arc<[SinkPort]> = ports.into();
         let mut sources = JoinSet::new();
-        let max_line = usize::try_from(c.max_line_bytes).unwrap_or(usize::MAX);
         // The process's bytes in flight, split between the sources: one stuck sink holds back
         // only the sources that feed it.
         let share = ack::share(c.sources.len(), max_line);

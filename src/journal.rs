@@ -218,6 +218,16 @@ impl Journal {
         (start, *self.shared.committed.borrow())
     }
 
+    /// Where the oldest segment ends: what must be done with before trimming frees anything.
+    pub fn first_segment_end(&self) -> u64 {
+        let st = self.shared.lock();
+        match (st.segments.front(), st.segments.len()) {
+            (Some(s), 1) => s.base + s.len.max(self.shared.segment_bytes),
+            (Some(s), _) => s.base + s.len,
+            (None, _) => 0,
+        }
+    }
+
     /// Bytes the segments hold now.
     pub fn size(&self) -> u64 {
         self.shared.lock().segments.iter().map(|s| s.len).sum()

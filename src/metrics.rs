@@ -75,6 +75,11 @@ pub struct Metrics {
     pub dead_letters: Family<SinkLabel, Gauge>,
     /// Bytes a socket or HTTP source's journal holds; set when scraped.
     pub journal_bytes: Family<SourceLabel, Gauge>,
+    /// Per sink, set when scraped: 1 while it is up, 0 while retrying or down; and what waits in
+    /// its backlog.
+    pub sink_up: Family<SinkLabel, Gauge>,
+    pub sink_backlog_events: Family<SinkLabel, Gauge>,
+    pub sink_backlog_bytes: Family<SinkLabel, Gauge>,
 }
 
 /// The process's metrics.
@@ -149,8 +154,27 @@ impl Metrics {
             "Bytes not delivered yet: file size (or journal end) minus checkpoint",
             source_lag_bytes.clone(),
         );
+        let (sink_up, sink_backlog_events, sink_backlog_bytes) = Default::default();
+        registry.register(
+            "sink_up",
+            "1 while the sink delivers; 0 while its attempts fail (retrying or down)",
+            Family::clone(&sink_up),
+        );
+        registry.register(
+            "sink_backlog_events",
+            "Events waiting in the sink's backlog on disk",
+            Family::clone(&sink_backlog_events),
+        );
+        registry.register(
+            "sink_backlog_bytes",
+            "Bytes the sink's backlog on disk holds",
+            Family::clone(&sink_backlog_bytes),
+        );
         Metrics {
             registry,
+            sink_up,
+            sink_backlog_events,
+            sink_backlog_bytes,
             lines_read,
             lines_rejected,
             events_unmapped,

@@ -54,6 +54,42 @@ pub struct SinkState {
     last_error: Mutex<Option<Note>>,
     /// The latest end of a wait before a retry, and how long that wait is.
     backoff: Mutex<Option<(SystemTime, Duration)>>,
+    /// Set while the sink's attempts fail (the fast path reads only this).
+    failing_now: AtomicBool,
+    /// Since when its attempts fail, none having succeeded since; whether `down` was logged.
+    failing: Mutex<Option<(SystemTime, bool)>>,
+    /// How long it fails before it is `down` (`max_backoff_duration`), in milliseconds.
+    down_after_ms: AtomicU64,
+    /// Events waiting in its backlog, and the bytes they take there.
+    pub backlog_events: AtomicU64,
+    pub backlog_bytes: AtomicU64,
+}
+
+/// What a sink is doing (SPEC §4): delivering, failing for less than `max_backoff_duration`, or
+/// failing for longer (it then probes its receiver with its oldest waiting event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    Up,
+    Retrying { since: SystemTime },
+    Down { since: SystemTime },
+}
+
+impl Condition {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Condition::Up => "up",
+            Condition::Retrying { .. } => "retrying",
+            Condition::Down { .. } => "down",
+        }
+    }
+
+    /// Since when it fails, unless it is up.
+    pub fn since(&self) -> Option<SystemTime> {
+        match self {
+            Condition::Up => None,
+            Condition::Retrying { since } | Condition::Down { since } => Some(*since),
+        }
+    }
 }
 
 /// A wait before a retry that has not ended yet.
@@ -73,6 +109,52 @@ impl SinkState {
         let mut backoff = lock(&self.backoff);
         if backoff.is_none_or(|(end, _)| end <= until) {
             *backoff = Some((until, wait));
+        }
+    }
+
+    /// Says how long the sink may fail before it is `down`.
+    pub fn set_down_after(&self, after: Duration) {
+        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.down_after_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// An attempt failed with no answer worth taking (connection error, timeout, a status in
+    /// `retry_on`). Returns since when the sink fails, and whether it has just become `down`
+    /// (true once per outage, for the one log line that says so).
+    pub fn attempt_failed(&self) -> (SystemTime, bool) {
+        self.failing_now.store(true, Ordering::Relaxed);
+        let now = SystemTime::now();
+        let mut failing = lock(&self.failing);
+        let (since, told) = failing.get_or_insert((now, false));
+        let down = now.duration_since(*since).unwrap_or_default() >= self.down_after();
+        let newly_down = down && !*told;
+        *told |= down;
+        (*since, newly_down)
+    }
+
+    /// An attempt was answered (delivered, or refused for good): the receiver is there. Returns
+    /// since when the sink had been failing, if it had.
+    pub fn attempt_answered(&self) -> Option<SystemTime> {
+        if !self.failing_now.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.failing_now.store(false, Ordering::Relaxed);
+        lock(&self.failing).take().map(|(since, _)| since)
+    }
+
+    fn down_after(&self) -> Duration {
+        Duration::from_millis(self.down_after_ms.load(Ordering::Relaxed))
+    }
+
+    /// The sink's condition now.
+    pub fn condition(&self) -> Condition {
+        let Some((since, _)) = *lock(&self.failing) else {
+            return Condition::Up;
+        };
+        let failing_for = SystemTime::now().duration_since(since).unwrap_or_default();
+        match failing_for >= self.down_after() {
+            true => Condition::Down { since },
+            false => Condition::Retrying { since },
         }
     }
 
@@ -185,5 +267,22 @@ mod tests {
         let s = SinkState::default();
         s.retrying("timeout", Duration::ZERO);
         assert!(s.backoff().is_none());
+    }
+
+    #[test]
+    fn a_sink_is_retrying_then_down_then_up_again() {
+        let s = SinkState::default();
+        s.set_down_after(Duration::from_millis(50));
+        assert_eq!(s.condition(), Condition::Up);
+        let (since, newly_down) = s.attempt_failed();
+        assert!(!newly_down);
+        assert_eq!(s.condition(), Condition::Retrying { since });
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(s.attempt_failed(), (since, true), "down is said once");
+        assert_eq!(s.attempt_failed(), (since, false));
+        assert_eq!(s.condition(), Condition::Down { since });
+        assert_eq!(s.attempt_answered(), Some(since));
+        assert_eq!(s.condition(), Condition::Up);
+        assert_eq!(s.attempt_answered(), None);
     }
 }

@@ -11,7 +11,7 @@ const REFRESH: u32 = 5;
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
 h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.5em}\
 table{border-collapse:collapse}th,td{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}\
-td.n{text-align:right;font-variant-numeric:tabular-nums}.bad{color:#b00}.ok{color:#070}small{color:#666}";
+td.n{text-align:right;font-variant-numeric:tabular-nums}.bad{color:#b00}.ok{color:#070}.warn{color:#a60}small{color:#666}";
 
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096);
@@ -59,15 +59,27 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
     out.push_str(
-        "</table><h2>Sinks</h2><table id=\"sinks\"><tr><th>sink</th><th>kind</th><th>target</th><th>delivered</th>\
+        "</table><h2>Sinks</h2><table id=\"sinks\"><tr><th>sink</th><th>state</th><th>backlog</th><th>kind</th><th>target</th><th>delivered</th>\
          <th>filtered</th><th>retries</th><th>dead-lettered</th><th>dead letters waiting</th><th>backoff</th><th>last error</th></tr>",
     );
     for sink in &s.sinks {
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+            "<tr class=\"sink-{}\"><td>{}</td><td class=\"{}\">{}{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
              <td class=\"n\">{}</td><td class=\"n{}\">{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&sink.state),
             escape(&sink.name),
+            match sink.state.as_str() {
+                "up" => "ok",
+                "retrying" => "warn",
+                _ => "bad",
+            },
+            escape(&sink.state),
+            sink.since
+                .as_ref()
+                .map(|t| format!(" <small>since {}</small>", escape(t)))
+                .unwrap_or_default(),
+            sink.backlog_events,
             escape(&sink.kind),
             escape(&sink.target),
             sink.delivered,

@@ -12,6 +12,7 @@ use crate::status;
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -74,6 +75,17 @@ pub struct SinkStatus {
     /// A wait before a retry that is running now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Waiting>,
+    /// `up`, `retrying` or `down` (SPEC §4).
+    #[serde(default)]
+    pub state: String,
+    /// Since when it fails (RFC 3339), unless it is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// What waits in its backlog on disk.
+    #[serde(default)]
+    pub backlog_events: u64,
+    #[serde(default)]
+    pub backlog_bytes: u64,
 }
 
 /// Something that happened, with its time (RFC 3339).
@@ -150,11 +162,23 @@ pub fn take(view: &View, health: &Health) -> Snapshot {
         .map(|s| {
             let counters = m.sink(&s.name);
             let waiting = count_dead_letters(&view.state_dir, &s.name);
-            m.dead_letters
-                .get_or_create(&SinkLabel {
-                    sink: s.name.clone(),
-                })
-                .set(gauge(waiting));
+            let label = SinkLabel {
+                sink: s.name.clone(),
+            };
+            m.dead_letters.get_or_create(&label).set(gauge(waiting));
+            let condition = counters.state.condition();
+            let backlog = (
+                counters.state.backlog_events.load(Ordering::Relaxed),
+                counters.state.backlog_bytes.load(Ordering::Relaxed),
+            );
+            let up = i64::from(condition == status::Condition::Up);
+            m.sink_up.get_or_create(&label).set(up);
+            m.sink_backlog_events
+                .get_or_create(&label)
+                .set(gauge(backlog.0));
+            m.sink_backlog_bytes
+                .get_or_create(&label)
+                .set(gauge(backlog.1));
             SinkStatus {
                 name: s.name.clone(),
                 kind: s.kind.into(),
@@ -169,6 +193,12 @@ pub fn take(view: &View, health: &Health) -> Snapshot {
                     wait_ms: millis(b.wait),
                     left_ms: millis(b.left),
                 }),
+                state: condition.name().into(),
+                since: condition
+                    .since()
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                backlog_events: backlog.0,
+                backlog_bytes: backlog.1,
             }
         })
         .collect();

@@ -143,6 +143,8 @@ pub fn render(s: &Snapshot) -> String {
         .map(|k| {
             vec![
                 k.name.clone(),
+                k.state.clone(),
+                k.backlog_events.to_string(),
                 k.kind.clone(),
                 k.target.clone(),
                 k.delivered.to_string(),
@@ -157,6 +159,8 @@ pub fn render(s: &Snapshot) -> String {
     out.push_str(&table::render(
         &[
             "SINK",
+            "STATE",
+            "BACKLOG",
             "KIND",
             "TARGET",
             "DELIVERED",
@@ -166,7 +170,7 @@ pub fn render(s: &Snapshot) -> String {
             "LAST ERROR",
         ],
         &sinks,
-        &[3, 4, 5],
+        &[2, 5, 6, 7],
     ));
     out
 }

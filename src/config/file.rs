@@ -363,7 +363,8 @@ pub struct SinkSection {
     /// `flipt` or `standard-webhooks`. Default `flipt`.
     #[serde(default)]
     pub signature: SignatureScheme,
-    /// Total time spent retrying one delivery before it is dead-lettered. Default `15s`.
+    /// How long the sink fails before it is `down` (until then it is `retrying`); a delivery
+    /// that keeps failing waits in the backlog, it is never dead-lettered for it. Default `15s`.
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     pub max_backoff_duration: Duration,
     /// First retry delay; doubles each retry, with jitter. Default `500ms`.
@@ -397,6 +398,13 @@ pub struct SinkSection {
     pub batch: BatchSection,
     #[serde(default)]
     pub dead_letter: DeadLetterSection,
+    /// The sink's waiting room on disk (`state_dir/backlog/SINK/`).
+    #[serde(default)]
+    pub backlog: BacklogSection,
+    /// While the sink is `down`: the longest wait between two probes of its receiver. Default
+    /// `60s`.
+    #[serde(default = "default_max_probe_interval", with = "humantime_serde")]
+    pub max_probe_interval: Duration,
     /// Extra trusted CA certificates (PEM) for `https` URLs. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
@@ -513,6 +521,42 @@ impl Default for DeadLetterSection {
     fn default() -> Self {
         DeadLetterSection { auto_replay: true }
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BacklogSection {
+    /// What the sink's backlog may hold on disk. Default `256MiB`.
+    #[serde(default = "default_journal_bytes")]
+    pub max_bytes: ByteSize,
+    /// What happens when it is full. Default `dead_letter`.
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+impl Default for BacklogSection {
+    fn default() -> Self {
+        BacklogSection {
+            max_bytes: default_journal_bytes(),
+            when_full: WhenFull::default(),
+        }
+    }
+}
+
+/// What a sink does when its backlog is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// The oldest waiting events go to the dead-letter file (replayed by themselves once the sink
+    /// delivers again, with `dead_letter.auto_replay`), making room for the new.
+    #[default]
+    DeadLetter,
+    /// The sources feeding this sink wait until there is room.
+    Block,
+}
+
+fn default_max_probe_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn yes() -> bool {

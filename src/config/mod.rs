@@ -15,7 +15,7 @@ mod secret;
 pub use file::{
     BatchSection, ByteSize, ConfigFile, DEFAULT_BODY_BYTES, DEFAULT_CONNECTIONS, FileMode,
     JournalSection, LogFormat, LogSection, Name, ReadFrom, SignatureScheme, SinkKind, SinkSection,
-    SourceKind, SourceSection, VerifyScheme,
+    SourceKind, SourceSection, VerifyScheme, WhenFull,
 };
 pub use interpolate::Substituted;
 pub use secret::{OneOrMany, Secret, SecretUrl, Secrets, Urls};
@@ -564,6 +564,12 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
         }
         if s.initial_backoff < std::time::Duration::from_millis(1) {
             p.push(format!("{at}.initial_backoff: must be at least 1ms"));
+        }
+        if s.max_probe_interval < std::time::Duration::from_millis(1) {
+            p.push(format!("{at}.max_probe_interval: must be at least 1ms"));
+        }
+        if s.backlog.max_bytes.0 < 64 * 1024 {
+            p.push(format!("{at}.backlog.max_bytes: must be at least 64KiB"));
         }
         if s.max_body_bytes == Some(0) {
             p.push(format!("{at}.max_body_bytes: must be at least 1"));

@@ -38,6 +38,10 @@ pub struct DeadLetter {
     /// delivers. Letters written before this field existed are not.
     #[serde(default)]
     pub retryable: bool,
+    /// In a sink's backlog, on the first of events that were sent together (one batch) and
+    /// failed: how many, so they are sent together again, under the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
 }
 
 impl DeadLetter {
@@ -59,6 +63,7 @@ impl DeadLetter {
             line: record.line().to_string(),
             body_excerpt: None,
             retryable: false,
+            group: None,
         }
     }
 

@@ -1,14 +1,18 @@
-//! Delivery: one task per sink takes records from its queue, groups them into requests, sends them
-//! with retries, and acknowledges each record once it is delivered or dead-lettered.
+//! Delivery: one task per sink takes records from its queue, groups them into requests, sends them,
+//! and acknowledges each record once it is delivered, dead-lettered, or durable in the sink's
+//! backlog ([`backlog`]: a sink that fails or stalls keeps its events there and drains them in
+//! order, so it never holds the source or another sink).
 //!
 //! `concurrency` requests run at once (1 keeps file order). A record is acknowledged only after its
-//! outcome is durable: the receiver said 2xx, the file sink fsynced, or its dead letter was written.
+//! outcome is durable: the receiver said 2xx, the file sink fsynced, its dead letter was written,
+//! or its backlog append was fsynced.
 //! A dead letter that cannot be written is tried again until it is; the record stays
 //! unacknowledged meanwhile, so if flagtail stops first it is read again after a restart. On
 //! shutdown no new request starts, retries
 //! waiting for their backoff give up at once (unacknowledged, so re-sent later with the same key),
 //! and requests on the wire get `shutdown_grace` to finish.
 
+pub mod backlog;
 pub mod dead_letter;
 pub mod http;
 pub mod nats;
@@ -19,7 +23,9 @@ mod write;
 use crate::record::Record;
 use crate::record_log::RecordLog;
 use crate::sink::{Output, Sink, unix_now};
+use backlog::Backlog;
 use bytes::Bytes;
+use retry::Patience;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,37 +109,71 @@ pub enum Result {
         /// refusal or a body that cannot be made is not.
         retryable: bool,
     },
+    /// Worth another try later: handed to the sink's backlog (the live path only) after
+    /// `attempts` (0: not tried, behind one that was), to be tried again after `wait` (the
+    /// backoff, or the receiver's `Retry-After`).
+    Deferred {
+        reason: String,
+        attempts: u32,
+        wait: Duration,
+    },
     /// Stopped by shutdown before an outcome; not acknowledged.
     Abandoned,
 }
 
-/// Runs the sink's `concurrency` delivery workers until the queue closes or `stop` fires, then
-/// gives requests on the wire `grace`. Each worker takes the next group of records from the queue
-/// (one request's worth, or a group write), delivers it on its own connection, and only then takes
+/// What a sink's workers and its drainer share.
+struct Crew {
+    sink: Arc<Sink>,
+    dead: RecordLog,
+    healer: Option<Arc<Healer>>,
+    backlog: Arc<Backlog>,
+    /// `max_line_bytes`: bounds what is read back from the backlog.
+    max_line: usize,
+}
+
+/// Runs the sink's `concurrency` delivery workers and its backlog's drainer until the queue
+/// closes or `stop` fires, then gives requests on the wire `grace`. Each worker takes the next
+/// group of records from the queue (one request's worth, or a group write), delivers it on its
+/// own connection (or, while the sink spills, appends it to the backlog), and only then takes
 /// more; with `concurrency: 1` records go out in order.
 pub async fn run_sink(
     Ready { sink, transport }: Ready,
     queue: mpsc::Receiver<Arc<Record>>,
     dead: RecordLog,
+    backlog: Arc<Backlog>,
+    max_line: usize,
     stop: CancellationToken,
     grace: Duration,
 ) {
+    sink.metrics.state.set_down_after(sink.retry.max_elapsed);
     let queue = Arc::new(Mutex::new(queue));
     let healer = match sink.auto_replay {
         true => Some(Arc::new(Healer::new(&dead).await)),
         false => None,
     };
+    let crew = Arc::new(Crew {
+        sink: sink.clone(),
+        dead,
+        healer,
+        backlog,
+        max_line,
+    });
     let mut workers = JoinSet::new();
     for _ in 0..sink.concurrency.max(1) {
-        let link = transport.link();
-        let (sink, queue, dead, stop) = (sink.clone(), queue.clone(), dead.clone(), stop.clone());
-        workers.spawn(worker(sink, link, queue, dead, healer.clone(), stop));
+        let (crew, link) = (crew.clone(), transport.link());
+        workers.spawn(worker(crew, link, queue.clone(), stop.clone()));
     }
-    // The automatic replay runs beside the workers and stops with them.
-    let mut heal = JoinSet::new();
-    if let Some(healer) = healer {
-        let (sink, link, dead, stop) = (sink.clone(), transport.link(), dead.clone(), stop.clone());
-        heal.spawn(heal_dead_letters(sink, link, dead, healer, stop));
+    // The backlog's drainer and the automatic replay run beside the workers and stop with them.
+    let mut beside = JoinSet::new();
+    beside.spawn(drain(crew.clone(), transport.link(), stop.clone()));
+    if let Some(healer) = crew.healer.clone() {
+        let (sink, link, dead, stop) = (
+            sink.clone(),
+            transport.link(),
+            crew.dead.clone(),
+            stop.clone(),
+        );
+        beside.spawn(heal_dead_letters(sink, link, dead, healer, stop));
     }
     let ended = async {
         while let Some(done) = workers.join_next().await {
@@ -143,8 +183,8 @@ pub async fn run_sink(
     tokio::select! {
         () = ended => {
             // Cut off mid-replay, the taken letters stay in SINK.replaying.jsonl for the next one.
-            heal.abort_all();
-            while heal.join_next().await.is_some() {}
+            beside.abort_all();
+            while beside.join_next().await.is_some() {}
             return;
         }
         () = stop.cancelled() => {}
@@ -153,7 +193,7 @@ pub async fn run_sink(
         while let Some(done) = workers.join_next().await {
             surface_panic(done);
         }
-        while let Some(done) = heal.join_next().await {
+        while let Some(done) = beside.join_next().await {
             surface_panic(done);
         }
     })
@@ -161,10 +201,10 @@ pub async fn run_sink(
     if drained.is_err() {
         tracing::warn!(sink = %sink.name, left = workers.len(), "shutdown_grace ran out; unfinished deliveries will be sent again after restart");
         workers.abort_all();
-        heal.abort_all();
+        beside.abort_all();
         // Wait for the aborts, so no late acknowledgement reaches a tracker after a reload.
         while workers.join_next().await.is_some() {}
-        while heal.join_next().await.is_some() {}
+        while beside.join_next().await.is_some() {}
     }
 }
 
@@ -254,67 +294,202 @@ async fn heal_dead_letters(
     }
 }
 
-/// One delivery worker: takes a group of records, delivers it, makes the outcome durable, and
-/// goes back for more, until the queue closes or `stop` fires.
+/// One delivery worker: takes a group of records, delivers it (or, while the sink spills, appends
+/// it to the backlog), makes the outcome durable, and goes back for more, until the queue closes
+/// or `stop` fires.
 async fn worker(
-    sink: Arc<Sink>,
+    crew: Arc<Crew>,
     mut link: Link,
     queue: Arc<Mutex<mpsc::Receiver<Arc<Record>>>>,
-    dead: RecordLog,
-    healer: Option<Arc<Healer>>,
     stop: CancellationToken,
 ) {
-    while let Some(batch) = next_group(&sink, &queue, &stop).await {
+    let sink = &crew.sink;
+    while let Some(batch) = next_group(sink, &queue, &stop).await {
         #[cfg(debug_assertions)]
-        fault_injection(&sink);
-        let healer = healer.as_deref();
-        if let Output::Stdout | Output::File(_) = &sink.output {
-            let started = Instant::now();
-            for (range, result) in write::deliver(&sink, &batch, &stop).await {
-                conclude(&sink, &dead, healer, &batch[range], result, started, &stop).await;
-            }
+        fault_injection(sink);
+        if crew.backlog.spilling() {
+            // Whatever else waits goes with it: one append, one fsync.
+            let batch = take_waiting(&queue, batch).await;
+            crew.keep(&batch, 0, &stop).await;
             continue;
         }
         // A group was gathered on the thread that read its records (each record's send woke this
         // worker there). Yielding once per group lets the other runtime thread take the render,
         // the signature and the send, so reading and delivering use both cores; per record it
         // would be a cross-thread hand-off each, which costs more than it gains.
-        if batch.len() > 1 {
+        if batch.len() > 1 && !matches!(sink.output, Output::Stdout | Output::File(_)) {
             tokio::task::yield_now().await;
         }
-        // Each message's records are acknowledged as soon as it is done, not after the group.
-        for (range, subject) in messages(&sink, &batch).await {
-            let started = Instant::now();
-            let records = &batch[range];
-            let result = send_message(&sink, &mut link, records, subject, &stop).await;
-            conclude(&sink, &dead, healer, records, result, started, &stop).await;
+        let started = Instant::now();
+        let patience = Patience::Live(&crew.backlog);
+        for (range, result) in deliver(sink, &mut link, &batch, &stop, patience).await {
+            crew.conclude(&batch[range], result, started, &stop).await;
         }
     }
 }
 
-/// Makes a message's outcome durable and acknowledges its records; tells the healer.
-async fn conclude(
-    sink: &Sink,
-    dead: &RecordLog,
-    healer: Option<&Healer>,
-    records: &[Arc<Record>],
-    result: Result,
-    started: Instant,
-    stop: &CancellationToken,
-) {
-    let (delivered, retryable) = match &result {
-        Result::Delivered { .. } => (true, false),
-        Result::Failed { retryable, .. } => (false, *retryable),
-        Result::Abandoned => (false, false),
-    };
-    finish(sink, dead, records, result, started, stop).await;
-    if let Some(h) = healer {
-        if retryable {
+/// The backlog's drainer: sends what waits in the backlog, oldest first, one group at a time, each
+/// until the receiver answers; saves how far it got; turns the sink live once it has sent
+/// everything; makes room when the backlog overflows.
+async fn drain(crew: Arc<Crew>, mut link: Link, stop: CancellationToken) {
+    let backlog = &crew.backlog;
+    let mut entries = backlog::Entries::of(backlog, crew.max_line);
+    backlog.recount(entries.position()).await;
+    while !stop.is_cancelled() {
+        if let Some(until) = backlog::overflow_until(backlog) {
+            crew.make_room(&mut entries, until, &stop).await;
+            continue;
+        }
+        let group = match entries.next_group(crew.sink.max_events) {
+            Ok(Some(group)) => group,
+            Ok(None) => {
+                backlog::caught_up(backlog, &entries).await;
+                tokio::select! {
+                    _ = entries.wait(&stop) => {}
+                    () = backlog::wake(backlog) => {}
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(sink = %crew.sink.name, error = %e, "cannot read the sink's backlog; trying again in 1s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => {}
+                }
+                continue;
+            }
+        };
+        // What the live attempt that spilled it was told to wait (a backoff, a Retry-After).
+        if !backlog.held(&stop).await {
+            return;
+        }
+        let started = Instant::now();
+        let patience = Patience::Drain(backlog);
+        let outcomes = deliver(&crew.sink, &mut link, &group.records, &stop, patience).await;
+        let mut done = true;
+        for (range, mut result) in outcomes {
+            // A dead letter counts the attempts made before the group waited here too.
+            if let Result::Failed { attempts, .. } = &mut result {
+                *attempts += group.tried;
+            }
+            done &= crew
+                .conclude(&group.records[range], result, started, &stop)
+                .await;
+        }
+        // Stopped before every outcome was durable: sent again after a restart, same keys.
+        if !done {
+            return;
+        }
+        backlog::sent(backlog, &group);
+    }
+}
+
+impl Crew {
+    /// Makes a message's outcome durable and acknowledges its records; tells the healer. False
+    /// if it could not be made durable before `stop` (the records stay unacknowledged).
+    async fn conclude(
+        &self,
+        records: &[Arc<Record>],
+        result: Result,
+        started: Instant,
+        stop: &CancellationToken,
+    ) -> bool {
+        let (delivered, retryable) = match &result {
+            Result::Delivered { .. } => (true, false),
+            Result::Failed { retryable, .. } => (false, *retryable),
+            Result::Deferred { attempts, wait, .. } => {
+                self.backlog.hold_for(*wait);
+                return self.keep(records, *attempts, stop).await;
+            }
+            Result::Abandoned => return false,
+        };
+        let durable = finish(&self.sink, &self.dead, records, result, started, stop).await;
+        if let Some(h) = &self.healer {
+            if retryable {
+                h.needed.store(true, Ordering::SeqCst);
+            }
+            if delivered {
+                h.delivered();
+            }
+        }
+        durable
+    }
+
+    /// Puts `records` in the backlog (`tried`: attempts made to send them as one) and
+    /// acknowledges them once that is durable; records larger than the backlog can hold are
+    /// dead-lettered. False if `stop` fired first.
+    async fn keep(&self, records: &[Arc<Record>], tried: u32, stop: &CancellationToken) -> bool {
+        let Ok(too_large) = self.backlog.spill(records, tried, stop).await else {
+            return false;
+        };
+        if too_large.is_empty() {
+            Record::ack_all(records);
+            return true;
+        }
+        let (kept, refused): (Vec<_>, Vec<_>) = records
+            .iter()
+            .enumerate()
+            .partition(|(i, _)| !too_large.contains(i));
+        let kept: Vec<Arc<Record>> = kept.into_iter().map(|(_, r)| r.clone()).collect();
+        Record::ack_all(&kept);
+        let refused: Vec<Arc<Record>> = refused.into_iter().map(|(_, r)| r.clone()).collect();
+        let result = Result::Failed {
+            reason: "larger than the sink's backlog.max_bytes".into(),
+            attempts: tried,
+            status: None,
+            excerpt: None,
+            retryable: false,
+        };
+        finish(
+            &self.sink,
+            &self.dead,
+            &refused,
+            result,
+            Instant::now(),
+            stop,
+        )
+        .await
+    }
+
+    /// The backlog is full (`when_full: dead_letter`): its oldest entries go to the dead-letter
+    /// file, retryable, up to `until` (the end of its oldest segment, which trimming then frees);
+    /// one log line for all of them.
+    async fn make_room(
+        &self,
+        entries: &mut backlog::Entries,
+        until: u64,
+        stop: &CancellationToken,
+    ) {
+        let mut moved = 0;
+        while entries.position() < until && !stop.is_cancelled() {
+            let Ok(Some(group)) = entries.next_group(self.sink.max_events) else {
+                break;
+            };
+            let letters = group.records.iter().map(|r| {
+                let mut letter = dead_letter::DeadLetter::new(
+                    &self.sink.name,
+                    r,
+                    group.tried,
+                    Backlog::OVERFLOW,
+                );
+                letter.retryable = true;
+                serde_json::to_vec(&letter).unwrap_or_default()
+            });
+            if !write_dead_letters(&self.sink, &self.dead, letters.collect(), stop).await {
+                return;
+            }
+            let n = group.records.len();
+            self.sink.metrics.dead_letter.inc_by(n as u64);
+            moved += n;
+            backlog::sent(&self.backlog, &group);
+        }
+        if let Some(h) = &self.healer {
             h.needed.store(true, Ordering::SeqCst);
         }
-        if delivered {
-            h.delivered();
-        }
+        self.sink.metrics.state.failed(Backlog::OVERFLOW);
+        crate::status::touch();
+        tracing::warn!(sink = %self.sink.name, events = moved, max_bytes = self.sink.backlog_bytes, "dead-lettered: {}, to make room (replayed by themselves once the sink delivers, with dead_letter.auto_replay)", Backlog::OVERFLOW);
+        backlog::overflow_done(&self.backlog);
     }
 }
 
@@ -363,6 +538,21 @@ async fn next_group(
     Some(batch)
 }
 
+/// `batch` and the records waiting in the queue now, up to [`WRITE_GROUP`] in all.
+async fn take_waiting(
+    queue: &Mutex<mpsc::Receiver<Arc<Record>>>,
+    mut batch: Vec<Arc<Record>>,
+) -> Vec<Arc<Record>> {
+    let mut queue = queue.lock().await;
+    while batch.len() < WRITE_GROUP {
+        match queue.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 /// A delivery that panicked left its records unacknowledged for good: the sink worker goes down
 /// with it, so the daemon stops (exit 1) instead of holding the source back in silence.
 fn surface_panic(done: std::result::Result<(), tokio::task::JoinError>) {
@@ -388,20 +578,29 @@ fn fault_injection(sink: &Sink) {
 /// that shared a fate.
 pub type Outcomes = Vec<(Range<usize>, Result)>;
 
-/// Renders and sends `records` (one request, or one group write) over `link`, retrying as the
-/// sink's policy says.
+/// Renders and sends `records` (one request, or one group write) over `link`, retrying as
+/// `patience` says. Once one message is deferred (the live path), the rest are too, untried, so
+/// they reach the backlog in order.
 pub async fn deliver(
     sink: &Sink,
     link: &mut Link,
     records: &[Arc<Record>],
     stop: &CancellationToken,
+    patience: Patience<'_>,
 ) -> Outcomes {
     if let Output::Stdout | Output::File(_) = &sink.output {
-        return write::deliver(sink, records, stop).await;
+        return write::deliver(sink, records, stop, patience).await;
     }
-    let mut outcomes = Vec::new();
+    let mut outcomes: Outcomes = Vec::new();
     for (range, subject) in messages(sink, records).await {
-        let result = send_message(sink, link, &records[range.clone()], subject, stop).await;
+        let result = match outcomes.last() {
+            Some((_, Result::Deferred { reason, .. })) => Result::Deferred {
+                reason: reason.clone(),
+                attempts: 0,
+                wait: Duration::ZERO,
+            },
+            _ => send_message(sink, link, &records[range.clone()], subject, stop, patience).await,
+        };
         outcomes.push((range, result));
     }
     outcomes
@@ -430,22 +629,27 @@ async fn send_message(
     records: &[Arc<Record>],
     subject: std::result::Result<String, crate::sink::render::RenderError>,
     stop: &CancellationToken,
+    patience: Patience<'_>,
 ) -> Result {
     match subject {
         _ if stop.is_cancelled() => Result::Abandoned,
-        Ok(subject) => send(sink, link, records, &subject, stop).await,
+        Ok(subject) => send(sink, link, records, &subject, stop, patience).await,
         Err(e) => render_failed(e),
     }
 }
 
-/// Renders one message of `records` and sends it (to `subject`, for NATS) until the sink's
-/// retry policy says it is done.
+/// What a live attempt cut short by a stall says.
+const STALLED: &str = "no answer while the sink's queue was full; handed to the backlog";
+
+/// Renders one message of `records` and sends it (to `subject`, for NATS) until `patience` says
+/// it is done. On the live path a stall cuts the attempt (or its wait for the rate limit) short.
 async fn send(
     sink: &Sink,
     link: &mut Link,
     records: &[Arc<Record>],
     subject: &str,
     stop: &CancellationToken,
+    patience: Patience<'_>,
 ) -> Result {
     let body = match sink.renderer.render_bounded(records).await {
         Ok(body) => Bytes::from(body),
@@ -453,40 +657,62 @@ async fn send(
     };
     let key = Sink::delivery_key(records);
     let source = records.first().map_or("", |r| &*r.source.name);
-    let mut tries = retry::Tries::new(sink, &key);
+    let mut tries = retry::Tries::new(sink, &key, patience);
     loop {
-        // Every attempt, retries too, takes a slot of the rate limit.
-        if let Some(pace) = &sink.pace
-            && !pace.wait(stop).await
-        {
-            return Result::Abandoned;
-        }
-        let attempt = match (&sink.output, &mut *link) {
-            (Output::Webhook(hook), Link::Http(conn)) => {
-                conn.post(hook, &key, unix_now(), &body).await
-            }
-            (Output::Nats(bus), Link::Nats(publisher)) => {
-                let headers = crate::sink::signed_headers(
-                    &bus.headers,
-                    bus.signer.as_ref(),
-                    &body,
-                    &key,
-                    unix_now(),
-                );
-                let headers = nats::message_headers(&headers, &sink.name, &key, source);
-                // Boxed: a publish's state is large, and inline it would be moved with every
-                // webhook request's too.
-                Box::pin(publisher.publish(subject, headers, body.clone())).await
-            }
-            _ => retry::Attempt::Final {
-                reason: "the sink was given another sink's transport".into(),
-                retryable: false,
+        let once = attempt(sink, link, &key, &body, subject, source, stop);
+        let attempt = match patience {
+            Patience::Live(backlog) => tokio::select! {
+                biased;
+                a = once => a,
+                () = backlog.stalled() => Some(retry::Attempt::Retry { reason: STALLED.into() }),
             },
+            _ => once.await,
+        };
+        let Some(attempt) = attempt else {
+            return Result::Abandoned;
         };
         if let Some(done) = tries.settle(attempt, stop).await {
             return done;
         }
     }
+}
+
+/// One attempt to send `body` over `link`, after a slot of the rate limit (every attempt, retries
+/// too, takes one); `None` if `stop` fired while waiting for it.
+async fn attempt(
+    sink: &Sink,
+    link: &mut Link,
+    key: &str,
+    body: &Bytes,
+    subject: &str,
+    source: &str,
+    stop: &CancellationToken,
+) -> Option<retry::Attempt> {
+    if let Some(pace) = &sink.pace
+        && !pace.wait(stop).await
+    {
+        return None;
+    }
+    Some(match (&sink.output, &mut *link) {
+        (Output::Webhook(hook), Link::Http(conn)) => conn.post(hook, key, unix_now(), body).await,
+        (Output::Nats(bus), Link::Nats(publisher)) => {
+            let headers = crate::sink::signed_headers(
+                &bus.headers,
+                bus.signer.as_ref(),
+                body,
+                key,
+                unix_now(),
+            );
+            let headers = nats::message_headers(&headers, &sink.name, key, source);
+            // Boxed: a publish's state is large, and inline it would be moved with every
+            // webhook request's too.
+            Box::pin(publisher.publish(subject, headers, body.clone())).await
+        }
+        _ => retry::Attempt::Final {
+            reason: "the sink was given another sink's transport".into(),
+            retryable: false,
+        },
+    })
 }
 
 /// A message that could not be made: dead-lettered, never retried.
@@ -500,7 +726,8 @@ pub(crate) fn render_failed(e: crate::sink::render::RenderError) -> Result {
     }
 }
 
-/// Makes the outcome durable, then acknowledges the records.
+/// Makes the outcome durable, then acknowledges the records. False if a dead letter could not be
+/// written before `stop` (the records stay unacknowledged), or nothing was concluded.
 async fn finish(
     sink: &Sink,
     dead: &RecordLog,
@@ -508,14 +735,15 @@ async fn finish(
     result: Result,
     started: Instant,
     stop: &CancellationToken,
-) {
+) -> bool {
     sink.metrics
         .seconds
         .observe(started.elapsed().as_secs_f64());
-    match result {
+    let done = match result {
         Result::Delivered { .. } => {
             sink.metrics.delivered.inc_by(records.len() as u64);
             Record::ack_all(records);
+            true
         }
         Result::Failed {
             reason,
@@ -524,51 +752,56 @@ async fn finish(
             excerpt,
             retryable,
         } => {
-            let lines: Vec<Vec<u8>> = records
-                .iter()
-                .map(|r| {
-                    let mut letter = dead_letter::DeadLetter::new(&sink.name, r, attempts, &reason);
-                    letter.body_excerpt = excerpt.clone();
-                    letter.retryable = retryable;
-                    serde_json::to_vec(&letter).unwrap_or_default()
-                })
-                .collect();
-            // Tried until written (a full disk frees up), or until shutdown: then the events
-            // stay unacknowledged and are read again after a restart.
-            let lines = Arc::new(lines);
-            let mut wait = Duration::from_millis(200);
-            loop {
-                let (log, batch) = (dead.clone(), lines.clone());
-                let written = tokio::task::spawn_blocking(move || log.append(&batch)).await;
-                match written {
-                    Ok(Ok(())) => {
-                        // One line per failed delivery, however many events it carried.
-                        if let Some(first) = records.first() {
-                            tracing::warn!(sink = %sink.name, url = %sink.shown(), status, attempts, events = records.len(), source = %first.source.name, offset = first.offset, key = %first.key(), "dead-lettered: {reason}");
-                        }
-                        sink.metrics.state.failed(&reason);
-                        sink.metrics.dead_letter.inc_by(records.len() as u64);
-                        Record::ack_all(records);
-                        break;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(sink = %sink.name, path = %dead.path().display(), error = %e, retry_in = ?wait, "cannot write dead letters; holding these events until they can be")
-                    }
-                    Err(e) => {
-                        tracing::error!(sink = %sink.name, error = %e, "dead-letter writer failed")
-                    }
+            let letters = records.iter().map(|r| {
+                let mut letter = dead_letter::DeadLetter::new(&sink.name, r, attempts, &reason);
+                letter.body_excerpt = excerpt.clone();
+                letter.retryable = retryable;
+                serde_json::to_vec(&letter).unwrap_or_default()
+            });
+            let written = write_dead_letters(sink, dead, letters.collect(), stop).await;
+            if written {
+                // One line per failed delivery, however many events it carried.
+                if let Some(first) = records.first() {
+                    tracing::warn!(sink = %sink.name, url = %sink.shown(), status, attempts, events = records.len(), source = %first.source.name, offset = first.offset, key = %first.key(), "dead-lettered: {reason}");
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => wait = (wait * 2).min(Duration::from_secs(30)),
-                    () = stop.cancelled() => {
-                        tracing::error!(sink = %sink.name, events = records.len(), "stopping with dead letters unwritten; the events are read again after a restart");
-                        break;
-                    }
-                }
+                sink.metrics.state.failed(&reason);
+                sink.metrics.dead_letter.inc_by(records.len() as u64);
+                Record::ack_all(records);
             }
+            written
         }
-        Result::Abandoned => {}
-    }
+        Result::Deferred { .. } | Result::Abandoned => false,
+    };
     // After the counters: a summary that clears the mark sees what marked it.
     crate::status::touch();
+    done
+}
+
+/// Appends `lines` to the dead-letter file, tried until written (a full disk frees up) or until
+/// shutdown (false: the events stay unacknowledged and are read again after a restart).
+async fn write_dead_letters(
+    sink: &Sink,
+    dead: &RecordLog,
+    lines: Vec<Vec<u8>>,
+    stop: &CancellationToken,
+) -> bool {
+    let lines = Arc::new(lines);
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let (log, batch) = (dead.clone(), lines.clone());
+        match tokio::task::spawn_blocking(move || log.append(&batch)).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => {
+                tracing::error!(sink = %sink.name, path = %dead.path().display(), error = %e, retry_in = ?wait, "cannot write dead letters; holding these events until they can be")
+            }
+            Err(e) => tracing::error!(sink = %sink.name, error = %e, "dead-letter writer failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => wait = (wait * 2).min(Duration::from_secs(30)),
+            () = stop.cancelled() => {
+                tracing::error!(sink = %sink.name, events = lines.len(), "stopping with dead letters unwritten; the events are read again after a restart");
+                return false;
+            }
+        }
+    }
 }

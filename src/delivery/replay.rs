@@ -108,7 +108,8 @@ pub async fn replay(
                 continue;
             }
         };
-        let outcome = deliver(sink, link, std::slice::from_ref(&record), stop).await;
+        let records = std::slice::from_ref(&record);
+        let outcome = deliver(sink, link, records, stop, super::retry::Patience::Bounded).await;
         match outcome.into_iter().next().map(|(_, r)| r) {
             Some(Delivery::Delivered { .. }) => {
                 sink.metrics.delivered.inc();
@@ -135,7 +136,7 @@ pub async fn replay(
                 again.push(serde_json::to_vec(&letter).unwrap_or_default());
                 halted = options.stop_at_failure;
             }
-            Some(Delivery::Abandoned) | None => {
+            Some(Delivery::Abandoned | Delivery::Deferred { .. }) | None => {
                 summary.left += 1;
                 keep.push(text.into_bytes());
                 halted = true;

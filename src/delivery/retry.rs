@@ -6,7 +6,9 @@
 //! `max_backoff_duration` is still waited for, once, and the attempt after it is the last.
 
 use super::Result as Outcome;
+use super::backlog::Backlog;
 use crate::sink::{RetryPolicy, Sink};
+use crate::status::Condition;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -36,20 +38,36 @@ pub enum Attempt {
     },
 }
 
+/// How long a delivery keeps trying, and where it goes when it stops.
+#[derive(Clone, Copy)]
+pub enum Patience<'a> {
+    /// Until `max_backoff_duration` has passed; then a retryable failure (a replay, whose dead
+    /// letter stays where it is).
+    Bounded,
+    /// The live path: the first failure that is worth another try hands the delivery to the
+    /// sink's backlog at once ([`Outcome::Deferred`]), and so does a stall (see
+    /// [`Backlog::stalled`]).
+    Live(&'a Backlog),
+    /// Draining the backlog: tried until it is answered, probing at most every
+    /// `max_probe_interval` once the sink is down. A backlog that overflows cuts the wait short:
+    /// the delivery is dead-lettered (retryable) to make room.
+    Drain(&'a Backlog),
+}
+
 /// One delivery's attempts: every transport sends, then hands the attempt's outcome to
 /// [`Tries::settle`], which decides whether and when to try again, waits, logs and counts:
 ///
 /// ```ignore
-/// let mut tries = Tries::new(sink, &key);
+/// let mut tries = Tries::new(sink, &key, patience);
 /// let result = loop {
 ///     let attempt = send().await;
 ///     if let Some(done) = tries.settle(attempt, stop).await { break done; }
 /// };
 /// ```
 ///
-/// A delivery ends when it is delivered, fails for good, runs out of `max_backoff_duration`, or
-/// `stop` fires while it waits to try again (then [`Outcome::Abandoned`]: not acknowledged, so
-/// sent again after a restart).
+/// A delivery ends when it is delivered, fails for good, is handed to the backlog, runs out of
+/// patience, or `stop` fires while it waits to try again (then [`Outcome::Abandoned`]: not
+/// acknowledged, so sent again after a restart).
 pub struct Tries<'a> {
     sink: &'a Sink,
     /// Names the delivery in logs.
@@ -58,33 +76,87 @@ pub struct Tries<'a> {
     attempts: u32,
     /// The receiver's last answer.
     status: Option<u16>,
+    patience: Patience<'a>,
 }
 
 impl<'a> Tries<'a> {
-    pub fn new(sink: &'a Sink, key: &'a str) -> Tries<'a> {
+    pub fn new(sink: &'a Sink, key: &'a str, patience: Patience<'a>) -> Tries<'a> {
         Tries {
             sink,
             key,
             backoff: Backoff::start(&sink.retry),
             attempts: 0,
             status: None,
+            patience,
         }
     }
 
     /// After an attempt: the delivery's outcome, or `None` (after the wait) to try again.
     pub async fn settle(&mut self, attempt: Attempt, stop: &CancellationToken) -> Option<Outcome> {
         self.attempts += 1;
-        let attempts = self.attempts;
-        let (reason, retry_after) = match attempt {
-            Attempt::Delivered => return Some(Outcome::Delivered { attempts }),
-            Attempt::Final { reason, retryable } => {
-                return Some(Outcome::Failed {
+        let (reason, retry_after) = match self.transient(attempt) {
+            Ok(done) => return Some(done),
+            Err(failure) => failure,
+        };
+        self.sink.metrics.retries.inc();
+        self.failed_again(&reason);
+        if let Some(asked) = retry_after
+            && asked > self.sink.retry.max_retry_after
+        {
+            tracing::warn!(sink = %self.sink.name, key = %self.key, "the receiver asked to wait {}; waiting max_retry_after ({}) instead", humantime::format_duration(asked), humantime::format_duration(self.sink.retry.max_retry_after));
+        }
+        let (wait, backlog) = match self.patience {
+            Patience::Live(_) => {
+                let wait = self.backoff.next_probe(retry_after, false);
+                tracing::debug!(sink = %self.sink.name, key = %self.key, attempt = self.attempts, retry_in = ?wait, "{reason}; will retry from the sink's backlog");
+                self.sink.metrics.state.retrying(&reason, wait);
+                let attempts = self.attempts;
+                return Some(Outcome::Deferred {
                     reason,
                     attempts,
-                    status: self.status,
-                    excerpt: None,
-                    retryable,
+                    wait,
                 });
+            }
+            Patience::Bounded => match self.backoff.next_delay(retry_after) {
+                Ok(wait) => (wait, None),
+                Err(why) => return Some(self.failed(format!("{reason}; {why}"), true)),
+            },
+            Patience::Drain(backlog) => {
+                let down = matches!(self.sink.metrics.state.condition(), Condition::Down { .. });
+                (self.backoff.next_probe(retry_after, down), Some(backlog))
+            }
+        };
+        tracing::debug!(sink = %self.sink.name, key = %self.key, attempt = self.attempts, retry_in = ?wait, "{reason}; will retry");
+        self.sink.metrics.state.retrying(&reason, wait);
+        let overflow = async {
+            match backlog {
+                Some(b) => b.overflowing().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => None,
+            _ = stop.cancelled() => Some(Outcome::Abandoned),
+            _ = overflow => Some(self.failed(format!("{reason}; {}", Backlog::OVERFLOW), true)),
+        }
+    }
+
+    /// The outcome of an attempt that needs no other, or why another is worth it (and the least
+    /// wait the receiver asked for).
+    fn transient(&mut self, attempt: Attempt) -> Result<Outcome, (String, Option<Duration>)> {
+        let attempts = self.attempts;
+        match attempt {
+            Attempt::Delivered => {
+                self.answered();
+                Ok(Outcome::Delivered { attempts })
+            }
+            Attempt::Final { reason, retryable } => Ok(self.failed(reason, retryable)),
+            Attempt::Refused { status, reason, .. }
+                if !self.sink.retry.retry_on.retries(status) =>
+            {
+                self.status = Some(status);
+                self.answered();
+                Ok(self.failed(format!("{reason} (not in retry_on)"), false))
             }
             Attempt::Refused {
                 status,
@@ -92,42 +164,44 @@ impl<'a> Tries<'a> {
                 retry_after,
             } => {
                 self.status = Some(status);
-                if !self.sink.retry.retry_on.retries(status) {
-                    return Some(Outcome::Failed {
-                        reason: format!("{reason} (not in retry_on)"),
-                        attempts,
-                        status: self.status,
-                        excerpt: None,
-                        retryable: false,
-                    });
-                }
-                (reason, retry_after)
+                Err((reason, retry_after))
             }
-            Attempt::Retry { reason } => (reason, None),
-        };
-        if let Some(asked) = retry_after
-            && asked > self.sink.retry.max_retry_after
-        {
-            tracing::warn!(sink = %self.sink.name, key = %self.key, "the receiver asked to wait {}; waiting max_retry_after ({}) instead", humantime::format_duration(asked), humantime::format_duration(self.sink.retry.max_retry_after));
+            Attempt::Retry { reason } => Err((reason, None)),
         }
-        let wait = match self.backoff.next_delay(retry_after) {
-            Ok(wait) => wait,
-            Err(why) => {
-                return Some(Outcome::Failed {
-                    reason: format!("{reason}; {why}"),
-                    attempts,
-                    status: self.status,
-                    excerpt: None,
-                    retryable: true,
-                });
-            }
-        };
-        tracing::debug!(sink = %self.sink.name, key = %self.key, attempt = attempts, retry_in = ?wait, "{reason}; will retry");
-        self.sink.metrics.retries.inc();
-        self.sink.metrics.state.retrying(&reason, wait);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => None,
-            _ = stop.cancelled() => Some(Outcome::Abandoned),
+    }
+
+    fn failed(&self, reason: String, retryable: bool) -> Outcome {
+        Outcome::Failed {
+            reason,
+            attempts: self.attempts,
+            status: self.status,
+            excerpt: None,
+            retryable,
+        }
+    }
+
+    /// The receiver answered: a sink that was failing is up again, and says so once.
+    fn answered(&self) {
+        let state = &self.sink.metrics.state;
+        if let Some(since) = state.attempt_answered() {
+            let waiting = state
+                .backlog_events
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let failed_for = since.elapsed().unwrap_or_default();
+            tracing::info!(sink = %self.sink.name, url = %self.sink.shown(), failed_for = %humantime::format_duration(Duration::from_secs(failed_for.as_secs())), backlog_events = waiting, "sink is up again; its backlog is delivered in order");
+        }
+    }
+
+    /// An attempt failed and is worth another: the sink is retrying, or down (said once).
+    fn failed_again(&self, reason: &str) {
+        let (since, newly_down) = self.sink.metrics.state.attempt_failed();
+        if newly_down {
+            let state = &self.sink.metrics.state;
+            let waiting = state
+                .backlog_events
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let failing_for = since.elapsed().unwrap_or_default();
+            tracing::warn!(sink = %self.sink.name, url = %self.sink.shown(), failing_for = %humantime::format_duration(Duration::from_secs(failing_for.as_secs())), backlog_events = waiting, max_probe_interval = %humantime::format_duration(self.sink.retry.max_probe_interval), "sink is down: its events wait in its backlog, and its receiver is probed with the oldest; last error: {reason}");
         }
     }
 }
@@ -154,6 +228,35 @@ impl<'p> Backoff<'p> {
         }
     }
 
+    /// How long to wait before the next probe of a backlog's oldest delivery: as
+    /// [`Backoff::next_delay`] with no end (an explicit schedule keeps its last delay), and at
+    /// most `max_probe_interval` once the sink is `down`; the receiver's `Retry-After` (cut to
+    /// `max_retry_after`) is the least.
+    pub fn next_probe(&mut self, retry_after: Option<Duration>, down: bool) -> Duration {
+        let planned = match &self.policy.schedule {
+            Some(schedule) => {
+                let wait = schedule.get(self.step).or(schedule.last()).copied();
+                self.step += 1;
+                wait.unwrap_or(self.policy.initial_backoff)
+            }
+            None => self.jittered(),
+        };
+        let planned = match down {
+            true => planned.min(self.policy.max_probe_interval),
+            false => planned,
+        };
+        let asked = retry_after.map(|asked| asked.min(self.policy.max_retry_after));
+        planned.max(asked.unwrap_or_default())
+    }
+
+    /// The next exponential delay, with equal jitter (half fixed, half random).
+    fn jittered(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(MAX_DELAY.max(self.policy.max_probe_interval));
+        let half = base / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
     /// How long to wait before the next attempt, or `Err(why not)` when there is none.
     pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Result<Duration, String> {
         let now = Instant::now();
@@ -175,13 +278,7 @@ impl<'p> Backoff<'p> {
                 self.step += 1;
                 *wait
             }
-            None => {
-                // Equal jitter: half the delay fixed, half random.
-                let base = self.next;
-                self.next = (self.next * 2).min(MAX_DELAY);
-                let half = base / 2;
-                half + half.mul_f64(fastrand::f64())
-            }
+            None => self.jittered().min(MAX_DELAY),
         };
         match retry_after.map(|asked| asked.min(self.policy.max_retry_after)) {
             // At least what the receiver asked (a `Retry-After: 0` never means "at once", over
@@ -208,6 +305,7 @@ mod tests {
             retry_on: Default::default(),
             schedule: None,
             max_retry_after: Duration::from_secs(300),
+            max_probe_interval: Duration::from_secs(60),
         }
     }
 

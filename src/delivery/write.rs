@@ -7,7 +7,7 @@
 //! alone (they are dead-lettered); the rest of the group is written. I/O errors are retried with
 //! the sink's backoff like a failed request.
 
-use super::retry::{Attempt, Tries};
+use super::retry::{Attempt, Patience, Tries};
 use super::{Outcomes, Result};
 use crate::record::Record;
 use crate::record_log::append_lines;
@@ -16,7 +16,12 @@ use std::io::{self, Write};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-pub async fn deliver(sink: &Sink, records: &[Arc<Record>], stop: &CancellationToken) -> Outcomes {
+pub async fn deliver(
+    sink: &Sink,
+    records: &[Arc<Record>],
+    stop: &CancellationToken,
+    patience: Patience<'_>,
+) -> Outcomes {
     let mut outcomes = Vec::new();
     let mut out = Vec::new();
     let mut written = Vec::new();
@@ -33,20 +38,25 @@ pub async fn deliver(sink: &Sink, records: &[Arc<Record>], stop: &CancellationTo
         }
     }
     if !written.is_empty() {
-        let result = write_with_retries(sink, out, stop).await;
+        let result = write_with_retries(sink, out, stop, patience).await;
         let mut results = written.into_iter().map(|range| (range, result.clone()));
         outcomes.extend(&mut results);
     }
     outcomes
 }
 
-async fn write_with_retries(sink: &Sink, out: Vec<u8>, stop: &CancellationToken) -> Result {
+async fn write_with_retries(
+    sink: &Sink,
+    out: Vec<u8>,
+    stop: &CancellationToken,
+    patience: Patience<'_>,
+) -> Result {
     let out = Arc::new(out);
     let what = match &sink.output {
         Output::File(file) => file.path.display().to_string(),
         _ => "stdout".to_string(),
     };
-    let mut tries = Tries::new(sink, &what);
+    let mut tries = Tries::new(sink, &what, patience);
     loop {
         let result = match &sink.output {
             Output::File(file) => {

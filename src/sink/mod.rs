@@ -39,6 +39,10 @@ pub struct Sink {
     pub pace: Option<pace::Pace>,
     /// `dead_letter.auto_replay`.
     pub auto_replay: bool,
+    /// `backlog.max_bytes`: what the sink's waiting room on disk may hold.
+    pub backlog_bytes: u64,
+    /// `backlog.when_full`.
+    pub when_full: crate::config::WhenFull,
     pub metrics: crate::metrics::SinkMetrics,
 }
 
@@ -53,6 +57,8 @@ pub struct RetryPolicy {
     pub schedule: Option<Vec<Duration>>,
     /// Longest `Retry-After` honoured.
     pub max_retry_after: Duration,
+    /// While the sink is down, the longest wait between probes.
+    pub max_probe_interval: Duration,
 }
 
 pub enum Output {
@@ -146,11 +152,14 @@ impl Sink {
                     retry_on: s.retry_on.clone(),
                     schedule: s.retry_schedule.as_ref().map(|d| d.0.clone()),
                     max_retry_after: s.max_retry_after,
+                    max_probe_interval: s.max_probe_interval,
                 },
                 pace: s
                     .rate_limit
                     .map(|rate| pace::Pace::new(rate.interval(), s.rate_limit_burst)),
                 auto_replay: s.dead_letter.auto_replay,
+                backlog_bytes: s.backlog.max_bytes.0,
+                when_full: s.backlog.when_full,
                 metrics: crate::metrics::get().sink(s.name.as_str()),
             }),
             _ => Err(errors),

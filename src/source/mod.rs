@@ -37,10 +37,11 @@ pub fn dir_of(path: &std::path::Path) -> &std::path::Path {
         .unwrap_or(std::path::Path::new("."))
 }
 
-/// A sink as sources see it: its filter, and its queue.
+/// A sink as sources see it: its filter, its queue, and its backlog (told when the queue stalls).
 pub struct SinkPort {
     pub sink: Arc<Sink>,
     pub queue: mpsc::Sender<Arc<Record>>,
+    pub backlog: Arc<crate::delivery::backlog::Backlog>,
 }
 
 /// Waits for a free connection slot, then for the next connection from `accept`; `None` once
@@ -207,12 +208,26 @@ impl Dispatch {
                 Err(mpsc::error::TrySendError::Full(record)) => record,
                 Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stopped),
             };
+            self.wait_for_room(port, record).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands `record` to a full queue once it has room. A queue that makes no room for
+    /// [`STALL`](crate::delivery::backlog::STALL) stalls its sink: the sink then moves what waits to
+    /// its backlog, so one stuck receiver never holds this source (and its other sinks) back.
+    async fn wait_for_room(&self, port: &SinkPort, record: Arc<Record>) -> Result<(), Stopped> {
+        let send = port.queue.send(record);
+        tokio::pin!(send);
+        let stall = tokio::time::sleep(crate::delivery::backlog::STALL);
+        tokio::pin!(stall);
+        loop {
             tokio::select! {
-                sent = port.queue.send(record) => if sent.is_err() { return Err(Stopped) },
+                sent = &mut send => return sent.map_err(|_| Stopped),
+                () = &mut stall, if !stall.is_elapsed() => port.backlog.stall(),
                 _ = self.stop.cancelled() => return Err(Stopped),
             }
         }
-        Ok(())
     }
 
     /// Handles one piece read from `origin`: a line, or a line over `max_line` bytes.
