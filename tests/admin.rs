@@ -302,9 +302,9 @@ async fn the_status_page_shows_a_run_in_a_real_browser_and_in_flagtail_status() 
             ]
         );
         let hook = row(t, "hook");
-        assert_eq!(hook[1], "webhook");
+        assert_eq!(hook[1..4], ["up", "0", "webhook"], "state, backlog, kind");
         assert_eq!(
-            hook[3..6],
+            hook[5..8],
             ["5", "0", "1"],
             "delivered, retries, dead letters"
         );
@@ -347,11 +347,11 @@ async fn a_socket_source_shows_its_journal_lag_and_a_sink_its_backoff() {
     let mut answer = String::new();
     c.read_to_string(&mut answer).unwrap();
     assert_eq!(answer, "ok 3\n");
-    // The receiver is down: all three lines wait in the journal; the sink waits out a backoff.
+    // The receiver is down: all three lines wait in the sink's backlog (the source is done with
+    // them); the sink is retrying and waits out a backoff.
     let status = status_when(port, |st| {
-        named(st, "sinks", "hook")["backoff"]["left_ms"]
-            .as_u64()
-            .is_some()
+        let sink = named(st, "sinks", "hook");
+        sink["backoff"]["left_ms"].as_u64().is_some() && sink["backlog_events"] == 3
     })
     .await;
     let (src, sink) = (
@@ -359,7 +359,10 @@ async fn a_socket_source_shows_its_journal_lag_and_a_sink_its_backoff() {
         named(&status, "sinks", "hook"),
     );
     assert_eq!(src["kind"], "socket");
-    assert_eq!(src["lag_bytes"], text.len(), "{src}");
+    assert_eq!(sink["state"], "retrying", "{sink}");
+    assert!(sink["since"].as_str().is_some(), "{sink}");
+    let done = status_when(port, |st| named(st, "sources", "local")["lag_bytes"] == 0).await;
+    let src = named(&done, "sources", "local");
     assert_eq!(src["journal_bytes"], text.len(), "{src}");
     assert!(
         sink["last_error"]["reason"]
@@ -369,13 +372,16 @@ async fn a_socket_source_shows_its_journal_lag_and_a_sink_its_backoff() {
         "{sink}"
     );
     let (_, metrics) = admin_get(port, "/metrics").unwrap();
-    assert!(
-        metrics.contains(&format!(
-            "flagtail_source_lag_bytes{{source=\"local\"}} {}",
-            text.len()
-        )),
-        "{metrics}"
-    );
+    for line in [
+        "flagtail_source_lag_bytes{source=\"local\"} 0",
+        "flagtail_sink_up{sink=\"hook\"} 0",
+        "flagtail_sink_backlog_events{sink=\"hook\"} 3",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in {metrics}"
+        );
+    }
     assert!(metrics.contains("flagtail_journal_bytes{source=\"local\"}"));
     assert!(metrics.contains(&format!(
         "flagtail_build_info{{version=\"{}\"}} 1",
@@ -383,8 +389,10 @@ async fn a_socket_source_shows_its_journal_lag_and_a_sink_its_backoff() {
     )));
     outage.end();
     rx.wait_delivered(3).await;
-    let status = status_when(port, |st| named(st, "sources", "local")["lag_bytes"] == 0).await;
-    assert!(named(&status, "sinks", "hook").get("backoff").is_none());
+    let status = status_when(port, |st| named(st, "sinks", "hook")["backlog_events"] == 0).await;
+    let sink = named(&status, "sinks", "hook");
+    assert!(sink.get("backoff").is_none(), "{sink}");
+    assert_eq!(sink["state"], "up", "{sink}");
     assert!(ft.terminate().await.success());
 }
 

@@ -1,6 +1,7 @@
-//! Self-healing dead letters (`dead_letter.auto_replay`): once a sink delivers again, its
-//! retry-exhausted dead letters go out in the background with their original keys; final 4xx ones
-//! stay; a replay cut off by `kill -9` is resumed at the next start.
+//! Self-healing dead letters (`dead_letter.auto_replay`): once a sink delivers again, the dead
+//! letters a full backlog made (its oldest events, dead-lettered to make room) go out in the
+//! background with their original keys; final 4xx ones stay; a replay cut off by `kill -9` is
+//! resumed at the next start.
 
 mod support;
 
@@ -8,16 +9,12 @@ use std::collections::HashMap;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_back_after_the_retry_budget_gets_every_event_without_a_replay_command() {
+async fn a_full_backlogs_dead_letters_reach_the_receiver_without_a_replay_command() {
     let rx = Receiver::start().await;
     let s = Setup::new();
     // Down: 503 for everything; flag-2 is refused for good (400) whatever happens.
     let outage = rx.outage(|r| (key_of(&r.body) == "flag-2").then_some(Reply::Status(400)));
-    s.write_lines(0..6, Encoding::Json);
-    let config = s.config(&webhook_sink(
-        &rx.url("/"),
-        "    max_backoff_duration: 300ms\n",
-    ));
+    let config = s.config(&small_backlog(&rx, ""));
     let port = free_port();
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "admin: {listen: \"\"}",
@@ -25,33 +22,23 @@ async fn a_receiver_back_after_the_retry_budget_gets_every_event_without_a_repla
     );
     std::fs::write(&config, text).unwrap();
     let mut ft = Flagtail::start(&config);
-    wait_dead_letters(&s, "hook", 6).await;
-    assert_eq!(dead_letter_gauge(port), 6);
-    let first_keys: HashMap<String, String> = rx
-        .attempts()
-        .iter()
-        .map(|r| (key_of(&r.body), r.header("idempotency-key").to_string()))
-        .collect();
-    // Back. The next event's delivery shows the sink works again.
+    let dead = overflow(&s, 0..EVENTS).await;
+    assert!(dead_letter_gauge(port) >= dead as i64);
+    // Back. The backlog drains, and the sink delivering brings the letters out too.
     outage.end();
-    s.write_lines(6..7, Encoding::Json);
-    let got = rx.wait_delivered(6).await;
-    let mut keys: Vec<String> = got.iter().map(|r| key_of(&r.body)).collect();
-    keys.sort();
-    assert_eq!(
-        keys,
-        ["flag-0", "flag-1", "flag-3", "flag-4", "flag-5", "flag-6"]
-    );
-    for r in got.iter().filter(|r| key_of(&r.body) != "flag-6") {
-        assert_eq!(
-            r.header("idempotency-key"),
-            first_keys[&key_of(&r.body)],
-            "a replayed event keeps its key"
-        );
+    s.write_lines(EVENTS..EVENTS + 1, Encoding::Json);
+    let want: Vec<String> = flag_keys(0..EVENTS + 1).filter(|k| k != "flag-2").collect();
+    wait_all(&rx, &want).await;
+    // Every event went under one key, whichever way it came.
+    let mut keys: HashMap<String, String> = HashMap::new();
+    for r in rx.attempts() {
+        let key = r.header("idempotency-key").to_string();
+        let first = keys.entry(key_of(&r.body)).or_insert_with(|| key.clone());
+        assert_eq!(*first, key, "an event keeps its key");
     }
     let left = eventually(|| match dead_keys(&s, "hook") {
         d if d.len() == 1 => Ok(d),
-        d => Err(format!("{d:?}")),
+        d => Err(format!("{} left", d.len())),
     })
     .await;
     assert_eq!(
@@ -79,22 +66,66 @@ async fn a_receiver_back_after_the_retry_budget_gets_every_event_without_a_repla
     );
 }
 
+/// Events written while the receiver is down: enough to fill a 64 KiB backlog several times.
+const EVENTS: usize = 400;
+
+/// The `hook` sink with a 64 KiB backlog that dead-letters its oldest when full.
+fn small_backlog(rx: &Receiver, extra: &str) -> String {
+    webhook_sink(
+        &rx.url("/"),
+        &format!(
+            "    max_backoff_duration: 200ms\n    max_probe_interval: 200ms\n    backlog: {{max_bytes: 64KiB}}\n{extra}"
+        ),
+    )
+}
+
+/// Writes events `range` while the receiver is down and waits until the backlog has overflowed
+/// (flag-0, the oldest, dead-lettered); how many letters there are then.
+async fn overflow(s: &Setup, range: std::ops::Range<usize>) -> usize {
+    s.write_lines(range, Encoding::Json);
+    eventually(|| match dead_keys(s, "hook") {
+        d if d.contains(&"flag-0".to_string()) => Ok(d.len()),
+        d => Err(format!("{} dead letters, not flag-0", d.len())),
+    })
+    .await
+}
+
+/// Waits until the receiver has taken each of `want` (in any order, copies allowed).
+async fn wait_all(rx: &Receiver, want: &[String]) {
+    let mut want = want.to_vec();
+    want.sort();
+    eventually(|| {
+        let mut have = delivered_keys(rx);
+        have.sort();
+        have.dedup();
+        match have == want {
+            true => Ok(()),
+            false => Err(format!("{} of {} delivered", have.len(), want.len())),
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_an_automatic_replay_loses_nothing_and_leaves_nothing_behind() {
     let rx = Receiver::start().await;
     let s = Setup::new();
     let outage = rx.outage(|_| None);
-    s.write_lines(0..20, Encoding::Json);
-    let config = s.config(&webhook_sink(
-        &rx.url("/"),
-        "    max_backoff_duration: 200ms\n    rate_limit: 10/s\n    concurrency: 4\n",
+    let config = s.config(&small_backlog(
+        &rx,
+        "    rate_limit: 100/s\n    concurrency: 4\n",
     ));
     let mut ft = Flagtail::start(&config);
-    wait_dead_letters(&s, "hook", 20).await;
+    overflow(&s, 0..EVENTS).await;
     outage.end();
-    s.write_lines(20..21, Encoding::Json);
-    // The replay is under way (10/s): some letters went, most have not.
-    rx.wait_delivered(4).await;
+    s.write_lines(EVENTS..EVENTS + 1, Encoding::Json);
+    // The replay is under way (100/s): some letters went, most have not.
+    let replaying = s.state().join("dead-letter/hook.replaying.jsonl");
+    eventually(|| match replaying.exists() {
+        true => Ok(()),
+        false => Err("no replay under way".into()),
+    })
+    .await;
     ft.kill_9().await;
     let replaying = s.state().join("dead-letter/hook.replaying.jsonl");
     assert!(
@@ -103,20 +134,8 @@ async fn kill_9_during_an_automatic_replay_loses_nothing_and_leaves_nothing_behi
     );
     // At the next start the replay resumes at once, without waiting for a new event.
     let mut ft = Flagtail::start(&config);
-    let want: Vec<String> = flag_keys(0..21).collect();
-    eventually(|| {
-        let mut have = delivered_keys(&rx);
-        have.sort();
-        have.dedup();
-        let mut want = want.clone();
-        want.sort();
-        if have == want {
-            Ok(())
-        } else {
-            Err(format!("{} of {} delivered", have.len(), want.len()))
-        }
-    })
-    .await;
+    let want: Vec<String> = flag_keys(0..EVENTS + 1).collect();
+    wait_all(&rx, &want).await;
     eventually(|| {
         if !replaying.exists() && dead_keys(&s, "hook").is_empty() {
             Ok(())
@@ -134,23 +153,20 @@ async fn a_letter_the_receiver_keeps_refusing_does_not_hold_back_the_others() {
     let s = Setup::new();
     // Once back, the receiver still refuses flag-0 (500), and only flag-0.
     let outage = rx.outage(|r| (key_of(&r.body) == "flag-0").then_some(Reply::Status(500)));
-    s.write_lines(0..2, Encoding::Json);
-    let config = s.config(&webhook_sink(
-        &rx.url("/"),
-        "    max_backoff_duration: 200ms\n",
-    ));
+    let config = s.config(&small_backlog(&rx, ""));
     let mut ft = Flagtail::start(&config);
-    wait_dead_letters(&s, "hook", 2).await;
+    overflow(&s, 0..EVENTS).await;
     outage.end();
     // New events keep coming; each delivery may start a round (at most one per cool-down).
-    let mut next = 2;
+    let mut next = EVENTS;
+    let want: Vec<String> = flag_keys(1..EVENTS).collect();
     eventually(|| {
         s.write_lines(next..next + 1, Encoding::Json);
         next += 1;
-        if delivered_keys(&rx).contains(&"flag-1".to_string()) {
-            Ok(())
-        } else {
-            Err("flag-1 not replayed yet".into())
+        let have = delivered_keys(&rx);
+        match want.iter().all(|k| have.contains(k)) {
+            true => Ok(()),
+            false => Err("not all replayed yet".into()),
         }
     })
     .await;
@@ -161,11 +177,12 @@ async fn a_letter_the_receiver_keeps_refusing_does_not_hold_back_the_others() {
         .iter()
         .filter(|r| key_of(&r.body) == "flag-0")
         .count();
-    // Its first delivery, and at most a few rounds (one per cool-down), not one per new event.
+    // Its probes while down (every 200 ms at most), and at most a few rounds after (one per
+    // cool-down), not one per new event.
     assert!(
-        flag0 < 2 * (next - 2) + 4,
+        flag0 < 2 * (next - EVENTS) + 40,
         "flag-0 tried {flag0} times over {} new events",
-        next - 2
+        next - EVENTS
     );
 }
 
@@ -174,19 +191,32 @@ async fn auto_replay_false_leaves_dead_letters_for_the_replay_command() {
     let rx = Receiver::start().await;
     let s = Setup::new();
     let outage = rx.outage(|_| None);
-    s.write_lines(0..1, Encoding::Json);
-    let config = s.config(&webhook_sink(
-        &rx.url("/"),
-        "    max_backoff_duration: 200ms\n    dead_letter: {auto_replay: false}\n",
+    let config = s.config(&small_backlog(
+        &rx,
+        "    dead_letter: {auto_replay: false}\n",
     ));
     let mut ft = Flagtail::start(&config);
-    wait_dead_letters(&s, "hook", 1).await;
+    overflow(&s, 0..EVENTS).await;
     outage.end();
-    s.write_lines(1..3, Encoding::Json);
-    rx.wait_delivered(2).await;
+    s.write_lines(EVENTS..EVENTS + 1, Encoding::Json);
+    // Every event is delivered or waits in the dead-letter file (the backlog may overflow a
+    // little more while it drains).
+    let all: Vec<String> = flag_keys(0..EVENTS + 1).collect();
+    let dead = eventually(|| {
+        let (dead, have) = (dead_keys(&s, "hook"), delivered_keys(&rx));
+        match all.iter().all(|k| dead.contains(k) || have.contains(k)) {
+            true => Ok(dead),
+            false => Err(format!("{} delivered, {} dead", have.len(), dead.len())),
+        }
+    })
+    .await;
     assert!(ft.terminate().await.success());
-    assert_eq!(delivered_keys(&rx), ["flag-1", "flag-2"]);
-    assert_eq!(dead_keys(&s, "hook"), ["flag-0"]);
+    assert_eq!(
+        dead_keys(&s, "hook"),
+        dead,
+        "the letters stay for `flagtail replay`"
+    );
+    assert!(dead.contains(&"flag-0".to_string()));
 }
 
 /// `flagtail_dead_letters{sink="hook"}` as the admin endpoint's `/metrics` says now.

@@ -259,13 +259,18 @@ async fn heal_dead_letters(
     stop: CancellationToken,
 ) {
     let mut not_before = Instant::now();
+    // A wake during the cool-down is kept for its end, not lost (the sink may deliver no more).
+    let mut woken_early = false;
     loop {
+        let cooling = woken_early && Instant::now() < not_before;
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
             _ = healer.wake.notified() => {}
+            () = tokio::time::sleep_until(not_before), if cooling => {}
         }
-        if Instant::now() < not_before || !healer.needed.swap(false, Ordering::SeqCst) {
+        woken_early = Instant::now() < not_before;
+        if woken_early || !healer.needed.swap(false, Ordering::SeqCst) {
             continue;
         }
         let select = |letter: &dead_letter::DeadLetter| letter.retryable;
