@@ -110,6 +110,8 @@ async fn a_request_of_200_000_values_that_are_not_events_is_refused_at_the_door_
     assert_eq!(code, 400, "{answer}");
     assert!(answer.contains("\"refused\":200000"), "{answer}");
     assert!(answer.contains("\"accepted\":0"), "{answer}");
+    let rejected = "flagtail_lines_rejected_total{source=\"hooks\",reason=\"not_an_event\"}";
+    wait_metric(admin, rejected, 200_000).await;
     let sent = Instant::now();
     let (code, answer) = post(port, event(0)).await;
     assert_eq!((code, answer.as_str()), (200, "{\"accepted\":1}"));
