@@ -267,7 +267,7 @@ impl Rejected {
             .unwrap_or_else(PoisonError::into_inner)
             .speak(run.count);
         if let Some((records, lines)) = spoken {
-            tracing::warn!(source = %source, path = %path, offset = run.first.0, end_offset = run.last.1, lines = run.count, reason = %run.detail, not_logged_records = records, not_logged_lines = lines, "rejected lines (recorded in the rejected file; at most one such message a second per source, the rest counted here)");
+            tracing::warn!(source = %source, path = %path, offset = run.first.0, end_offset = run.last.1, lines = run.count, reason = %run.detail, not_logged_records = records, not_logged_lines = lines, "rejected lines, recorded as one record (at most one such message a second per source; not_logged_* count the others since the last)");
         }
         let waiting = Waiting {
             line: run.entry(source, path),
