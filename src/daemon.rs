@@ -283,7 +283,8 @@ impl Pipeline {
         let share = ack::share(c.sources.len(), max_line);
         for s in &c.sources {
             let name = s.name.as_str();
-            let rejected = Rejected(RecordLog::new(&c.state_dir, "rejected", name));
+            let log = RecordLog::new(&c.state_dir, "rejected", name);
+            let rejected = Rejected::new(name, log, c.rejected.max_bytes.0);
             let dispatch = Dispatch {
                 info: Arc::new(SourceInfo {
                     name: name.into(),
@@ -296,6 +297,7 @@ impl Pipeline {
                 lines_read: crate::metrics::get().lines_read_of(name),
                 unmapped: crate::metrics::get().unmapped_of(name),
                 opened: health.opening(name),
+                run: Default::default(),
             };
             let intake = intakes.get(name).map(|i| &**i);
             let writer = match (s.kind(), intake) {
@@ -362,6 +364,7 @@ impl Pipeline {
                         }),
                         max_body,
                         max_line,
+                        format: s.format,
                         grace: c.shutdown_grace,
                         max_connections,
                         rejected,

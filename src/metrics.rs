@@ -67,6 +67,8 @@ pub struct Metrics {
     pub lines_read: Family<SourceLabel, Counter>,
     pub lines_rejected: Family<RejectLabels, Counter>,
     pub events_unmapped: Family<SourceLabel, Counter>,
+    /// Records dropped from a rejected file to keep it under `rejected.max_bytes`.
+    pub rejected_dropped: Family<SourceLabel, Counter>,
     pub deliveries: Family<OutcomeLabels, Counter>,
     pub retries: Family<SinkLabel, Counter>,
     pub delivery_seconds: Family<SinkLabel, Histogram>,
@@ -94,6 +96,7 @@ impl Metrics {
         let lines_read = Family::default();
         let lines_rejected = Family::default();
         let events_unmapped = Family::default();
+        let rejected_dropped = Family::default();
         let deliveries = Family::default();
         let retries = Family::default();
         let delivery_seconds = Family::<SinkLabel, Histogram>::new_with_constructor(|| {
@@ -133,6 +136,11 @@ impl Metrics {
             "events_unmapped",
             "Events of a kind no mapping covers",
             events_unmapped.clone(),
+        );
+        registry.register(
+            "rejected_dropped",
+            "Records dropped from a rejected file to keep it under rejected.max_bytes",
+            rejected_dropped.clone(),
         );
         registry.register(
             "deliveries",
@@ -178,6 +186,7 @@ impl Metrics {
             lines_read,
             lines_rejected,
             events_unmapped,
+            rejected_dropped,
             deliveries,
             retries,
             delivery_seconds,
@@ -228,12 +237,26 @@ impl Metrics {
     }
 
     pub fn rejected(&self, source: &str, reason: &str) {
+        self.rejected_lines(source, reason, 1);
+    }
+
+    /// Counts `n` lines of `source` rejected for `reason`.
+    pub fn rejected_lines(&self, source: &str, reason: &str, n: u64) {
         self.lines_rejected
             .get_or_create(&RejectLabels {
                 source: source.to_string(),
                 reason: reason.to_string(),
             })
-            .inc();
+            .inc_by(n);
+    }
+
+    /// Counts `n` records dropped from `source`'s rejected file.
+    pub fn rejected_dropped(&self, source: &str, n: u64) {
+        self.rejected_dropped
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .inc_by(n);
     }
 
     /// Prometheus text exposition.

@@ -106,6 +106,51 @@ impl RecordLog {
         append_lines(&self.path, 0o600, &out)
     }
 
+    /// [`RecordLog::append`] to a log kept under `max` bytes: when `lines` would take it over,
+    /// its oldest records are dropped first, keeping the newest that fit in half of `max` with
+    /// `lines` (room for the appends to come before the next cut). Returns how many were dropped.
+    pub fn append_bounded(&self, lines: &[Vec<u8>], max: u64) -> io::Result<u64> {
+        let _held = self.hold()?;
+        let adding: u64 = lines.iter().map(|l| l.len() as u64 + 1).sum();
+        let len = match fs::metadata(&self.path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        let dropped = match len.saturating_add(adding) > max {
+            true => self.drop_oldest(len, (max / 2).saturating_sub(adding))?,
+            false => 0,
+        };
+        self.append_held(lines)?;
+        Ok(dropped)
+    }
+
+    /// Rewrites the log (`len` bytes, the lock held) keeping only its newest whole lines that fit
+    /// in `keep` bytes: written aside, fsynced, renamed over it. Returns how many were dropped.
+    fn drop_oldest(&self, len: u64, keep: u64) -> io::Result<u64> {
+        let mut f = File::open(&self.path)?;
+        let cut = match len.saturating_sub(keep) {
+            0 => 0,
+            // Just after the first newline at or after `from - 1`: a line boundary.
+            from => next_line_start(&mut f, from - 1, len)?,
+        };
+        f.seek(SeekFrom::Start(0))?;
+        let dropped = count_lines(&mut f, cut)?;
+        let aside = self.path.with_extension("jsonl.cut");
+        let mut out = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&aside)?;
+        f.seek(SeekFrom::Start(cut))?;
+        io::copy(&mut f.take(len - cut), &mut out)?;
+        out.sync_all()?;
+        fs::rename(&aside, &self.path)?;
+        sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+        Ok(dropped)
+    }
+
     /// Reads every line of `path` (the log itself or a file taken from it).
     pub fn read(path: &Path) -> io::Result<Contents> {
         let text = match fs::read(path) {
@@ -211,6 +256,42 @@ pub fn last_line_end(f: &mut File, len: u64) -> io::Result<u64> {
     Ok(0)
 }
 
+/// The offset just after the first newline at or after `from` in the first `len` bytes of `f`
+/// (`len` if there is none).
+fn next_line_start(f: &mut File, from: u64, len: u64) -> io::Result<u64> {
+    let mut pos = from;
+    let mut buf = vec![0u8; 64 * 1024];
+    f.seek(SeekFrom::Start(pos))?;
+    while pos < len {
+        let n = f.read(&mut buf[..(len - pos).min(64 * 1024) as usize])?;
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = memchr::memchr(b'\n', &buf[..n]) {
+            return Ok(pos + i as u64 + 1);
+        }
+        pos += n as u64;
+    }
+    Ok(len)
+}
+
+/// How many lines the first `upto` bytes of `f` (read from where it stands) hold, a last one
+/// without its newline included.
+fn count_lines(f: &mut File, upto: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut left, mut lines, mut last) = (upto, 0u64, b'\n');
+    while left > 0 {
+        let n = f.read(&mut buf[..left.min(64 * 1024) as usize])?;
+        if n == 0 {
+            break;
+        }
+        lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+        last = buf[n - 1];
+        left -= n as u64;
+    }
+    Ok(lines + u64::from(last != b'\n'))
+}
+
 /// Takes a failed append back off the file, then returns its error.
 fn cut_back(f: &File, len: u64, e: io::Error) -> io::Result<()> {
     if let Err(cut) = f.set_len(len) {
@@ -238,6 +319,37 @@ mod tests {
             vec![r#"{"n":1}"#.to_string(), r#"{"n":3}"#.to_string()]
         );
         assert_eq!(c.unreadable, vec![(2, r#"{"n":2,"rea"#.to_string())]);
+    }
+
+    #[test]
+    fn a_bounded_log_drops_its_oldest_records_to_stay_under_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RecordLog::new(dir.path(), "rejected", "s");
+        let record = |i: usize| format!("{{\"n\":{i:4}}}").into_bytes(); // 10 bytes and a newline
+        let mut dropped = 0;
+        for i in 0..100 {
+            dropped += log.append_bounded(&[record(i)], 110).unwrap();
+            assert!(fs::metadata(log.path()).unwrap().len() <= 110);
+        }
+        let c = RecordLog::read(log.path()).unwrap();
+        assert_eq!(
+            dropped as usize + c.records.len(),
+            100,
+            "every record kept or counted"
+        );
+        assert_eq!(
+            c.records.last().unwrap(),
+            r#"{"n":  99}"#,
+            "the newest kept"
+        );
+        assert!(c.records.len() >= 5, "{} kept", c.records.len());
+        // A torn tail is cut with the old records, and counted.
+        let mut f = OpenOptions::new().append(true).open(log.path()).unwrap();
+        f.write_all(b"{\"torn\"").unwrap();
+        let before = RecordLog::read(log.path()).unwrap().records.len() as u64 + 1;
+        let dropped = log.append_bounded(&vec![record(100); 5], 110).unwrap();
+        assert_eq!(dropped, before);
+        assert_eq!(RecordLog::read(log.path()).unwrap().records.len(), 5);
     }
 
     #[test]

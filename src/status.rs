@@ -36,8 +36,9 @@ pub struct SourceState {
 }
 
 impl SourceState {
-    pub fn rejected(&self, reason: String) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
+    /// `lines` more lines rejected, the first of them for `reason`.
+    pub fn rejected(&self, lines: u64, reason: String) {
+        self.rejected.fetch_add(lines, Ordering::Relaxed);
         *lock(&self.last_rejected) = Some(Note::now(reason));
         touch();
     }

@@ -212,22 +212,30 @@ async fn rejected_lines_are_recorded_and_reading_goes_on() {
     let mut ft = Flagtail::start(&config);
     rx.wait_delivered(4).await;
     ft.terminate().await;
+    // Consecutive rejected lines are one record: the first line's keys, and the run's.
     let rejected = s.state_lines("rejected/flipt.jsonl");
-    let reasons: Vec<&str> = rejected
-        .iter()
-        .map(|r| r["reason"].as_str().unwrap())
-        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let run = &rejected[0];
     assert_eq!(
-        reasons,
-        ["not_json", "not_an_event", "too_long", "invalid_utf8"]
+        (&run["reason"], &run["count"], &run["source"]),
+        (&"not_json".into(), &4.into(), &"flipt".into())
     );
-    assert!(
-        rejected
-            .iter()
-            .all(|r| r["offset"].as_u64().is_some() && r["source"] == "flipt")
+    assert_eq!(
+        run["reasons"],
+        serde_json::json!({"not_json": 1, "not_an_event": 1, "too_long": 1, "invalid_utf8": 1})
     );
-    assert_eq!(rejected[0]["line"], "not json at all");
-    assert!(rejected[3]["line_base64"].is_string());
+    let log_len = std::fs::metadata(s.log()).unwrap().len();
+    let first_two =
+        flipt_line(0, Encoding::Console).0.len() + flipt_line(1, Encoding::Console).0.len();
+    assert_eq!(run["offset"], first_two as u64);
+    let last_four =
+        flipt_line(2, Encoding::Console).0.len() + flipt_line(3, Encoding::Console).0.len();
+    assert_eq!(
+        run["end_offset"],
+        log_len - last_four as u64,
+        "after its newline"
+    );
+    assert_eq!(run["line"], "not json at all");
     assert_eq!(
         delivered_keys(&rx),
         ["flag-0", "flag-1", "flag-2", "flag-3"]
@@ -254,14 +262,17 @@ async fn an_over_long_line_does_not_stop_reading_while_a_sink_is_down() {
     rx.wait_attempts(1).await;
     let rejected = eventually(|| {
         let rejected = s.state_lines("rejected/flipt.jsonl");
-        match rejected.len() {
-            2 => Ok(rejected),
-            n => Err(format!("{n} of 2 lines rejected")),
+        match rejected.first().map(|r| &r["count"]) {
+            Some(n) if n == 2 => Ok(rejected),
+            n => Err(format!("{n:?} of 2 lines rejected")),
         }
     })
     .await;
     assert_eq!(rejected[0]["reason"], "too_long");
-    assert_eq!(rejected[1]["reason"], "not_json");
+    assert_eq!(
+        rejected[0]["reasons"],
+        serde_json::json!({"too_long": 1, "not_json": 1})
+    );
     assert!(delivered_keys(&rx).is_empty(), "the sink is still down");
     outage.end();
     rx.wait_delivered(1).await;

@@ -33,6 +33,8 @@ pub struct ConfigFile {
     pub log: LogSection,
     #[serde(default)]
     pub journal: JournalSection,
+    #[serde(default)]
+    pub rejected: RejectedSection,
     /// Where events come from. Default: none (an error: at least one is needed).
     #[serde(default)]
     pub sources: Vec<SourceSection>,
@@ -165,6 +167,27 @@ impl Default for JournalSection {
 
 fn default_journal_bytes() -> ByteSize {
     ByteSize(256 * 1024 * 1024)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectedSection {
+    /// What the rejected file of one source may hold; its oldest records are dropped (and
+    /// counted) to make room. Default `64MiB`.
+    #[serde(default = "default_rejected_bytes")]
+    pub max_bytes: ByteSize,
+}
+
+impl Default for RejectedSection {
+    fn default() -> Self {
+        RejectedSection {
+            max_bytes: default_rejected_bytes(),
+        }
+    }
+}
+
+fn default_rejected_bytes() -> ByteSize {
+    ByteSize(64 * 1024 * 1024)
 }
 
 /// A size: a whole number of bytes, optionally with a unit (`KiB`, `MiB`, `GiB`, `KB`, `MB`, `GB`).

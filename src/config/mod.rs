@@ -433,6 +433,12 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
     if c.max_line_bytes == 0 {
         p.push("max_line_bytes: must be at least 1".into());
     }
+    if c.rejected.max_bytes.0 < 1024 * 1024 {
+        p.push(
+            "rejected.max_bytes: must be at least 1MiB (a record keeps up to 64KiB of a line)"
+                .into(),
+        );
+    }
     let summary = c.log.summary_interval;
     if !summary.is_zero() && summary < std::time::Duration::from_millis(100) {
         p.push("log.summary_interval: at least 100ms, or 0s to turn the summary off".into());
@@ -731,6 +737,26 @@ mod tests {
             c.file.sinks[0].initial_backoff,
             std::time::Duration::from_millis(500)
         );
+    }
+
+    #[test]
+    fn rejected_max_bytes_defaults_to_64mib_and_is_checked() {
+        let c = load("c.yaml", MINIMAL).unwrap();
+        assert_eq!(c.file.rejected.max_bytes.0, 64 << 20);
+        let c = load(
+            "c.yaml",
+            &format!("{MINIMAL}rejected: {{max_bytes: 2MiB}}\n"),
+        )
+        .unwrap();
+        assert_eq!(c.file.rejected.max_bytes.0, 2 << 20);
+        for bad in ["1KiB", "0"] {
+            let text = format!("{MINIMAL}rejected: {{max_bytes: {bad}}}\n");
+            let err = load("c.yaml", &text).unwrap_err().to_string();
+            assert!(
+                err.contains("rejected.max_bytes: must be at least 1MiB"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

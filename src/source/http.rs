@@ -3,7 +3,9 @@
 //!
 //! `POST path` with one JSON event, a JSON array of events, or NDJSON. The answer (SPEC §4):
 //! - 200 `{"accepted": N}` only once every event of the request is durable in the journal, so a
-//!   sender that got 200 can forget them;
+//!   sender that got 200 can forget them; values that are not events are refused here, never
+//!   journaled: recorded in `rejected/` as one record for the request, and counted in the answer
+//!   (`"refused": M`), which is 400 if the request holds no event at all;
 //! - 401 on a missing or wrong token (`Authorization: Bearer TOKEN`, the bare token, or
 //!   `?token=TOKEN` for senders that can only be given a URL) or signature (`verify`: hex
 //!   HMAC-SHA256 of the raw body in `X-Flipt-Webhook-Signature` or `X-LD-Signature`); both are
@@ -18,8 +20,9 @@
 //! across reloads.
 
 use super::Rejected;
+use super::rejected::Run;
 use crate::config::VerifyScheme;
-use crate::event::Rejection;
+use crate::event::{Format, Rejection};
 use crate::journal::{AppendError, Journal};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -41,9 +44,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a client may take to send its request's headers, and then its body.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// How much of a body that is not JSON is kept in the rejected record.
-const KEPT_OF_BAD_BODY: usize = 64 * 1024;
 
 /// A bound HTTP listener.
 #[derive(Debug)]
@@ -123,6 +123,8 @@ pub struct HttpSource {
     pub max_body: usize,
     /// Longest event taken (`max_line_bytes`); a longer one is answered 413.
     pub max_line: usize,
+    /// The source's format: a value it cannot read as an event is refused at the door.
+    pub format: Format,
     /// How long a connection may take to finish once the source stops (`shutdown_grace`).
     pub grace: std::time::Duration,
     pub max_connections: usize,
@@ -234,7 +236,13 @@ impl HttpSource {
                 return reply(StatusCode::UNAUTHORIZED, "missing or wrong signature");
             }
         }
-        let events = match Events::of(&body, self.max_line) {
+        self.take(&body).await
+    }
+
+    /// Puts a body's events in the journal, and records its values that are not events (one
+    /// record for all): 200 with how many were accepted (and refused), 400 if none is an event.
+    async fn take(&self, body: &[u8]) -> Answer {
+        let mut events = match Events::of(body, self.max_line, self.format) {
             Ok(events) => events,
             Err(BodyError::TooLong(len)) => {
                 return reply(
@@ -243,44 +251,58 @@ impl HttpSource {
                 );
             }
             Err(BodyError::NotJson(why)) => {
-                let kept = &body[..body.len().min(KEPT_OF_BAD_BODY)];
-                let path = format!("{} (POST {})", self.listener.addr, self.path);
-                let range = (0, body.len() as u64);
-                let recorded = self
-                    .rejected
-                    .record(
-                        &self.name,
-                        &path,
-                        range,
-                        Rejection::NotJson(why),
-                        kept,
-                        &self.stop,
-                    )
-                    .await;
-                if recorded.is_err() {
-                    return reply(StatusCode::SERVICE_UNAVAILABLE, "stopping");
-                }
-                return reply(StatusCode::BAD_REQUEST, "the body is not JSON");
+                let run = Run::new((0, body.len() as u64), &Rejection::NotJson(why), body);
+                return match self.refuse(run).await {
+                    Some(stopping) => stopping,
+                    None => reply(StatusCode::BAD_REQUEST, "the body is not JSON"),
+                };
             }
         };
-        if events.count == 0 {
-            return reply(StatusCode::OK, "{\"accepted\":0}");
-        }
-        // One append: the request is taken whole or not at all.
-        match self.journal.try_append(events.lines).await {
-            Ok(()) => reply(
-                StatusCode::OK,
-                &format!("{{\"accepted\":{}}}", events.count),
-            ),
-            Err(e) => {
-                let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, "try again later");
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-                if !matches!(e, AppendError::Full) {
-                    tracing::error!(source = %self.name, error = %e, "cannot take a webhook");
-                }
-                r
+        // One append: the request's events are taken whole or not at all.
+        if events.count > 0
+            && let Err(e) = self
+                .journal
+                .try_append(std::mem::take(&mut events.lines))
+                .await
+        {
+            let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, "try again later");
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            if !matches!(e, AppendError::Full) {
+                tracing::error!(source = %self.name, error = %e, "cannot take a webhook");
             }
+            return r;
+        }
+        let accepted = events.count;
+        let Some(refused) = events.refused.take() else {
+            return reply(StatusCode::OK, &format!("{{\"accepted\":{accepted}}}"));
+        };
+        let (n, first) = (refused.count(), refused.detail().to_string());
+        if let Some(stopping) = self.refuse(refused).await {
+            return stopping;
+        }
+        let text = match accepted {
+            0 => serde_json::json!({
+                "error": format!("no event in the request: {n} values refused; the first: {first}"),
+                "accepted": 0,
+                "refused": n,
+            }),
+            _ => serde_json::json!({"accepted": accepted, "refused": n}),
+        };
+        let status = match accepted {
+            0 => StatusCode::BAD_REQUEST,
+            _ => StatusCode::OK,
+        };
+        reply(status, &text.to_string())
+    }
+
+    /// Records what a request held that is not an event, as one record; the answer to give
+    /// instead if the source stops meanwhile.
+    async fn refuse(&self, run: Run) -> Option<Answer> {
+        let path = format!("{} (POST {})", self.listener.addr, self.path);
+        match self.rejected.record(&path, run, &self.stop).await {
+            Ok(()) => None,
+            Err(_) => Some(reply(StatusCode::SERVICE_UNAVAILABLE, "stopping")),
         }
     }
 }
@@ -337,18 +359,26 @@ pub enum BodyError {
 /// The events of a body as journal lines: a JSON array's elements, one JSON value, or NDJSON,
 /// each on one line, written into one buffer as they are found (no allocation per event). Line
 /// breaks inside an event (pretty-printed JSON) can only be whitespace between tokens, so they
-/// are written as spaces; every other byte is kept.
+/// are written as spaces; every other byte is kept. A value the source's format cannot read as
+/// an event (not an object, or of no shape the format knows) is refused here: it never reaches
+/// the journal, and all of a body's refused values are one [`Run`] (offsets in the body).
 #[derive(Debug)]
 pub struct Events {
     /// The lines, each ending in `\n`.
     pub lines: Vec<u8>,
     pub count: usize,
+    /// The values that are not events, if any.
+    pub refused: Option<Run>,
+    /// What the values are read as.
+    format: Format,
+    /// Where the body starts in memory: offsets of refused values are measured from it.
+    base: usize,
     /// The length of an event over the limit, which stopped the reading.
     too_long: Option<usize>,
 }
 
 impl Events {
-    pub fn of(body: &[u8], max_line: usize) -> Result<Events, BodyError> {
+    pub fn of(body: &[u8], max_line: usize, format: Format) -> Result<Events, BodyError> {
         let text = std::str::from_utf8(body)
             .map_err(|_| BodyError::NotJson("the body is not UTF-8".into()))?;
         let trimmed = text.trim();
@@ -358,6 +388,9 @@ impl Events {
         let mut events = Events {
             lines: Vec::with_capacity(body.len() + 1),
             count: 0,
+            refused: None,
+            format,
+            base: body.as_ptr() as usize,
             too_long: None,
         };
         if trimmed.starts_with('[') {
@@ -391,6 +424,13 @@ impl Events {
             self.too_long = Some(raw.len());
             return Err(BodyError::TooLong(raw.len()));
         }
+        match crate::event::parse_line(self.format, raw) {
+            Ok(_) | Err(Rejection::Unmapped(_)) => {}
+            Err(why) => {
+                self.refuse(raw, &why);
+                return Ok(());
+            }
+        }
         self.lines.extend(
             raw.bytes()
                 .map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
@@ -398,6 +438,18 @@ impl Events {
         self.lines.push(b'\n');
         self.count += 1;
         Ok(())
+    }
+}
+
+impl Events {
+    /// Adds `raw`, a value of the body, to the refused ones.
+    fn refuse(&mut self, raw: &str, why: &Rejection) {
+        let start = (raw.as_ptr() as usize).saturating_sub(self.base) as u64;
+        let range = (start, start + raw.len() as u64);
+        match &mut self.refused {
+            Some(run) => run.add(range, why),
+            None => self.refused = Some(Run::new(range, why, raw.as_bytes())),
+        }
     }
 }
 
@@ -425,33 +477,70 @@ impl<'de> serde::de::Visitor<'de> for Elements<'_> {
 mod tests {
     use super::*;
 
+    /// A Flipt event with key `k`, its first separator `sep`.
+    fn ev(k: &str, sep: &str) -> String {
+        format!(
+            r#"{{"version":"0.2",{sep}"type":"flag","action":"created","metadata":{{}},"payload":{{"key":"{k}"}},"timestamp":"t"}}"#
+        )
+    }
+
+    fn lines(b: &str) -> Result<(String, usize), BodyError> {
+        Events::of(b.as_bytes(), 400, Format::Auto)
+            .map(|e| (String::from_utf8(e.lines).unwrap(), e.count))
+    }
+
     #[test]
     fn bodies_become_lines() {
-        let lines = |b: &str| {
-            Events::of(b.as_bytes(), 100).map(|e| (String::from_utf8(e.lines).unwrap(), e.count))
-        };
+        let (a, b) = (ev("a", ""), ev("b", ""));
         assert_eq!(
-            lines("{\"a\":\n 1}\n").unwrap(),
-            ("{\"a\":  1}\n".into(), 1)
+            lines(&format!("{}\n", ev("a", "\n "))).unwrap(),
+            (format!("{}\n", ev("a", "  ")), 1)
         );
         assert_eq!(
-            lines("[{\"a\":1}, {\"b\":\"x y\"}]").unwrap(),
-            ("{\"a\":1}\n{\"b\":\"x y\"}\n".into(), 2)
+            lines(&format!("[{a}, {b}]")).unwrap(),
+            (format!("{a}\n{b}\n"), 2)
         );
         assert_eq!(
-            lines("{\"a\":1}\n{\"b\":2}\n").unwrap(),
-            ("{\"a\":1}\n{\"b\":2}\n".into(), 2)
+            lines(&format!("{a}\n{b}\n")).unwrap(),
+            (format!("{a}\n{b}\n"), 2)
         );
         assert_eq!(lines("[]").unwrap(), (String::new(), 0));
         assert!(matches!(lines("not json"), Err(BodyError::NotJson(_))));
         assert!(matches!(
-            lines("{\"a\":1}\nnope\n"),
+            lines(&format!("{a}\nnope\n")),
             Err(BodyError::NotJson(_))
         ));
         assert!(matches!(lines("[1,"), Err(BodyError::NotJson(_))));
         assert!(matches!(lines(""), Err(BodyError::NotJson(_))));
-        let long = format!("[1, \"{}\"]", "x".repeat(200));
-        assert!(matches!(lines(&long), Err(BodyError::TooLong(202))));
+        let long = format!("[1, \"{}\"]", "x".repeat(500));
+        assert!(matches!(lines(&long), Err(BodyError::TooLong(502))));
+    }
+
+    #[test]
+    fn values_that_are_not_events_are_refused_at_the_door_as_one_run() {
+        let (a, b) = (ev("a", ""), ev("b", ""));
+        let body = format!("[1, {a}, {{\"x\":2}}, [3], {b}, \"s\"]");
+        let events = Events::of(body.as_bytes(), 400, Format::Auto).unwrap();
+        assert_eq!(
+            String::from_utf8(events.lines).unwrap(),
+            format!("{a}\n{b}\n")
+        );
+        let refused = events.refused.unwrap();
+        assert_eq!(refused.count(), 4);
+        assert!(
+            refused.detail().contains("not an audit event"),
+            "{}",
+            refused.detail()
+        );
+        // NDJSON of no event at all: nothing to journal, every line refused.
+        let body = "1\n{}\n\"x\"\n".repeat(1000);
+        let events = Events::of(body.as_bytes(), 400, Format::Auto).unwrap();
+        assert_eq!((events.count, events.lines.len()), (0, 0));
+        assert_eq!(events.refused.unwrap().count(), 3000);
+        // An event of a kind no mapping covers is taken (counted as unmapped when read).
+        let favourite = r#"{"id":1,"type":"feature-favorited","createdAt":"2024-01-01T00:00:00Z","createdBy":"a"}"#;
+        let events = Events::of(favourite.as_bytes(), 400, Format::Unleash).unwrap();
+        assert_eq!((events.count, events.refused.is_none()), (1, true));
     }
 
     #[test]

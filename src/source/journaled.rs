@@ -52,6 +52,10 @@ impl JournalSource {
                     }
                 }
                 if n == 0 {
+                    // Caught up: the rejected lines just read are recorded before waiting.
+                    if self.dispatch.idle().await.is_err() {
+                        return Ok(());
+                    }
                     break;
                 }
                 tokio::task::consume_budget().await;

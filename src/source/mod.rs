@@ -10,23 +10,22 @@ pub mod file;
 pub mod http;
 pub mod journaled;
 pub mod lines;
+pub mod rejected;
 pub mod socket;
 mod watch;
 
 use crate::ack::Tracker;
 use crate::event::{Rejection, parse_shared};
-use crate::metrics;
 use crate::position::{FileIdentity, Position};
 use crate::record::{Record, SourceInfo};
-use crate::record_log::{RecordLog, now_rfc3339};
 use crate::sink::Sink;
-use base64::Engine;
 use bytes::Bytes;
 use bytestring::ByteString;
 use lines::Piece;
+pub use rejected::Rejected;
+use rejected::{Done, Run};
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -95,6 +94,31 @@ pub struct Dispatch {
     pub unmapped: prometheus_client::metrics::counter::Counter,
     /// Said once the source is open (`/readyz`, systemd).
     pub opened: crate::health::Opening,
+    /// The rejected lines just read, not recorded yet.
+    pub run: OpenRun,
+}
+
+/// The run of rejected lines a source is in, if any: recorded as one record once a line that is
+/// not rejected comes, the reading pauses, another stream is read, or it has lasted a second.
+#[derive(Default)]
+pub struct OpenRun(Mutex<Option<Open>>);
+
+/// A run being read, and where.
+struct Open {
+    run: Run,
+    /// The stream it is read from (a run never spans two).
+    stream: Arc<str>,
+    /// The path shown in its record.
+    path: String,
+    /// Where the checkpoint may move once it is recorded: after its last line, or after the
+    /// blank or unmapped lines read since.
+    settle: Position,
+}
+
+impl OpenRun {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Open>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// What a line was read from.
@@ -159,14 +183,14 @@ impl Dispatch {
             return self.reject(at, Rejection::InvalidUtf8, &bytes).await;
         };
         if text.trim().is_empty() {
-            return self.settle(at, 0, 0, bytes.len()).await.map(drop);
+            return self.pass(at, bytes.len()).await;
         }
         let event = match parse_shared(self.info.format, &text) {
             Ok(event) => event,
             Err(Rejection::Unmapped(kind)) => {
                 tracing::debug!(source = %self.info.name, offset = at.start, kind = %kind, "event type not mapped; skipped");
                 self.unmapped.inc();
-                return self.settle(at, 0, 0, bytes.len()).await.map(drop);
+                return self.pass(at, bytes.len()).await;
             }
             Err(rejection) => return self.reject(at, rejection, &bytes).await,
         };
@@ -274,6 +298,7 @@ impl Dispatch {
     /// the `held` bytes it kept in memory, taken or not: lines share the buffer they were read
     /// into, so a line no sink took stays in memory as long as a neighbour that one did. (An
     /// over-long line held only its prefix: the rest was skipped, never buffered.)
+    /// A run of rejected lines read before is recorded first, so the checkpoint passes it in order.
     async fn settle(
         &self,
         at: Span<'_>,
@@ -281,84 +306,83 @@ impl Dispatch {
         cost: u32,
         held: usize,
     ) -> Result<u64, Stopped> {
+        self.idle().await?;
         let cost = cost.max(self.tracker.cost(held));
-        // Waiting (with a way out) only when the budget is spent.
+        self.admit(cost).await?;
+        Ok(self.tracker.push(at.origin.at(at.end), sinks, cost))
+    }
+
+    /// Takes `cost` from the source's budget, waiting (with a way out) only when it is spent.
+    async fn admit(&self, cost: u32) -> Result<(), Stopped> {
         if !self.tracker.try_admit(cost) {
             tokio::select! {
                 _ = self.tracker.admit(cost) => {}
                 _ = self.stop.cancelled() => return Err(Stopped),
             }
         }
-        Ok(self.tracker.push(at.origin.at(at.end), sinks, cost))
+        Ok(())
     }
 
-    /// Writes the line to the rejected file (retrying until it is written), then lets the
-    /// checkpoint pass it.
+    /// A line that is neither an event nor rejected (blank, or an event no mapping covers): part
+    /// of the run of rejected lines it is read in, if any, else done at once.
+    async fn pass(&self, at: Span<'_>, held: usize) -> Result<(), Stopped> {
+        match self.extend(at, None) {
+            Some(Some(due)) => self.record(due).await,
+            Some(None) => Ok(()),
+            None => self.settle(at, 0, 0, held).await.map(drop),
+        }
+    }
+
+    /// Adds the line to the run of rejected lines being read (a new one if the line is the first,
+    /// or read from another stream); the run is recorded once it ends, or has lasted a second.
     async fn reject(&self, at: Span<'_>, why: Rejection, raw: &[u8]) -> Result<(), Stopped> {
-        let path = at.origin.path().display().to_string();
-        self.rejected
-            .record(
-                &self.info.name,
-                &path,
-                (at.start, at.end),
-                why,
-                raw,
-                &self.stop,
-            )
-            .await?;
-        self.settle(at, 0, 0, raw.len()).await.map(drop)
+        let ended = match self.extend(at, Some(&why)) {
+            Some(due) => due,
+            None => self.run.lock().replace(Open {
+                run: Run::new((at.start, at.end), &why, raw),
+                stream: Arc::clone(at.origin.key()),
+                path: at.origin.path().display().to_string(),
+                settle: at.origin.at(at.end),
+            }),
+        };
+        match ended {
+            Some(open) => self.record(open).await,
+            None => Ok(()),
+        }
     }
-}
 
-/// Where a source's rejected lines are recorded: `rejected/SOURCE.jsonl`.
-#[derive(Debug, Clone)]
-pub struct Rejected(pub RecordLog);
+    /// Extends the run being read from `at`'s stream, if there is one, to the end of `at`,
+    /// adding it to the run's lines if it was rejected (`why`). `Some(Some(run))` when the run is
+    /// then due to be recorded (taken out), `None` when there is no such run.
+    fn extend(&self, at: Span<'_>, why: Option<&Rejection>) -> Option<Option<Open>> {
+        let mut open = self.run.lock();
+        let o = open.as_mut().filter(|o| o.stream == *at.origin.key())?;
+        if let Some(why) = why {
+            o.run.add((at.start, at.end), why);
+        }
+        o.settle = at.origin.at(at.end);
+        Some(o.run.is_due().then(|| open.take()).flatten())
+    }
 
-impl Rejected {
-    /// Logs, counts and durably records a rejected line read at `range` of `path`, retrying until
-    /// it is written or `stop` fires.
-    pub async fn record(
-        &self,
-        source: &str,
-        path: &str,
-        range: (u64, u64),
-        why: Rejection,
-        raw: &[u8],
-        stop: &CancellationToken,
-    ) -> Result<(), Stopped> {
-        tracing::warn!(source = %source, path = %path, offset = range.0, reason = %why, "rejected line");
-        metrics::get().rejected(source, why.tag());
-        crate::status::source(source).rejected(format!("{why} (offset {} of {path})", range.0));
-        let mut entry = serde_json::json!({
-            "time": now_rfc3339(),
-            "source": source,
-            "path": path,
-            "offset": range.0,
-            "end": range.1,
-            "reason": why.tag(),
-            "detail": why.to_string(),
-        });
-        match std::str::from_utf8(raw) {
-            Ok(text) => entry["line"] = text.into(),
-            Err(_) => {
-                entry["line_base64"] = base64::engine::general_purpose::STANDARD.encode(raw).into()
-            }
+    /// Records the run of rejected lines being read, if any: the source reads on meanwhile, and
+    /// the checkpoint passes the run once its record is durable. Called by a source before it
+    /// waits for more to read.
+    pub async fn idle(&self) -> Result<(), Stopped> {
+        let open = self.run.lock().take();
+        match open {
+            Some(open) => self.record(open).await,
+            None => Ok(()),
         }
-        let line = serde_json::to_vec(&entry).unwrap_or_default();
-        let mut wait = Duration::from_millis(200);
-        loop {
-            let (log, line) = (self.0.clone(), line.clone());
-            match tokio::task::spawn_blocking(move || log.append(&[line])).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) => {
-                    tracing::error!(source = %source, path = %self.0.path().display(), error = %e, "cannot record a rejected line; holding the source until it can")
-                }
-                Err(e) => tracing::error!(error = %e, "rejected-line writer failed"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => wait = (wait * 2).min(Duration::from_secs(30)),
-                _ = stop.cancelled() => return Err(Stopped),
-            }
-        }
+    }
+
+    /// Hands a run's record to the writer; its slot is acknowledged once the record is durable.
+    async fn record(&self, open: Open) -> Result<(), Stopped> {
+        let cost = self.tracker.cost(open.run.held());
+        self.admit(cost).await?;
+        let seq = self.tracker.push(open.settle, 1, cost);
+        let done = Done::Ack(self.tracker.clone(), seq);
+        self.rejected
+            .submit(&open.path, open.run, done, &self.stop)
+            .await
     }
 }

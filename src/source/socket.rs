@@ -338,9 +338,8 @@ impl SocketSource {
         why: Rejection,
         raw: &[u8],
     ) -> Result<(), Stopped> {
-        self.rejected
-            .record(&self.name, shown, range, why, raw, &self.stop)
-            .await
+        let run = super::rejected::Run::new(range, &why, raw);
+        self.rejected.record(shown, run, &self.stop).await
     }
 }
 

@@ -226,6 +226,8 @@ impl FileSource {
                 self.dispatch.piece(origin, piece, self.max_line).await?;
             }
             if at_end {
+                // Caught up: the rejected lines just read are recorded before waiting.
+                self.dispatch.idle().await?;
                 // A read that returned nothing was not checked: the file may have shrunk since the
                 // check before it (`look` checks it).
                 return Ok(Drained::End { checked: n > 0 });
