@@ -268,26 +268,16 @@ async fn worker(
         #[cfg(debug_assertions)]
         fault_injection(&sink);
         let healer = healer.as_deref();
-        if let Output::Stdout | Output::File(_) = &sink.output {
-            let started = Instant::now();
-            for (range, result) in write::deliver(&sink, &batch, &stop).await {
-                conclude(&sink, &dead, healer, &batch[range], result, started, &stop).await;
-            }
-            continue;
-        }
         // A group was gathered on the thread that read its records (each record's send woke this
         // worker there). Yielding once per group lets the other runtime thread take the render,
         // the signature and the send, so reading and delivering use both cores; per record it
         // would be a cross-thread hand-off each, which costs more than it gains.
-        if batch.len() > 1 {
+        if batch.len() > 1 && !matches!(sink.output, Output::Stdout | Output::File(_)) {
             tokio::task::yield_now().await;
         }
-        // Each message's records are acknowledged as soon as it is done, not after the group.
-        for (range, subject) in messages(&sink, &batch).await {
-            let started = Instant::now();
-            let records = &batch[range];
-            let result = send_message(&sink, &mut link, records, subject, &stop).await;
-            conclude(&sink, &dead, healer, records, result, started, &stop).await;
+        let started = Instant::now();
+        for (range, result) in deliver(&sink, &mut link, &batch, &stop).await {
+            conclude(&sink, &dead, healer, &batch[range], result, started, &stop).await;
         }
     }
 }
@@ -388,71 +378,55 @@ fn fault_injection(sink: &Sink) {
 /// that shared a fate.
 pub type Outcomes = Vec<(Range<usize>, Result)>;
 
-/// Renders and sends `records` (one request, or one group write) over `link`, retrying as the
-/// sink's policy says.
+/// Delivers `records` over `link`, retrying as the sink's policy says: one request (a webhook), one
+/// message per record, published in a pipeline (NATS), or one group write (file, stdout).
 pub async fn deliver(
     sink: &Sink,
     link: &mut Link,
     records: &[Arc<Record>],
     stop: &CancellationToken,
 ) -> Outcomes {
-    if let Output::Stdout | Output::File(_) = &sink.output {
-        return write::deliver(sink, records, stop).await;
-    }
-    let mut outcomes = Vec::new();
-    for (range, subject) in messages(sink, records).await {
-        let result = send_message(sink, link, &records[range.clone()], subject, stop).await;
-        outcomes.push((range, result));
-    }
-    outcomes
-}
-
-/// The messages `records` make for a webhook or NATS sink: one for all, or for NATS one per run
-/// of neighbours that share a subject and a source (or a subject that cannot be made).
-async fn messages(
-    sink: &Sink,
-    records: &[Arc<Record>],
-) -> Vec<(
-    Range<usize>,
-    std::result::Result<String, crate::sink::render::RenderError>,
-)> {
-    match &sink.output {
-        Output::Nats(bus) => crate::sink::nats::runs(records, bus.subjects(records).await),
-        _ => vec![(0..records.len(), Ok(String::new()))],
+    let all = 0..records.len();
+    match (&sink.output, link) {
+        (Output::Stdout | Output::File(_), _) => write::deliver(sink, records, stop).await,
+        // Boxed: a pipeline's state is large, and inline it would be moved with every webhook
+        // request's too.
+        (Output::Nats(bus), Link::Nats(publisher)) => {
+            Box::pin(nats::deliver(sink, bus, publisher, records, stop)).await
+        }
+        (Output::Webhook(hook), Link::Http(conn)) => {
+            vec![(all, send(sink, hook, conn, records, stop).await)]
+        }
+        _ => vec![(
+            all,
+            Result::Failed {
+                reason: "the sink was given another sink's transport".into(),
+                attempts: 0,
+                status: None,
+                excerpt: None,
+                retryable: false,
+            },
+        )],
     }
 }
 
-/// One message's outcome: sent (see [`send`]), dead-lettered if its subject could not be made,
-/// or abandoned once `stop` fired (no new message after stop).
-async fn send_message(
-    sink: &Sink,
-    link: &mut Link,
-    records: &[Arc<Record>],
-    subject: std::result::Result<String, crate::sink::render::RenderError>,
-    stop: &CancellationToken,
-) -> Result {
-    match subject {
-        _ if stop.is_cancelled() => Result::Abandoned,
-        Ok(subject) => send(sink, link, records, &subject, stop).await,
-        Err(e) => render_failed(e),
-    }
-}
-
-/// Renders one message of `records` and sends it (to `subject`, for NATS) until the sink's
-/// retry policy says it is done.
+/// Renders one request of `records` and sends it until the sink's retry policy says it is done;
+/// none is started once `stop` fired.
 async fn send(
     sink: &Sink,
-    link: &mut Link,
+    hook: &crate::sink::Webhook,
+    conn: &mut http::Connection,
     records: &[Arc<Record>],
-    subject: &str,
     stop: &CancellationToken,
 ) -> Result {
+    if stop.is_cancelled() {
+        return Result::Abandoned;
+    }
     let body = match sink.renderer.render_bounded(records).await {
         Ok(body) => Bytes::from(body),
         Err(e) => return render_failed(e),
     };
     let key = Sink::delivery_key(records);
-    let source = records.first().map_or("", |r| &*r.source.name);
     let mut tries = retry::Tries::new(sink, &key);
     loop {
         // Every attempt, retries too, takes a slot of the rate limit.
@@ -461,28 +435,7 @@ async fn send(
         {
             return Result::Abandoned;
         }
-        let attempt = match (&sink.output, &mut *link) {
-            (Output::Webhook(hook), Link::Http(conn)) => {
-                conn.post(hook, &key, unix_now(), &body).await
-            }
-            (Output::Nats(bus), Link::Nats(publisher)) => {
-                let headers = crate::sink::signed_headers(
-                    &bus.headers,
-                    bus.signer.as_ref(),
-                    &body,
-                    &key,
-                    unix_now(),
-                );
-                let headers = nats::message_headers(&headers, &sink.name, &key, source);
-                // Boxed: a publish's state is large, and inline it would be moved with every
-                // webhook request's too.
-                Box::pin(publisher.publish(subject, headers, body.clone())).await
-            }
-            _ => retry::Attempt::Final {
-                reason: "the sink was given another sink's transport".into(),
-                retryable: false,
-            },
-        };
+        let attempt = conn.post(hook, &key, unix_now(), &body).await;
         if let Some(done) = tries.settle(attempt, stop).await {
             return done;
         }

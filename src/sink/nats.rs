@@ -6,7 +6,6 @@ use super::sign::Signer;
 use crate::config::{Secret, SecretUrl, SinkSection};
 use crate::record::Record;
 use ::http::header::HeaderMap;
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,27 +154,6 @@ fn checked(rendered: Result<Vec<u8>, RenderError>) -> Result<String, RenderError
         }),
         None => Ok(subject),
     }
-}
-
-/// `records` cut into runs of neighbours with the same subject and source, one message each
-/// (a batch never puts an event on another event's subject); a record whose subject cannot be
-/// made is a run of its own, with the error.
-pub fn runs(
-    records: &[Arc<Record>],
-    subjects: Vec<Result<String, RenderError>>,
-) -> Vec<(Range<usize>, Result<String, RenderError>)> {
-    let mut out: Vec<(Range<usize>, Result<String, RenderError>)> = Vec::new();
-    for (i, subject) in subjects.into_iter().enumerate() {
-        if let (Some((range, Ok(last))), Ok(this)) = (out.last_mut(), &subject)
-            && last == this
-            && records[range.start].source.name == records[i].source.name
-        {
-            range.end = i + 1;
-            continue;
-        }
-        out.push((i..i + 1, subject));
-    }
-    out
 }
 
 /// Why a rendered subject cannot be published on, if it cannot: NATS subjects are dot-separated
