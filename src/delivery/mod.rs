@@ -47,8 +47,10 @@ impl Transport {
             Output::Webhook(hook) => http::connector(hook.ca_file.as_deref())
                 .map(Transport::Http)
                 .map_err(|e| ("ca_file", e)),
-            Output::Nats(bus) => nats::Publisher::new(&sink.name, sink.concurrency, bus)
-                .map(|p| Transport::Nats(Arc::new(p))),
+            Output::Nats(bus) => {
+                nats::Publisher::new(&sink.name, sink.concurrency, bus, sink.scrubber.clone())
+                    .map(|p| Transport::Nats(Arc::new(p)))
+            }
             Output::Stdout | Output::File(_) => Ok(Transport::Write),
         }
     }

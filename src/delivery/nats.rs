@@ -11,6 +11,7 @@
 
 use super::Outcomes;
 use super::retry::{Attempt, Tries};
+use crate::config::Scrubber;
 use crate::record::Record;
 use crate::sink::Sink;
 use crate::sink::nats::{Auth, Nats};
@@ -61,6 +62,8 @@ pub struct Publisher {
     connected: tokio::sync::Mutex<Option<Arc<Conn>>>,
     /// The last connection problem the client reported, for the reason of a failed attempt.
     trouble: Arc<Mutex<Option<String>>>,
+    /// The sink's scrubber, for what the server says (its errors may quote credentials).
+    scrubber: Arc<Scrubber>,
 }
 
 /// One client and its JetStream context.
@@ -94,6 +97,7 @@ impl Publisher {
         sink: &str,
         concurrency: usize,
         bus: &Nats,
+        scrubber: Arc<Scrubber>,
     ) -> Result<Publisher, (&'static str, String)> {
         let servers = bus
             .servers
@@ -117,6 +121,7 @@ impl Publisher {
             concurrency,
             connected: tokio::sync::Mutex::new(None),
             trouble: Arc::new(Mutex::new(None)),
+            scrubber,
         };
         publisher.options(None).map_err(|e| ("creds_file", e))?;
         Ok(publisher)
@@ -141,12 +146,14 @@ impl Publisher {
             // The flags live as long as the client's callback: a `Conn` dropped with its sink
             // leaves them to the client until it gives up.
             let (sink, trouble) = (self.sink.clone(), self.trouble.clone());
+            let scrubber = self.scrubber.clone();
             o = o
                 .retry_on_initial_connect()
                 .max_reconnects(MAX_RECONNECTS)
                 .event_callback(move |event| {
                     let (sink, trouble, flags) = (sink.clone(), trouble.clone(), conn.clone());
-                    async move { note_event(&sink, &trouble, &flags, event) }
+                    let text = scrubber.scrub(&event.to_string());
+                    async move { note_event(&sink, &trouble, &flags, event, text) }
                 });
         }
         Ok(match &self.auth {
@@ -513,11 +520,13 @@ impl Drop for Publisher {
 
 /// Logs a connection event once per change (a server that keeps refusing is one line, not one
 /// per reconnect attempt), keeps the last problem for failure reasons, and sets the client's flags.
+/// `text` is the event as said, the sink's secrets masked.
 fn note_event(
     sink: &str,
     trouble: &Mutex<Option<String>>,
     flags: &Flags,
     event: async_nats::Event,
+    text: String,
 ) {
     let mut last = trouble.lock().unwrap_or_else(|e| e.into_inner());
     match event {
@@ -532,8 +541,7 @@ fn note_event(
                 .closed
                 .store(true, std::sync::atomic::Ordering::Release);
         }
-        other => {
-            let text = other.to_string();
+        _ => {
             if last.as_deref() != Some(&text) {
                 tracing::warn!(sink = %sink, "NATS: {text}");
                 *last = Some(text);

@@ -36,6 +36,32 @@ pub enum Attempt {
     },
 }
 
+impl Attempt {
+    /// The attempt with the sink's secrets masked in its reason: whatever a transport quotes of
+    /// its receiver passes here before it is logged, shown or put in a dead letter.
+    fn scrubbed(self, scrubber: &crate::config::Scrubber) -> Attempt {
+        match self {
+            Attempt::Delivered => Attempt::Delivered,
+            Attempt::Refused {
+                status,
+                reason,
+                retry_after,
+            } => Attempt::Refused {
+                status,
+                reason: scrubber.scrub(&reason),
+                retry_after,
+            },
+            Attempt::Retry { reason } => Attempt::Retry {
+                reason: scrubber.scrub(&reason),
+            },
+            Attempt::Final { reason, retryable } => Attempt::Final {
+                reason: scrubber.scrub(&reason),
+                retryable,
+            },
+        }
+    }
+}
+
 /// One delivery's attempts: every transport sends, then hands the attempt's outcome to
 /// [`Tries::settle`], which decides whether and when to try again, waits, logs and counts:
 ///
@@ -75,7 +101,7 @@ impl<'a> Tries<'a> {
     pub async fn settle(&mut self, attempt: Attempt, stop: &CancellationToken) -> Option<Outcome> {
         self.attempts += 1;
         let attempts = self.attempts;
-        let (reason, retry_after) = match attempt {
+        let (reason, retry_after) = match attempt.scrubbed(&self.sink.scrubber) {
             Attempt::Delivered => return Some(Outcome::Delivered { attempts }),
             Attempt::Final { reason, retryable } => {
                 return Some(Outcome::Failed {

@@ -42,6 +42,25 @@ pub enum Auth {
     NkeySeed(Secret),
 }
 
+impl Auth {
+    /// Adds the secrets this sends to `scrubber`: the token, the password, a seed, and the lines
+    /// of a `.creds` file that are keys (the user JWT and the seed, not its prose).
+    pub fn mask_in(&self, scrubber: &mut crate::config::Scrubber) {
+        match self {
+            Auth::None => {}
+            Auth::Token(token) => scrubber.add(token.expose()),
+            Auth::UserPassword(user, password) => scrubber.add_user_info(user, password.expose()),
+            Auth::NkeySeed(seed) => scrubber.add(seed.expose()),
+            Auth::Creds(text) => {
+                let keys = text.expose().lines().map(str::trim).filter(|l| {
+                    l.len() >= 16 && !l.starts_with(['-', '*']) && !l.contains(char::is_whitespace)
+                });
+                keys.for_each(|key| scrubber.add(key));
+            }
+        }
+    }
+}
+
 /// Builds a NATS sink's parts; errors are pushed naming their key.
 pub fn build(
     s: &SinkSection,
@@ -183,7 +202,25 @@ pub fn invalid_subject(subject: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::invalid_subject;
+    use super::{Auth, invalid_subject};
+    use crate::config::{Scrubber, Secret};
+
+    #[test]
+    fn credentials_are_masked_and_a_creds_files_prose_is_not() {
+        let creds = "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5In0.abc\n------END NATS USER JWT------\n\n************************* IMPORTANT *************************\nNKEY Seed printed below can be used to sign and prove identity.\n\n-----BEGIN USER NKEY SEED-----\nSUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4\n------END USER NKEY SEED------\n";
+        let mut s = Scrubber::default();
+        Auth::Creds(Secret::new(creds.into())).mask_in(&mut s);
+        Auth::UserPassword("u".into(), Secret::new("nats-pass-1234".into())).mask_in(&mut s);
+        Auth::Token(Secret::new("tok-0123456789".into())).mask_in(&mut s);
+        assert_eq!(
+            s.scrub("authorization violation: pass nats-pass-1234 tok-0123456789 SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4 eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5In0.abc"),
+            "authorization violation: pass *** *** *** ***"
+        );
+        assert_eq!(
+            s.scrub("NKEY Seed printed below"),
+            "NKEY Seed printed below"
+        );
+    }
 
     #[test]
     fn subjects_with_spaces_empty_tokens_or_wildcards_are_refused() {
