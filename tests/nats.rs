@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::nats::{NatsServer, message_key};
+use support::nats::{NatsServer, event_keys, message_key};
 use support::*;
 
 /// A NATS sink `bus` on `server`, publishing on `flipt.audit.TYPE.ACTION`.
@@ -112,7 +112,7 @@ async fn kill_9_mid_stream_then_restart_leaves_every_event_exactly_once() {
     // What was published before the kill but not yet checkpointed was sent again, and dropped
     // by JetStream as a duplicate of its Nats-Msg-Id.
     assert!(
-        ft.stderr().contains("JetStream already had this message"),
+        ft.stderr().contains("JetStream already had"),
         "some events were sent again"
     );
     let got = nats.messages("AUDIT").await;
@@ -120,6 +120,73 @@ async fn kill_9_mid_stream_then_restart_leaves_every_event_exactly_once() {
     let keys = counts(got.iter().map(message_key));
     assert_eq!(keys.len(), 3000);
     assert!(keys.values().all(|n| *n == 1), "every event exactly once");
+}
+
+/// Where the checkpoint of source `flipt` stands (0 before the first save).
+fn saved_offset(s: &Setup) -> u64 {
+    std::fs::read(s.state().join("checkpoints.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|c| c["sources"]["flipt"]["file"]["offset"].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_kill_9_mid_stream_then_restart_leaves_every_event_exactly_once() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
+    let s = Setup::new();
+    const N: usize = 20_000;
+    // Groups of up to 100 events, four at once, of a log written as flagtail reads it (as Flipt
+    // writes it): what is sent again after the kill is grouped otherwise than the first time.
+    let extra = "    concurrency: 4\n    batch: {max_events: 100, linger: 5ms}\n";
+    // One subject for all: a batch is cut where the subject changes.
+    let config = s.config(&nats_sink(&nats, extra).replace(".{{ action }}", ""));
+    let mut ft = Flagtail::start(&config);
+    let log = s.log();
+    let writer = std::thread::spawn(move || {
+        let (mut at, mut seed) = (0, 7u64);
+        while at < N {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let n = (1 + (seed >> 33) as usize % 30).min(N - at);
+            let text: String = (at..at + n)
+                .map(|i| flipt_line(i, Encoding::Json).0)
+                .collect();
+            append(&log, &text);
+            at += n;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    });
+    nats.wait_count("AUDIT", 50).await;
+    ft.kill_9().await;
+    writer.join().unwrap();
+    let end = std::fs::metadata(s.log()).unwrap().len();
+    assert!(saved_offset(&s) < end, "killed before the end");
+    let mut ft = Flagtail::start(&config);
+    eventually(|| match saved_offset(&s) {
+        at if at == end => Ok(()),
+        at => Err(format!("checkpoint at {at} of {end}")),
+    })
+    .await;
+    assert!(ft.terminate().await.success());
+    let got = nats.messages("AUDIT").await;
+    let keys = counts(got.iter().flat_map(event_keys));
+    let twice: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
+    assert_eq!(keys.len(), N, "every event in the stream");
+    assert!(
+        twice.is_empty(),
+        "{} events more than once, e.g. {:?}",
+        twice.len(),
+        twice.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(
+        ft.stderr().contains("JetStream already had"),
+        "some events were sent again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,17 +256,28 @@ async fn a_subject_with_no_stream_is_dead_lettered_then_replayed_once_there_is_o
     assert!(s.state_lines("dead-letter/bus.jsonl").is_empty());
 }
 
+/// A message of sink `byaction` or `bytype` carries its one event's key, not a batch's.
+fn has_its_events_own_id(m: &async_nats::jetstream::message::StreamMessage) {
+    let key = header(m, "Idempotency-Key");
+    assert!(key.starts_with("flipt-") && !key.contains('+'), "{key}");
+    let sink = match m.subject.starts_with("flipt.audit.each.") {
+        true => "byaction",
+        false => "bytype",
+    };
+    assert_eq!(header(m, "Nats-Msg-Id"), format!("{sink}:{key}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_publish_arrays_each_on_its_own_events_subject_and_bad_subjects_are_dead_lettered()
-{
+async fn batched_sinks_publish_each_event_as_its_own_message_and_bad_subjects_are_dead_lettered() {
     let Some(nats) = NatsServer::start().await else {
         return;
     };
     nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
     let s = Setup::new();
     s.write_lines(0..4, Encoding::Json);
-    // `bytype` batches by two on one subject; `byaction` batches by four but its subject differs
-    // per event, so each goes on its own; `spaced` renders a subject with a space.
+    // `bytype` batches by two on one subject, `byaction` by four on a subject per event: either
+    // way each event is a message of its own (an array of one, the shape of a batch), under its
+    // own id; `spaced` renders a subject with a space.
     let sinks = nats_sink(
         &nats,
         "    batch: {max_events: 2, linger: 2s}\n    concurrency: 1\n",
@@ -216,7 +294,7 @@ async fn batches_publish_arrays_each_on_its_own_events_subject_and_bad_subjects_
         + &nats.url()
         + "\n    subject: \"flipt.audit.{{ payload.name }}\"\n";
     let mut ft = Flagtail::start(&s.config(&sinks));
-    let got = nats.wait_messages("AUDIT", 6).await;
+    let got = nats.wait_messages("AUDIT", 8).await;
     let dead = wait_dead_letters(&s, "spaced", 4).await;
     assert_eq!(dead.len(), 4);
     assert!(ft.terminate().await.success());
@@ -233,7 +311,8 @@ async fn batches_publish_arrays_each_on_its_own_events_subject_and_bad_subjects_
         .filter(|m| m.subject.as_str() == "flipt.audit.flag")
         .map(keys)
         .collect();
-    assert_eq!(by_type, [["flag-0", "flag-1"], ["flag-2", "flag-3"]]);
+    assert_eq!(by_type, [["flag-0"], ["flag-1"], ["flag-2"], ["flag-3"]]);
+    got.iter().for_each(has_its_events_own_id);
     let by_action: Vec<(String, Vec<String>)> = got
         .iter()
         .filter(|m| m.subject.starts_with("flipt.audit.each."))

@@ -24,7 +24,9 @@ pub fn check(config: &Config, connect: bool) -> Result<(), Failure> {
         .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
     let mut failed = 0;
     for ready in &sinks {
-        match runtime.block_on(reach(ready)) {
+        // What a server said while refusing may quote what it was sent.
+        let reached = runtime.block_on(reach(ready));
+        match reached.map_err(|e| ready.sink.scrubber.scrub(&e)) {
             Ok(what) => eprintln!("sink {}: connected; {what}", ready.sink.name),
             Err(why) => {
                 failed += 1;

@@ -10,6 +10,7 @@ pub mod flipt;
 pub mod gotemplate;
 mod interpolate;
 pub mod policy;
+pub mod scrub;
 mod secret;
 
 pub use file::{
@@ -18,6 +19,7 @@ pub use file::{
     SourceKind, SourceSection, VerifyScheme, WhenFull,
 };
 pub use interpolate::Substituted;
+pub use scrub::Scrubber;
 pub use secret::{OneOrMany, Secret, SecretUrl, Secrets, Urls};
 
 use figment::providers::{Env, Format as _, Toml, Yaml};

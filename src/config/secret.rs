@@ -226,6 +226,24 @@ impl SecretUrl {
         Some((decode(user), decode(password.unwrap_or(""))))
     }
 
+    /// The parts [`SecretUrl::redacted`] hides and a request sends: the path with its query, the
+    /// path and the query alone, and each query value (a token in `?token=…`); empty if the path
+    /// is `/` and there is no query.
+    pub fn hidden_parts(&self) -> Vec<String> {
+        let u = &self.0;
+        let path = match u.path() {
+            "/" | "" => None,
+            path => Some(path.to_string()),
+        };
+        let mut parts: Vec<String> = path.iter().cloned().collect();
+        if let Some(query) = u.query().filter(|q| !q.is_empty()) {
+            parts.push(format!("{}?{query}", u.path()));
+            parts.push(query.to_string());
+            parts.extend(u.query_pairs().map(|(_, v)| v.into_owned()));
+        }
+        parts
+    }
+
     /// `scheme://host[:port]`, then `/***` if anything follows or user info was given.
     pub fn redacted(&self) -> String {
         let u = &self.0;
@@ -324,5 +342,15 @@ mod tests {
             Some(("bot".to_string(), "p@ss+w".to_string()))
         );
         assert_eq!(SecretUrl::parse("https://h/").unwrap().credentials(), None);
+        assert_eq!(
+            u.hidden_parts(),
+            ["/in", "/in?x=1", "x=1", "1"].map(String::from)
+        );
+        assert!(
+            SecretUrl::parse("https://h/")
+                .unwrap()
+                .hidden_parts()
+                .is_empty()
+        );
     }
 }

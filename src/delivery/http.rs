@@ -40,6 +40,8 @@ pub type Connector = HttpsConnector<HttpConnector>;
 
 /// Response bodies are read (to keep the connection) up to this size, and quoted in errors.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
+/// How much of a refusal's body its reason quotes, in characters.
+const QUOTED_CHARS: usize = 200;
 
 /// A connector trusting the webpki roots and, if given, the certificates in `ca_file`.
 pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
@@ -576,7 +578,7 @@ impl Connection {
         let outcome = tokio::time::timeout(hook.timeout, send).await;
         match outcome {
             Ok(Ok(answer)) => match answer.body {
-                Ok(body) => classify(answer.status, answer.retry_after, &body, shown),
+                Ok(body) => classify(answer.status, answer.retry_after, &body, hook),
                 // A 2xx cut short (fewer bytes than its Content-Length, a broken chunk) is not
                 // an answer: the receiver may not have taken the event.
                 Err(e) if answer.status.is_success() => Attempt::Retry {
@@ -586,7 +588,7 @@ impl Connection {
                     ),
                 },
                 // Any other status stands as it is.
-                Err(_) => classify(answer.status, answer.retry_after, b"", shown),
+                Err(_) => classify(answer.status, answer.retry_after, b"", hook),
             },
             // The connection was dropped with the request: the next attempt opens a new one.
             Err(_) => Attempt::Retry {
@@ -623,18 +625,23 @@ impl Connection {
     }
 }
 
+/// An answer as an attempt. A refusal's reason quotes the start of its body, the sink's secrets
+/// masked first (the receiver may echo what it was sent).
 fn classify(
     status: StatusCode,
     retry_after: Option<Duration>,
     body: &[u8],
-    shown: &str,
+    hook: &Webhook,
 ) -> Attempt {
     if status.is_success() {
         return Attempt::Delivered;
     }
-    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    let text = hook
+        .scrubber
+        .quote(String::from_utf8_lossy(body).trim(), QUOTED_CHARS);
     let reason = format!(
-        "POST {shown}: {status}{}{}",
+        "POST {}: {status}{}{}",
+        hook.shown,
         if text.trim().is_empty() { "" } else { ": " },
         text.trim()
     );
@@ -755,24 +762,28 @@ mod tests {
 
         /// A webhook sink sending to this receiver.
         fn hook(&self) -> Box<Webhook> {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("flagtail.yaml");
-            let yaml = format!(
-                "sources: [{{name: s, file: {}/a.log}}]\nsinks: [{{name: r, url: 'http://127.0.0.1:{}/in?x=1', signing_secret: s3cret}}]\n",
-                dir.path().display(),
-                self.port
-            );
-            std::fs::write(&path, yaml).unwrap();
-            let config = crate::config::Config::load(&path).unwrap();
-            let sink = crate::sink::Sink::build(0, &config.file.sinks[0]).unwrap();
-            match sink.output {
-                Output::Webhook(hook) => hook,
-                _ => unreachable!(),
-            }
+            hook_to(self.port, "")
         }
 
         async fn next(&mut self) -> Heard {
             self.heard.recv().await.unwrap()
+        }
+    }
+
+    /// A webhook sink sending to port `port` on 127.0.0.1, with `extra` keys.
+    fn hook_to(port: u16, extra: &str) -> Box<Webhook> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flagtail.yaml");
+        let yaml = format!(
+            "sources: [{{name: s, file: {}/a.log}}]\nsinks: [{{name: r, url: 'http://127.0.0.1:{port}/in?x=1', signing_secret: s3cret{extra}}}]\n",
+            dir.path().display(),
+        );
+        std::fs::write(&path, yaml).unwrap();
+        let config = crate::config::Config::load(&path).unwrap();
+        let sink = crate::sink::Sink::build(0, &config.file.sinks[0]).unwrap();
+        match sink.output {
+            Output::Webhook(hook) => hook,
+            _ => unreachable!(),
         }
     }
 
@@ -970,7 +981,9 @@ mod tests {
 
     #[test]
     fn success_is_delivered_and_any_other_status_is_a_refusal_with_its_code() {
-        let kind = |code: u16| match classify(StatusCode::from_u16(code).unwrap(), None, b"", "u") {
+        let hook = hook_to(9, "");
+        let kind = |code: u16| match classify(StatusCode::from_u16(code).unwrap(), None, b"", &hook)
+        {
             Attempt::Delivered => 0,
             Attempt::Refused { status, .. } => status,
             _ => 1,
@@ -979,6 +992,26 @@ mod tests {
         for code in [301, 404, 408, 429, 501, 503] {
             assert_eq!(kind(code), code);
         }
+    }
+
+    #[test]
+    fn a_refusal_quoting_the_sinks_secrets_is_masked_before_it_is_cut() {
+        let hook = hook_to(9, ", headers: {X-Api-Key: k-0123456789abcdef}");
+        // The secret runs across the 200th character: cut first, its start would be quoted.
+        let body = format!("{} k-0123456789abcdef", "x".repeat(195));
+        let status = StatusCode::BAD_REQUEST;
+        let Attempt::Refused { reason, .. } = classify(status, None, body.as_bytes(), &hook) else {
+            panic!("not a refusal");
+        };
+        assert!(
+            reason.ends_with("x ***") && !reason.contains("k-0"),
+            "{reason}"
+        );
+        let short = classify(status, None, b"signed with s3cret.", &hook);
+        assert!(
+            matches!(&short, Attempt::Refused { reason, .. } if reason.ends_with("signed with ***.")),
+            "{short:?}"
+        );
     }
 
     #[test]

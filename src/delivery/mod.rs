@@ -53,8 +53,10 @@ impl Transport {
             Output::Webhook(hook) => http::connector(hook.ca_file.as_deref())
                 .map(Transport::Http)
                 .map_err(|e| ("ca_file", e)),
-            Output::Nats(bus) => nats::Publisher::new(&sink.name, sink.concurrency, bus)
-                .map(|p| Transport::Nats(Arc::new(p))),
+            Output::Nats(bus) => {
+                nats::Publisher::new(&sink.name, sink.concurrency, bus, sink.scrubber.clone())
+                    .map(|p| Transport::Nats(Arc::new(p)))
+            }
             Output::Stdout | Output::File(_) => Ok(Transport::Write),
         }
     }
@@ -583,9 +585,8 @@ fn fault_injection(sink: &Sink) {
 /// that shared a fate.
 pub type Outcomes = Vec<(Range<usize>, Result)>;
 
-/// Renders and sends `records` (one request, or one group write) over `link`, retrying as
-/// `patience` says. Once one message is deferred (the live path), the rest are too, untried, so
-/// they reach the backlog in order.
+/// Delivers `records` over `link`, retrying as `patience` says: one request (a webhook), one
+/// message per record, published in a pipeline (NATS), or one group write (file, stdout).
 pub async fn deliver(
     sink: &Sink,
     link: &mut Link,
@@ -593,78 +594,57 @@ pub async fn deliver(
     stop: &CancellationToken,
     patience: Patience<'_>,
 ) -> Outcomes {
-    if let Output::Stdout | Output::File(_) = &sink.output {
-        return write::deliver(sink, records, stop, patience).await;
-    }
-    let mut outcomes: Outcomes = Vec::new();
-    for (range, subject) in messages(sink, records).await {
-        let result = match outcomes.last() {
-            Some((_, Result::Deferred { reason, .. })) => Result::Deferred {
-                reason: reason.clone(),
+    let all = 0..records.len();
+    match (&sink.output, link) {
+        (Output::Stdout | Output::File(_), _) => {
+            write::deliver(sink, records, stop, patience).await
+        }
+        // Boxed: a pipeline's state is large, and inline it would be moved with every webhook
+        // request's too.
+        (Output::Nats(bus), Link::Nats(publisher)) => {
+            Box::pin(nats::deliver(sink, bus, publisher, records, stop, patience)).await
+        }
+        (Output::Webhook(hook), Link::Http(conn)) => {
+            vec![(all, send(sink, hook, conn, records, stop, patience).await)]
+        }
+        _ => vec![(
+            all,
+            Result::Failed {
+                reason: "the sink was given another sink's transport".into(),
                 attempts: 0,
-                wait: Duration::ZERO,
+                status: None,
+                excerpt: None,
+                retryable: false,
             },
-            _ => send_message(sink, link, &records[range.clone()], subject, stop, patience).await,
-        };
-        outcomes.push((range, result));
-    }
-    outcomes
-}
-
-/// The messages `records` make for a webhook or NATS sink: one for all, or for NATS one per run
-/// of neighbours that share a subject and a source (or a subject that cannot be made).
-async fn messages(
-    sink: &Sink,
-    records: &[Arc<Record>],
-) -> Vec<(
-    Range<usize>,
-    std::result::Result<String, crate::sink::render::RenderError>,
-)> {
-    match &sink.output {
-        Output::Nats(bus) => crate::sink::nats::runs(records, bus.subjects(records).await),
-        _ => vec![(0..records.len(), Ok(String::new()))],
-    }
-}
-
-/// One message's outcome: sent (see [`send`]), dead-lettered if its subject could not be made,
-/// or abandoned once `stop` fired (no new message after stop).
-async fn send_message(
-    sink: &Sink,
-    link: &mut Link,
-    records: &[Arc<Record>],
-    subject: std::result::Result<String, crate::sink::render::RenderError>,
-    stop: &CancellationToken,
-    patience: Patience<'_>,
-) -> Result {
-    match subject {
-        _ if stop.is_cancelled() => Result::Abandoned,
-        Ok(subject) => send(sink, link, records, &subject, stop, patience).await,
-        Err(e) => render_failed(e),
+        )],
     }
 }
 
 /// What a live attempt cut short by a stall says.
 const STALLED: &str = "no answer while the sink's queue was full; handed to the backlog";
 
-/// Renders one message of `records` and sends it (to `subject`, for NATS) until `patience` says
-/// it is done. On the live path a stall cuts the attempt (or its wait for the rate limit) short.
+/// Renders one request of `records` and sends it until `patience` says it is done; none is
+/// started once `stop` fired. On the live path a stall cuts the attempt (or its wait for the
+/// rate limit) short.
 async fn send(
     sink: &Sink,
-    link: &mut Link,
+    hook: &crate::sink::Webhook,
+    conn: &mut http::Connection,
     records: &[Arc<Record>],
-    subject: &str,
     stop: &CancellationToken,
     patience: Patience<'_>,
 ) -> Result {
+    if stop.is_cancelled() {
+        return Result::Abandoned;
+    }
     let body = match sink.renderer.render_bounded(records).await {
         Ok(body) => Bytes::from(body),
         Err(e) => return render_failed(e),
     };
     let key = Sink::delivery_key(records);
-    let source = records.first().map_or("", |r| &*r.source.name);
     let mut tries = retry::Tries::new(sink, &key, patience);
     loop {
-        let once = attempt(sink, link, &key, &body, subject, source, stop);
+        let once = attempt(sink, hook, conn, &key, &body, stop);
         let attempt = match patience {
             Patience::Live(backlog) => tokio::select! {
                 biased;
@@ -682,15 +662,14 @@ async fn send(
     }
 }
 
-/// One attempt to send `body` over `link`, after a slot of the rate limit (every attempt, retries
-/// too, takes one); `None` if `stop` fired while waiting for it.
+/// One attempt to post `body`, after a slot of the rate limit (every attempt, retries too, takes
+/// one); `None` if `stop` fired while waiting for it.
 async fn attempt(
     sink: &Sink,
-    link: &mut Link,
+    hook: &crate::sink::Webhook,
+    conn: &mut http::Connection,
     key: &str,
     body: &Bytes,
-    subject: &str,
-    source: &str,
     stop: &CancellationToken,
 ) -> Option<retry::Attempt> {
     if let Some(pace) = &sink.pace
@@ -698,26 +677,7 @@ async fn attempt(
     {
         return None;
     }
-    Some(match (&sink.output, &mut *link) {
-        (Output::Webhook(hook), Link::Http(conn)) => conn.post(hook, key, unix_now(), body).await,
-        (Output::Nats(bus), Link::Nats(publisher)) => {
-            let headers = crate::sink::signed_headers(
-                &bus.headers,
-                bus.signer.as_ref(),
-                body,
-                key,
-                unix_now(),
-            );
-            let headers = nats::message_headers(&headers, &sink.name, key, source);
-            // Boxed: a publish's state is large, and inline it would be moved with every
-            // webhook request's too.
-            Box::pin(publisher.publish(subject, headers, body.clone())).await
-        }
-        _ => retry::Attempt::Final {
-            reason: "the sink was given another sink's transport".into(),
-            retryable: false,
-        },
-    })
+    Some(conn.post(hook, key, unix_now(), body).await)
 }
 
 /// A message that could not be made: dead-lettered, never retried.

@@ -3,17 +3,26 @@
 //! delivered only once JetStream acknowledges it; its outcome goes to the one retry policy
 //! ([`super::retry::Tries`]) like a webhook's answer.
 //!
-//! Every message carries `Nats-Msg-Id` = the delivery's idempotency key, so a stream's
-//! duplicate window drops what is sent again after a crash or a lost ack.
+//! Every message carries one event and `Nats-Msg-Id` = that event's idempotency key, so a
+//! stream's duplicate window drops what is sent again after a crash or a lost ack. Several events
+//! in one message could not be: after a restart they are grouped otherwise, and a group's id is
+//! new. `batch.max_events` is how many messages a worker publishes before it waits for their
+//! acks ([`deliver`]).
 
-use super::retry::Attempt;
+use super::Outcomes;
+use super::retry::{Attempt, Patience, Tries};
+use crate::config::Scrubber;
+use crate::record::Record;
+use crate::sink::Sink;
 use crate::sink::nats::{Auth, Nats};
 use async_nats::connection::State;
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_nats::{Client, ConnectOptions, ServerAddr};
 use bytes::Bytes;
+use futures_util::future::join_all;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Publishes the client may hold (at least; twice the sink's `concurrency` if more). While it is
 /// disconnected none are queued (each attempt fails at once and waits out the backoff), so memory
@@ -53,6 +62,8 @@ pub struct Publisher {
     connected: tokio::sync::Mutex<Option<Arc<Conn>>>,
     /// The last connection problem the client reported, for the reason of a failed attempt.
     trouble: Arc<Mutex<Option<String>>>,
+    /// The sink's scrubber, for what the server says (its errors may quote credentials).
+    scrubber: Arc<Scrubber>,
 }
 
 /// One client and its JetStream context.
@@ -86,6 +97,7 @@ impl Publisher {
         sink: &str,
         concurrency: usize,
         bus: &Nats,
+        scrubber: Arc<Scrubber>,
     ) -> Result<Publisher, (&'static str, String)> {
         let servers = bus
             .servers
@@ -109,6 +121,7 @@ impl Publisher {
             concurrency,
             connected: tokio::sync::Mutex::new(None),
             trouble: Arc::new(Mutex::new(None)),
+            scrubber,
         };
         publisher.options(None).map_err(|e| ("creds_file", e))?;
         Ok(publisher)
@@ -133,12 +146,14 @@ impl Publisher {
             // The flags live as long as the client's callback: a `Conn` dropped with its sink
             // leaves them to the client until it gives up.
             let (sink, trouble) = (self.sink.clone(), self.trouble.clone());
+            let scrubber = self.scrubber.clone();
             o = o
                 .retry_on_initial_connect()
                 .max_reconnects(MAX_RECONNECTS)
                 .event_callback(move |event| {
                     let (sink, trouble, flags) = (sink.clone(), trouble.clone(), conn.clone());
-                    async move { note_event(&sink, &trouble, &flags, event) }
+                    let text = scrubber.scrub(&event.to_string());
+                    async move { note_event(&sink, &trouble, &flags, event, text) }
                 });
         }
         Ok(match &self.auth {
@@ -188,67 +203,90 @@ impl Publisher {
         }
     }
 
-    /// Publishes one message and waits for JetStream's ack.
-    pub async fn publish(
-        &self,
-        subject: &str,
-        headers: async_nats::HeaderMap,
-        body: Bytes,
-    ) -> Attempt {
-        let conn = match self.connection().await {
-            Ok(c) => c,
-            Err(reason) => return Attempt::Retry { reason },
-        };
-        let mut no_responders = 0;
-        loop {
-            match conn.client.connection_state() {
-                State::Connected => {}
-                // Not connected yet (just started): worth waiting for, up to `timeout`.
-                State::Pending => {
-                    let mut up = conn.flags.up.subscribe();
-                    let waited = tokio::time::timeout(self.timeout, up.wait_for(|up| *up)).await;
-                    if !matches!(waited, Ok(Ok(_))) {
-                        return Attempt::Retry {
-                            reason: format!(
-                                "NATS {}: not connected yet{}",
-                                self.shown,
-                                self.trouble()
-                            ),
-                        };
-                    }
-                }
-                // Lost: nothing is queued in the client meanwhile.
-                State::Disconnected => {
-                    return Attempt::Retry {
-                        reason: format!("NATS {}: not connected{}", self.shown, self.trouble()),
-                    };
+    /// The client, once connected: waits up to `timeout` for a client that is still making its
+    /// first connection; the reason to try again later if there is none.
+    async fn ready(&self) -> Result<Arc<Conn>, String> {
+        let conn = self.connection().await?;
+        match conn.client.connection_state() {
+            State::Connected => Ok(conn),
+            // Not connected yet (just started): worth waiting for, up to `timeout`.
+            State::Pending => {
+                let mut up = conn.flags.up.subscribe();
+                match tokio::time::timeout(self.timeout, up.wait_for(|up| *up)).await {
+                    Ok(Ok(_)) => Ok(conn),
+                    _ => Err(format!(
+                        "NATS {}: not connected yet{}",
+                        self.shown,
+                        self.trouble()
+                    )),
                 }
             }
-            let published = conn
-                .context
-                .publish_with_headers(subject.to_string(), headers.clone(), body.clone())
-                .await;
-            let acked = match published {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            };
-            match acked {
-                Ok(ack) => {
-                    if ack.duplicate {
-                        tracing::info!(sink = %self.sink, subject, stream = %ack.stream, "JetStream already had this message (same Nats-Msg-Id within the stream's duplicate window): counted as delivered");
+            // Lost: nothing is queued in the client meanwhile.
+            State::Disconnected => Err(format!(
+                "NATS {}: not connected{}",
+                self.shown,
+                self.trouble()
+            )),
+        }
+    }
+
+    /// Publishes `messages` one after the other without waiting, then waits for all their acks
+    /// (a pipeline): one attempt each, in their order. Those answered "no responders" are asked
+    /// again, twice at most, [`NO_RESPONDERS_WAIT`] apart.
+    pub async fn publish_all(&self, messages: &[Outgoing]) -> Vec<Attempt> {
+        let mut answers: Vec<Option<Acked>> = messages.iter().map(|_| None).collect();
+        let mut todo: Vec<usize> = (0..messages.len()).collect();
+        for round in 0..NO_RESPONDERS_TRIES {
+            if round > 0 {
+                tokio::time::sleep(NO_RESPONDERS_WAIT).await;
+            }
+            let conn = match self.ready().await {
+                Ok(conn) => conn,
+                Err(reason) => {
+                    for &i in &todo {
+                        answers[i] = Some(Err(Unacked::NotConnected(reason.clone())));
                     }
-                    return Attempt::Delivered;
+                    break;
                 }
-                Err(e)
-                    if e.kind() == PublishErrorKind::StreamNotFound
-                        && no_responders + 1 < NO_RESPONDERS_TRIES =>
-                {
-                    no_responders += 1;
-                    tokio::time::sleep(NO_RESPONDERS_WAIT).await;
-                }
-                Err(e) => return self.classify(subject, &e),
+            };
+            let acked = pipeline(&conn, todo.iter().map(|&i| &messages[i])).await;
+            let last = round + 1 == NO_RESPONDERS_TRIES;
+            todo = std::iter::zip(std::mem::take(&mut todo), acked)
+                .filter_map(|(i, answer)| match answer {
+                    Err(e) if e.kind() == PublishErrorKind::StreamNotFound && !last => Some(i),
+                    answer => {
+                        answers[i] = Some(answer.map_err(Unacked::Refused));
+                        None
+                    }
+                })
+                .collect();
+            if todo.is_empty() {
+                break;
             }
         }
+        self.attempts(messages, answers)
+    }
+
+    /// Each message's answer as an attempt; duplicates the stream dropped are logged once.
+    fn attempts(&self, messages: &[Outgoing], answers: Vec<Option<Acked>>) -> Vec<Attempt> {
+        let mut duplicates = 0;
+        let attempts = std::iter::zip(messages, answers)
+            .map(|(m, answer)| match answer {
+                Some(Ok(ack)) => {
+                    duplicates += usize::from(ack.duplicate);
+                    Attempt::Delivered
+                }
+                Some(Err(Unacked::Refused(e))) => self.classify(&m.subject, &e),
+                Some(Err(Unacked::NotConnected(reason))) => Attempt::Retry { reason },
+                None => Attempt::Retry {
+                    reason: format!("NATS {}: not published", self.shown),
+                },
+            })
+            .collect();
+        if duplicates > 0 {
+            tracing::info!(sink = %self.sink, duplicates, of = messages.len(), "JetStream already had these messages (same Nats-Msg-Id within the stream's duplicate window): counted as delivered");
+        }
+        attempts
     }
 
     fn classify(&self, subject: &str, e: &jetstream::context::PublishError) -> Attempt {
@@ -320,6 +358,152 @@ impl Publisher {
     }
 }
 
+/// One message ready to go: where, its headers (signed for this attempt) and its body.
+pub struct Outgoing {
+    pub subject: String,
+    pub headers: async_nats::HeaderMap,
+    pub body: Bytes,
+}
+
+/// A publish's answer: JetStream's ack, or why there is none.
+type Acked = Result<jetstream::publish::PublishAck, Unacked>;
+
+/// Why a publish has no ack.
+enum Unacked {
+    /// The client is not connected: nothing was sent.
+    NotConnected(String),
+    /// Sent, and refused, timed out or lost.
+    Refused(jetstream::context::PublishError),
+}
+
+/// Sends `messages` in order, then waits for their acks together (each within the context's
+/// timeout, counted from when the waiting starts, so they run out together).
+async fn pipeline<'m>(
+    conn: &Conn,
+    messages: impl Iterator<Item = &'m Outgoing>,
+) -> Vec<Result<jetstream::publish::PublishAck, jetstream::context::PublishError>> {
+    let mut sent = Vec::new();
+    for m in messages {
+        let publish =
+            conn.context
+                .publish_with_headers(m.subject.clone(), m.headers.clone(), m.body.clone());
+        sent.push(publish.await);
+    }
+    join_all(sent.into_iter().map(|sent| async move { sent?.await })).await
+}
+
+/// One event of a group, ready to publish.
+struct Message {
+    /// Its record's place in the group.
+    at: usize,
+    subject: String,
+    /// Its record's idempotency key: the same whatever group it travels in.
+    key: String,
+    body: Bytes,
+}
+
+/// Delivers `records` as one message each, whatever `batch.max_events` is: each carries its own
+/// record's `Nats-Msg-Id`, so what is sent again after a crash is dropped by the stream however
+/// the records are grouped then. A group is published in a pipeline and its acks awaited
+/// together; messages to retry are sent again together after their backoff.
+pub async fn deliver(
+    sink: &Sink,
+    bus: &Nats,
+    publisher: &Publisher,
+    records: &[Arc<Record>],
+    stop: &CancellationToken,
+    patience: Patience<'_>,
+) -> Outcomes {
+    let (ready, mut outcomes) = prepare(sink, bus, records).await;
+    let mut pending: Vec<(&Message, Tries)> = ready
+        .iter()
+        .map(|m| (m, Tries::new(sink, &m.key, patience)))
+        .collect();
+    while !pending.is_empty() {
+        let outgoing = outgoing(sink, bus, records, &pending, stop).await;
+        let mut attempts = publisher.publish_all(&outgoing).await.into_iter();
+        // Messages the rate limit or `stop` kept back were not sent: abandoned.
+        let settled = join_all(pending.iter_mut().map(|(_, tries)| {
+            let attempt = attempts.next();
+            async move {
+                match attempt {
+                    Some(attempt) => tries.settle(attempt, stop).await,
+                    None => Some(super::Result::Abandoned),
+                }
+            }
+        }))
+        .await;
+        pending = std::iter::zip(pending, settled)
+            .filter_map(|((m, tries), done)| match done {
+                Some(result) => {
+                    outcomes.push((m.at..m.at + 1, result));
+                    None
+                }
+                None => Some((m, tries)),
+            })
+            .collect();
+    }
+    outcomes.sort_by_key(|(range, _)| range.start);
+    outcomes
+}
+
+/// Each record's subject and body (rendered on their own, as a batch of one when the sink
+/// batches); those that cannot be made are outcomes already.
+async fn prepare(sink: &Sink, bus: &Nats, records: &[Arc<Record>]) -> (Vec<Message>, Outcomes) {
+    let subjects = bus.subjects(records).await;
+    let bodies = match sink.renderer.render_each_bounded(records).await {
+        Ok(bodies) => bodies,
+        Err(e) => records.iter().map(|_| Err(e.clone())).collect(),
+    };
+    let (mut ready, mut failed) = (Vec::new(), Vec::new());
+    for (at, (subject, body)) in std::iter::zip(subjects, bodies).enumerate() {
+        match (subject, body) {
+            (Ok(subject), Ok(body)) => ready.push(Message {
+                at,
+                subject,
+                key: records[at].key(),
+                body: Bytes::from(body),
+            }),
+            (Err(e), _) | (_, Err(e)) => failed.push((at..at + 1, super::render_failed(e))),
+        }
+    }
+    (ready, failed)
+}
+
+/// This round's messages of `pending`, in order, each signed now and each taking a slot of the
+/// rate limit; none once `stop` fired.
+async fn outgoing(
+    sink: &Sink,
+    bus: &Nats,
+    records: &[Arc<Record>],
+    pending: &[(&Message, Tries<'_>)],
+    stop: &CancellationToken,
+) -> Vec<Outgoing> {
+    let mut out = Vec::with_capacity(pending.len());
+    for (m, _) in pending {
+        let paced = match &sink.pace {
+            Some(pace) => pace.wait(stop).await,
+            None => true,
+        };
+        if !paced || stop.is_cancelled() {
+            break;
+        }
+        let headers = crate::sink::signed_headers(
+            &bus.headers,
+            bus.signer.as_ref(),
+            &m.body,
+            &m.key,
+            crate::sink::unix_now(),
+        );
+        out.push(Outgoing {
+            subject: m.subject.clone(),
+            headers: message_headers(&headers, &sink.name, &m.key, &records[m.at].source.name),
+            body: m.body.clone(),
+        });
+    }
+    out
+}
+
 impl Drop for Publisher {
     /// A sink replaced by a reload closes its connection (a client reconnecting to a server that
     /// is down would otherwise go on trying, and logging, for ever).
@@ -337,11 +521,13 @@ impl Drop for Publisher {
 
 /// Logs a connection event once per change (a server that keeps refusing is one line, not one
 /// per reconnect attempt), keeps the last problem for failure reasons, and sets the client's flags.
+/// `text` is the event as said, the sink's secrets masked.
 fn note_event(
     sink: &str,
     trouble: &Mutex<Option<String>>,
     flags: &Flags,
     event: async_nats::Event,
+    text: String,
 ) {
     let mut last = trouble.lock().unwrap_or_else(|e| e.into_inner());
     match event {
@@ -356,8 +542,7 @@ fn note_event(
                 .closed
                 .store(true, std::sync::atomic::Ordering::Release);
         }
-        other => {
-            let text = other.to_string();
+        _ => {
             if last.as_deref() != Some(&text) {
                 tracing::warn!(sink = %sink, "NATS: {text}");
                 *last = Some(text);

@@ -38,6 +38,32 @@ pub enum Attempt {
     },
 }
 
+impl Attempt {
+    /// The attempt with the sink's secrets masked in its reason: whatever a transport quotes of
+    /// its receiver passes here before it is logged, shown or put in a dead letter.
+    fn scrubbed(self, scrubber: &crate::config::Scrubber) -> Attempt {
+        match self {
+            Attempt::Delivered => Attempt::Delivered,
+            Attempt::Refused {
+                status,
+                reason,
+                retry_after,
+            } => Attempt::Refused {
+                status,
+                reason: scrubber.scrub(&reason),
+                retry_after,
+            },
+            Attempt::Retry { reason } => Attempt::Retry {
+                reason: scrubber.scrub(&reason),
+            },
+            Attempt::Final { reason, retryable } => Attempt::Final {
+                reason: scrubber.scrub(&reason),
+                retryable,
+            },
+        }
+    }
+}
+
 /// How long a delivery keeps trying, and where it goes when it stops.
 #[derive(Clone, Copy)]
 pub enum Patience<'a> {
@@ -94,7 +120,7 @@ impl<'a> Tries<'a> {
     /// After an attempt: the delivery's outcome, or `None` (after the wait) to try again.
     pub async fn settle(&mut self, attempt: Attempt, stop: &CancellationToken) -> Option<Outcome> {
         self.attempts += 1;
-        let (reason, retry_after) = match self.transient(attempt) {
+        let (reason, retry_after) = match self.transient(attempt.scrubbed(&self.sink.scrubber)) {
             Ok(done) => return Some(done),
             Err(failure) => failure,
         };

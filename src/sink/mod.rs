@@ -12,7 +12,7 @@ pub mod pace;
 pub mod render;
 pub mod sign;
 
-use crate::config::{Config, ConfigError, SinkKind, SinkSection};
+use crate::config::{Config, ConfigError, Scrubber, SinkKind, SinkSection};
 use crate::record::Record;
 use ::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use base64::Engine;
@@ -44,6 +44,8 @@ pub struct Sink {
     /// `backlog.when_full`.
     pub when_full: crate::config::WhenFull,
     pub metrics: crate::metrics::SinkMetrics,
+    /// Masks every secret value this sink sends in what its receiver says.
+    pub scrubber: Arc<Scrubber>,
 }
 
 /// When and how long one delivery is retried (the sink's retry keys).
@@ -89,6 +91,8 @@ pub struct Webhook {
     pub timeout: Duration,
     /// Extra trusted CA certificates (PEM) for the transport.
     pub ca_file: Option<PathBuf>,
+    /// The sink's scrubber, for what the receiver answers.
+    pub scrubber: Arc<Scrubber>,
 }
 
 impl Sink {
@@ -113,23 +117,7 @@ impl Sink {
         .map_err(|e| errors.push(format!("{}: {e}", at("body"))))
         .ok()
         .map(Arc::new);
-        let output = match s.kind {
-            SinkKind::Stdout => Some(Output::Stdout),
-            SinkKind::File => s.path.clone().map(|path| {
-                Output::File(FileOutput {
-                    path,
-                    mode: s.mode.unwrap_or(crate::config::FileMode::PRIVATE).0,
-                })
-            }),
-            SinkKind::Webhook => {
-                build_webhook(s, &at, &mut errors).map(|w| Output::Webhook(Box::new(w)))
-            }
-            SinkKind::Nats => {
-                let headers = base_headers(s, &at, &mut errors);
-                let signer = build_signer(s, &at, &mut errors);
-                nats::build(s, &at, headers, signer, &mut errors).map(|n| Output::Nats(Box::new(n)))
-            }
-        };
+        let (output, scrubber) = build_output(s, &at, &mut errors);
         match (renderer, output) {
             (Some(renderer), Some(output)) if errors.is_empty() => Ok(Sink {
                 name: s.name.as_str().into(),
@@ -161,6 +149,7 @@ impl Sink {
                 backlog_bytes: s.backlog.max_bytes.0,
                 when_full: s.backlog.when_full,
                 metrics: crate::metrics::get().sink(s.name.as_str()),
+                scrubber,
             }),
             _ => Err(errors),
         }
@@ -303,6 +292,7 @@ fn build_webhook(
     s: &SinkSection,
     at: &dyn Fn(&str) -> String,
     errors: &mut Vec<String>,
+    scrubber: &mut Scrubber,
 ) -> Option<Webhook> {
     let url_text = s.url.as_ref()?.first()?;
     // User info never reaches the client (whose logs would print it): it becomes Basic auth.
@@ -330,7 +320,7 @@ fn build_webhook(
             headers.insert(::http::header::AUTHORIZATION, v);
         }
     }
-    let signer = build_signer(s, at, errors);
+    let signer = build_signer(s, at, errors, scrubber);
     // HTTP/1.1 needs Host; the connection is opened to `url`, the request line carries `target`.
     if !headers.contains_key(::http::header::HOST)
         && let Some(authority) = url.authority()
@@ -361,6 +351,7 @@ fn build_webhook(
         signer,
         timeout: s.timeout,
         ca_file: s.ca_file.clone(),
+        scrubber: Arc::new(scrubber.clone()),
     })
 }
 
@@ -397,18 +388,89 @@ fn base_headers(
     headers
 }
 
-/// The signer of `signing_secret` or `signing_secret_file`, if one is set.
+/// Where a sink's messages go, and its scrubber (a webhook's, made with it).
+fn build_output(
+    s: &SinkSection,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Vec<String>,
+) -> (Option<Output>, Arc<Scrubber>) {
+    let mut scrubber = scrubber_of(s);
+    let output = match s.kind {
+        SinkKind::Stdout => Some(Output::Stdout),
+        SinkKind::File => s.path.clone().map(|path| {
+            Output::File(FileOutput {
+                path,
+                mode: s.mode.unwrap_or(crate::config::FileMode::PRIVATE).0,
+            })
+        }),
+        SinkKind::Webhook => {
+            build_webhook(s, at, errors, &mut scrubber).map(|w| Output::Webhook(Box::new(w)))
+        }
+        SinkKind::Nats => {
+            let headers = base_headers(s, at, errors);
+            let signer = build_signer(s, at, errors, &mut scrubber);
+            nats::build(s, at, headers, signer, errors).map(|n| {
+                n.auth.mask_in(&mut scrubber);
+                Output::Nats(Box::new(n))
+            })
+        }
+    };
+    let scrubber = match &output {
+        Some(Output::Webhook(hook)) => hook.scrubber.clone(),
+        _ => Arc::new(scrubber),
+    };
+    (output, scrubber)
+}
+
+/// What a receiver must never be quoted saying: the configured header values, the URLs' user
+/// info (as Basic auth too), paths and queries, the signing secrets, NATS' token and password.
+/// Secrets read from files are added where they are read.
+fn scrubber_of(s: &SinkSection) -> Scrubber {
+    let mut scrubber = Scrubber::default();
+    for value in s.headers.values() {
+        scrubber.add_header_value(value.expose());
+    }
+    for url in s.url.iter().flat_map(|urls| &urls.0) {
+        if let Some((user, password)) = url.credentials() {
+            scrubber.add_user_info(&user, &password);
+        }
+        for part in url.hidden_parts() {
+            scrubber.add(&part);
+        }
+    }
+    for secret in s.signing_secret.iter().flat_map(|secrets| &secrets.0) {
+        mask_signing_secret(&mut scrubber, secret.expose());
+    }
+    for secret in s.token.iter().chain(&s.password) {
+        scrubber.add(secret.expose());
+    }
+    scrubber
+}
+
+/// A signing secret, and the key it holds after a `whsec_`/`whsk_` prefix.
+fn mask_signing_secret(scrubber: &mut Scrubber, secret: &str) {
+    scrubber.add(secret);
+    if let Some((_, key)) = secret.split_once('_') {
+        scrubber.add(key);
+    }
+}
+
+/// The signer of `signing_secret` or `signing_secret_file`, if one is set; a secret read from
+/// the file is added to `scrubber`.
 fn build_signer(
     s: &SinkSection,
     at: &dyn Fn(&str) -> String,
     errors: &mut Vec<String>,
+    scrubber: &mut Scrubber,
 ) -> Option<sign::Signer> {
     let secret = match (&s.signing_secret, &s.signing_secret_file) {
         (Some(secrets), _) => Some(secrets.0.clone()),
         (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(text) => Some(vec![crate::config::Secret::new(
-                text.trim_end_matches(['\n', '\r']).to_string(),
-            )]),
+            Ok(text) => {
+                let secret = text.trim_end_matches(['\n', '\r']);
+                mask_signing_secret(scrubber, secret);
+                Some(vec![crate::config::Secret::new(secret.to_string())])
+            }
             Err(e) => {
                 errors.push(format!(
                     "{}: cannot read {}: {e}",

@@ -6,7 +6,6 @@ use super::sign::Signer;
 use crate::config::{Secret, SecretUrl, SinkSection};
 use crate::record::Record;
 use ::http::header::HeaderMap;
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +40,25 @@ pub enum Auth {
     Creds(Secret),
     /// An NKey seed.
     NkeySeed(Secret),
+}
+
+impl Auth {
+    /// Adds the secrets this sends to `scrubber`: the token, the password, a seed, and the lines
+    /// of a `.creds` file that are keys (the user JWT and the seed, not its prose).
+    pub fn mask_in(&self, scrubber: &mut crate::config::Scrubber) {
+        match self {
+            Auth::None => {}
+            Auth::Token(token) => scrubber.add(token.expose()),
+            Auth::UserPassword(user, password) => scrubber.add_user_info(user, password.expose()),
+            Auth::NkeySeed(seed) => scrubber.add(seed.expose()),
+            Auth::Creds(text) => {
+                let keys = text.expose().lines().map(str::trim).filter(|l| {
+                    l.len() >= 16 && !l.starts_with(['-', '*']) && !l.contains(char::is_whitespace)
+                });
+                keys.for_each(|key| scrubber.add(key));
+            }
+        }
+    }
 }
 
 /// Builds a NATS sink's parts; errors are pushed naming their key.
@@ -157,27 +175,6 @@ fn checked(rendered: Result<Vec<u8>, RenderError>) -> Result<String, RenderError
     }
 }
 
-/// `records` cut into runs of neighbours with the same subject and source, one message each
-/// (a batch never puts an event on another event's subject); a record whose subject cannot be
-/// made is a run of its own, with the error.
-pub fn runs(
-    records: &[Arc<Record>],
-    subjects: Vec<Result<String, RenderError>>,
-) -> Vec<(Range<usize>, Result<String, RenderError>)> {
-    let mut out: Vec<(Range<usize>, Result<String, RenderError>)> = Vec::new();
-    for (i, subject) in subjects.into_iter().enumerate() {
-        if let (Some((range, Ok(last))), Ok(this)) = (out.last_mut(), &subject)
-            && last == this
-            && records[range.start].source.name == records[i].source.name
-        {
-            range.end = i + 1;
-            continue;
-        }
-        out.push((i..i + 1, subject));
-    }
-    out
-}
-
 /// Why a rendered subject cannot be published on, if it cannot: NATS subjects are dot-separated
 /// tokens with no whitespace, a message cannot go to a wildcard, and the `$…` and `_INBOX`
 /// subjects are the server's API and replies (an event must never reach
@@ -205,7 +202,25 @@ pub fn invalid_subject(subject: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::invalid_subject;
+    use super::{Auth, invalid_subject};
+    use crate::config::{Scrubber, Secret};
+
+    #[test]
+    fn credentials_are_masked_and_a_creds_files_prose_is_not() {
+        let creds = "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5In0.abc\n------END NATS USER JWT------\n\n************************* IMPORTANT *************************\nNKEY Seed printed below can be used to sign and prove identity.\n\n-----BEGIN USER NKEY SEED-----\nSUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4\n------END USER NKEY SEED------\n";
+        let mut s = Scrubber::default();
+        Auth::Creds(Secret::new(creds.into())).mask_in(&mut s);
+        Auth::UserPassword("u".into(), Secret::new("nats-pass-1234".into())).mask_in(&mut s);
+        Auth::Token(Secret::new("tok-0123456789".into())).mask_in(&mut s);
+        assert_eq!(
+            s.scrub("authorization violation: pass nats-pass-1234 tok-0123456789 SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4 eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5In0.abc"),
+            "authorization violation: pass *** *** *** ***"
+        );
+        assert_eq!(
+            s.scrub("NKEY Seed printed below"),
+            "NKEY Seed printed below"
+        );
+    }
 
     #[test]
     fn subjects_with_spaces_empty_tokens_or_wildcards_are_refused() {

@@ -110,12 +110,16 @@ impl Renderer {
             .and_then(|r| r)
     }
 
-    /// One rendering per record (a NATS subject each), all on one blocking thread within the
-    /// limits; `Err` if the job as a whole could not run or finish.
+    /// One rendering per record (a NATS subject or body each), all on one blocking thread within
+    /// the limits (the default body in place); `Err` if the job as a whole could not run or finish.
     pub async fn render_each_bounded(
         self: &Arc<Self>,
         records: &[Arc<Record>],
     ) -> Result<Vec<Result<Vec<u8>, RenderError>>, RenderError> {
+        if self.template.is_none() {
+            let one = |r| Ok(flipt_body(std::slice::from_ref(r), self.batched));
+            return Ok(records.iter().map(one).collect());
+        }
         // Each render has the sink's time limit (its output is cut at the deadline): the job,
         // that many.
         let n = u32::try_from(records.len().max(1)).unwrap_or(u32::MAX);

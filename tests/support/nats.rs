@@ -158,6 +158,29 @@ impl NatsServer {
         out
     }
 
+    /// How many messages stream `name` holds (its state, not its messages: cheap to ask often).
+    pub async fn count(&self, name: &str) -> u64 {
+        let js = self.jetstream().await;
+        let mut stream = js.get_stream(name).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+
+    /// Waits until stream `name` holds at least `n` messages, asking only for its count.
+    pub async fn wait_count(&self, name: &str, n: u64) {
+        let deadline = tokio::time::Instant::now() + super::PATIENCE;
+        loop {
+            let got = self.count(name).await;
+            if got >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stream {name}: {got} of {n} messages"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until stream `name` holds `n` messages; they, in order.
     pub async fn wait_messages(&self, name: &str, n: usize) -> Vec<StreamMessage> {
         let deadline = tokio::time::Instant::now() + super::PATIENCE;
@@ -188,4 +211,16 @@ impl Drop for NatsServer {
 /// The flag key in a message's body (the default body: one event).
 pub fn message_key(m: &StreamMessage) -> String {
     super::key_of(&m.payload)
+}
+
+/// The flag keys of the events a message carries: one for an event's body, each member's for a
+/// JSON array (a batching sink's body).
+pub fn event_keys(m: &StreamMessage) -> Vec<String> {
+    match serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap() {
+        serde_json::Value::Array(events) => events
+            .iter()
+            .map(|e| e["payload"]["key"].as_str().unwrap_or("").to_string())
+            .collect(),
+        one => vec![one["payload"]["key"].as_str().unwrap_or("").to_string()],
+    }
 }
