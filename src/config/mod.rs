@@ -491,9 +491,13 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
             if s.max_body_bytes == Some(0) {
                 p.push(format!("{at}.max_body_bytes: must be at least 1"));
             }
-            if s.max_body_bytes.unwrap_or(DEFAULT_BODY_BYTES) > c.journal.max_bytes.0 {
+            // A body is journaled as its events, each ending in a newline: at most one byte more.
+            let body = s.max_body_bytes.unwrap_or(DEFAULT_BODY_BYTES);
+            if body.saturating_add(1) > c.journal.max_bytes.0 {
                 p.push(format!(
-                    "{at}.max_body_bytes: larger than journal.max_bytes; such a request could never be taken"
+                    "{at}.max_body_bytes: a body of {body} bytes is journaled as up to {} bytes, more than journal.max_bytes ({}); such a request could never be taken",
+                    body.saturating_add(1),
+                    c.journal.max_bytes.0
                 ));
             }
             if s.socket_mode.is_some() {
