@@ -166,29 +166,22 @@ impl Journal {
         if made && let Some(parent) = dir.parent() {
             sync_dir(parent)?;
         }
-        let (mut segments, floor) = list_segments(dir)?;
-        let id: Arc<str> = journal_id(dir, checkpoint, !segments.is_empty())?.into();
+        let (mut segments, unreadable) = list_segments(dir)?;
+        let (id, kept) = journal_id(dir, checkpoint, !segments.is_empty())?;
+        let id: Arc<str> = id.into();
         // The source's position in this journal, if it has one here.
         let saved = match checkpoint {
             Some(Position::Journal { id: of, offset }) if *of == id => Some(*offset),
             _ => None,
         };
         let segment_bytes = SEGMENT_BYTES.min((max_bytes / 4).max(1));
-        let floor = mend_last(dir, &mut segments)
-            .max(floor)
-            .max(past_lost_newest(dir, &segments, segment_bytes, max_bytes));
-        let end = segments.back().map_or(0, |s| s.base + s.len);
-        let start = saved.unwrap_or(0).max(floor);
-        if segments.is_empty() || start > end {
-            if let Some(saved) = saved.filter(|saved| *saved > end) {
-                tracing::warn!(journal = %dir.display(), checkpoint = saved, end, "the journal ends before its checkpoint (lines lost after delivery, by a power cut?); going on from the checkpoint");
-            }
-            create_segment(dir, start)?;
-            segments.push_back(Segment {
-                base: start,
-                len: 0,
-            });
-        }
+        let lost = Lost {
+            unreadable: unreadable.max(mend_last(dir, &mut segments)),
+            kept,
+            saved,
+        };
+        let floor = past_lost_tail(dir, &segments, lost, segment_bytes, max_bytes);
+        start_segment(dir, &mut segments, saved, floor)?;
         let size: u64 = segments.iter().map(|s| s.len).sum();
         let end = segments.back().map_or(0, |s| s.base + s.len);
         let budget = usize::try_from(max_bytes.saturating_sub(size))
@@ -779,11 +772,11 @@ fn create_segment(dir: &Path, base: u64) -> io::Result<()> {
     sync_dir(dir)
 }
 
-/// The segments in `dir`, oldest first, and the lowest offset a new segment may start at: past
-/// every entry named as a segment that is not a file (its bytes are a gap the reader records).
-/// Other names ending in `.seg` are not segments: warned about and left alone.
-fn list_segments(dir: &Path) -> io::Result<(VecDeque<Segment>, u64)> {
-    let (mut out, mut floor) = (Vec::new(), 0);
+/// The segments in `dir`, oldest first, and the highest base of an entry named as a segment that
+/// is not a file (its bytes are a gap the reader records). Other names ending in `.seg` are not
+/// segments: warned about and left alone.
+fn list_segments(dir: &Path) -> io::Result<(VecDeque<Segment>, Option<u64>)> {
+    let (mut out, mut unreadable) = (Vec::new(), None);
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -800,7 +793,7 @@ fn list_segments(dir: &Path) -> io::Result<(VecDeque<Segment>, u64)> {
         let meta = entry.metadata()?;
         if !meta.is_file() {
             tracing::warn!(journal = %dir.display(), name, "a journal segment that is not a file; its bytes are lost");
-            floor = floor.max(base + 1);
+            unreadable = unreadable.max(Some(base));
             continue;
         }
         out.push(Segment {
@@ -818,13 +811,36 @@ fn list_segments(dir: &Path) -> io::Result<(VecDeque<Segment>, u64)> {
             s.len = next - s.base;
         }
     }
-    Ok((out.into(), floor))
+    Ok((out.into(), unreadable))
+}
+
+/// Starts a segment at the source's position `saved` (or `floor`, if further) when there is
+/// none, or when the journal ends before it.
+fn start_segment(
+    dir: &Path,
+    segments: &mut VecDeque<Segment>,
+    saved: Option<u64>,
+    floor: u64,
+) -> io::Result<()> {
+    let end = segments.back().map_or(0, |s| s.base + s.len);
+    let start = saved.unwrap_or(0).max(floor);
+    if segments.is_empty() || start > end {
+        if let Some(saved) = saved.filter(|saved| *saved > end) {
+            tracing::warn!(journal = %dir.display(), checkpoint = saved, end, "the journal ends before its checkpoint (lines lost after delivery, by a power cut?); going on from the checkpoint");
+        }
+        create_segment(dir, start)?;
+        segments.push_back(Segment {
+            base: start,
+            len: 0,
+        });
+    }
+    Ok(())
 }
 
 /// Mends the last segment ([`mend_tail`]); one that cannot be opened is left out (its bytes are
-/// lost, a gap the reader records). Returns the lowest offset a new segment may start at.
-fn mend_last(dir: &Path, segments: &mut VecDeque<Segment>) -> u64 {
-    let mut floor = 0;
+/// lost, a gap the reader records). Returns the highest base left out.
+fn mend_last(dir: &Path, segments: &mut VecDeque<Segment>) -> Option<u64> {
+    let mut left_out = None;
     while let Some(last) = segments.back_mut() {
         match mend_tail(&segment_path(dir, last.base), last.len) {
             Ok(len) => {
@@ -833,32 +849,57 @@ fn mend_last(dir: &Path, segments: &mut VecDeque<Segment>) -> u64 {
             }
             Err(e) => {
                 tracing::warn!(journal = %dir.display(), segment = last.base, error = %e, "the last journal segment cannot be opened; its bytes are lost");
-                floor = floor.max(last.base + last.len.max(1));
+                left_out = left_out.max(Some(last.base));
                 segments.pop_back();
             }
         }
     }
-    floor
+    left_out
+}
+
+/// What says the segment being written may have been lost.
+#[derive(Clone, Copy)]
+struct Lost {
+    /// The highest base of a segment that is not a file or cannot be opened.
+    unreadable: Option<u64>,
+    /// The journal's id was read from its file (it is not a journal made anew).
+    kept: bool,
+    /// The source's position in this journal.
+    saved: Option<u64>,
 }
 
 /// Where a new segment must start if the segment being written was lost: the last one left is
-/// full, so another was started after it. Its length is not known, but all segments together
-/// never hold more than `max_bytes`: the stream goes on past the most it can have held (a gap
-/// the reader records), so no offset, and no idempotency key, is used twice. 0 otherwise.
-fn past_lost_newest(
+/// full (so another was started after it), or one at or past the end is not a file, or no
+/// segment is left of a journal that had some. Its length is not known, but all segments
+/// together never hold more than `max_bytes`, from the oldest (which starts at or before the
+/// source's position, or at 0): the stream goes on past the most it can have held (a gap the
+/// reader records), so no offset, and no idempotency key, is used twice. 0 if nothing was lost.
+fn past_lost_tail(
     dir: &Path,
     segments: &VecDeque<Segment>,
+    lost: Lost,
     segment_bytes: u64,
     max_bytes: u64,
 ) -> u64 {
-    let Some(last) = segments.back().filter(|s| s.len >= segment_bytes) else {
-        return 0;
-    };
     let size: u64 = segments.iter().map(|s| s.len).sum();
-    let end = last.base + last.len;
-    let most = max_bytes.saturating_sub(size).max(1);
-    tracing::warn!(journal = %dir.display(), offset = end, at_most = most, "the journal segment being written is missing (deleted?); what it held is lost");
-    end + most
+    let (from, gone) = match segments.back() {
+        Some(last) => {
+            let end = last.base + last.len;
+            let past_end = lost.unreadable.is_some_and(|u| u >= end);
+            (end, last.len >= segment_bytes || past_end)
+        }
+        None => (
+            lost.saved.unwrap_or(0),
+            lost.kept || lost.unreadable.is_some(),
+        ),
+    };
+    if !gone {
+        return 0;
+    }
+    let next =
+        (from + max_bytes.saturating_sub(size).max(1)).max(lost.unreadable.map_or(0, |u| u + 1));
+    tracing::warn!(journal = %dir.display(), offset = from, next, "the journal segment being written is lost (deleted, or not a file); what it held is lost, and the stream goes on past the most it can have held");
+    next
 }
 
 /// Cuts a segment back to its last newline (a partial line is a write a crash cut short: it was
@@ -875,17 +916,18 @@ fn mend_tail(path: &Path, len: u64) -> io::Result<u64> {
     Ok(keep)
 }
 
-/// The journal's id: read from `dir/id`. If it is lost (missing, empty, not an id) while the
-/// journal has segments, the source's checkpoint in a journal says which one this is; else a new
-/// random one is made, as it is when no segment is left. A new id is saved; if that fails, it is
-/// used anyway (logged).
-fn journal_id(dir: &Path, checkpoint: Option<&Position>, has_segments: bool) -> io::Result<String> {
+/// The journal's id, and whether it was read from `dir/id`. If it is lost (missing, empty, not
+/// an id) while the journal has segments, the source's checkpoint in a journal says which one
+/// this is; else a new random one is made. A new id is saved; if that fails, it is used anyway
+/// (logged).
+fn journal_id(
+    dir: &Path,
+    checkpoint: Option<&Position>,
+    has_segments: bool,
+) -> io::Result<(String, bool)> {
     let path = dir.join("id");
     let lost = match fs::read_to_string(&path) {
-        Ok(text) if is_id(text.trim()) && has_segments => return Ok(text.trim().to_string()),
-        // Every segment is gone, the one being written too: where its stream ended is not
-        // known, so a new stream starts (no idempotency key is used twice).
-        Ok(text) if is_id(text.trim()) => Some("every segment of the journal is gone".into()),
+        Ok(text) if is_id(text.trim()) => return Ok((text.trim().to_string(), true)),
         Ok(text) if text.trim().is_empty() => None,
         Ok(_) => Some("it is not an id".to_string()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -911,7 +953,7 @@ fn journal_id(dir: &Path, checkpoint: Option<&Position>, has_segments: bool) -> 
         }
         Err(e) => return Err(e),
     }
-    Ok(id)
+    Ok((id, false))
 }
 
 /// What an id looks like: a few letters, digits, `-` or `_`.
@@ -999,17 +1041,19 @@ mod tests {
         let (text, gaps) = read_with_gaps(&mut j.reader(None));
         assert_eq!((text.len(), gaps), (54, vec![(54, 64)]));
         drop(j);
-        // Every segment gone: a new stream, under a new id.
-        for (base, _) in list_segments(dir.path())
-            .unwrap()
-            .0
-            .iter()
-            .map(|s| (s.base, s.len))
-        {
-            fs::remove_file(segment_path(dir.path(), base)).unwrap();
+        // Every segment gone: the stream goes on past the most the journal can have held after
+        // the source's position.
+        for segment in list_segments(dir.path()).unwrap().0 {
+            fs::remove_file(segment_path(dir.path(), segment.base)).unwrap();
         }
-        let j = Journal::open(dir.path(), 64, None).unwrap();
-        assert_ne!(**j.id(), *id);
+        let at = Position::Journal {
+            id: id.as_str().into(),
+            offset: 54,
+        };
+        let j = Journal::open(dir.path(), 64, Some(&at)).unwrap();
+        assert_eq!(**j.id(), *id);
+        let (text, gaps) = read_with_gaps(&mut j.reader(Some(54)));
+        assert_eq!((text.len(), gaps), (0, vec![(54, 118)]));
     }
 
     #[tokio::test]

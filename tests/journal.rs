@@ -248,6 +248,47 @@ async fn the_segment_being_written_deleted_or_cut_while_running_loses_only_what_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_segment_deleted_while_stopped_is_a_gap_and_no_key_is_used_twice() {
+    let rx = Receiver::start().await;
+    rx.plan(|_| Reply::Status(503));
+    let (s, port, admin, config) = hooks(
+        &rx,
+        "max_line_bytes: 1024\njournal: {max_bytes: 64KiB}\n",
+        "    max_body_bytes: 1024\n",
+        "    max_backoff_duration: 60s\n",
+    );
+    let mut ft = Flagtail::start(&config);
+    for i in 0..3 {
+        assert_eq!(post(port, &line(i)).await, 200);
+    }
+    let tried = rx.wait_attempts(1).await[0]
+        .header("idempotency-key")
+        .to_string();
+    assert!(ft.terminate().await.success());
+    let segs = segments(&s, "hooks");
+    assert_eq!(segs.len(), 1);
+    std::fs::remove_file(&segs[0].1).unwrap();
+    rx.plan(|_| Reply::Status(200));
+    let mut ft = Flagtail::start(&config);
+    assert_eq!(post(port, &line(3)).await, 200);
+    wait_keys(flag_keys(3..4), || delivered_keys(&rx)).await;
+    // The segment held at most the whole journal: the stream goes on past that, under new keys.
+    let want = [(0, 65536)];
+    eventually(|| match gaps(&s, "hooks") {
+        g if g == want => Ok(()),
+        g => Err(format!("gaps {g:?}, want {want:?}")),
+    })
+    .await;
+    assert_eq!(gap_counter(admin, "hooks"), "1");
+    let stream = tried.rsplit_once('-').unwrap().0;
+    assert_eq!(
+        idempotency_keys(&rx).last().unwrap(),
+        &format!("{stream}-65536")
+    );
+    assert!(ft.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_fits_the_journal_is_taken_once_what_came_before_is_delivered() {
     let rx = Receiver::start().await;
     // 4 KiB of journal: segments of 1 KiB.
