@@ -26,15 +26,15 @@
 //!   made durable: a line is never dispatched before it would survive a crash.
 //! - **Start.** A last segment that ends in a partial line (a crash mid-write, never answered) is
 //!   cut back to its last newline, and the segment is fsynced (bytes a killed process left in the
-//!   page cache are made durable before they count). If the source's checkpoint in this journal
-//!   lies past its end (bytes lost with a power cut after being delivered), a new segment starts
-//!   at the checkpoint, so an offset, and the idempotency key made from it, is never reused.
+//!   page cache are made durable before they count). If the segment being written is lost (the
+//!   last one left is full, or the source's checkpoint lies past the end, or none is left), a
+//!   new segment starts past the most it can have held (all segments together hold at most
+//!   `max_bytes`), so an offset, and the idempotency key made from it, is never reused.
 //! - **Damage.** Segments deleted, cut short, replaced (by a directory, say) or unreadable never
 //!   stop the journal: the reader skips what it cannot read up to the next readable offset and
 //!   reports the [`Gap`] (the source records it), and the writer, finding the segment it writes
-//!   deleted, cut or replaced, goes on in a new one. If the segment being written is lost while
-//!   stopped, the stream goes on past the most it can have held; names that are not segment
-//!   names are left alone (warned about); a lost `id` is taken back from the source's checkpoint.
+//!   deleted, cut or replaced, goes on in a new one. Names that are not segment names are left
+//!   alone (warned about); a lost `id` is taken back from the source's checkpoint.
 
 use crate::checkpoint::{create_private_dir, sync_dir};
 use crate::position::Position;
@@ -792,7 +792,7 @@ fn list_segments(dir: &Path) -> io::Result<(VecDeque<Segment>, Option<u64>)> {
         };
         let meta = entry.metadata()?;
         if !meta.is_file() {
-            tracing::warn!(journal = %dir.display(), name, "a journal segment that is not a file; its bytes are lost");
+            tracing::info!(journal = %dir.display(), name, "a journal segment that is not a file; its bytes are lost");
             unreadable = unreadable.max(Some(base));
             continue;
         }
@@ -826,7 +826,7 @@ fn start_segment(
     let start = saved.unwrap_or(0).max(floor);
     if segments.is_empty() || start > end {
         if let Some(saved) = saved.filter(|saved| *saved > end) {
-            tracing::warn!(journal = %dir.display(), checkpoint = saved, end, "the journal ends before its checkpoint (lines lost after delivery, by a power cut?); going on from the checkpoint");
+            tracing::info!(journal = %dir.display(), checkpoint = saved, end, "the journal ends before its checkpoint (segments deleted, or lost with a power cut?)");
         }
         create_segment(dir, start)?;
         segments.push_back(Segment {
@@ -848,7 +848,7 @@ fn mend_last(dir: &Path, segments: &mut VecDeque<Segment>) -> Option<u64> {
                 break;
             }
             Err(e) => {
-                tracing::warn!(journal = %dir.display(), segment = last.base, error = %e, "the last journal segment cannot be opened; its bytes are lost");
+                tracing::info!(journal = %dir.display(), segment = last.base, error = %e, "the last journal segment cannot be opened; its bytes are lost");
                 left_out = left_out.max(Some(last.base));
                 segments.pop_back();
             }
@@ -869,8 +869,8 @@ struct Lost {
 }
 
 /// Where a new segment must start if the segment being written was lost: the last one left is
-/// full (so another was started after it), or one at or past the end is not a file, or no
-/// segment is left of a journal that had some. Its length is not known, but all segments
+/// full (so another was started after it), or one at or past the end is not a file, or the
+/// journal ends before the source's position, or no segment is left of a journal that had some. Its length is not known, but all segments
 /// together never hold more than `max_bytes`, from the oldest (which starts at or before the
 /// source's position, or at 0): the stream goes on past the most it can have held (a gap the
 /// reader records), so no offset, and no idempotency key, is used twice. 0 if nothing was lost.
@@ -886,7 +886,11 @@ fn past_lost_tail(
         Some(last) => {
             let end = last.base + last.len;
             let past_end = lost.unreadable.is_some_and(|u| u >= end);
-            (end, last.len >= segment_bytes || past_end)
+            let short_of_position = lost.saved.is_some_and(|s| s > end);
+            (
+                end,
+                last.len >= segment_bytes || past_end || short_of_position,
+            )
         }
         None => (
             lost.saved.unwrap_or(0),
@@ -898,7 +902,8 @@ fn past_lost_tail(
     }
     let next =
         (from + max_bytes.saturating_sub(size).max(1)).max(lost.unreadable.map_or(0, |u| u + 1));
-    tracing::warn!(journal = %dir.display(), offset = from, next, "the journal segment being written is lost (deleted, or not a file); what it held is lost, and the stream goes on past the most it can have held");
+    // The gap is recorded (and logged) when it is read.
+    tracing::info!(journal = %dir.display(), offset = from, next, "the journal segment being written is lost (deleted, or not a file); what it held is lost, and the stream goes on past the most it can have held");
     next
 }
 
@@ -1286,8 +1291,9 @@ mod tests {
         assert_eq!(fs::read(&seg).unwrap(), b"a\nb\n");
         let mut r = j.reader(Some(2));
         assert_eq!(read_all(&mut r), "b\n");
-        // A checkpoint in this journal past its end (delivered lines lost with a power cut): the
-        // stream goes on from the checkpoint, so no offset (and key) is used twice.
+        // A checkpoint in this journal past its end (segments deleted, or lines lost with a power
+        // cut): the stream goes on past the most it can have held, so no offset (and key) is
+        // used twice, and the reader records what may be lost.
         drop(j);
         let past = Position::Journal {
             id: id.as_str().into(),
@@ -1296,7 +1302,10 @@ mod tests {
         let j = Journal::open(dir.path(), 1 << 20, Some(&past)).unwrap();
         j.append(b"c\n".to_vec()).await.unwrap();
         let mut r = j.reader(Some(40));
-        assert_eq!(read_all(&mut r), "c\n");
+        assert_eq!(
+            read_with_gaps(&mut r),
+            ("c\n".to_string(), vec![(40, 1 << 20)])
+        );
         // A checkpoint of another journal says nothing about a journal made anew.
         let fresh = tempfile::tempdir().unwrap();
         let j = Journal::open(fresh.path(), 1 << 20, Some(&past)).unwrap();
