@@ -428,7 +428,10 @@ fn figment_problems(e: figment::Error) -> Vec<String> {
 fn cross_checks(c: &ConfigFile) -> Vec<String> {
     let mut p = Vec::new();
     if c.journal.max_bytes.0 < c.max_line_bytes.saturating_add(1) {
-        p.push("journal.max_bytes: must hold at least one line of max_line_bytes".into());
+        p.push(format!(
+            "journal.max_bytes: {} cannot hold one line of max_line_bytes ({}) and its newline",
+            c.journal.max_bytes.0, c.max_line_bytes
+        ));
     }
     if c.max_line_bytes == 0 {
         p.push("max_line_bytes: must be at least 1".into());
