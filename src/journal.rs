@@ -695,7 +695,9 @@ impl JournalReader {
         };
         let Some(segment) = segment else {
             let end = next.unwrap_or(committed);
-            return Ok(self.skip(end, "no segment holds them (deleted?)".into()));
+            let why = "no segment holds them (deleted, cut short or not a file; where the \
+                       segment being written was lost, the most it can have held)";
+            return Ok(self.skip(end, why.into()));
         };
         match self.read_in(segment, committed, buf) {
             Ok(0) => Ok(self.skip(
