@@ -949,13 +949,15 @@ fn journal_id(
             "a new one (the journal is read from its start)",
         ),
     };
-    if has_segments || lost.is_some() {
+    // A position in a journal, but no journal here: its directory was deleted.
+    let was_there = matches!(checkpoint, Some(Position::Journal { .. }));
+    if has_segments || lost.is_some() || was_there {
         let why = lost.as_deref().unwrap_or("missing");
         tracing::warn!(path = %path.display(), why, id = %id, "the journal's id cannot be used; taking the id of {from}");
     }
     match crate::checkpoint::write_atomically(&path, id.as_bytes()) {
         Ok(()) => {}
-        Err(e) if has_segments || lost.is_some() => {
+        Err(e) if has_segments || lost.is_some() || was_there => {
             tracing::error!(path = %path.display(), error = %e, "cannot save the journal's id; using it unsaved")
         }
         Err(e) => return Err(e),
