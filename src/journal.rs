@@ -575,8 +575,10 @@ fn open_intact(
 ) -> io::Result<()> {
     if file.as_ref().is_none_or(|(b, _)| *b != base) {
         *file = None;
+        // A link put in a segment's place is not followed: the segment is then damaged.
         let f = OpenOptions::new()
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(segment_path(&shared.dir, base))?;
         *file = Some((base, f));
     }
@@ -724,7 +726,10 @@ impl JournalReader {
     fn read_in(&mut self, segment: Segment, committed: u64, buf: &mut [u8]) -> io::Result<usize> {
         if self.open.as_ref().is_none_or(|(b, _)| *b != segment.base) {
             self.open = None;
-            let mut f = File::open(segment_path(&self.shared.dir, segment.base))?;
+            let mut f = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(segment_path(&self.shared.dir, segment.base))?;
             f.seek(SeekFrom::Start(self.pos - segment.base))?;
             self.open = Some((segment.base, f));
         }
@@ -1108,6 +1113,29 @@ mod tests {
             read_with_gaps(&mut r),
             ("kealso kept\n".to_string(), vec![(54, 59), (61, 64)])
         );
+    }
+
+    #[tokio::test]
+    async fn a_link_put_in_a_segments_place_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "secret\n").unwrap();
+        let j = Journal::open(dir.path(), 1 << 20, None).unwrap();
+        j.append(b"one\n".to_vec()).await.unwrap();
+        fs::remove_file(segment_path(dir.path(), 0)).unwrap();
+        std::os::unix::fs::symlink(&outside, segment_path(dir.path(), 0)).unwrap();
+        let mut r = j.reader(None);
+        assert_eq!(read_with_gaps(&mut r), (String::new(), vec![(0, 4)]));
+        j.append(b"two\n".to_vec()).await.unwrap();
+        assert_eq!(read_with_gaps(&mut r), ("two\n".to_string(), vec![]));
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "secret\n");
+        // At start, a link named as a segment is not one either.
+        drop(j);
+        let j = Journal::open(dir.path(), 1 << 20, None).unwrap();
+        j.append(b"three\n".to_vec()).await.unwrap();
+        let (text, _) = read_with_gaps(&mut j.reader(None));
+        assert_eq!(text, "two\nthree\n");
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "secret\n");
     }
 
     #[tokio::test]
