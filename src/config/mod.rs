@@ -430,7 +430,10 @@ fn figment_problems(e: figment::Error) -> Vec<String> {
 fn cross_checks(c: &ConfigFile) -> Vec<String> {
     let mut p = Vec::new();
     if c.journal.max_bytes.0 < c.max_line_bytes.saturating_add(1) {
-        p.push("journal.max_bytes: must hold at least one line of max_line_bytes".into());
+        p.push(format!(
+            "journal.max_bytes: {} cannot hold one line of max_line_bytes ({}) and its newline",
+            c.journal.max_bytes.0, c.max_line_bytes
+        ));
     }
     if c.max_line_bytes == 0 {
         p.push("max_line_bytes: must be at least 1".into());
@@ -499,9 +502,13 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
             if s.max_body_bytes == Some(0) {
                 p.push(format!("{at}.max_body_bytes: must be at least 1"));
             }
-            if s.max_body_bytes.unwrap_or(DEFAULT_BODY_BYTES) > c.journal.max_bytes.0 {
+            // A body is journaled as its events, each ending in a newline: at most one byte more.
+            let body = s.max_body_bytes.unwrap_or(DEFAULT_BODY_BYTES);
+            if body.saturating_add(1) > c.journal.max_bytes.0 {
                 p.push(format!(
-                    "{at}.max_body_bytes: larger than journal.max_bytes; such a request could never be taken"
+                    "{at}.max_body_bytes: a body of {body} bytes is journaled as up to {} bytes, more than journal.max_bytes ({}); such a request could never be taken",
+                    body.saturating_add(1),
+                    c.journal.max_bytes.0
                 ));
             }
             if s.socket_mode.is_some() {

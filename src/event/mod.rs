@@ -368,6 +368,8 @@ pub enum Rejection {
     /// An event of a kind no mapping covers (Unleash's client metrics, favourites, …): counted
     /// (`flagtail_events_unmapped_total`) and skipped, never recorded as rejected.
     Unmapped(String),
+    /// Bytes a source's journal lost (a segment deleted, cut short or unreadable), and why.
+    JournalGap(String),
 }
 
 impl Rejection {
@@ -379,6 +381,7 @@ impl Rejection {
             Rejection::TooLong { .. } => "too_long",
             Rejection::NotAnEvent(_) => "not_an_event",
             Rejection::Unmapped(_) => "unmapped",
+            Rejection::JournalGap(_) => "journal_gap",
         }
     }
 }
@@ -396,6 +399,7 @@ impl fmt::Display for Rejection {
             }
             Rejection::NotAnEvent(e) => write!(f, "not an audit event: {e}"),
             Rejection::Unmapped(t) => write!(f, "event type {t:?} is not mapped"),
+            Rejection::JournalGap(why) => write!(f, "lost from the journal: {why}"),
         }
     }
 }

@@ -1,11 +1,15 @@
 //! Reading a source's journal into the pipeline, as a file is read: in order, across segments,
 //! from the source's checkpoint (or the journal's start), only what is durable. Socket and HTTP
 //! sources write the journal; this reads it, so both are one more way in to the same dispatch.
+//! Bytes the journal lost (a segment deleted, cut short or unreadable) are recorded as one
+//! rejected record with their byte range (and the partial line before them, if any), counted
+//! (`reason="journal_gap"`) and logged once; reading goes on after them.
 
 use super::lines::LineSplitter;
-use super::{Dispatch, Origin};
+use super::{Dispatch, Origin, Span, Stopped};
 use crate::checkpoint::CheckpointBook;
-use crate::journal::Journal;
+use crate::event::Rejection;
+use crate::journal::{Gap, Journal};
 use crate::position::Position;
 use std::io;
 use std::sync::Arc;
@@ -51,6 +55,12 @@ impl JournalSource {
                         return Ok(());
                     }
                 }
+                if let Some(gap) = reader.take_gap() {
+                    if self.lost(&mut splitter, origin, gap).await.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 if n == 0 {
                     // Caught up: the rejected lines just read are recorded before waiting.
                     if self.dispatch.idle().await.is_err() {
@@ -61,5 +71,26 @@ impl JournalSource {
                 tokio::task::consume_budget().await;
             }
         }
+    }
+
+    /// Records bytes the journal lost, with the partial line read before them, and goes on after.
+    async fn lost(
+        &self,
+        splitter: &mut LineSplitter,
+        origin: Origin<'_>,
+        gap: Gap,
+    ) -> Result<(), Stopped> {
+        let (start, partial) = splitter.pending();
+        let (start, partial) = (start.min(gap.start), partial.to_vec());
+        splitter.reset(gap.end);
+        let at = Span {
+            origin,
+            start,
+            end: gap.end,
+        };
+        let why = format!("bytes {}..{}: {}", gap.start, gap.end, gap.why);
+        self.dispatch
+            .reject(at, Rejection::JournalGap(why), &partial)
+            .await
     }
 }
