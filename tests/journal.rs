@@ -136,7 +136,7 @@ async fn damaged_segments_are_recorded_as_gaps_and_intake_stays_up_across_restar
         &rx,
         "max_line_bytes: 1024\njournal: {max_bytes: 8KiB}\n",
         "    max_body_bytes: 1024\n",
-        "    max_backoff_duration: 60s\n",
+        "    max_backoff_duration: 60s\n    timeout: 60s\n",
     );
     let mut ft = Flagtail::start(&config);
     for i in 0..5 {
@@ -144,8 +144,9 @@ async fn damaged_segments_are_recorded_as_gaps_and_intake_stays_up_across_restar
     }
     wait_keys(flag_keys(0..5), || delivered_keys(&rx)).await;
     let id_key = idempotency_keys(&rx)[0].clone();
-    // The receiver is down: the rest stays in the journal (SIGTERM saves the checkpoint at 5).
-    rx.plan(|_| Reply::Status(503));
+    // The receiver stalls (a queue that is not full is not a stall of the sink): the rest stays
+    // in the journal (SIGTERM saves the checkpoint at 5).
+    rx.plan(|_| Reply::Stall);
     for i in 5..30 {
         assert_eq!(post(port, &line(i)).await, 200);
     }
@@ -206,8 +207,14 @@ async fn damaged_segments_are_recorded_as_gaps_and_intake_stays_up_across_restar
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_segment_being_written_deleted_or_cut_while_running_loses_only_what_it_held() {
     let rx = Receiver::start().await;
-    rx.plan(|_| Reply::Status(503));
-    let (s, port, admin, config) = hooks(&rx, "", "", "    max_backoff_duration: 60s\n");
+    // Stalled: nothing is done with, so the checkpoint stays at the start.
+    rx.plan(|_| Reply::Stall);
+    let (s, port, admin, config) = hooks(
+        &rx,
+        "",
+        "",
+        "    max_backoff_duration: 60s\n    timeout: 60s\n",
+    );
     let mut ft = Flagtail::start(&config);
     for i in 0..3 {
         assert_eq!(post(port, &line(i)).await, 200);
@@ -250,12 +257,13 @@ async fn the_segment_being_written_deleted_or_cut_while_running_loses_only_what_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_only_segment_deleted_while_stopped_is_a_gap_and_no_key_is_used_twice() {
     let rx = Receiver::start().await;
-    rx.plan(|_| Reply::Status(503));
+    // Stalled: the events stay in the journal, not yet done (not in the sink's backlog either).
+    rx.plan(|_| Reply::Stall);
     let (s, port, admin, config) = hooks(
         &rx,
         "max_line_bytes: 1024\njournal: {max_bytes: 64KiB}\n",
         "    max_body_bytes: 1024\n",
-        "    max_backoff_duration: 60s\n",
+        "    max_backoff_duration: 60s\n    timeout: 60s\n",
     );
     let mut ft = Flagtail::start(&config);
     for i in 0..3 {

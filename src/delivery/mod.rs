@@ -371,7 +371,10 @@ async fn drain(crew: Arc<Crew>, mut link: Link, stop: CancellationToken) {
             return;
         }
         let started = Instant::now();
-        let patience = Patience::Drain(backlog);
+        let patience = Patience::Drain {
+            backlog,
+            tried: group.tried,
+        };
         let outcomes = deliver(&crew.sink, &mut link, &group.records, &stop, patience).await;
         let mut done = true;
         for (range, mut result) in outcomes {

@@ -76,8 +76,9 @@ pub enum Patience<'a> {
     Live(&'a Backlog),
     /// Draining the backlog: tried until it is answered, probing at most every
     /// `max_probe_interval` once the sink is down. A backlog that overflows cuts the wait short:
-    /// the delivery is dead-lettered (retryable) to make room.
-    Drain(&'a Backlog),
+    /// the delivery is dead-lettered (retryable) to make room. `tried`: the attempts made before
+    /// it was spilled, which its count and its backoff go on from.
+    Drain { backlog: &'a Backlog, tried: u32 },
 }
 
 /// One delivery's attempts: every transport sends, then hands the attempt's outcome to
@@ -107,11 +108,19 @@ pub struct Tries<'a> {
 
 impl<'a> Tries<'a> {
     pub fn new(sink: &'a Sink, key: &'a str, patience: Patience<'a>) -> Tries<'a> {
+        let mut backoff = Backoff::start(&sink.retry);
+        let attempts = match patience {
+            Patience::Drain { tried, .. } => tried,
+            _ => 0,
+        };
+        for _ in 0..attempts {
+            backoff.skip();
+        }
         Tries {
             sink,
             key,
-            backoff: Backoff::start(&sink.retry),
-            attempts: 0,
+            backoff,
+            attempts,
             status: None,
             patience,
         }
@@ -147,7 +156,7 @@ impl<'a> Tries<'a> {
                 Ok(wait) => (wait, None),
                 Err(why) => return Some(self.failed(format!("{reason}; {why}"), true)),
             },
-            Patience::Drain(backlog) => {
+            Patience::Drain { backlog, .. } => {
                 let down = matches!(self.sink.metrics.state.condition(), Condition::Down { .. });
                 (self.backoff.next_probe(retry_after, down), Some(backlog))
             }
@@ -273,6 +282,12 @@ impl<'p> Backoff<'p> {
         };
         let asked = retry_after.map(|asked| asked.min(self.policy.max_retry_after));
         planned.max(asked.unwrap_or_default())
+    }
+
+    /// Passes one delay over (it was waited for before, by an attempt of another delivery).
+    fn skip(&mut self) {
+        self.step += 1;
+        self.next = (self.next * 2).min(MAX_DELAY.max(self.policy.max_probe_interval));
     }
 
     /// The next exponential delay, with equal jitter (half fixed, half random).

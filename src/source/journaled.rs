@@ -89,8 +89,11 @@ impl JournalSource {
             end: gap.end,
         };
         let why = format!("bytes {}..{}: {}", gap.start, gap.end, gap.why);
+        // A gap is a record of its own, never part of a run of bad lines (nor of another gap).
+        self.dispatch.idle().await?;
         self.dispatch
             .reject(at, Rejection::JournalGap(why), &partial)
-            .await
+            .await?;
+        self.dispatch.idle().await
     }
 }

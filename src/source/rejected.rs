@@ -260,12 +260,17 @@ impl Rejected {
         }
         let note = format!("{} (offset {} of {path})", run.detail, run.first.0);
         crate::status::source(source).rejected(run.count, note);
-        let spoken = self
-            .0
-            .quiet
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .speak(run.count);
+        // Bytes lost from a journal are rare and always said (each gap its own line).
+        let lost = run.reasons.iter().any(|(tag, _)| *tag == "journal_gap");
+        let spoken = match lost {
+            true => Some((0, 0)),
+            false => self
+                .0
+                .quiet
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .speak(run.count),
+        };
         if let Some((records, lines)) = spoken {
             tracing::warn!(source = %source, path = %path, offset = run.first.0, end_offset = run.last.1, lines = run.count, reason = %run.detail, not_logged_records = records, not_logged_lines = lines, "rejected lines, recorded as one record (at most one such message a second per source; not_logged_* count the others since the last)");
         }
