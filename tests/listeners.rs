@@ -1,5 +1,6 @@
 //! The HTTP listeners (ingest and admin) against hostile and unusual clients: idle connections,
-//! half-closing senders, HTTP/2 prior knowledge. The real binary, real TCP on loopback.
+//! half-closing senders, HTTP/2 prior knowledge, compressed bodies. The real binary, real TCP on
+//! loopback.
 
 mod support;
 
@@ -13,13 +14,18 @@ const TOKEN: &str = "tok-idle";
 /// A daemon with the admin endpoint and an http source `hooks` (token [`TOKEN`]) posting to `rx`:
 /// (daemon, admin port, ingest port).
 async fn start(s: &Setup, rx: &Receiver) -> (Flagtail, u16, u16) {
+    start_with(s, rx, "").await
+}
+
+/// [`start`], with more keys (`, key: value`) for the source.
+async fn start_with(s: &Setup, rx: &Receiver, keys: &str) -> (Flagtail, u16, u16) {
     let (admin, ingest) = (free_port(), free_port());
     let config = s.path("flagtail.yaml");
     std::fs::write(
         &config,
         format!(
             "state_dir: {}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nshutdown_grace: 2s\nsources:\n\
-             \x20 - {{name: hooks, http: \"127.0.0.1:{ingest}\", auth_token: {TOKEN}, format: flipt}}\n\
+             \x20 - {{name: hooks, http: \"127.0.0.1:{ingest}\", auth_token: {TOKEN}, format: flipt{keys}}}\n\
              sinks:\n{}",
             s.state().display(),
             webhook_sink(&rx.url("/"), "")
@@ -55,11 +61,18 @@ async fn exchange(port: u16, request: &[u8], half_close: bool) -> (u16, String) 
 
 fn post(body: &str, close: bool) -> Vec<u8> {
     let connection = if close { "Connection: close\r\n" } else { "" };
-    format!(
-        "POST / HTTP/1.1\r\nHost: flagtail\r\nAuthorization: Bearer {TOKEN}\r\n{connection}Content-Length: {}\r\n\r\n{body}",
+    post_with(body.as_bytes(), connection)
+}
+
+/// A POST with the token, `headers` (each line ending in CRLF) and `body`.
+fn post_with(body: &[u8], headers: &str) -> Vec<u8> {
+    let mut request = format!(
+        "POST / HTTP/1.1\r\nHost: flagtail\r\nAuthorization: Bearer {TOKEN}\r\n{headers}Content-Length: {}\r\n\r\n",
         body.len()
     )
-    .into_bytes()
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
 }
 
 fn get(path: &str) -> Vec<u8> {
@@ -204,4 +217,60 @@ async fn http2_prior_knowledge_gets_goaway_http_1_1_required_and_a_warning() {
     // The listeners still serve HTTP/1.1.
     assert_eq!(exchange(admin, &get("/healthz"), false).await.0, 200);
     assert!(ft.terminate().await.success());
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    w.write_all(data).unwrap();
+    w.finish().unwrap()
+}
+
+fn zlib(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    w.write_all(data).unwrap();
+    w.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_and_deflate_bodies_are_decoded_within_max_body_bytes_and_other_codings_get_415() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let (mut ft, _, ingest) = start_with(&s, &rx, ", max_body_bytes: 4096").await;
+    let send = |body: Vec<u8>, coding: &'static str| async move {
+        let headers = format!("Content-Encoding: {coding}\r\nConnection: close\r\n");
+        exchange(ingest, &post_with(&body, &headers), false).await
+    };
+    let ndjson = format!("{}\n{}\n", event(0), event(1));
+    let (status, answer) = send(gzip(ndjson.as_bytes()), "gzip").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.ends_with("{\"accepted\":2}"), "{answer}");
+    let (status, answer) = send(zlib(format!("[{}]", event(2)).as_bytes()), "deflate").await;
+    assert!(answer.ends_with("{\"accepted\":1}"), "{status} {answer}");
+    // Small on the wire, over max_body_bytes decoded.
+    let padded = format!("[{}{}]", event(9), " ".repeat(8192));
+    let bomb = gzip(padded.as_bytes());
+    assert!(bomb.len() < 4096);
+    let (status, answer) = send(bomb, "gzip").await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer.contains("decoded body is over max_body_bytes"),
+        "{answer}"
+    );
+    // Another coding: 415 naming it, before any body is read.
+    let (status, answer) = send(event(9).into_bytes(), "br").await;
+    assert_eq!(status, 415, "{answer}");
+    assert!(answer.contains("\\\"br\\\""), "{answer}");
+    // Said to be gzip, but is not: 400, recorded as rejected with the bytes as sent.
+    let (status, answer) = send(event(9).into_bytes(), "gzip").await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("gzip body does not decode"), "{answer}");
+    wait_keys(flag_keys(0..3), || delivered_keys(&rx)).await;
+    let rejected = s.state_lines("rejected/hooks.jsonl");
+    assert!(ft.terminate().await.success());
+    assert_eq!(rx.delivered().len(), 3, "nothing refused was delivered");
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(rejected[0]["detail"].as_str().unwrap().contains("gzip"));
+    assert_eq!(rejected[0]["line"].as_str(), Some(event(9).as_str()));
 }

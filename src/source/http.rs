@@ -20,6 +20,7 @@
 //! daemon and kept across reloads.
 
 use super::Rejected;
+use super::coding::{Codings, DecodeError};
 use crate::config::VerifyScheme;
 use crate::event::Rejection;
 use crate::journal::{AppendError, Journal};
@@ -181,6 +182,10 @@ impl HttpSource {
         let Ok(Ok(_slot)) = tokio::time::timeout(READ_TIMEOUT, slots.acquire()).await else {
             return busy();
         };
+        let codings = match Codings::of(req.headers()) {
+            Ok(codings) => codings,
+            Err(name) => return unsupported(&name),
+        };
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -216,6 +221,11 @@ impl HttpSource {
                 return reply(StatusCode::UNAUTHORIZED, "missing or wrong signature");
             }
         }
+        // Signatures are over the body as sent; the events are in the body as decoded.
+        let body = match self.decoded(&codings, body).await {
+            Ok(body) => body,
+            Err(answer) => return answer,
+        };
         let events = match Events::of(&body, self.max_line) {
             Ok(events) => events,
             Err(BodyError::TooLong(len)) => {
@@ -225,24 +235,9 @@ impl HttpSource {
                 );
             }
             Err(BodyError::NotJson(why)) => {
-                let kept = &body[..body.len().min(KEPT_OF_BAD_BODY)];
-                let path = format!("{} (POST {})", self.listener.addr, self.path);
-                let range = (0, body.len() as u64);
-                let recorded = self
-                    .rejected
-                    .record(
-                        &self.name,
-                        &path,
-                        range,
-                        Rejection::NotJson(why),
-                        kept,
-                        &self.stop,
-                    )
+                return self
+                    .refuse_body(&body, Rejection::NotJson(why), "the body is not JSON")
                     .await;
-                if recorded.is_err() {
-                    return reply(StatusCode::SERVICE_UNAVAILABLE, "stopping");
-                }
-                return reply(StatusCode::BAD_REQUEST, "the body is not JSON");
             }
         };
         if events.count == 0 {
@@ -262,6 +257,55 @@ impl HttpSource {
             }
         }
     }
+
+    /// The body with its content codings undone (off the async threads), or the answer: 413 when
+    /// it decodes to more than `max_body_bytes`, 400 (recorded as rejected) when it does not
+    /// decode.
+    async fn decoded(&self, codings: &Codings, body: Bytes) -> Result<Bytes, Answer> {
+        if codings.is_identity() {
+            return Ok(body);
+        }
+        let (max, sent) = (self.max_body, body.clone());
+        let codings = Codings::clone(codings);
+        let decoded = tokio::task::spawn_blocking(move || codings.decode(body, max)).await;
+        match decoded {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(DecodeError::TooLarge)) => Err(reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the decoded body is over max_body_bytes",
+            )),
+            Ok(Err(DecodeError::Corrupt(why))) => {
+                let answer = why.clone();
+                Err(self
+                    .refuse_body(&sent, Rejection::NotJson(why), &answer)
+                    .await)
+            }
+            Err(_) => Err(reply(StatusCode::SERVICE_UNAVAILABLE, "stopping")),
+        }
+    }
+
+    /// Records a body that cannot be read as events in `rejected/` (its first 64 KiB, as sent) and
+    /// answers 400 with `answer`; 503 if the source stops first.
+    async fn refuse_body(&self, body: &[u8], why: Rejection, answer: &str) -> Answer {
+        let kept = &body[..body.len().min(KEPT_OF_BAD_BODY)];
+        let path = format!("{} (POST {})", self.listener.addr, self.path);
+        let range = (0, body.len() as u64);
+        let recorded = self
+            .rejected
+            .record(&self.name, &path, range, why, kept, &self.stop)
+            .await;
+        if recorded.is_err() {
+            return reply(StatusCode::SERVICE_UNAVAILABLE, "stopping");
+        }
+        reply(StatusCode::BAD_REQUEST, answer)
+    }
+}
+
+/// 415 naming the content coding that is not taken.
+fn unsupported(name: &str) -> Answer {
+    let text =
+        format!("Content-Encoding {name:?} is not supported: send gzip, deflate or identity");
+    reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, &text)
 }
 
 /// 503 with `Retry-After: 1`: the journal is full or cannot be written, or every slot is taken.
