@@ -1,7 +1,7 @@
 //! The admin endpoint on `admin.listen`: `GET /healthz` (503 once a source or sink task died),
-//! `GET /readyz` (503 with the sources not open yet), `GET /metrics` (Prometheus, OpenMetrics
-//! text), `GET /status.json` (a [`snapshot::Snapshot`]) and `GET /` (the same as a page). Bound
-//! once at start and kept across reloads (a changed `admin.listen` needs a restart). What
+//! `GET /readyz` (503 with the sources not open yet), `GET /metrics` (Prometheus text 0.0.4, or
+//! OpenMetrics when the `Accept` header asks for it), `GET /status.json` (a
+//! [`snapshot::Snapshot`]) and `GET /` (the same as a page). Bound once at start and kept across reloads (a changed `admin.listen` needs a restart). What
 //! describes files (dead letters waiting, lag, journal sizes) is computed when asked, so it is
 //! never stale and costs nothing between requests.
 
@@ -130,14 +130,16 @@ async fn answer(
             ),
         },
         "/metrics" => {
+            let accept = req.headers().get(header::ACCEPT);
+            let format = metrics::Format::negotiate(accept.and_then(|v| v.to_str().ok()));
             // The computed gauges are set from a snapshot.
             if snapshot_of(view, health, slots).await.is_none() {
                 return unavailable();
             }
             reply(
                 StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                metrics::get().encode(),
+                format.content_type(),
+                metrics::get().encode(format),
             )
         }
         "/status.json" => {
