@@ -4,7 +4,8 @@
 //! - Accepting is never gated by requests in service: a connection costs a task and a socket,
 //!   not a request slot (the services take those per request, once a request head arrived).
 //! - A connection gets [`HEAD_TIMEOUT`] to send a request head, from its opening and again after
-//!   each answer (hyper's `header_read_timeout`, which also bounds keep-alive idleness).
+//!   each answer (hyper's `header_read_timeout`, which also bounds keep-alive idleness); a head
+//!   longer than 32 KiB is answered 431.
 //! - At most [`Limits::connections`] are open at once. At the cap, the oldest connection with no
 //!   request in service is closed to make room for the new one; if every one is in service, the
 //!   new one waits in the listen queue until one finishes.
@@ -37,6 +38,13 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a connection may take to send a request head (or stay idle between requests).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a connection may have buffered: a request head longer than this is answered 431, and
+/// 1,024 connections sending heads slowly hold at most 32 MiB.
+const MAX_BUFFER: usize = 32 * 1024;
+
+/// How long a closing connection with no request in service may take to send what it has.
+const FLUSH: Duration = Duration::from_millis(200);
 
 /// Connections one listener keeps open at once (a larger `max_connections` raises it).
 pub const CONNECTIONS: usize = 1024;
@@ -216,15 +224,34 @@ impl Connection {
             + 'static,
         S::Future: Send + 'static,
     {
-        let stream = match sniff(stream).await {
-            Some(Opening::Http1(stream)) => stream,
+        // Closing and stopping are heard while the first bytes are awaited too.
+        let opening = tokio::select! {
+            opening = sniff(stream) => opening,
+            _ = self.entry.close.cancelled() => None,
+            _ = stop.cancelled() => None,
+        };
+        match opening {
+            Some(Opening::Http1(stream)) => self.serve_http1(stream, service, &stop).await,
             Some(Opening::Http2(stream)) => {
                 tracing::warn!(listener = %self.name, peer = %self.peer, "refused an HTTP/2 connection (prior knowledge): flagtail serves HTTP/1.1 only");
-                refuse_http2(stream).await;
-                return self.open.remove(self.entry.id);
+                tokio::select! {
+                    _ = refuse_http2(stream) => {}
+                    _ = stop.cancelled() => {}
+                }
             }
-            None => return self.open.remove(self.entry.id),
-        };
+            None => {}
+        }
+        self.open.remove(self.entry.id);
+    }
+
+    async fn serve_http1<S>(&self, stream: Rewound, service: S, stop: &CancellationToken)
+    where
+        S: Service<Request<Incoming>, Response = Answer, Error = Infallible>
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
         let (entry, open) = (self.entry.clone(), self.open.clone());
         let service = Arc::new(service);
         let tracked = service_fn(move |req| {
@@ -239,25 +266,31 @@ impl Connection {
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT)
+            .max_buf_size(MAX_BUFFER)
             .half_close(true)
             .serve_connection(TokioIo::new(stream), tracked);
         tokio::pin!(conn);
         tokio::select! {
-            ended = conn.as_mut() => if let Err(e) = ended {
-                tracing::debug!(listener = %self.name, peer = %self.peer, error = %e, "connection ended");
-            },
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(listener = %self.name, peer = %self.peer, error = %e, "connection ended");
+                }
+                return;
+            }
             _ = self.entry.close.cancelled() => {
                 tracing::debug!(listener = %self.name, peer = %self.peer, "closing an idle connection for a new one");
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(self.limits.grace, conn).await;
             }
-            _ = stop.cancelled() => {
-                // Requests being answered finish, within the grace; no new one starts.
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(self.limits.grace, conn).await;
-            }
+            _ = stop.cancelled() => {}
         }
-        self.open.remove(self.entry.id);
+        // Requests in service finish, within the grace; no new one starts. A connection with none
+        // gets a moment to send an answer already made, not the time to finish a head it began
+        // (hyper's graceful shutdown waits for a connection's first request).
+        let wait = match self.entry.busy.load(Ordering::SeqCst) {
+            0 => FLUSH,
+            _ => self.limits.grace,
+        };
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(wait, conn).await;
     }
 }
 

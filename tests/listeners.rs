@@ -138,7 +138,13 @@ async fn idle_connections_take_no_slot_probes_and_posts_answer_within_a_second()
         "an idle connection still open after {:?}",
         began.elapsed()
     );
+    // Connections that have sent nothing yet do not hold up a shutdown.
+    let _fresh = idle_connections(ingest, 100).await;
+    let _fresh_admin = idle_connections(admin, 100).await;
+    let began = Instant::now();
     assert!(ft.terminate().await.success());
+    let took = began.elapsed();
+    assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,6 +161,12 @@ async fn a_sender_that_half_closes_gets_its_answer() {
     assert_eq!(exchange(ingest, refused, true).await.0, 401);
     let (status, answer) = exchange(admin, &get("/healthz"), true).await;
     assert_eq!(status, 200, "{answer:?}");
+    // A head too long to buffer is refused, not held.
+    let long = format!(
+        "GET /healthz HTTP/1.1\r\nHost: f\r\nX-Long: {}\r\n\r\n",
+        "x".repeat(40 * 1024)
+    );
+    assert_eq!(exchange(admin, long.as_bytes(), false).await.0, 431);
     wait_keys(flag_keys(0..1), || delivered_keys(&rx)).await;
     assert!(ft.terminate().await.success());
 }
