@@ -463,15 +463,10 @@ const FAMILIES: [&str; 10] = [
     "flagtail_build_info{version=",
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_are_text_0_0_4_that_promtool_passes_and_openmetrics_when_asked() {
-    let Some(promtool) = tool(&["promtool"], "prometheus") else {
-        return;
-    };
-    let rx = Receiver::start().await;
-    let s = Setup::new();
-    let (port, ingest) = (free_port(), free_port());
-    // flag-3 is refused for good (a dead letter); flag-1's first attempt gets 503 (a retry).
+/// A config with every family of [`FAMILIES`]: a file source `flipt` with 4 events and a line
+/// that is not one, an http source `hooks` on `ingest`, a webhook sink `hook` on `rx` that
+/// refuses flag-3 for good and flag-1's first attempt with 503, the admin endpoint on `port`.
+fn every_family(s: &Setup, rx: &Receiver, port: u16, ingest: u16) -> std::path::PathBuf {
     let retried = std::sync::atomic::AtomicBool::new(false);
     rx.plan(move |r| match key_of(&r.body).as_str() {
         "flag-3" => Reply::Status(400),
@@ -484,30 +479,53 @@ async fn metrics_are_text_0_0_4_that_promtool_passes_and_openmetrics_when_asked(
         &format!("admin: {{listen: \"127.0.0.1:{port}\"}}"),
         &webhook_sink(&rx.url("/"), ""),
     );
+    let hooks =
+        format!("sources:\n  - {{name: hooks, http: \"127.0.0.1:{ingest}\", format: flipt}}\n");
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("admin: {listen: \"\"}\n", "")
-        .replace(
-            "sources:\n",
-            &format!(
-                "sources:\n  - {{name: hooks, http: \"127.0.0.1:{ingest}\", format: flipt}}\n"
-            ),
-        );
+        .replace("sources:\n", &hooks);
     std::fs::write(&config, text).unwrap();
-    let mut ft = Flagtail::start(&config);
+    config
+}
+
+/// `promtool check metrics` on `text`: its exit status and what it said.
+fn promtool_check(promtool: &str, text: &str) -> (bool, String) {
+    let checked = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout).into_owned()
+        + &String::from_utf8_lossy(&checked.stderr);
+    (
+        checked.status.success(),
+        format!("{:?}: {said}", checked.status),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_text_0_0_4_that_promtool_passes_and_openmetrics_when_asked() {
+    let Some(promtool) = tool(&["promtool"], "prometheus") else {
+        return;
+    };
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let (port, ingest) = (free_port(), free_port());
+    let mut ft = Flagtail::start(&every_family(&s, &rx, port, ingest));
     rx.wait_delivered(3).await;
     let event = flipt_line(4, Encoding::Json).0;
     let post = format!(
         "POST / HTTP/1.1\r\nHost: f\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{event}",
         event.len()
     );
-    eventually(
-        || match std::net::TcpStream::connect(("127.0.0.1", ingest)) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        },
-    )
-    .await;
+    eventually(|| admin_get(port, "/readyz")).await;
     assert!(exchange(ingest, &post).1.contains("accepted"));
     rx.wait_delivered(4).await;
     let text = eventually(|| {
@@ -526,24 +544,8 @@ async fn metrics_are_text_0_0_4_that_promtool_passes_and_openmetrics_when_asked(
         );
         assert!(!body.contains("# EOF"), "{body}");
     }
-    let checked = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(text.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {:?}\n{}{}\n{text}",
-        checked.status,
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    let (passed, said) = promtool_check(promtool, &text);
+    assert!(passed, "promtool check metrics: {said}\n{text}");
     // What Prometheus asks for: OpenMetrics first.
     let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
     let (kind, body) = scrape(port, Some(prometheus));
