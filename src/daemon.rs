@@ -55,6 +55,14 @@ pub async fn run(
     let writer = tokio::spawn(book.clone().run_writer(writer_stop.clone()));
     let health = Arc::new(Health::default());
     crate::status::started();
+    let http_listeners = config
+        .file
+        .sources
+        .iter()
+        .filter(|s| s.http.is_some())
+        .count()
+        + usize::from(!config.file.admin.listen.is_empty());
+    crate::listen::raise_open_files(http_listeners);
     let mut config = config;
     let mut intakes = Intakes::default();
     intakes.update(&config, &book)?;

@@ -18,6 +18,7 @@ pub mod health;
 pub mod hex;
 pub mod intake;
 pub mod journal;
+pub mod listen;
 pub mod metrics;
 pub mod position;
 pub mod record;

@@ -1,8 +1,9 @@
 //! Counters of SPEC §6, kept in one process-wide registry.
 //!
 //! Everything that happens to a line or a delivery is counted here: lines read, rejected (by
-//! reason), deliveries by outcome, retries, delivery time, source lag. The admin endpoint encodes
-//! [`Metrics::encode`] as Prometheus text.
+//! reason), deliveries by outcome, retries, delivery time, source lag. The admin endpoint serves
+//! [`Metrics::encode`] in the [`Format`] the scraper asks for: Prometheus text 0.0.4 by default,
+//! OpenMetrics 1.0.0 when asked.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -259,12 +260,96 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Prometheus text exposition.
-    pub fn encode(&self) -> String {
+    /// The exposition in `format`.
+    pub fn encode(&self, format: Format) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Text => text_of_openmetrics(&out),
+        }
     }
+}
+
+/// The exposition formats `/metrics` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4.
+    Text,
+    /// OpenMetrics 1.0.0.
+    OpenMetrics,
+}
+
+impl Format {
+    /// What an `Accept` header asks for: OpenMetrics when it is named with a weight no lower than
+    /// any other range that text would match (`text/plain`, `text/*`, `*/*`); text otherwise,
+    /// and with no header.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let (mut openmetrics, mut text) = (0.0f32, 0.0f32);
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let kind = parts.next().unwrap_or("").to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+                .find_map(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match kind.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// Prometheus text 0.0.4 from OpenMetrics text: a counter's HELP and TYPE name its samples'
+/// `_total` name, an info metric is a gauge named `_info`, a stateset a gauge, `unknown` is
+/// `untyped`; `# UNIT` and `# EOF` are dropped. Samples are the same in both.
+fn text_of_openmetrics(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // A family's HELP, held until its TYPE (which follows it) says what the family is called.
+    let mut help: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+            continue;
+        }
+        let typed = line.strip_prefix("# TYPE ").map(|rest| {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            match kind {
+                "counter" => (name, "_total", "counter"),
+                "info" => (name, "_info", "gauge"),
+                "stateset" => (name, "", "gauge"),
+                "unknown" => (name, "", "untyped"),
+                other => (name, "", other),
+            }
+        });
+        if let Some((name, text)) = help.take() {
+            let suffix = typed.filter(|t| t.0 == name).map_or("", |t| t.1);
+            out.push_str(&format!("# HELP {name}{suffix} {text}\n"));
+        }
+        match typed {
+            Some((name, suffix, kind)) => out.push_str(&format!("# TYPE {name}{suffix} {kind}\n")),
+            None if line == "# EOF" || line.starts_with("# UNIT ") => {}
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -280,7 +365,7 @@ mod tests {
         m.source_lag_bytes
             .get_or_create(&super::SourceLabel { source: "s".into() })
             .set(3);
-        let text = m.encode();
+        let text = m.encode(super::Format::Text);
         for name in [
             "flagtail_lines_read_total{source=\"s\"}",
             "flagtail_lines_rejected_total{source=\"s\",reason=\"not_json\"}",
@@ -292,6 +377,38 @@ mod tests {
             "flagtail_build_info{version=\"",
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
+        }
+        for line in [
+            "# HELP flagtail_lines_read_total Lines read from a source.",
+            "# TYPE flagtail_lines_read_total counter",
+            "# TYPE flagtail_delivery_seconds histogram",
+            "# TYPE flagtail_build_info gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        assert!(!text.contains("# EOF"));
+        let openmetrics = m.encode(super::Format::OpenMetrics);
+        assert!(openmetrics.contains("# TYPE flagtail_lines_read counter\n"));
+        assert!(openmetrics.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn accept_chooses_the_format() {
+        use super::Format::{OpenMetrics, Text};
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        for (accept, want) in [
+            (None, Text),
+            (Some("text/plain;version=0.0.4"), Text),
+            (Some("*/*"), Text),
+            (Some(prometheus), OpenMetrics),
+            (Some("application/openmetrics-text"), OpenMetrics),
+            (Some("application/openmetrics-text;q=0.2, text/plain"), Text),
+            (Some("application/openmetrics-text;q=0"), Text),
+        ] {
+            assert_eq!(super::Format::negotiate(accept), want, "{accept:?}");
         }
     }
 }

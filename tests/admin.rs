@@ -104,7 +104,10 @@ async fn metrics_after_a_run_count_what_the_receiver_got_and_what_was_rejected_o
     assert_eq!(rx.delivered().len(), 5);
     assert_eq!(dead_keys(&s, "hook"), ["flag-3"]);
     assert_eq!(s.state_lines("rejected/flipt.jsonl").len(), 1);
-    assert!(metrics.contains("# EOF"));
+    assert!(
+        !metrics.contains("# EOF"),
+        "text 0.0.4 when no format is asked for"
+    );
     assert!(ft.terminate().await.success());
 }
 
@@ -427,4 +430,141 @@ async fn a_summary_is_logged_only_when_something_happened() {
         "{summaries:#?}"
     );
     assert!(summaries[1].contains("2 lines read"), "{summaries:#?}");
+}
+
+/// A raw HTTP/1.1 exchange with `127.0.0.1:port`: (`Content-Type` of the answer, its body).
+fn exchange(port: u16, request: &str) -> (String, String) {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let kind = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (kind, body.to_string())
+}
+
+/// `GET /metrics` with an `Accept` line (or none).
+fn scrape(port: u16, accept: Option<&str>) -> (String, String) {
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: f\r\n{accept}Connection: close\r\n\r\n");
+    exchange(port, &request)
+}
+
+/// Every family of SPEC §6 that a source or sink has, by a sample of it.
+const FAMILIES: [&str; 10] = [
+    "flagtail_lines_read_total{source=\"flipt\"}",
+    "flagtail_lines_rejected_total{source=\"flipt\",reason=\"not_json\"}",
+    "flagtail_events_unmapped_total{source=\"hooks\"}",
+    "flagtail_deliveries_total{sink=\"hook\",outcome=\"dead_letter\"} 1",
+    "flagtail_delivery_retries_total{sink=\"hook\"} 1",
+    "flagtail_delivery_seconds_bucket{",
+    "flagtail_source_lag_bytes{source=\"flipt\"}",
+    "flagtail_dead_letters{sink=\"hook\"} 1",
+    "flagtail_journal_bytes{source=\"hooks\"}",
+    "flagtail_build_info{version=",
+];
+
+/// A config with every family of [`FAMILIES`]: a file source `flipt` with 4 events and a line
+/// that is not one, an http source `hooks` on `ingest`, a webhook sink `hook` on `rx` that
+/// refuses flag-3 for good and flag-1's first attempt with 503, the admin endpoint on `port`.
+fn every_family(s: &Setup, rx: &Receiver, port: u16, ingest: u16) -> std::path::PathBuf {
+    let retried = std::sync::atomic::AtomicBool::new(false);
+    rx.plan(move |r| match key_of(&r.body).as_str() {
+        "flag-3" => Reply::Status(400),
+        "flag-1" if !retried.swap(true, std::sync::atomic::Ordering::SeqCst) => Reply::Status(503),
+        _ => Reply::Status(204),
+    });
+    s.write_lines(0..4, Encoding::Json);
+    append(&s.log(), "this is not an event\n");
+    let config = s.config_with(
+        &format!("admin: {{listen: \"127.0.0.1:{port}\"}}"),
+        &webhook_sink(&rx.url("/"), ""),
+    );
+    let hooks =
+        format!("sources:\n  - {{name: hooks, http: \"127.0.0.1:{ingest}\", format: flipt}}\n");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("admin: {listen: \"\"}\n", "")
+        .replace("sources:\n", &hooks);
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// `promtool check metrics` on `text`: its exit status and what it said.
+fn promtool_check(promtool: &str, text: &str) -> (bool, String) {
+    let checked = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout).into_owned()
+        + &String::from_utf8_lossy(&checked.stderr);
+    (
+        checked.status.success(),
+        format!("{:?}: {said}", checked.status),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_text_0_0_4_that_promtool_passes_and_openmetrics_when_asked() {
+    let Some(promtool) = tool(&["promtool"], "prometheus") else {
+        return;
+    };
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let (port, ingest) = (free_port(), free_port());
+    let mut ft = Flagtail::start(&every_family(&s, &rx, port, ingest));
+    rx.wait_delivered(3).await;
+    let event = flipt_line(4, Encoding::Json).0;
+    let post = format!(
+        "POST / HTTP/1.1\r\nHost: f\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{event}",
+        event.len()
+    );
+    eventually(|| admin_get(port, "/readyz")).await;
+    assert!(exchange(ingest, &post).1.contains("accepted"));
+    rx.wait_delivered(4).await;
+    let text = eventually(|| {
+        let (_, text) = scrape(port, None);
+        match FAMILIES.iter().find(|f| !text.contains(*f)) {
+            None => Ok(text),
+            Some(missing) => Err(format!("no {missing} in:\n{text}")),
+        }
+    })
+    .await;
+    for accept in [None, Some("text/plain;version=0.0.4"), Some("text/plain")] {
+        let (kind, body) = scrape(port, accept);
+        assert_eq!(
+            kind, "text/plain; version=0.0.4; charset=utf-8",
+            "{accept:?}"
+        );
+        assert!(!body.contains("# EOF"), "{body}");
+    }
+    let (passed, said) = promtool_check(promtool, &text);
+    assert!(passed, "promtool check metrics: {said}\n{text}");
+    // What Prometheus asks for: OpenMetrics first.
+    let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+    let (kind, body) = scrape(port, Some(prometheus));
+    assert_eq!(
+        kind,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(
+        body.contains("# TYPE flagtail_deliveries counter\n"),
+        "{body}"
+    );
+    assert!(ft.terminate().await.success());
 }

@@ -1,7 +1,7 @@
 //! The admin endpoint on `admin.listen`: `GET /healthz` (503 once a source or sink task died),
-//! `GET /readyz` (503 with the sources not open yet), `GET /metrics` (Prometheus, OpenMetrics
-//! text), `GET /status.json` (a [`snapshot::Snapshot`]) and `GET /` (the same as a page). Bound
-//! once at start and kept across reloads (a changed `admin.listen` needs a restart). What
+//! `GET /readyz` (503 with the sources not open yet), `GET /metrics` (Prometheus text 0.0.4, or
+//! OpenMetrics when the `Accept` header asks for it), `GET /status.json` (a
+//! [`snapshot::Snapshot`]) and `GET /` (the same as a page). Bound once at start and kept across reloads (a changed `admin.listen` needs a restart). What
 //! describes files (dead letters waiting, lag, journal sizes) is computed when asked, so it is
 //! never stale and costs nothing between requests.
 
@@ -11,21 +11,19 @@ pub mod snapshot;
 use crate::checkpoint::CheckpointBook;
 use crate::health::Health;
 use crate::journal::Journal;
+use crate::listen;
 use crate::metrics;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// What the endpoint reports on: the running config's state directory, sources and sinks, and
@@ -67,8 +65,8 @@ pub struct SinkView {
 /// The view, replaced on every reload.
 pub type Shared = Arc<RwLock<View>>;
 
-/// Scrapers and probes served at once; more wait to be accepted.
-const CONNECTIONS: usize = 16;
+/// Pages and scrapes (which read files) served at once; more wait. Probes take no slot.
+const SNAPSHOTS: usize = 16;
 
 /// Serves the endpoint until `stop` fires.
 pub async fn serve(
@@ -77,44 +75,28 @@ pub async fn serve(
     health: Arc<Health>,
     stop: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(CONNECTIONS));
-    let mut conns = JoinSet::new();
     let address = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(%address, "admin endpoint: / /status.json /metrics /healthz /readyz");
-    let accept = || async { listener.accept().await.map(|(s, _)| s) };
-    while let Some((permit, stream)) =
-        crate::source::next_connection("admin", &permits, &stop, accept).await
-    {
-        let (view, health, stop) = (view.clone(), health.clone(), stop.clone());
-        conns.spawn(async move {
-            let service = service_fn(move |req| {
-                let (view, health) = (view.clone(), health.clone());
-                async move { Ok::<_, Infallible>(answer(req, &view, &health).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {}
-            }
-            drop(permit);
-        });
-        while conns.try_join_next().is_some() {}
-    }
-    conns.abort_all();
-    while conns.join_next().await.is_some() {}
+    let slots = Arc::new(Semaphore::new(SNAPSHOTS));
+    let service = service_fn(move |req| {
+        let (view, health, slots) = (view.clone(), health.clone(), slots.clone());
+        async move { Ok::<_, Infallible>(answer(req, &view, &health, &slots).await) }
+    });
+    let limits = listen::Limits {
+        connections: listen::CONNECTIONS,
+        grace: Duration::ZERO,
+    };
+    listen::serve(&listener, "admin".into(), limits, service, stop).await;
 }
 
 async fn answer(
     req: Request<Incoming>,
     view: &Shared,
     health: &Arc<Health>,
+    slots: &Semaphore,
 ) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, kind: &'static str, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -148,18 +130,20 @@ async fn answer(
             ),
         },
         "/metrics" => {
+            let accept = req.headers().get(header::ACCEPT);
+            let format = metrics::Format::negotiate(accept.and_then(|v| v.to_str().ok()));
             // The computed gauges are set from a snapshot.
-            if snapshot_of(view, health).await.is_none() {
+            if snapshot_of(view, health, slots).await.is_none() {
                 return unavailable();
             }
             reply(
                 StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                metrics::get().encode(),
+                format.content_type(),
+                metrics::get().encode(format),
             )
         }
         "/status.json" => {
-            let Some(taken) = snapshot_of(view, health).await else {
+            let Some(taken) = snapshot_of(view, health, slots).await else {
                 return unavailable();
             };
             reply(
@@ -169,7 +153,7 @@ async fn answer(
             )
         }
         "/" => {
-            let Some(taken) = snapshot_of(view, health).await else {
+            let Some(taken) = snapshot_of(view, health, slots).await else {
                 return unavailable();
             };
             reply(
@@ -193,8 +177,13 @@ fn unavailable() -> Response<Full<Bytes>> {
     r
 }
 
-/// A snapshot, taken on a blocking thread (it reads files).
-async fn snapshot_of(view: &Shared, health: &Arc<Health>) -> Option<snapshot::Snapshot> {
+/// A snapshot, taken on a blocking thread (it reads files) once a slot is free.
+async fn snapshot_of(
+    view: &Shared,
+    health: &Arc<Health>,
+    slots: &Semaphore,
+) -> Option<snapshot::Snapshot> {
+    let _slot = slots.acquire().await.ok()?;
     let view = view.read().map(|v| v.clone()).unwrap_or_default();
     let health = health.clone();
     tokio::task::spawn_blocking(move || snapshot::take(&view, &health))

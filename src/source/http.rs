@@ -14,23 +14,25 @@
 //!   503 with `Retry-After` when the journal is full or cannot be written, 405 for other methods,
 //!   404 for other paths.
 //!
-//! At most `max_connections` connections are served at once (a permit before `accept`); a client
-//! gets 30 s to send its headers and 30 s for its body, so a stalled one does not keep its slot
-//! (408). Request bodies and query strings are never logged. The listener is bound once by the daemon and kept
-//! across reloads.
+//! Connections are served by [`crate::listen`] (head timeout, connection cap, half-close,
+//! HTTP/2 refusal). At most `max_connections` requests are served at once: a request takes its
+//! slot once its token is checked (waiting up to 30 s for one, then 503), so neither an idle
+//! connection nor a request without the token holds one; a request gets 30 s for its body
+//! (408). Request bodies and query strings are never logged. The listener is bound once by the
+//! daemon and kept across reloads.
 
 use super::Rejected;
+use super::coding::{Codings, DecodeError};
 use super::rejected::Run;
 use crate::config::VerifyScheme;
 use crate::event::{Format, Rejection};
 use crate::journal::{AppendError, Journal};
+use crate::listen::Answer;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use ring::hmac;
 use serde_json::value::RawValue;
 use std::convert::Infallible;
@@ -39,10 +41,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// How long a client may take to send its request's headers, and then its body.
+/// How long a request may wait for a slot, and then take to send its body.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A bound HTTP listener.
@@ -132,61 +133,38 @@ pub struct HttpSource {
     pub stop: CancellationToken,
 }
 
-type Answer = Response<Full<Bytes>>;
-
 impl HttpSource {
     pub async fn run(self) -> io::Result<()> {
         let me = Arc::new(self);
-        let permits = Arc::new(Semaphore::new(me.max_connections));
-        let mut conns = JoinSet::new();
+        let slots = Arc::new(Semaphore::new(me.max_connections));
         tracing::info!(source = %me.name, address = %me.listener.addr, path = %me.path, "listening for webhooks");
         let loopback = me.listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
         if me.token.is_none() && me.verifier.is_none() && !loopback {
             tracing::warn!(source = %me.name, address = %me.listener.addr, "this webhook source takes requests from anyone who can reach it: set auth_token or verify");
         }
-        let accept = || async { me.listener.listener.accept().await.map(|(s, _)| s) };
-        while let Some((permit, stream)) =
-            super::next_connection(&me.name, &permits, &me.stop, accept).await
-        {
-            let _ = stream.set_nodelay(true);
+        let service = {
             let me = me.clone();
-            conns.spawn(async move {
-                let service = {
-                    let me = me.clone();
-                    service_fn(move |req| {
-                        let me = me.clone();
-                        async move { Ok::<_, Infallible>(me.handle(req).await) }
-                    })
-                };
-                // A client that never finishes its headers does not keep its slot.
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = me.stop.cancelled() => {
-                        // Requests being answered finish, within the grace; no new one starts.
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(me.grace, conn).await;
-                    }
-                }
-                drop(permit);
-            });
-            while conns.try_join_next().is_some() {}
-        }
-        while conns.join_next().await.is_some() {}
+            service_fn(move |req| {
+                let (me, slots) = (me.clone(), slots.clone());
+                async move { Ok::<_, Infallible>(me.handle(req, &slots).await) }
+            })
+        };
+        let limits = crate::listen::Limits {
+            connections: me.max_connections.max(crate::listen::CONNECTIONS),
+            grace: me.grace,
+        };
+        let (listener, name) = (&me.listener.listener, me.name.clone());
+        crate::listen::serve(listener, name, limits, service, me.stop.clone()).await;
         Ok(())
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Answer {
-        let answer = self.answer(req).await;
+    async fn handle(&self, req: Request<Incoming>, slots: &Semaphore) -> Answer {
+        let answer = self.answer(req, slots).await;
         tracing::debug!(source = %self.name, status = answer.status().as_u16(), "webhook answered");
         answer
     }
 
-    async fn answer(&self, req: Request<Incoming>) -> Answer {
+    async fn answer(&self, req: Request<Incoming>, slots: &Semaphore) -> Answer {
         if req.uri().path() != self.path {
             return reply(StatusCode::NOT_FOUND, "no such path");
         }
@@ -201,6 +179,15 @@ impl HttpSource {
         {
             return reply(StatusCode::UNAUTHORIZED, "missing or wrong token");
         }
+        // A slot per request, taken once the token is checked: a connection that sent no request,
+        // or a request without the token, holds none.
+        let Ok(Ok(_slot)) = tokio::time::timeout(READ_TIMEOUT, slots.acquire()).await else {
+            return busy();
+        };
+        let codings = match Codings::of(req.headers()) {
+            Ok(codings) => codings,
+            Err(name) => return unsupported(&name),
+        };
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -236,6 +223,11 @@ impl HttpSource {
                 return reply(StatusCode::UNAUTHORIZED, "missing or wrong signature");
             }
         }
+        // Signatures are over the body as sent; the events are in the body as decoded.
+        let body = match self.decoded(&codings, body).await {
+            Ok(body) => body,
+            Err(answer) => return answer,
+        };
         self.take(&body).await
     }
 
@@ -251,11 +243,9 @@ impl HttpSource {
                 );
             }
             Err(BodyError::NotJson(why)) => {
-                let run = Run::new((0, body.len() as u64), &Rejection::NotJson(why), body);
-                return match self.refuse(run).await {
-                    Some(stopping) => stopping,
-                    None => reply(StatusCode::BAD_REQUEST, "the body is not JSON"),
-                };
+                return self
+                    .refuse_body(body, Rejection::NotJson(why), "the body is not JSON")
+                    .await;
             }
         };
         // One append: the request's events are taken whole or not at all.
@@ -265,13 +255,10 @@ impl HttpSource {
                 .try_append(std::mem::take(&mut events.lines))
                 .await
         {
-            let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, "try again later");
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             if !matches!(e, AppendError::Full) {
                 tracing::error!(source = %self.name, error = %e, "cannot take a webhook");
             }
-            return r;
+            return busy();
         }
         let accepted = events.count;
         let Some(refused) = events.refused.take() else {
@@ -305,6 +292,57 @@ impl HttpSource {
             Err(_) => Some(reply(StatusCode::SERVICE_UNAVAILABLE, "stopping")),
         }
     }
+
+    /// The body with its content codings undone (off the async threads), or the answer: 413 when
+    /// it decodes to more than `max_body_bytes`, 400 (recorded as rejected) when it does not
+    /// decode.
+    async fn decoded(&self, codings: &Codings, body: Bytes) -> Result<Bytes, Answer> {
+        if codings.is_identity() {
+            return Ok(body);
+        }
+        let (max, sent) = (self.max_body, body.clone());
+        let codings = Codings::clone(codings);
+        let decoded = tokio::task::spawn_blocking(move || codings.decode(body, max)).await;
+        match decoded {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(DecodeError::TooLarge)) => Err(reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the decoded body is over max_body_bytes",
+            )),
+            Ok(Err(DecodeError::Corrupt(why))) => {
+                let answer = why.clone();
+                Err(self
+                    .refuse_body(&sent, Rejection::NotJson(why), &answer)
+                    .await)
+            }
+            Err(_) => Err(reply(StatusCode::SERVICE_UNAVAILABLE, "stopping")),
+        }
+    }
+
+    /// Records a body that cannot be read as events in `rejected/` (its first 64 KiB, as sent) and
+    /// answers 400 with `answer`; 503 if the source stops first.
+    async fn refuse_body(&self, body: &[u8], why: Rejection, answer: &str) -> Answer {
+        let run = Run::new((0, body.len() as u64), &why, body);
+        match self.refuse(run).await {
+            Some(stopping) => stopping,
+            None => reply(StatusCode::BAD_REQUEST, answer),
+        }
+    }
+}
+
+/// 415 naming the content coding that is not taken.
+fn unsupported(name: &str) -> Answer {
+    let text =
+        format!("Content-Encoding {name:?} is not supported: send gzip, deflate or identity");
+    reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, &text)
+}
+
+/// 503 with `Retry-After: 1`: the journal is full or cannot be written, or every slot is taken.
+fn busy() -> Answer {
+    let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, "try again later");
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
 }
 
 fn reply(status: StatusCode, text: &str) -> Answer {

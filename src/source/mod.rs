@@ -6,6 +6,7 @@
 //! not an event is written to `rejected/SOURCE.jsonl` (with offset and reason), logged and counted
 //! before the checkpoint may pass it.
 
+pub mod coding;
 pub mod file;
 pub mod http;
 pub mod journaled;
