@@ -261,7 +261,6 @@ impl Pipeline {
         let mut sink_tasks = JoinSet::new();
         let mut names = HashMap::new();
         let mut ports = Vec::new();
-        let max_line = usize::try_from(c.max_line_bytes).unwrap_or(usize::MAX);
         for ready in sinks {
             let (tx, rx) = mpsc::channel(delivery::QUEUE);
             let dead = dead_letter::log(&c.state_dir, &ready.sink.name);
@@ -276,7 +275,7 @@ impl Pipeline {
                 backlog: backlog.clone(),
             });
             let (stop, grace) = (stop.clone(), c.shutdown_grace);
-            let worker = delivery::run_sink(ready, rx, dead, backlog, max_line, stop, grace);
+            let worker = delivery::run_sink(ready, rx, dead, backlog, stop, grace);
             // Like a source, a sink worker only ends when stopped: any other end is an error.
             let task = sink_tasks.spawn(async move {
                 worker.await;
@@ -286,6 +285,7 @@ impl Pipeline {
         }
         let ports: Arc<[SinkPort]> = ports.into();
         let mut sources = JoinSet::new();
+        let max_line = usize::try_from(c.max_line_bytes).unwrap_or(usize::MAX);
         // The process's bytes in flight, split between the sources: one stuck sink holds back
         // only the sources that feed it.
         let share = ack::share(c.sources.len(), max_line);

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub sink_up: Family<SinkLabel, Gauge>,
     pub sink_backlog_events: Family<SinkLabel, Gauge>,
     pub sink_backlog_bytes: Family<SinkLabel, Gauge>,
+    /// Per sink: times bytes of its backlog could not be read (a segment deleted or damaged).
+    pub sink_backlog_lost: Family<SinkLabel, Counter>,
 }
 
 /// The process's metrics.
@@ -164,6 +166,12 @@ impl Metrics {
             source_lag_bytes.clone(),
         );
         let (sink_up, sink_backlog_events, sink_backlog_bytes) = Default::default();
+        let sink_backlog_lost = Family::default();
+        registry.register(
+            "sink_backlog_lost",
+            "Times bytes of the sink's backlog could not be read back (deleted or damaged)",
+            Family::clone(&sink_backlog_lost),
+        );
         registry.register(
             "sink_up",
             "1 while the sink delivers; 0 while its attempts fail (retrying or down)",
@@ -184,6 +192,7 @@ impl Metrics {
             sink_up,
             sink_backlog_events,
             sink_backlog_bytes,
+            sink_backlog_lost,
             lines_read,
             lines_rejected,
             events_unmapped,
@@ -217,6 +226,14 @@ impl Metrics {
             seconds: self.delivery_seconds.get_or_create(&label).clone(),
             state: crate::status::sink(sink),
         }
+    }
+
+    /// Counts a gap in `sink`'s backlog.
+    pub fn backlog_lost(&self, sink: &str) {
+        let label = SinkLabel {
+            sink: sink.to_string(),
+        };
+        self.sink_backlog_lost.get_or_create(&label).inc();
     }
 
     /// The counter of lines read by `source`.

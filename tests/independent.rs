@@ -304,10 +304,73 @@ async fn a_full_backlog_dead_letters_its_oldest_then_heals_or_blocks_the_source(
 
 /// The value of one sample of `/metrics`.
 fn metric(port: u16, series: &str) -> i64 {
-    let (_, text) = admin_get(port, "/metrics").unwrap();
+    metric_now(port, series).unwrap()
+}
+
+/// The value of one sample of `/metrics`, or why there is none (yet).
+fn metric_now(port: u16, series: &str) -> Result<i64, String> {
+    let (_, text) = admin_get(port, "/metrics")?;
     text.lines()
         .find_map(|l| l.strip_prefix(series).map(|v| v.trim().to_string()))
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .ok_or_else(|| format!("no {series} in\n{text}"))?
         .parse()
+        .map_err(|e| format!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_backlog_segment_is_said_and_skipped_and_the_rest_is_delivered() {
+    let rx = Receiver::start().await;
+    let outage = rx.outage(|_| None);
+    let s = Setup::new();
+    let port = free_port();
+    // Segments of 64 KiB: 300 events fill several.
+    let hook = webhook_sink(
+        &rx.url("/"),
+        "    max_backoff_duration: 200ms\n    backlog: {max_bytes: 256KiB, when_full: block}\n",
+    );
+    let config = two_sinks(&s, &hook, port);
+    s.write_lines(0..300, Encoding::Json);
+    let mut ft = Flagtail::start(&config);
+    eventually(
+        || match metric_now(port, "flagtail_sink_backlog_events{sink=\"hook\"}")? {
+            n if n >= 299 => Ok(()),
+            n => Err(format!("{n} waiting")),
+        },
+    )
+    .await;
+    assert!(ft.terminate().await.success());
+    let dir = s.state().join("backlog/hook");
+    let mut segs: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "{segs:?}");
+    // The oldest segment is lost (an operator, a damaged disk).
+    std::fs::remove_file(&segs[0]).unwrap();
+    outage.end();
+    let mut ft = Flagtail::start(&config);
+    s.write_lines(300..301, Encoding::Json);
+    // What the other segments held is delivered, in order, and the sink takes new events again.
+    let got = eventually(|| {
+        let have = delivered_keys(&rx);
+        match have.last().map(String::as_str) {
+            Some("flag-300") => Ok(have),
+            _ => Err(format!("{} delivered", have.len())),
+        }
+    })
+    .await;
+    let first: usize = got[0].trim_start_matches("flag-").parse().unwrap();
+    assert!(
+        first > 0,
+        "the lost segment's events are not there: {got:?}"
+    );
+    assert_eq!(got, flag_keys(first..301).collect::<Vec<_>>());
+    ft.wait_log("events lost from the sink's backlog").await;
+    assert_eq!(
+        metric(port, "flagtail_sink_backlog_lost_total{sink=\"hook\"}"),
+        1
+    );
+    assert!(ft.terminate().await.success());
 }

@@ -61,10 +61,11 @@ use tokio_util::sync::CancellationToken;
 /// How long a full queue may go without room being made before the sink counts as stalled.
 pub const STALL: Duration = Duration::from_secs(1);
 
-/// The longest backlog line read back: an event and its line, each up to `max_line_bytes`, and
-/// what the entry adds; longer lines are damage (logged, counted, skipped).
-fn max_entry(max_line: usize) -> usize {
-    max_line.saturating_mul(4).saturating_add(64 * 1024)
+/// The longest backlog line read back: whatever the journal took (an append is at most its
+/// `max_bytes`), so no entry written is ever skipped as too long, whatever `max_line_bytes` is
+/// now; an entry is only as long as it was when written.
+fn max_entry(backlog_bytes: u64) -> usize {
+    usize::try_from(backlog_bytes).unwrap_or(usize::MAX)
 }
 
 /// One sink's backlog; shared by its workers, its drainer and the source side.
@@ -75,6 +76,8 @@ pub struct Backlog {
     book_key: String,
     book: Arc<CheckpointBook>,
     when_full: WhenFull,
+    /// `backlog.max_bytes` it was opened with.
+    max_bytes: u64,
     /// Held while appending and while the drainer turns the sink live: a switch to live sees
     /// every append.
     gate: tokio::sync::Mutex<()>,
@@ -146,6 +149,7 @@ impl Backlog {
             book_key,
             book: book.clone(),
             when_full: sink.when_full,
+            max_bytes: sink.backlog_bytes,
             gate: tokio::sync::Mutex::new(()),
             spilling: AtomicBool::new(false),
             spills: std::sync::atomic::AtomicUsize::new(0),
@@ -327,6 +331,8 @@ impl Backlog {
             let (mut events, mut bytes, mut buf) = (0u64, 0u64, vec![0u8; 64 * 1024]);
             loop {
                 match reader.read(&mut buf) {
+                    // Bytes lost (said by the drainer when it gets there): counted past.
+                    Ok(0) if reader.take_gap().is_some() => {}
                     Ok(0) | Err(_) => return (events, bytes),
                     Ok(n) => {
                         events += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
@@ -395,7 +401,8 @@ fn encode_chunk(
             entry.group = u32::try_from(records.len()).ok();
         }
         let line = serde_json::to_vec(&entry).unwrap_or_default();
-        if n > 0 && chunk.len() + line.len() + 1 > limit {
+        // A group tried as one is appended as one, so the drainer never reads part of it.
+        if n > 0 && tried == 0 && chunk.len() + line.len() + 1 > limit {
             break;
         }
         chunk.extend_from_slice(&line);
@@ -418,6 +425,11 @@ impl Backlogs {
         book: &Arc<CheckpointBook>,
     ) -> anyhow::Result<()> {
         for sink in sinks {
+            if let Some(open) = self.0.get(&*sink.name)
+                && (open.max_bytes, open.when_full) != (sink.backlog_bytes, sink.when_full)
+            {
+                tracing::warn!(sink = %sink.name, "backlog.max_bytes and backlog.when_full of a running sink change at the next restart, not on reload");
+            }
             if !self.0.contains_key(&*sink.name) {
                 let backlog = Backlog::open(state_dir, sink, book).map_err(|e| {
                     anyhow::anyhow!("sink {}: cannot open its backlog: {e}", sink.name)
@@ -468,9 +480,9 @@ pub struct Entries {
 
 impl Entries {
     /// Entries from the drainer's saved position (or the backlog's start).
-    pub fn of(backlog: &Backlog, max_line: usize) -> Entries {
+    pub fn of(backlog: &Backlog) -> Entries {
         let reader = backlog.journal.reader(backlog.saved_offset());
-        let splitter = LineSplitter::new(reader.position(), max_entry(max_line));
+        let splitter = LineSplitter::new(reader.position(), max_entry(backlog.max_bytes));
         Entries {
             reader,
             splitter,
@@ -522,10 +534,24 @@ impl Entries {
             }
             match self.splitter.next_piece() {
                 Some(piece) => self.decode(piece),
-                None if self.splitter.fill_from(&mut self.reader)? == 0 => return Ok(()),
-                None => {}
+                None if self.splitter.fill_from(&mut self.reader)? > 0 => {}
+                None => match self.reader.take_gap() {
+                    Some(gap) => self.lost(gap),
+                    None => return Ok(()),
+                },
             }
         }
+    }
+
+    /// Bytes of the backlog that cannot be read (a segment deleted or damaged): what they held
+    /// is lost, said as loudly as the journal of a source says it, and reading goes on after.
+    fn lost(&mut self, gap: crate::journal::Gap) {
+        let (from, partial) = self.splitter.pending();
+        let from = from.min(gap.start);
+        let partial = partial.len();
+        tracing::error!(sink = %self.sink, start = from, end = gap.end, partial_bytes = partial, "events lost from the sink's backlog: bytes {}..{}: {}", gap.start, gap.end, gap.why);
+        crate::metrics::get().backlog_lost(&self.sink);
+        self.splitter.reset(gap.end);
     }
 
     fn decode(&mut self, piece: Piece) {

@@ -129,8 +129,6 @@ struct Crew {
     dead: RecordLog,
     healer: Option<Arc<Healer>>,
     backlog: Arc<Backlog>,
-    /// `max_line_bytes`: bounds what is read back from the backlog.
-    max_line: usize,
 }
 
 /// Runs the sink's `concurrency` delivery workers and its backlog's drainer until the queue
@@ -143,7 +141,6 @@ pub async fn run_sink(
     queue: mpsc::Receiver<Arc<Record>>,
     dead: RecordLog,
     backlog: Arc<Backlog>,
-    max_line: usize,
     stop: CancellationToken,
     grace: Duration,
 ) {
@@ -158,7 +155,6 @@ pub async fn run_sink(
         dead,
         healer,
         backlog,
-        max_line,
     });
     let mut workers = JoinSet::new();
     for _ in 0..sink.concurrency.max(1) {
@@ -316,7 +312,7 @@ async fn worker(
         fault_injection(sink);
         if crew.backlog.spilling() {
             // Whatever else waits goes with it: one append, one fsync.
-            let batch = take_waiting(&queue, batch).await;
+            let batch = take_waiting(&queue, batch);
             crew.keep(&batch, 0, &stop).await;
             continue;
         }
@@ -340,7 +336,7 @@ async fn worker(
 /// everything; makes room when the backlog overflows.
 async fn drain(crew: Arc<Crew>, mut link: Link, stop: CancellationToken) {
     let backlog = &crew.backlog;
-    let mut entries = backlog::Entries::of(backlog, crew.max_line);
+    let mut entries = backlog::Entries::of(backlog);
     backlog.recount(entries.position()).await;
     while !stop.is_cancelled() {
         if let Some(until) = backlog::overflow_until(backlog) {
@@ -377,11 +373,7 @@ async fn drain(crew: Arc<Crew>, mut link: Link, stop: CancellationToken) {
         };
         let outcomes = deliver(&crew.sink, &mut link, &group.records, &stop, patience).await;
         let mut done = true;
-        for (range, mut result) in outcomes {
-            // A dead letter counts the attempts made before the group waited here too.
-            if let Result::Failed { attempts, .. } = &mut result {
-                *attempts += group.tried;
-            }
+        for (range, result) in outcomes {
             done &= crew
                 .conclude(&group.records[range], result, started, &stop)
                 .await;
@@ -493,13 +485,17 @@ impl Crew {
             moved += n;
             backlog::sent(&self.backlog, &group);
         }
+        backlog::overflow_done(&self.backlog);
+        // Room made already, not yet given back by trimming (it follows the next saved position).
+        if moved == 0 {
+            return;
+        }
         if let Some(h) = &self.healer {
             h.needed.store(true, Ordering::SeqCst);
         }
         self.sink.metrics.state.failed(Backlog::OVERFLOW);
         crate::status::touch();
         tracing::warn!(sink = %self.sink.name, events = moved, max_bytes = self.sink.backlog_bytes, "dead-lettered: {}, to make room (replayed by themselves once the sink delivers, with dead_letter.auto_replay)", Backlog::OVERFLOW);
-        backlog::overflow_done(&self.backlog);
     }
 }
 
@@ -549,11 +545,15 @@ async fn next_group(
 }
 
 /// `batch` and the records waiting in the queue now, up to [`WRITE_GROUP`] in all.
-async fn take_waiting(
+fn take_waiting(
     queue: &Mutex<mpsc::Receiver<Arc<Record>>>,
     mut batch: Vec<Arc<Record>>,
 ) -> Vec<Arc<Record>> {
-    let mut queue = queue.lock().await;
+    // Another worker may hold the queue while it waits for the next record: then this batch goes
+    // as it is, rather than wait for a record that may not come.
+    let Ok(mut queue) = queue.try_lock() else {
+        return batch;
+    };
     while batch.len() < WRITE_GROUP {
         match queue.try_recv() {
             Ok(r) => batch.push(r),
