@@ -2,8 +2,9 @@
 """Peak RSS of flagtail with a large backlog and a dead receiver, then the drain once it is back.
 
 Writes N MiB of Flipt audit lines (default 1024), starts flagtail on them with the receiver down
-(connections refused) for --down seconds, samples VmHWM/VmRSS and how many bytes flagtail has read
-(/proc/PID/io rchar), then starts a receiver (Python, answers 204, counts events) and waits until
+(connections refused) until it has read the whole file into the sink's backlog on disk (or
+--down seconds), samples VmHWM/VmRSS, how many bytes flagtail has read (/proc/PID/io rchar) and
+the backlog's size, then starts a receiver (Python, answers 204, counts events) and waits until
 every event arrived. Batches of 500 events per POST, so the drain takes requests, not hours.
 
 Usage: benches/backlog.py [--bin target/release/flagtail] [--mib 1024] [--down 10]
@@ -34,7 +35,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/flagtail")
     ap.add_argument("--mib", type=int, default=1024)
-    ap.add_argument("--down", type=float, default=10)
+    ap.add_argument("--down", type=float, default=300)
     a = ap.parse_args()
     binary = os.path.abspath(a.bin)
     d = tempfile.mkdtemp(prefix="ftbacklog-")
@@ -73,15 +74,24 @@ sinks:
     max_backoff_duration: 1h
     initial_backoff: 200ms
     batch: {{max_events: 500, linger: 50ms}}
+    backlog: {{max_bytes: 8GiB}}
 """)
     p = subprocess.Popen([binary, "--config", conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t0 = time.monotonic()
     peak_down = {}
+    backlog = os.path.join(d, "state", "backlog", "hook")
+    waiting = lambda: sum(os.path.getsize(os.path.join(backlog, f)) for f in os.listdir(backlog)
+                          if f.endswith(".seg")) if os.path.isdir(backlog) else 0
     while time.monotonic() - t0 < a.down:
         time.sleep(0.2)
         peak_down = status(p.pid)
-    print(f"receiver down {a.down:.0f}s: peak RSS {peak_down['VmHWM']:.1f} MiB, "
-          f"read {peak_down['read'] / 2**20:.1f} of {size / 2**20:.0f} MiB")
+        if peak_down["read"] >= size:
+            break
+    time.sleep(2)
+    peak_down = status(p.pid)
+    print(f"receiver down {time.monotonic() - t0:.0f}s: peak RSS {peak_down['VmHWM']:.1f} MiB, "
+          f"read {peak_down['read'] / 2**20:.1f} of {size / 2**20:.0f} MiB, "
+          f"backlog on disk {waiting() / 2**20:.0f} MiB")
 
     received = [0]
     lock = threading.Lock()

@@ -599,6 +599,14 @@ async fn a_failed_delivery_is_one_log_line_with_the_url_masked_status_and_attemp
     wait_dead_letters(&s, "hook", 3).await;
     ft.wait_log("dead-lettered").await;
     assert!(ft.terminate().await.success());
+    // The batch waited in the backlog as one group: every attempt carried its first key.
+    let keys: Vec<String> = rx
+        .attempts()
+        .iter()
+        .map(|r| r.header("idempotency-key").to_string())
+        .collect();
+    assert_eq!(keys.len(), 3);
+    assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
     let log = ft.stderr();
     let failures: Vec<&str> = log
         .lines()

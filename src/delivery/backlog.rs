@@ -384,8 +384,11 @@ impl Backlog {
 }
 
 /// Backlog lines for `records[from..]`, as many as fit in `limit` bytes (at least one): each a
-/// dead letter's form with the attempts made; when they were tried as one (and are more than
-/// one), the first says how many. Returns the lines and how many records they hold.
+/// dead letter's form with the attempts made. Records tried as one (more than one) that fit in
+/// `limit` together are kept as one group: one chunk, its first entry saying how many, so the
+/// drainer never reads part of it and sends them again under the same key. A larger group is
+/// not kept together (it could not be appended at once): its records go as any others. Returns
+/// the lines and how many records they hold.
 fn encode_chunk(
     sink: &str,
     records: &[Arc<Record>],
@@ -393,16 +396,16 @@ fn encode_chunk(
     tried: u32,
     limit: usize,
 ) -> (Vec<u8>, usize) {
+    let together = tried > 0 && from == 0 && records.len() > 1 && fits(records, limit);
     let mut chunk = Vec::new();
     let mut n = 0;
     for (i, r) in records.iter().enumerate().skip(from) {
         let mut entry = DeadLetter::new(sink, r, tried, "waiting in the backlog");
-        if tried > 0 && i == 0 && records.len() > 1 {
+        if together && i == 0 {
             entry.group = u32::try_from(records.len()).ok();
         }
         let line = serde_json::to_vec(&entry).unwrap_or_default();
-        // A group tried as one is appended as one, so the drainer never reads part of it.
-        if n > 0 && tried == 0 && chunk.len() + line.len() + 1 > limit {
+        if n > 0 && !together && chunk.len() + line.len() + 1 > limit {
             break;
         }
         chunk.extend_from_slice(&line);
@@ -410,6 +413,13 @@ fn encode_chunk(
         n += 1;
     }
     (chunk, n)
+}
+
+/// Whether the entries of `records` come to at most `limit` bytes, by a generous estimate: an
+/// entry holds the line and the event (in all about twice the line), and some fields.
+fn fits(records: &[Arc<Record>], limit: usize) -> bool {
+    let estimate: usize = records.iter().map(|r| 2 * r.line().len() + 512).sum();
+    estimate <= limit
 }
 
 /// The backlogs of the running sinks, kept across reloads (a journal is opened once).
