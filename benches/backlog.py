@@ -76,7 +76,7 @@ sinks:
     batch: {{max_events: 500, linger: 50ms}}
     backlog: {{max_bytes: 8GiB}}
 """)
-    p = subprocess.Popen([binary, "--config", conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen([binary, "--config", conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
     t0 = time.monotonic()
     peak_down = {}
     backlog = os.path.join(d, "state", "backlog", "hook")

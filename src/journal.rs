@@ -283,6 +283,27 @@ impl Journal {
         self.hand_over(bytes, permit, None).await?.durable().await
     }
 
+    /// Like [`Journal::try_append`], but gives `bytes` back (`Err`) when there is no room, so a
+    /// caller that waits for room does not copy them for each try.
+    pub async fn try_append_or_keep(
+        &self,
+        bytes: Vec<u8>,
+    ) -> Result<Result<(), AppendError>, Vec<u8>> {
+        let n = match self.cost(&bytes) {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        let permit = match self.take_room(n).await {
+            Ok(Some(permit)) => permit,
+            Ok(None) => return Err(bytes),
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(match self.hand_over(bytes, permit, None).await {
+            Ok(mut pending) => pending.durable().await,
+            Err(e) => Err(e),
+        })
+    }
+
     /// `n` bytes of the budget if they are free now, or once the segment being written is closed
     /// and deleted because all of it is delivered (its bytes would otherwise stay taken until more
     /// is appended, which a full journal refuses). `None` if there is no room yet: the segment is

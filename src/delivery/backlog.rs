@@ -85,6 +85,9 @@ pub struct Backlog {
     spilling: AtomicBool,
     /// Spills under way: the sink is not turned live while one is.
     spills: std::sync::atomic::AtomicUsize,
+    /// One spill writes at a time (the journal has one writer anyway): what spills hold in
+    /// memory is one chunk, however many workers the sink has.
+    one_at_a_time: tokio::sync::Mutex<()>,
     /// The source found the queue full and no room made for [`STALL`].
     stalled: AtomicBool,
     stall_wake: Notify,
@@ -122,7 +125,7 @@ impl Drop for SpillGuard<'_> {
 }
 
 /// The most a spill encodes before appending it.
-const CHUNK: usize = 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
 /// While the backlog is full (`when_full: dead_letter`), how often an append looks for room.
 const ROOM_CHECK: Duration = Duration::from_millis(50);
 
@@ -153,6 +156,7 @@ impl Backlog {
             gate: tokio::sync::Mutex::new(()),
             spilling: AtomicBool::new(false),
             spills: std::sync::atomic::AtomicUsize::new(0),
+            one_at_a_time: tokio::sync::Mutex::new(()),
             stalled: AtomicBool::new(false),
             stall_wake: Notify::new(),
             overflow: AtomicBool::new(false),
@@ -225,6 +229,10 @@ impl Backlog {
         stop: &CancellationToken,
     ) -> Result<Vec<usize>, Stopped> {
         let _spill = self.begin_spill().await;
+        let _alone = tokio::select! {
+            alone = self.one_at_a_time.lock() => alone,
+            _ = stop.cancelled() => return Err(Stopped),
+        };
         let limit = CHUNK.min(self.journal.batch_limit()).max(1);
         let mut too_large = Vec::new();
         let mut at = 0;
@@ -265,7 +273,7 @@ impl Backlog {
         let mut wait = Duration::from_millis(200);
         loop {
             let appended = tokio::select! {
-                a = self.append_chunk(chunk) => a,
+                a = self.append_chunk(chunk.to_vec()) => a,
                 _ = stop.cancelled() => return Err(Stopped),
             };
             match appended {
@@ -284,20 +292,20 @@ impl Backlog {
 
     /// One append, waiting for room; with `when_full: dead_letter`, a full backlog asks the
     /// drainer to make room (again every [`ROOM_CHECK`] while it is full).
-    async fn append_chunk(&self, chunk: &[u8]) -> Result<(), AppendError> {
+    async fn append_chunk(&self, chunk: Vec<u8>) -> Result<(), AppendError> {
         if self.when_full == WhenFull::Block {
-            return self.journal.append(chunk.to_vec()).await;
+            return self.journal.append(chunk).await;
         }
+        let mut chunk = chunk;
         loop {
-            match self.journal.try_append(chunk.to_vec()).await {
-                Err(AppendError::Full) => {
-                    self.overflow.store(true, Ordering::SeqCst);
-                    self.overflow_wake.notify_waiters();
-                    self.wake.notify_one();
-                    tokio::time::sleep(ROOM_CHECK).await;
-                }
-                done => return done,
+            match self.journal.try_append_or_keep(chunk).await {
+                Ok(done) => return done,
+                Err(kept) => chunk = kept,
             }
+            self.overflow.store(true, Ordering::SeqCst);
+            self.overflow_wake.notify_waiters();
+            self.wake.notify_one();
+            tokio::time::sleep(ROOM_CHECK).await;
         }
     }
 

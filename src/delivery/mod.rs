@@ -544,7 +544,10 @@ async fn next_group(
     Some(batch)
 }
 
-/// `batch` and the records waiting in the queue now, up to [`WRITE_GROUP`] in all.
+/// Records a spill takes from the queue at once: one append and one fsync for them.
+const SPILL_GROUP: usize = 128;
+
+/// `batch` and the records waiting in the queue now, up to [`SPILL_GROUP`] in all.
 fn take_waiting(
     queue: &Mutex<mpsc::Receiver<Arc<Record>>>,
     mut batch: Vec<Arc<Record>>,
@@ -554,7 +557,7 @@ fn take_waiting(
     let Ok(mut queue) = queue.try_lock() else {
         return batch;
     };
-    while batch.len() < WRITE_GROUP {
+    while batch.len() < SPILL_GROUP {
         match queue.try_recv() {
             Ok(r) => batch.push(r),
             Err(_) => break,
