@@ -395,7 +395,7 @@ async fn rotation_during_a_write_burst_loses_nothing() {
         }
         burst(400);
         // The next rotation comes after flagtail is done with this generation (as with logrotate,
-        // whose rotations are far apart); see "Delivery guarantees" in the README.
+        // whose rotations are far apart); see docs/guarantees.md.
         wait_keys(flag_keys(0..before), || delivered_keys(&rx)).await;
     }
     let total = n;

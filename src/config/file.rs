@@ -3,7 +3,7 @@
 //! Unknown keys are refused (`deny_unknown_fields`), and values are checked while they are read
 //! (names, durations, filters, enums), so figment's error already names the key. Nothing here does
 //! I/O; turning this into running parts is [`super::Config::build`]. Every field's doc ends with its
-//! default, and the README's table is written from these.
+//! default, and the tables of `docs/configuration.md` are written from these.
 
 use super::policy::{Rate, RetryOn, Schedule};
 use super::{Secret, Secrets, Urls};
