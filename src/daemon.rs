@@ -10,7 +10,7 @@ use crate::ack::{self, Tracker};
 use crate::admin;
 use crate::checkpoint::CheckpointBook;
 use crate::config::Config;
-use crate::config::SourceKind;
+use crate::config::{ConfigFile, SourceKind, SourceSection};
 use crate::delivery::backlog::Backlogs;
 use crate::delivery::{self, Ready, dead_letter};
 use crate::health::Health;
@@ -42,60 +42,23 @@ pub async fn run(
     mut reloads: mpsc::Receiver<()>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let _lock = match state_lock::acquire(&config.file.state_dir) {
-        Ok(lock) => lock,
-        Err(LockError::Held(held)) => return Err(held.into()),
-        Err(LockError::Io(e)) => {
-            return Err(anyhow!(e).context("cannot lock the state directory"));
-        }
-    };
+    let _lock = lock_state_dir(&config)?;
     let book =
         CheckpointBook::open(&config.file.state_dir).context("cannot open the state directory")?;
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(book.clone().run_writer(writer_stop.clone()));
-    let health = Arc::new(Health::default());
     crate::status::started();
-    let http_listeners = config
-        .file
-        .sources
-        .iter()
-        .filter(|s| s.http.is_some())
-        .count()
-        + usize::from(!config.file.admin.listen.is_empty());
-    crate::listen::raise_open_files(http_listeners);
-    let mut config = config;
-    let mut intakes = Intakes::default();
-    intakes.update(&config, &book)?;
-    let mut backlogs = Backlogs::default();
-    backlogs.open_all(
-        &config.file.state_dir,
-        sinks.iter().map(|r| &*r.sink),
-        &book,
-    )?;
-    let admin_view: admin::Shared = Arc::new(std::sync::RwLock::new(admin_view_of(
-        &config, &book, &intakes, &sinks,
-    )));
+    crate::listen::raise_open_files(http_listeners(&config));
+    let mut house = House::open(&config, &sinks, book)?;
     let admin_stop = CancellationToken::new();
-    let admin_listen = config.file.admin.listen.clone();
-    let admin = if admin_listen.is_empty() {
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(&admin_listen)
-            .await
-            .with_context(|| format!("cannot listen on admin.listen {admin_listen}"))?;
-        Some(tokio::spawn(admin::serve(
-            listener,
-            admin_view.clone(),
-            health.clone(),
-            admin_stop.clone(),
-        )))
-    };
+    let admin = start_admin(&config, &house, admin_stop.clone()).await?;
     let summary_stop = CancellationToken::new();
     let summary = tokio::spawn(crate::summary::run(
         config.file.log.summary_interval,
         summary_stop.clone(),
     ));
-    let mut pipeline = Pipeline::start(&config, sinks, &book, (&intakes, &backlogs), &health);
+    let mut config = config;
+    let mut pipeline = house.start(&config, sinks);
     for note in &config.notes {
         tracing::warn!("{note}");
     }
@@ -106,45 +69,16 @@ pub async fn run(
             _ = stop.cancelled() => break Ok(()),
             // A dead sink is reported before the source it leaves without a queue.
             ended = pipeline.sinks.join_next_with_id(), if !pipeline.sinks.is_empty() => {
-                let e = ended_error(&pipeline.names, "sink", ended);
-                health.died(format!("{e:#}"));
-                break Err(e);
+                break Err(house.died(&pipeline, "sink", ended));
             }
             ended = pipeline.sources.join_next_with_id(), if !pipeline.sources.is_empty() => {
-                let e = ended_error(&pipeline.names, "source", ended);
-                health.died(format!("{e:#}"));
-                break Err(e);
+                break Err(house.died(&pipeline, "source", ended));
             }
-            Some(()) = reloads.recv() => match reload(&config) {
-                Ok((next, sinks)) => {
-                    // Listeners first: a reload that cannot bind changes nothing.
-                    if let Err(e) = intakes.update(&next, &book) {
-                        tracing::error!("reload refused, the running config stays: {e:#}");
-                        continue;
-                    }
-                    let state_dir = &next.file.state_dir;
-                    if let Err(e) = backlogs.open_all(state_dir, sinks.iter().map(|r| &*r.sink), &book) {
-                        tracing::error!("reload refused, the running config stays: {e:#}");
-                        continue;
-                    }
-                    if let Err(e) = pipeline.stop().await {
-                        break Err(e);
-                    }
-                    if next.file.admin.listen != admin_listen {
-                        tracing::warn!(running = %admin_listen, "admin.listen changed; the admin endpoint stays where it is until a restart");
-                    }
-                    if next.file.log.summary_interval != config.file.log.summary_interval {
-                        tracing::warn!("log.summary_interval changed; the running interval stays until a restart");
-                    }
-                    config = next;
-                    if let Ok(mut view) = admin_view.write() {
-                        *view = admin_view_of(&config, &book, &intakes, &sinks);
-                    }
-                    pipeline = Pipeline::start(&config, sinks, &book, (&intakes, &backlogs), &health);
-                    tracing::info!(config = %config.paths, "config reloaded");
+            Some(()) = reloads.recv() => {
+                if let Err(e) = house.reload(&mut config, &mut pipeline).await {
+                    break Err(e);
                 }
-                Err(e) => tracing::error!("reload refused, the running config stays: {e:#}"),
-            },
+            }
         }
     };
     if let Err(e) = &result {
@@ -160,6 +94,50 @@ pub async fn run(
     summary_stop.cancel();
     let _ = summary.await;
     writer_stop.cancel();
+    result.and(saved_at_the_end(writer).await)
+}
+
+/// The state directory's lock, or why not (another daemon holds it: its PID).
+fn lock_state_dir(config: &Config) -> anyhow::Result<state_lock::StateLock> {
+    match state_lock::acquire(&config.file.state_dir) {
+        Ok(lock) => Ok(lock),
+        Err(LockError::Held(held)) => Err(held.into()),
+        Err(LockError::Io(e)) => Err(anyhow!(e).context("cannot lock the state directory")),
+    }
+}
+
+/// How many HTTP listeners `config` has (its HTTP sources and the admin endpoint).
+fn http_listeners(config: &Config) -> usize {
+    let sources = config.file.sources.iter().filter(|s| s.http.is_some());
+    sources.count() + usize::from(!config.file.admin.listen.is_empty())
+}
+
+/// Serves the admin endpoint on `admin.listen`, unless it is off.
+async fn start_admin(
+    config: &Config,
+    house: &House,
+    stop: CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let listen = &config.file.admin.listen;
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen {listen}"))?;
+    let view = house.admin_view.clone();
+    Ok(Some(tokio::spawn(admin::serve(
+        listener,
+        view,
+        house.health.clone(),
+        stop,
+    ))))
+}
+
+/// The checkpoints' last save, once the writer has stopped.
+async fn saved_at_the_end(
+    writer: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<()> {
     let saved = match writer.await {
         Ok(saved) => saved.context("cannot save checkpoints at shutdown; undelivered events after the last saved position are sent again on restart"),
         Err(e) => Err(anyhow!("the checkpoint writer failed: {e}")),
@@ -168,7 +146,98 @@ pub async fn run(
         Ok(()) => tracing::info!("stopped; checkpoints saved"),
         Err(e) => tracing::error!("{e:#}"),
     }
-    result.and(saved)
+    saved
+}
+
+/// What outlives a reload: positions, listeners and journals, sinks' backlogs, health, what the
+/// admin endpoint shows.
+struct House {
+    book: Arc<CheckpointBook>,
+    intakes: Intakes,
+    backlogs: Backlogs,
+    health: Arc<Health>,
+    admin_view: admin::Shared,
+    /// Where the admin endpoint listens (kept until a restart).
+    admin_listen: String,
+}
+
+impl House {
+    /// Binds the listeners and opens the journals and backlogs of `config`.
+    fn open(config: &Config, sinks: &[Ready], book: Arc<CheckpointBook>) -> anyhow::Result<House> {
+        let mut intakes = Intakes::default();
+        intakes.update(config, &book)?;
+        let mut backlogs = Backlogs::default();
+        backlogs.open_all(
+            &config.file.state_dir,
+            sinks.iter().map(|r| &*r.sink),
+            &book,
+        )?;
+        let view = admin_view_of(config, &book, &intakes, sinks);
+        Ok(House {
+            admin_view: Arc::new(std::sync::RwLock::new(view)),
+            book,
+            intakes,
+            backlogs,
+            health: Arc::new(Health::default()),
+            admin_listen: config.file.admin.listen.clone(),
+        })
+    }
+
+    fn start(&self, config: &Config, sinks: Vec<Ready>) -> Pipeline {
+        let parts = (&self.intakes, &self.backlogs);
+        Pipeline::start(config, sinks, &self.book, parts, &self.health)
+    }
+
+    /// A task of `pipeline` ended: the error that stops the daemon, also said by `/healthz`.
+    fn died(
+        &self,
+        pipeline: &Pipeline,
+        kind: &str,
+        ended: Option<Result<(tokio::task::Id, std::io::Result<()>), tokio::task::JoinError>>,
+    ) -> anyhow::Error {
+        let e = ended_error(&pipeline.names, kind, ended);
+        self.health.died(format!("{e:#}"));
+        e
+    }
+
+    /// Reloads the config from its file: a config that is bad, or whose listeners or backlogs
+    /// cannot be had, is refused (logged) and the running one goes on; otherwise the pipeline is
+    /// replaced. An error only if the running pipeline could not be stopped cleanly.
+    async fn reload(&mut self, config: &mut Config, pipeline: &mut Pipeline) -> anyhow::Result<()> {
+        let (next, sinks) = match reload(config) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!("reload refused, the running config stays: {e:#}");
+                return Ok(());
+            }
+        };
+        // Listeners first: a reload that cannot bind changes nothing.
+        let opened = self.intakes.update(&next, &self.book).and_then(|()| {
+            let sinks = sinks.iter().map(|r| &*r.sink);
+            self.backlogs
+                .open_all(&next.file.state_dir, sinks, &self.book)
+        });
+        if let Err(e) = opened {
+            tracing::error!("reload refused, the running config stays: {e:#}");
+            return Ok(());
+        }
+        pipeline.stop().await?;
+        if next.file.admin.listen != self.admin_listen {
+            tracing::warn!(running = %self.admin_listen, "admin.listen changed; the admin endpoint stays where it is until a restart");
+        }
+        if next.file.log.summary_interval != config.file.log.summary_interval {
+            tracing::warn!(
+                "log.summary_interval changed; the running interval stays until a restart"
+            );
+        }
+        *config = next;
+        if let Ok(mut view) = self.admin_view.write() {
+            *view = admin_view_of(config, &self.book, &self.intakes, &sinks);
+        }
+        *pipeline = self.start(config, sinks);
+        tracing::info!(config = %config.paths, "config reloaded");
+        Ok(())
+    }
 }
 
 /// What the admin endpoint reports on for `config`.
@@ -257,34 +326,17 @@ impl Pipeline {
         for s in &c.sources {
             crate::status::source(s.name.as_str());
         }
-        let stop = CancellationToken::new();
-        let mut sink_tasks = JoinSet::new();
-        let mut names = HashMap::new();
-        let mut ports = Vec::new();
-        for ready in sinks {
-            let (tx, rx) = mpsc::channel(delivery::QUEUE);
-            let dead = dead_letter::log(&c.state_dir, &ready.sink.name);
-            let sink_name = ready.sink.name.to_string();
-            // Opened for every sink before the pipeline starts (`Backlogs::open_all`).
-            let Some(backlog) = backlogs.get(&sink_name) else {
-                continue;
-            };
-            ports.push(SinkPort {
-                sink: ready.sink.clone(),
-                queue: tx,
-                backlog: backlog.clone(),
-            });
-            let (stop, grace) = (stop.clone(), c.shutdown_grace);
-            let worker = delivery::run_sink(ready, rx, dead, backlog, stop, grace);
-            // Like a source, a sink worker only ends when stopped: any other end is an error.
-            let task = sink_tasks.spawn(async move {
-                worker.await;
-                Ok(())
-            });
-            names.insert(task.id(), sink_name);
-        }
+        let mut p = Pipeline {
+            stop: CancellationToken::new(),
+            sources: JoinSet::new(),
+            sinks: JoinSet::new(),
+            names: HashMap::new(),
+        };
+        let ports: Vec<SinkPort> = sinks
+            .into_iter()
+            .filter_map(|ready| p.start_sink(c, ready, backlogs))
+            .collect();
         let ports: Arc<[SinkPort]> = ports.into();
-        let mut sources = JoinSet::new();
         let max_line = usize::try_from(c.max_line_bytes).unwrap_or(usize::MAX);
         // The process's bytes in flight, split between the sources: one stuck sink holds back
         // only the sources that feed it.
@@ -301,106 +353,152 @@ impl Pipeline {
                 tracker: Arc::new(Tracker::new(name, book.clone(), share)),
                 sinks: ports.clone(),
                 rejected: rejected.clone(),
-                stop: stop.clone(),
+                stop: p.stop.clone(),
                 lines_read: crate::metrics::get().lines_read_of(name),
                 unmapped: crate::metrics::get().unmapped_of(name),
                 opened: health.opening(name),
                 run: Default::default(),
             };
             let intake = intakes.get(name).map(|i| &**i);
-            let writer = match (s.kind(), intake) {
-                (Some(SourceKind::File { path, read_from }), _) => {
-                    let source = FileSource {
-                        path: path.to_path_buf(),
-                        read_from,
-                        max_line,
-                        book: book.clone(),
-                        dispatch,
-                    };
-                    let task = sources.spawn(source.run());
-                    names.insert(task.id(), name.to_string());
-                    continue;
-                }
-                (
-                    Some(SourceKind::Socket {
-                        max_connections, ..
-                    }),
-                    Some(Intake {
-                        listener: Listener::Socket(listener),
-                        journal,
-                        ..
-                    }),
-                ) => sources.spawn(
-                    SocketSource {
-                        name: name.into(),
-                        listener: listener.clone(),
-                        journal: journal.clone(),
-                        max_connections,
-                        max_line,
-                        rejected,
-                        stop: stop.clone(),
-                    }
-                    .run(),
-                ),
-                (
-                    Some(SourceKind::Http {
-                        path,
-                        auth_token,
-                        verify,
-                        max_body,
-                        max_connections,
-                        ..
-                    }),
-                    Some(Intake {
-                        listener: Listener::Http(listener),
-                        journal,
-                        ..
-                    }),
-                ) => sources.spawn(
-                    HttpSource {
-                        name: name.into(),
-                        listener: listener.clone(),
-                        journal: journal.clone(),
-                        path: path.to_string(),
-                        token: auth_token.map(|t| Token::new(t.expose())),
-                        verifier: verify.map(|(scheme, secret)| Verifier {
-                            scheme,
-                            key: ring::hmac::Key::new(
-                                ring::hmac::HMAC_SHA256,
-                                secret.expose().as_bytes(),
-                            ),
-                        }),
-                        max_body,
-                        max_line,
-                        format: s.format,
-                        grace: c.shutdown_grace,
-                        max_connections,
-                        rejected,
-                        stop: stop.clone(),
-                    }
-                    .run(),
-                ),
-                // The intakes were made from this config: a mismatch cannot happen.
-                _ => continue,
+            p.start_source(c, s, intake, (dispatch, rejected), book);
+        }
+        p
+    }
+
+    /// Starts `ready`'s delivery (its workers and its backlog's drainer); its port for sources.
+    fn start_sink(
+        &mut self,
+        c: &ConfigFile,
+        ready: Ready,
+        backlogs: &Backlogs,
+    ) -> Option<SinkPort> {
+        let (tx, rx) = mpsc::channel(delivery::QUEUE);
+        let dead = dead_letter::log(&c.state_dir, &ready.sink.name);
+        let sink_name = ready.sink.name.to_string();
+        // Opened for every sink before the pipeline starts (`Backlogs::open_all`).
+        let backlog = backlogs.get(&sink_name)?;
+        let port = SinkPort {
+            sink: ready.sink.clone(),
+            queue: tx,
+            backlog: backlog.clone(),
+        };
+        let (stop, grace) = (self.stop.clone(), c.shutdown_grace);
+        let worker = delivery::run_sink(ready, rx, dead, backlog, stop, grace);
+        // Like a source, a sink worker only ends when stopped: any other end is an error.
+        let task = self.sinks.spawn(async move {
+            worker.await;
+            Ok(())
+        });
+        self.names.insert(task.id(), sink_name);
+        Some(port)
+    }
+
+    /// Starts source `s`: a file source, or a socket or HTTP source's writer (into its journal)
+    /// and its journal's reader.
+    fn start_source(
+        &mut self,
+        c: &ConfigFile,
+        s: &SourceSection,
+        intake: Option<&Intake>,
+        (dispatch, rejected): (Dispatch, Rejected),
+        book: &Arc<CheckpointBook>,
+    ) {
+        let name = s.name.as_str();
+        let max_line = usize::try_from(c.max_line_bytes).unwrap_or(usize::MAX);
+        if let Some(SourceKind::File { path, read_from }) = s.kind() {
+            let source = FileSource {
+                path: path.to_path_buf(),
+                read_from,
+                max_line,
+                book: book.clone(),
+                dispatch,
             };
-            names.insert(writer.id(), name.to_string());
-            if let Some(intake) = intake {
-                let reader = JournalSource {
-                    journal: intake.journal.clone(),
+            let task = self.sources.spawn(source.run());
+            self.names.insert(task.id(), name.to_string());
+            return;
+        }
+        // The intakes were made from this config: a source with none cannot happen.
+        let Some(intake) = intake else {
+            return;
+        };
+        self.start_intake(c, s, intake, rejected);
+        let reader = JournalSource {
+            journal: intake.journal.clone(),
+            max_line,
+            book: book.clone(),
+            dispatch,
+        };
+        let task = self.sources.spawn(reader.run());
+        self.names.insert(task.id(), name.to_string());
+    }
+
+    /// Starts what writes a socket or HTTP source's journal: its listener's server.
+    fn start_intake(
+        &mut self,
+        c: &ConfigFile,
+        s: &SourceSection,
+        intake: &Intake,
+        rejected: Rejected,
+    ) {
+        let (name, stop) = (s.name.as_str(), self.stop.clone());
+        let max_line = usize::try_from(c.max_line_bytes).unwrap_or(usize::MAX);
+        let journal = intake.journal.clone();
+        let task = match (s.kind(), &intake.listener) {
+            (
+                Some(SourceKind::Socket {
+                    max_connections, ..
+                }),
+                Listener::Socket(listener),
+            ) => {
+                let source = SocketSource {
+                    name: name.into(),
+                    listener: listener.clone(),
+                    journal,
+                    max_connections,
                     max_line,
-                    book: book.clone(),
-                    dispatch,
+                    rejected,
+                    stop,
                 };
-                let task = sources.spawn(reader.run());
-                names.insert(task.id(), name.to_string());
+                self.sources.spawn(source.run())
             }
-        }
-        Pipeline {
-            stop,
-            sources,
-            sinks: sink_tasks,
-            names,
-        }
+            (
+                Some(SourceKind::Http {
+                    path,
+                    auth_token,
+                    verify,
+                    max_body,
+                    max_connections,
+                    ..
+                }),
+                Listener::Http(listener),
+            ) => {
+                let source = HttpSource {
+                    name: name.into(),
+                    listener: listener.clone(),
+                    journal,
+                    path: path.to_string(),
+                    token: auth_token.map(|t| Token::new(t.expose())),
+                    verifier: verify.map(|(scheme, secret)| Verifier {
+                        scheme,
+                        key: ring::hmac::Key::new(
+                            ring::hmac::HMAC_SHA256,
+                            secret.expose().as_bytes(),
+                        ),
+                    }),
+                    max_body,
+                    max_line,
+                    format: s.format,
+                    grace: c.shutdown_grace,
+                    max_connections,
+                    rejected,
+                    stop,
+                };
+                self.sources.spawn(source.run())
+            }
+            // The intakes were made from this config: a mismatch cannot happen.
+            _ => return,
+        };
+        self.names.insert(task.id(), name.to_string());
     }
 
     /// Stops reading and waits; sink workers give deliveries in flight `shutdown_grace`. A task

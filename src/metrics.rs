@@ -96,113 +96,64 @@ pub fn get() -> &'static Metrics {
 impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("flagtail");
-        let lines_read = Family::default();
-        let lines_rejected = Family::default();
-        let events_unmapped = Family::default();
-        let rejected_dropped = Family::default();
-        let deliveries = Family::default();
-        let retries = Family::default();
+        let r = &mut registry;
+        register_build_info(r);
         let delivery_seconds = Family::<SinkLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
         });
-        let source_lag_bytes = Family::default();
-        let dead_letters = Family::default();
-        let journal_bytes = Family::default();
-        let build_info = Family::<VersionLabel, Gauge>::default();
-        build_info
-            .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION").into(),
-            })
-            .set(1);
-        registry.register(
-            "build_info",
-            "Always 1; the running version is its label",
-            build_info,
-        );
-        registry.register(
-            "journal_bytes",
-            "Bytes a socket or HTTP source's journal holds",
-            journal_bytes.clone(),
-        );
-        registry.register(
-            "dead_letters",
-            "Letters waiting in a sink's dead-letter file",
-            dead_letters.clone(),
-        );
-        registry.register("lines_read", "Lines read from a source", lines_read.clone());
-        registry.register(
-            "lines_rejected",
-            "Lines that are not events, by reason",
-            lines_rejected.clone(),
-        );
-        registry.register(
-            "events_unmapped",
-            "Events of a kind no mapping covers",
-            events_unmapped.clone(),
-        );
-        registry.register(
-            "rejected_dropped",
-            "Records dropped from a rejected file to keep it under rejected.max_bytes",
-            rejected_dropped.clone(),
-        );
-        registry.register(
-            "deliveries",
-            "Events finished by a sink, by outcome",
-            deliveries.clone(),
-        );
-        registry.register(
-            "delivery_retries",
-            "Attempts after the first",
-            retries.clone(),
-        );
-        registry.register(
+        r.register(
             "delivery_seconds",
             "Time from first attempt to outcome",
             delivery_seconds.clone(),
         );
-        registry.register(
-            "source_lag_bytes",
-            "Bytes not delivered yet: file size (or journal end) minus checkpoint",
-            source_lag_bytes.clone(),
-        );
-        let (sink_up, sink_backlog_events, sink_backlog_bytes) = Default::default();
-        let sink_backlog_lost = Family::default();
-        registry.register(
-            "sink_backlog_lost",
-            "Times bytes of the sink's backlog could not be read back (deleted or damaged)",
-            Family::clone(&sink_backlog_lost),
-        );
-        registry.register(
-            "sink_up",
-            "1 while the sink delivers; 0 while its attempts fail (retrying or down)",
-            Family::clone(&sink_up),
-        );
-        registry.register(
-            "sink_backlog_events",
-            "Events waiting in the sink's backlog on disk",
-            Family::clone(&sink_backlog_events),
-        );
-        registry.register(
-            "sink_backlog_bytes",
-            "Bytes the sink's backlog on disk holds",
-            Family::clone(&sink_backlog_bytes),
-        );
         Metrics {
-            registry,
-            sink_up,
-            sink_backlog_events,
-            sink_backlog_bytes,
-            sink_backlog_lost,
-            lines_read,
-            lines_rejected,
-            events_unmapped,
-            rejected_dropped,
-            deliveries,
-            retries,
+            journal_bytes: registered(
+                r,
+                "journal_bytes",
+                "Bytes a socket or HTTP source's journal holds",
+            ),
+            dead_letters: registered(
+                r,
+                "dead_letters",
+                "Letters waiting in a sink's dead-letter file",
+            ),
+            lines_read: registered(r, "lines_read", "Lines read from a source"),
+            lines_rejected: registered(r, "lines_rejected", "Lines that are not events, by reason"),
+            events_unmapped: registered(r, "events_unmapped", "Events of a kind no mapping covers"),
+            rejected_dropped: registered(
+                r,
+                "rejected_dropped",
+                "Records dropped from a rejected file to keep it under rejected.max_bytes",
+            ),
+            deliveries: registered(r, "deliveries", "Events finished by a sink, by outcome"),
+            retries: registered(r, "delivery_retries", "Attempts after the first"),
             delivery_seconds,
-            source_lag_bytes,
-            dead_letters,
-            journal_bytes,
+            source_lag_bytes: registered(
+                r,
+                "source_lag_bytes",
+                "Bytes not delivered yet: file size (or journal end) minus checkpoint",
+            ),
+            sink_up: registered(
+                r,
+                "sink_up",
+                "1 while the sink delivers; 0 while its attempts fail (retrying or down)",
+            ),
+            sink_backlog_events: registered(
+                r,
+                "sink_backlog_events",
+                "Events waiting in the sink's backlog on disk",
+            ),
+            sink_backlog_bytes: registered(
+                r,
+                "sink_backlog_bytes",
+                "Bytes the sink's backlog on disk holds",
+            ),
+            sink_backlog_lost: registered(
+                r,
+                "sink_backlog_lost",
+                "Times bytes of the sink's backlog could not be read back (deleted or damaged)",
+            ),
+            registry,
         }
     }
 
@@ -367,6 +318,31 @@ fn text_of_openmetrics(openmetrics: &str) -> String {
         }
     }
     out
+}
+
+/// A metric family of `M`, registered in `registry` as `name` with `help`.
+fn registered<M>(registry: &mut Registry, name: &str, help: &str) -> M
+where
+    M: prometheus_client::registry::Metric + Clone + Default,
+{
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// `flagtail_build_info{version}`: always 1.
+fn register_build_info(registry: &mut Registry) {
+    let build_info = Family::<VersionLabel, Gauge>::default();
+    build_info
+        .get_or_create(&VersionLabel {
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .set(1);
+    registry.register(
+        "build_info",
+        "Always 1; the running version is its label",
+        build_info,
+    );
 }
 
 #[cfg(test)]

@@ -39,12 +39,17 @@ impl Totals {
     }
 }
 
-/// Logs a summary every `every` while something happens; never when `every` is zero.
-pub async fn run(every: Duration, stop: CancellationToken) {
+/// Logs a summary every `every` while something happens; never when `every` is zero. The counts
+/// are taken as this is called, not when the task first runs (by then lines may have been read).
+pub fn run(every: Duration, stop: CancellationToken) -> impl std::future::Future<Output = ()> {
+    let last = Totals::now();
+    summarise(every, last, stop)
+}
+
+async fn summarise(every: Duration, mut last: Totals, stop: CancellationToken) {
     if every.is_zero() {
         return;
     }
-    let mut last = Totals::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -245,8 +245,9 @@ async fn the_status_page_shows_a_run_in_a_real_browser_and_in_flagtail_status() 
                 .split(&format!("<table id=\"{table}\">"))
                 .nth(1)
                 .unwrap_or_else(|| panic!("no {table} table in {dom}"));
-            t.split("<tr>")
-                .find(|r| r.starts_with(&format!("<td>{name}</td>")))
+            // A row as `<tr ...>` (a sink's row carries its state as its class) and its cells.
+            t.split("<tr")
+                .find(|r| r.contains(&format!("><td>{name}</td>")) && r.find('>') < r.find("<td>"))
                 .unwrap_or_else(|| panic!("no row {name} in {t}"))
                 .to_string()
         };
@@ -263,6 +264,8 @@ async fn the_status_page_shows_a_run_in_a_real_browser_and_in_flagtail_status() 
         }
         let sink = row("sinks", "hook");
         for want in [
+            " class=\"sink-up\">",
+            "<td class=\"ok\">up</td>",
             "<td>webhook</td>",
             "<td class=\"n\">5</td>",
             "<td class=\"n bad\">1</td>",

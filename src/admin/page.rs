@@ -2,7 +2,7 @@
 //! script, no external asset), that reloads itself every few seconds. Every text from outside
 //! (paths, reasons) is escaped.
 
-use super::snapshot::{Snapshot, Waiting};
+use super::snapshot::{SinkStatus, Snapshot, SourceStatus, Waiting};
 use std::fmt::Write;
 
 /// Seconds between reloads of the page.
@@ -41,66 +41,14 @@ pub fn render(s: &Snapshot) -> String {
          <th>position</th><th>lag (bytes)</th><th>journal (bytes)</th><th>lines read</th><th>rejected</th><th>last rejected</th></tr>",
     );
     for src in &s.sources {
-        let _ = write!(
-            out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td>{}{}{}<td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
-            escape(&src.name),
-            escape(&src.kind),
-            escape(&src.address),
-            number(src.position),
-            number(src.lag_bytes),
-            number(src.journal_bytes),
-            src.lines_read,
-            src.rejected,
-            src.last_rejected
-                .as_ref()
-                .map(|n| format!("{} <small>{}</small>", escape(&n.reason), escape(&n.time)))
-                .unwrap_or_default(),
-        );
+        source_row(&mut out, src);
     }
     out.push_str(
         "</table><h2>Sinks</h2><table id=\"sinks\"><tr><th>sink</th><th>state</th><th>backlog</th><th>kind</th><th>target</th><th>delivered</th>\
          <th>filtered</th><th>retries</th><th>dead-lettered</th><th>dead letters waiting</th><th>backoff</th><th>last error</th></tr>",
     );
     for sink in &s.sinks {
-        let _ = write!(
-            out,
-            "<tr class=\"sink-{}\"><td>{}</td><td class=\"{}\">{}{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-             <td class=\"n\">{}</td><td class=\"n{}\">{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&sink.state),
-            escape(&sink.name),
-            match sink.state.as_str() {
-                "up" => "ok",
-                "retrying" => "warn",
-                _ => "bad",
-            },
-            escape(&sink.state),
-            sink.since
-                .as_ref()
-                .map(|t| format!(" <small>since {}</small>", escape(t)))
-                .unwrap_or_default(),
-            sink.backlog_events,
-            escape(&sink.kind),
-            escape(&sink.target),
-            sink.delivered,
-            sink.filtered,
-            sink.retries,
-            sink.dead_lettered,
-            if sink.dead_letters_waiting > 0 {
-                " bad"
-            } else {
-                ""
-            },
-            sink.dead_letters_waiting,
-            sink.backoff
-                .as_ref()
-                .map(Waiting::to_string)
-                .unwrap_or_default(),
-            sink.last_error
-                .as_ref()
-                .map(|n| format!("{} <small>{}</small>", escape(&n.reason), escape(&n.time)))
-                .unwrap_or_default(),
-        );
+        sink_row(&mut out, sink);
     }
     let _ = writeln!(
         out,
@@ -108,6 +56,69 @@ pub fn render(s: &Snapshot) -> String {
          <a href=\"metrics\">metrics</a></small></p></body></html>"
     );
     out
+}
+
+/// One row of the sources' table.
+fn source_row(out: &mut String, src: &SourceStatus) {
+    let _ = write!(
+        out,
+        "<tr><td>{}</td><td>{}</td><td>{}</td>{}{}{}<td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+        escape(&src.name),
+        escape(&src.kind),
+        escape(&src.address),
+        number(src.position),
+        number(src.lag_bytes),
+        number(src.journal_bytes),
+        src.lines_read,
+        src.rejected,
+        noted(src.last_rejected.as_ref()),
+    );
+}
+
+/// One row of the sinks' table, marked with the sink's state (its class, and the state's colour).
+fn sink_row(out: &mut String, sink: &SinkStatus) {
+    let colour = match sink.state.as_str() {
+        "up" => "ok",
+        "retrying" => "warn",
+        _ => "bad",
+    };
+    let since = sink
+        .since
+        .as_ref()
+        .map(|t| format!(" <small>since {}</small>", escape(t)))
+        .unwrap_or_default();
+    let waiting = if sink.dead_letters_waiting > 0 {
+        " bad"
+    } else {
+        ""
+    };
+    let _ = write!(
+        out,
+        "<tr class=\"sink-{}\"><td>{}</td><td class=\"{colour}\">{}{since}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+         <td class=\"n\">{}</td><td class=\"n{waiting}\">{}</td><td>{}</td><td>{}</td></tr>",
+        escape(&sink.state),
+        escape(&sink.name),
+        escape(&sink.state),
+        sink.backlog_events,
+        escape(&sink.kind),
+        escape(&sink.target),
+        sink.delivered,
+        sink.filtered,
+        sink.retries,
+        sink.dead_lettered,
+        sink.dead_letters_waiting,
+        sink.backoff
+            .as_ref()
+            .map(Waiting::to_string)
+            .unwrap_or_default(),
+        noted(sink.last_error.as_ref()),
+    );
+}
+
+/// A note and its time, or nothing.
+fn noted(n: Option<&super::snapshot::Noted>) -> String {
+    n.map(|n| format!("{} <small>{}</small>", escape(&n.reason), escape(&n.time)))
+        .unwrap_or_default()
 }
 
 fn state(good: bool, yes: &str, no: &str) -> String {

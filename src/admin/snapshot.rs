@@ -126,82 +126,13 @@ fn millis(d: std::time::Duration) -> u64 {
 /// Takes the snapshot and sets the gauges computed from it (`flagtail_dead_letters`,
 /// `flagtail_source_lag_bytes`, `flagtail_journal_bytes`).
 pub fn take(view: &View, health: &Health) -> Snapshot {
-    let m = metrics::get();
     let started = status::started();
     let sources = view
         .sources
         .iter()
-        .map(|s| {
-            let (position, lag_bytes, journal_bytes) = where_is(view, s);
-            let label = SourceLabel {
-                source: s.name.clone(),
-            };
-            if let Some(lag) = lag_bytes {
-                m.source_lag_bytes.get_or_create(&label).set(gauge(lag));
-            }
-            if let Some(bytes) = journal_bytes {
-                m.journal_bytes.get_or_create(&label).set(gauge(bytes));
-            }
-            let state = status::source(&s.name);
-            SourceStatus {
-                name: s.name.clone(),
-                kind: s.kind.into(),
-                address: s.address.clone(),
-                position,
-                lag_bytes,
-                journal_bytes,
-                lines_read: m.lines_read_of(&s.name).get(),
-                rejected: state.rejected.load(std::sync::atomic::Ordering::Relaxed),
-                last_rejected: state.last_rejected().map(noted),
-            }
-        })
+        .map(|s| source_status(view, s))
         .collect();
-    let sinks = view
-        .sinks
-        .iter()
-        .map(|s| {
-            let counters = m.sink(&s.name);
-            let waiting = count_dead_letters(&view.state_dir, &s.name);
-            let label = SinkLabel {
-                sink: s.name.clone(),
-            };
-            m.dead_letters.get_or_create(&label).set(gauge(waiting));
-            let condition = counters.state.condition();
-            let backlog = (
-                counters.state.backlog_events.load(Ordering::Relaxed),
-                counters.state.backlog_bytes.load(Ordering::Relaxed),
-            );
-            let up = i64::from(condition == status::Condition::Up);
-            m.sink_up.get_or_create(&label).set(up);
-            m.sink_backlog_events
-                .get_or_create(&label)
-                .set(gauge(backlog.0));
-            m.sink_backlog_bytes
-                .get_or_create(&label)
-                .set(gauge(backlog.1));
-            SinkStatus {
-                name: s.name.clone(),
-                kind: s.kind.into(),
-                target: s.target.clone(),
-                delivered: counters.delivered.get(),
-                filtered: counters.filtered.get(),
-                dead_lettered: counters.dead_letter.get(),
-                retries: counters.retries.get(),
-                dead_letters_waiting: waiting,
-                last_error: counters.state.last_error().map(noted),
-                backoff: counters.state.backoff().map(|b| Waiting {
-                    wait_ms: millis(b.wait),
-                    left_ms: millis(b.left),
-                }),
-                state: condition.name().into(),
-                since: condition
-                    .since()
-                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-                backlog_events: backlog.0,
-                backlog_bytes: backlog.1,
-            }
-        })
-        .collect();
+    let sinks = view.sinks.iter().map(|s| sink_status(view, s)).collect();
     let (dead, waiting_for) = (health.liveness().err(), health.readiness().err());
     Snapshot {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -215,6 +146,78 @@ pub fn take(view: &View, health: &Health) -> Snapshot {
         waiting_for: waiting_for.unwrap_or_default(),
         sources,
         sinks,
+    }
+}
+
+/// One source's row, setting its lag and journal gauges.
+fn source_status(view: &View, s: &super::SourceView) -> SourceStatus {
+    let m = metrics::get();
+    let (position, lag_bytes, journal_bytes) = where_is(view, s);
+    let label = SourceLabel {
+        source: s.name.clone(),
+    };
+    if let Some(lag) = lag_bytes {
+        m.source_lag_bytes.get_or_create(&label).set(gauge(lag));
+    }
+    if let Some(bytes) = journal_bytes {
+        m.journal_bytes.get_or_create(&label).set(gauge(bytes));
+    }
+    let state = status::source(&s.name);
+    SourceStatus {
+        name: s.name.clone(),
+        kind: s.kind.into(),
+        address: s.address.clone(),
+        position,
+        lag_bytes,
+        journal_bytes,
+        lines_read: m.lines_read_of(&s.name).get(),
+        rejected: state.rejected.load(Ordering::Relaxed),
+        last_rejected: state.last_rejected().map(noted),
+    }
+}
+
+/// One sink's row, setting its dead-letter, state and backlog gauges.
+fn sink_status(view: &View, s: &super::SinkView) -> SinkStatus {
+    let m = metrics::get();
+    let counters = m.sink(&s.name);
+    let waiting = count_dead_letters(&view.state_dir, &s.name);
+    let condition = counters.state.condition();
+    let backlog = (
+        counters.state.backlog_events.load(Ordering::Relaxed),
+        counters.state.backlog_bytes.load(Ordering::Relaxed),
+    );
+    let label = SinkLabel {
+        sink: s.name.clone(),
+    };
+    m.dead_letters.get_or_create(&label).set(gauge(waiting));
+    let up = i64::from(condition == status::Condition::Up);
+    m.sink_up.get_or_create(&label).set(up);
+    m.sink_backlog_events
+        .get_or_create(&label)
+        .set(gauge(backlog.0));
+    m.sink_backlog_bytes
+        .get_or_create(&label)
+        .set(gauge(backlog.1));
+    SinkStatus {
+        name: s.name.clone(),
+        kind: s.kind.into(),
+        target: s.target.clone(),
+        delivered: counters.delivered.get(),
+        filtered: counters.filtered.get(),
+        dead_lettered: counters.dead_letter.get(),
+        retries: counters.retries.get(),
+        dead_letters_waiting: waiting,
+        last_error: counters.state.last_error().map(noted),
+        backoff: counters.state.backoff().map(|b| Waiting {
+            wait_ms: millis(b.wait),
+            left_ms: millis(b.left),
+        }),
+        state: condition.name().into(),
+        since: condition
+            .since()
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        backlog_events: backlog.0,
+        backlog_bytes: backlog.1,
     }
 }
 

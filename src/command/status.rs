@@ -101,12 +101,25 @@ pub fn render(s: &Snapshot) -> String {
             s.waiting_for.join(", ")
         ));
     }
-    let number = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
-    let noted = |n: &Option<crate::admin::snapshot::Noted>| {
-        n.as_ref()
-            .map_or(String::new(), |n| format!("{} {}", n.time, n.reason))
-    };
-    let sources: Vec<Vec<String>> = s
+    out.push('\n');
+    out.push_str(&sources_table(s));
+    out.push('\n');
+    out.push_str(&sinks_table(s));
+    out
+}
+
+fn number(n: Option<u64>) -> String {
+    n.map_or("-".to_string(), |n| n.to_string())
+}
+
+fn noted(n: &Option<crate::admin::snapshot::Noted>) -> String {
+    n.as_ref()
+        .map_or(String::new(), |n| format!("{} {}", n.time, n.reason))
+}
+
+/// The sources, one row each.
+fn sources_table(s: &Snapshot) -> String {
+    let rows: Vec<Vec<String>> = s
         .sources
         .iter()
         .map(|src| {
@@ -122,22 +135,22 @@ pub fn render(s: &Snapshot) -> String {
             ]
         })
         .collect();
-    out.push('\n');
-    out.push_str(&table::render(
-        &[
-            "SOURCE",
-            "KIND",
-            "PATH/ADDRESS",
-            "POSITION",
-            "LAG",
-            "READ",
-            "REJECTED",
-            "LAST REJECTED",
-        ],
-        &sources,
-        &[3, 4, 5, 6],
-    ));
-    let sinks: Vec<Vec<String>> = s
+    let head = [
+        "SOURCE",
+        "KIND",
+        "PATH/ADDRESS",
+        "POSITION",
+        "LAG",
+        "READ",
+        "REJECTED",
+        "LAST REJECTED",
+    ];
+    table::render(&head, &rows, &[3, 4, 5, 6])
+}
+
+/// The sinks, one row each, with their state and what waits in their backlog.
+fn sinks_table(s: &Snapshot) -> String {
+    let rows: Vec<Vec<String>> = s
         .sinks
         .iter()
         .map(|k| {
@@ -155,24 +168,19 @@ pub fn render(s: &Snapshot) -> String {
             ]
         })
         .collect();
-    out.push('\n');
-    out.push_str(&table::render(
-        &[
-            "SINK",
-            "STATE",
-            "BACKLOG",
-            "KIND",
-            "TARGET",
-            "DELIVERED",
-            "RETRIES",
-            "DEAD LETTERS",
-            "BACKOFF",
-            "LAST ERROR",
-        ],
-        &sinks,
-        &[2, 5, 6, 7],
-    ));
-    out
+    let head = [
+        "SINK",
+        "STATE",
+        "BACKLOG",
+        "KIND",
+        "TARGET",
+        "DELIVERED",
+        "RETRIES",
+        "DEAD LETTERS",
+        "BACKOFF",
+        "LAST ERROR",
+    ];
+    table::render(&head, &rows, &[2, 5, 6, 7])
 }
 
 #[cfg(test)]
