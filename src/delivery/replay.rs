@@ -59,90 +59,29 @@ pub async fn replay(
         Ok((taken, contents))
     })
     .await?;
-    let mut keep: Vec<Vec<u8>> = Vec::new();
-    // Letters that failed again go back behind the others, so one letter a receiver keeps
-    // refusing does not stand in front of the rest at every round.
-    let mut again: Vec<Vec<u8>> = Vec::new();
-    let mut summary = Summary::default();
-    let say = |text: &str| {
-        if let Some(report) = options.report {
-            report(text);
-        }
+    let mut round = Round {
+        options,
+        keep: Vec::new(),
+        again: Vec::new(),
+        summary: Summary::default(),
+        halted: false,
     };
     for (line_no, text) in &contents.unreadable {
-        say(&format!(
+        round.say(&format!(
             "{}:{line_no}: unreadable dead letter (torn by a crash?); kept as it is",
             taken.display()
         ));
-        summary.unreadable += 1;
-        keep.push(text.clone().into_bytes());
+        round.unreadable(text.clone());
     }
-    let mut halted = false;
     for text in contents.records {
-        // Parsed from its text: the event stays the bytes that were written.
-        let mut letter: DeadLetter = match serde_json::from_str(&text) {
-            Ok(l) => l,
-            Err(e) => {
-                say(&format!(
-                    "a dead letter does not have the expected fields ({e}); kept as it is"
-                ));
-                summary.unreadable += 1;
-                keep.push(text.into_bytes());
-                continue;
-            }
-        };
-        if halted || stop.is_cancelled() || !(options.select)(&letter) {
-            summary.left += 1;
-            keep.push(text.into_bytes());
-            continue;
-        }
-        let record = match letter.to_record() {
-            Ok(r) => Arc::new(r),
-            Err(e) => {
-                say(&format!(
-                    "{}: its event cannot be read ({e}); kept",
-                    letter.idempotency_key
-                ));
-                summary.unreadable += 1;
-                keep.push(text.into_bytes());
-                continue;
-            }
-        };
-        let records = std::slice::from_ref(&record);
-        let outcome = deliver(sink, link, records, stop, super::retry::Patience::Bounded).await;
-        match outcome.into_iter().next().map(|(_, r)| r) {
-            Some(Delivery::Delivered { .. }) => {
-                sink.metrics.delivered.inc();
-                summary.delivered += 1;
-            }
-            Some(Delivery::Failed {
-                reason,
-                attempts,
-                excerpt,
-                retryable,
-                ..
-            }) => {
-                sink.metrics.state.failed(&reason);
-                say(&format!(
-                    "{}: still failing: {reason}",
-                    letter.idempotency_key
-                ));
-                summary.failed += 1;
-                letter.attempts += attempts;
-                letter.reason = reason;
-                letter.body_excerpt = excerpt;
-                letter.retryable = retryable;
-                letter.time = now_rfc3339();
-                again.push(serde_json::to_vec(&letter).unwrap_or_default());
-                halted = options.stop_at_failure;
-            }
-            Some(Delivery::Abandoned | Delivery::Deferred { .. }) | None => {
-                summary.left += 1;
-                keep.push(text.into_bytes());
-                halted = true;
-            }
-        }
+        round.letter(sink, link, text, stop).await;
     }
+    let Round {
+        mut keep,
+        mut again,
+        summary,
+        ..
+    } = round;
     keep.append(&mut again);
     blocking(log, move |log| {
         let _held = log.hold()?;
@@ -157,6 +96,111 @@ pub async fn replay(
     })
     .await?;
     Ok(Some(summary))
+}
+
+/// One replay's letters as they are settled.
+struct Round<'a> {
+    options: &'a Options<'a>,
+    /// Letters written back as they were.
+    keep: Vec<Vec<u8>>,
+    /// Letters that failed again: written back behind the others, so one letter a receiver keeps
+    /// refusing does not stand in front of the rest at every round.
+    again: Vec<Vec<u8>>,
+    summary: Summary,
+    /// No more letters are sent this round.
+    halted: bool,
+}
+
+impl Round<'_> {
+    fn say(&self, text: &str) {
+        if let Some(report) = self.options.report {
+            report(text);
+        }
+    }
+
+    fn unreadable(&mut self, text: String) {
+        self.summary.unreadable += 1;
+        self.keep.push(text.into_bytes());
+    }
+
+    /// Sends the letter `text` again, if it is selected and can be read, and settles it.
+    async fn letter(
+        &mut self,
+        sink: &Sink,
+        link: &mut Link,
+        text: String,
+        stop: &CancellationToken,
+    ) {
+        // Parsed from its text: the event stays the bytes that were written.
+        let letter: DeadLetter = match serde_json::from_str(&text) {
+            Ok(l) => l,
+            Err(e) => {
+                self.say(&format!(
+                    "a dead letter does not have the expected fields ({e}); kept as it is"
+                ));
+                return self.unreadable(text);
+            }
+        };
+        if self.halted || stop.is_cancelled() || !(self.options.select)(&letter) {
+            self.summary.left += 1;
+            return self.keep.push(text.into_bytes());
+        }
+        let record = match letter.to_record() {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                let key = &letter.idempotency_key;
+                self.say(&format!("{key}: its event cannot be read ({e}); kept"));
+                return self.unreadable(text);
+            }
+        };
+        let records = std::slice::from_ref(&record);
+        let outcome = deliver(sink, link, records, stop, super::retry::Patience::Bounded).await;
+        let outcome = outcome.into_iter().next().map(|(_, r)| r);
+        self.settle(sink, letter, text, outcome);
+    }
+
+    /// What a letter's delivery came to: gone, back behind the others, or kept as it was.
+    fn settle(
+        &mut self,
+        sink: &Sink,
+        mut letter: DeadLetter,
+        text: String,
+        outcome: Option<Delivery>,
+    ) {
+        match outcome {
+            Some(Delivery::Delivered { .. }) => {
+                sink.metrics.delivered.inc();
+                self.summary.delivered += 1;
+            }
+            Some(Delivery::Failed {
+                reason,
+                attempts,
+                excerpt,
+                retryable,
+                ..
+            }) => {
+                sink.metrics.state.failed(&reason);
+                self.say(&format!(
+                    "{}: still failing: {reason}",
+                    letter.idempotency_key
+                ));
+                self.summary.failed += 1;
+                letter.attempts += attempts;
+                letter.reason = reason;
+                letter.body_excerpt = excerpt;
+                letter.retryable = retryable;
+                letter.time = now_rfc3339();
+                self.again
+                    .push(serde_json::to_vec(&letter).unwrap_or_default());
+                self.halted = self.options.stop_at_failure;
+            }
+            Some(Delivery::Abandoned | Delivery::Deferred { .. }) | None => {
+                self.summary.left += 1;
+                self.keep.push(text.into_bytes());
+                self.halted = true;
+            }
+        }
+    }
 }
 
 /// Runs `work` on `log` on a blocking thread.

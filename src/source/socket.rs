@@ -171,14 +171,16 @@ impl SocketSource {
 
     /// Reads one client's lines into the journal; answers `ok N` when the client is done.
     async fn serve(&self, mut stream: UnixStream, client: u64) {
-        let shown = format!("{} (client {client})", self.listener.path.display());
-        let mut splitter = LineSplitter::new(0, self.max_line);
+        let mut c = Client {
+            id: client,
+            shown: format!("{} (client {client})", self.listener.path.display()),
+            splitter: LineSplitter::new(0, self.max_line),
+            accepted: 0,
+            pending: VecDeque::new(),
+            chain: Chain::default(),
+        };
         let mut buf = vec![0u8; READ];
-        let mut accepted = 0u64;
-        // Appends with the writer, oldest first, and how many lines each holds.
-        let mut pending = VecDeque::new();
-        let chain = Chain::default();
-        'reading: loop {
+        loop {
             let read = tokio::select! {
                 r = stream.read(&mut buf) => r,
                 // Stopping (shutdown or reload): say what was journaled, then close.
@@ -192,88 +194,90 @@ impl SocketSource {
                     break;
                 }
             };
-            splitter.push(&buf[..n]);
-            // About what this read's lines hold (not regrown line by line).
-            let mut batch = Vec::with_capacity(n.min(self.journal.batch_limit()));
-            let mut lines = 0u64;
-            while let Some(piece) = splitter.next_piece() {
-                match piece {
-                    Piece::Line { text, .. } if text.iter().all(u8::is_ascii_whitespace) => {}
-                    Piece::Line { text, .. } => {
-                        if !batch.is_empty()
-                            && batch.len() + text.len() >= self.journal.batch_limit()
-                        {
-                            let batch = (std::mem::take(&mut batch), std::mem::take(&mut lines));
-                            match self
-                                .hand(batch, &chain, &mut pending, &mut accepted, client)
-                                .await
-                            {
-                                Handed::Taken => {}
-                                Handed::Stopping => break 'reading,
-                                Handed::Failed => return,
-                            }
-                        }
-                        batch.extend_from_slice(&text);
-                        batch.push(b'\n');
-                        lines += 1;
-                    }
-                    Piece::TooLong {
-                        start,
-                        end,
-                        len,
-                        prefix,
-                    } => {
-                        let why = Rejection::TooLong {
-                            len,
-                            max: self.max_line as u64,
-                        };
-                        if self
-                            .reject(&shown, (start, end), why, &prefix)
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            }
-            if batch.is_empty() {
-                continue;
-            }
-            match self
-                .hand((batch, lines), &chain, &mut pending, &mut accepted, client)
-                .await
-            {
+            match self.take(&mut c, &buf[..n]).await {
                 Handed::Taken => {}
                 Handed::Stopping => break,
                 Handed::Failed => return,
             }
         }
+        self.answer(stream, c).await;
+    }
+
+    /// Hands the lines of one read to the journal, in batches of at most its batch limit;
+    /// records lines over `max_line_bytes` as rejected.
+    async fn take(&self, c: &mut Client, bytes: &[u8]) -> Handed {
+        c.splitter.push(bytes);
+        // About what this read's lines hold (not regrown line by line).
+        let mut batch = Vec::with_capacity(bytes.len().min(self.journal.batch_limit()));
+        let mut lines = 0u64;
+        while let Some(piece) = c.splitter.next_piece() {
+            match piece {
+                Piece::Line { text, .. } if text.iter().all(u8::is_ascii_whitespace) => {}
+                Piece::Line { text, .. } => {
+                    if !batch.is_empty() && batch.len() + text.len() >= self.journal.batch_limit() {
+                        let full = (std::mem::take(&mut batch), std::mem::take(&mut lines));
+                        match self.hand(full, c).await {
+                            Handed::Taken => {}
+                            other => return other,
+                        }
+                    }
+                    batch.extend_from_slice(&text);
+                    batch.push(b'\n');
+                    lines += 1;
+                }
+                Piece::TooLong {
+                    start,
+                    end,
+                    len,
+                    prefix,
+                } => {
+                    let max = self.max_line as u64;
+                    let why = Rejection::TooLong { len, max };
+                    if self
+                        .reject(&c.shown, (start, end), why, &prefix)
+                        .await
+                        .is_err()
+                    {
+                        return Handed::Failed;
+                    }
+                }
+            }
+        }
+        match batch.is_empty() {
+            true => Handed::Taken,
+            false => self.hand((batch, lines), c).await,
+        }
+    }
+
+    /// Once the client is done (or the source stops): counts what is durable, records a partial
+    /// last line, answers `ok N` and closes.
+    async fn answer(&self, mut stream: UnixStream, mut c: Client) {
         // What the writer has is counted once durable; once stopping, for a short while only
         // (lines not counted are sent again by the client: nothing is lost).
         let settled = tokio::select! {
             biased;
             _ = self.stop.cancelled() => None,
-            r = settle_all(&mut pending, &mut accepted) => Some(r),
+            r = settle_all(&mut c.pending, &mut c.accepted) => Some(r),
         };
         let settled = match settled {
             Some(r) => r,
-            None => tokio::time::timeout(SETTLE_ON_STOP, settle_all(&mut pending, &mut accepted))
-                .await
-                .unwrap_or(Ok(())),
+            None => {
+                tokio::time::timeout(SETTLE_ON_STOP, settle_all(&mut c.pending, &mut c.accepted))
+                    .await
+                    .unwrap_or(Ok(()))
+            }
         };
         if let Err(e) = settled {
-            self.failed(&e, client);
-            return;
+            return self.failed(&e, c.id);
         }
-        let (start, partial) = splitter.pending();
+        let (start, partial) = c.splitter.pending();
         if !partial.is_empty() && !self.stop.is_cancelled() {
             let (partial, end) = (partial.to_vec(), start + partial.len() as u64);
             let why = Rejection::NotAnEvent(
                 "incomplete line: the client disconnected in the middle of it".into(),
             );
             if self
-                .reject(&shown, (start, end), why, &partial)
+                .reject(&c.shown, (start, end), why, &partial)
                 .await
                 .is_err()
             {
@@ -282,7 +286,7 @@ impl SocketSource {
         }
         let answer = async {
             let _ = stream
-                .write_all(format!("ok {accepted}\n").as_bytes())
+                .write_all(format!("ok {}\n", c.accepted).as_bytes())
                 .await;
             let _ = stream.shutdown().await;
         };
@@ -293,35 +297,28 @@ impl SocketSource {
     /// Hands a client's lines (and how many there are) to the journal. Until it has room, and
     /// while [`IN_FLIGHT`] earlier ones are not yet durable, the client is not read from
     /// (backpressure).
-    async fn hand(
-        &self,
-        (batch, lines): (Vec<u8>, u64),
-        chain: &Chain,
-        pending: &mut VecDeque<(Pending, u64)>,
-        accepted: &mut u64,
-        client: u64,
-    ) -> Handed {
-        while pending.len() >= IN_FLIGHT {
+    async fn hand(&self, (batch, lines): (Vec<u8>, u64), c: &mut Client) -> Handed {
+        while c.pending.len() >= IN_FLIGHT {
             let settled = tokio::select! {
-                r = settle_oldest(pending, accepted) => r,
+                r = settle_oldest(&mut c.pending, &mut c.accepted) => r,
                 _ = self.stop.cancelled() => return Handed::Stopping,
             };
             if let Err(e) = settled {
-                self.failed(&e, client);
+                self.failed(&e, c.id);
                 return Handed::Failed;
             }
         }
         let submitted = tokio::select! {
-            r = self.journal.submit(batch, Some(chain)) => r,
+            r = self.journal.submit(batch, Some(&c.chain)) => r,
             _ = self.stop.cancelled() => return Handed::Stopping,
         };
         match submitted {
             Ok(append) => {
-                pending.push_back((append, lines));
+                c.pending.push_back((append, lines));
                 Handed::Taken
             }
             Err(e) => {
-                self.failed(&e, client);
+                self.failed(&e, c.id);
                 Handed::Failed
             }
         }
@@ -341,6 +338,20 @@ impl SocketSource {
         let run = super::rejected::Run::new(range, &why, raw);
         self.rejected.record(shown, run, &self.stop).await
     }
+}
+
+/// One client's connection as it is read.
+struct Client {
+    id: u64,
+    /// The socket and the client, for rejected records and logs.
+    shown: String,
+    splitter: LineSplitter,
+    /// Lines durable in the journal: what `ok N` says.
+    accepted: u64,
+    /// Appends with the writer, oldest first, and how many lines each holds.
+    pending: VecDeque<(Pending, u64)>,
+    /// This client's appends: once one fails, the rest are refused (no line after a gap).
+    chain: Chain,
 }
 
 /// What became of a client's lines handed to the journal.
