@@ -91,6 +91,11 @@ pub enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// Print a shell's completion script for flagtail (`source <(flagtail completions bash)`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Which dead letters `replay` and `dead-letters` take.

@@ -11,8 +11,28 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// Prints `shell`'s completion script (made in memory first: a reader that goes away, as `head`
+/// does, is not a panic).
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut script = Vec::new();
+    let mut cli = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cli, "flagtail", &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flagtail: cannot write the completion script: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no config.
+    if let Some(Command::Completions { shell }) = &cli.command {
+        return completions(*shell);
+    }
     // `status` needs a config only for its admin.listen: `--admin` (or no config at all, for the
     // default address) does without.
     if let Some(Command::Status { admin }) = &cli.command {
@@ -67,6 +87,8 @@ fn main() -> ExitCode {
         Command::Status { .. } => {
             runtime.block_on(command::status::status(&config.file.admin.listen))
         }
+        // Answered before the config is read.
+        Command::Completions { .. } => Ok(()),
     };
     // A template render given up on may still run on a blocking thread: do not wait for it.
     runtime.shutdown_background();
