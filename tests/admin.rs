@@ -226,6 +226,7 @@ async fn the_status_page_shows_a_run_in_a_real_browser_and_in_flagtail_status() 
     assert!(target.starts_with("http://127.0.0.1:"), "{target}");
     assert_eq!(status["healthy"], true);
     assert_eq!(status["ready"], true, "a missing file is watched for: open");
+    assert_eq!(status["state"], "ok", "a refusal is not a sink failing");
 
     // The page, as a real browser renders it.
     if let Some(browser) = chromium() {
@@ -293,7 +294,7 @@ async fn the_status_page_shows_a_run_in_a_real_browser_and_in_flagtail_status() 
     };
     for t in [&table, &again] {
         assert!(t.starts_with("flagtail "), "{t}");
-        assert!(t.contains(": healthy, ready, up "), "{t}");
+        assert!(t.contains(": ok, healthy, ready, up "), "{t}");
         let flipt = row(t, "flipt");
         assert_eq!(
             flipt[..7],

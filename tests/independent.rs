@@ -141,8 +141,15 @@ async fn an_outage_ten_times_max_backoff_heals_in_order_across_kill_9_with_no_co
     })
     .await;
     assert!(status["since"].as_str().is_some(), "{status}");
+    let (_, whole) = admin_get(port, "/status.json").unwrap();
+    let whole: serde_json::Value = serde_json::from_str(&whole).unwrap();
+    assert_eq!(whole["state"], "degraded", "one sink down, the other up");
     let (_, page) = admin_get(port, "/").unwrap();
     assert!(page.contains("class=\"sink-down\""), "{page}");
+    assert!(
+        page.contains("<strong class=\"warn\">degraded</strong>"),
+        "{page}"
+    );
     let (code, table, _) = run_cmd(&["status", "--admin", &format!("127.0.0.1:{port}")]);
     assert_eq!(code, 0);
     assert!(

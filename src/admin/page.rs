@@ -19,8 +19,14 @@ pub fn render(s: &Snapshot) -> String {
         out,
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"{REFRESH}\">\
          <title>flagtail</title><style>{STYLE}</style></head><body>\
-         <h1>flagtail {}</h1><p id=\"state\">{} · {} · up {} <small>(since {})</small></p>",
+         <h1>flagtail {}</h1><p id=\"state\"><strong class=\"{}\">{}</strong> · {} · {} · up {} <small>(since {})</small></p>",
         escape(&s.version),
+        match s.state.as_str() {
+            "ok" => "ok",
+            "degraded" => "warn",
+            _ => "bad",
+        },
+        escape(&s.state),
         state(s.healthy, "healthy", "unhealthy"),
         state(s.ready, "ready", "not ready"),
         humantime::format_duration(std::time::Duration::from_secs(s.uptime_seconds)),

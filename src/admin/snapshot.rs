@@ -17,6 +17,10 @@ use std::time::SystemTime;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// At a glance (SPEC §6): `ok`; `degraded` when a sink is retrying or down, or a source is
+    /// not open; `down` when nothing delivers (a task died, or every sink is down).
+    #[serde(default)]
+    pub state: String,
     pub version: String,
     /// When the daemon started, RFC 3339.
     pub started: String,
@@ -132,9 +136,10 @@ pub fn take(view: &View, health: &Health) -> Snapshot {
         .iter()
         .map(|s| source_status(view, s))
         .collect();
-    let sinks = view.sinks.iter().map(|s| sink_status(view, s)).collect();
+    let sinks: Vec<SinkStatus> = view.sinks.iter().map(|s| sink_status(view, s)).collect();
     let (dead, waiting_for) = (health.liveness().err(), health.readiness().err());
     Snapshot {
+        state: overall(dead.is_some(), waiting_for.is_some(), &sinks).into(),
         version: env!("CARGO_PKG_VERSION").into(),
         started: humantime::format_rfc3339_seconds(started).to_string(),
         uptime_seconds: SystemTime::now()
@@ -146,6 +151,18 @@ pub fn take(view: &View, health: &Health) -> Snapshot {
         waiting_for: waiting_for.unwrap_or_default(),
         sources,
         sinks,
+    }
+}
+
+/// The daemon's state at a glance, from what died, what is not open, and its sinks' states.
+fn overall(died: bool, not_open: bool, sinks: &[SinkStatus]) -> &'static str {
+    let down = |k: &SinkStatus| k.state == "down";
+    if died || (!sinks.is_empty() && sinks.iter().all(down)) {
+        "down"
+    } else if not_open || sinks.iter().any(|k| k.state != "up") {
+        "degraded"
+    } else {
+        "ok"
     }
 }
 

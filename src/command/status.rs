@@ -86,8 +86,9 @@ async fn fetch(addr: &str) -> Result<Snapshot, Failure> {
 /// The snapshot as the terminal shows it.
 pub fn render(s: &Snapshot) -> String {
     let mut out = format!(
-        "flagtail {}: {}, {}, up {}\n",
+        "flagtail {}: {}, {}, {}, up {}\n",
         s.version,
+        s.state,
         if s.healthy { "healthy" } else { "UNHEALTHY" },
         if s.ready { "ready" } else { "NOT READY" },
         humantime::format_duration(Duration::from_secs(s.uptime_seconds))
