@@ -706,7 +706,9 @@ impl JournalReader {
     }
 
     /// Reads durable bytes at the read position into `buf`; 0 when there are none yet, or when
-    /// bytes were lost (see [`JournalReader::take_gap`]). Never fails: what cannot be read is a gap.
+    /// bytes were lost (see [`JournalReader::take_gap`]). What cannot be read for good (missing,
+    /// cut short, not a file, an I/O error) is a gap; an error that says nothing of the segment
+    /// (out of file descriptors or memory) is returned, and the read position stays.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let committed = *self.committed.borrow();
         if self.gap.is_some() || self.pos >= committed {
@@ -742,6 +744,12 @@ impl JournalReader {
                 Ok(n)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            // Out of file descriptors or memory says nothing of the segment: the read is tried
+            // again later from where it is, never skipped.
+            Err(e) if passing(&e) => {
+                self.open = None;
+                Err(e)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(self.skip(
                 segment.base + segment.len,
                 format!("{} is missing", segment_name(segment.base)),
@@ -785,6 +793,15 @@ impl JournalReader {
         self.pos = end;
         0
     }
+}
+
+/// An error that passes (the process or the system is short of something), not damage.
+fn passing(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS | libc::EAGAIN)
+        )
 }
 
 impl Read for JournalReader {
@@ -1374,5 +1391,20 @@ mod tests {
         let j = Journal::open(fresh.path(), 1 << 20, Some(&past)).unwrap();
         assert_ne!(**j.id(), *id);
         assert_eq!(j.reader(None).position(), 0);
+    }
+    #[test]
+    fn running_short_of_descriptors_or_memory_is_no_damage() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOMEM] {
+            assert!(
+                super::passing(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        for errno in [libc::ENOENT, libc::EIO, libc::ELOOP, libc::EISDIR] {
+            assert!(
+                !super::passing(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
     }
 }

@@ -59,6 +59,9 @@ pub struct Limits {
     pub connections: usize,
     /// How long requests being answered may take to finish once the server stops.
     pub grace: Duration,
+    /// When every connection has a request in service, close the oldest for a new one rather than
+    /// wait (the admin listener: a scrape may be cut short, a probe is always let in).
+    pub cut_busy: bool,
 }
 
 /// An answer as the services make them.
@@ -83,7 +86,10 @@ pub async fn serve<S>(
     let open = Arc::new(Open::default());
     let mut tasks = JoinSet::new();
     while let Some((stream, peer)) = accept(listener, &name, &stop).await {
-        if !open.make_room(limits.connections, &stop).await {
+        if !open
+            .make_room(limits.connections, limits.cut_busy, &stop)
+            .await
+        {
             break;
         }
         let _ = stream.set_nodelay(true);
@@ -130,6 +136,9 @@ struct Open {
     next: AtomicUsize,
     /// Told when a connection closes or a request ends.
     changed: Notify,
+    /// When an HTTP/2 refusal was last logged, and how many were not logged since (at most one
+    /// line a second: anyone can send the preface, over and over).
+    h2_said: Mutex<(Option<std::time::Instant>, u64)>,
 }
 
 /// One open connection.
@@ -142,6 +151,22 @@ struct Entry {
 }
 
 impl Open {
+    /// Whether an HTTP/2 refusal may be logged now; if so, how many were not logged before it.
+    fn may_say_h2(&self) -> Option<u64> {
+        let mut said = self.h2_said.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if said
+            .0
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            said.1 += 1;
+            return None;
+        }
+        let missed = said.1;
+        *said = (Some(now), 0);
+        Some(missed)
+    }
+
     fn add(&self) -> Arc<Entry> {
         let id = self.next.fetch_add(1, Ordering::Relaxed) as u64;
         let entry = Arc::new(Entry {
@@ -162,9 +187,9 @@ impl Open {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes room for one more connection under `cap`: closes the oldest idle one, or waits for
-    /// one to finish; `false` if `stop` fired first.
-    async fn make_room(&self, cap: usize, stop: &CancellationToken) -> bool {
+    /// Makes room for one more connection under `cap`: closes the oldest idle one, or (with
+    /// `cut_busy`) the oldest, or waits for one to finish; `false` if `stop` fired first.
+    async fn make_room(&self, cap: usize, cut_busy: bool, stop: &CancellationToken) -> bool {
         loop {
             let changed = self.changed.notified();
             {
@@ -175,6 +200,7 @@ impl Open {
                 let idle = conns
                     .values()
                     .find(|e| e.busy.load(Ordering::SeqCst) == 0)
+                    .or_else(|| conns.values().next().filter(|_| cut_busy))
                     .map(|e| e.id);
                 if let Some(entry) = idle.and_then(|id| conns.remove(&id)) {
                     entry.close.cancel();
@@ -233,9 +259,12 @@ impl Connection {
         match opening {
             Some(Opening::Http1(stream)) => self.serve_http1(stream, service, &stop).await,
             Some(Opening::Http2(stream)) => {
-                tracing::warn!(listener = %self.name, peer = %self.peer, "refused an HTTP/2 connection (prior knowledge): flagtail serves HTTP/1.1 only");
+                if let Some(not_logged) = self.open.may_say_h2() {
+                    tracing::warn!(listener = %self.name, peer = %self.peer, not_logged, "refused an HTTP/2 connection (prior knowledge): flagtail serves HTTP/1.1 only (at most one such line a second; not_logged counts the others since the last)");
+                }
                 tokio::select! {
                     _ = refuse_http2(stream) => {}
+                    _ = self.entry.close.cancelled() => {}
                     _ = stop.cancelled() => {}
                 }
             }
@@ -446,15 +475,20 @@ mod tests {
         let stop = CancellationToken::new();
         let (a, b) = (open.add(), open.add());
         let _busy = InService::new(&a, &open);
-        assert!(open.make_room(3, &stop).await, "under the cap");
-        assert!(open.make_room(2, &stop).await);
+        assert!(open.make_room(3, false, &stop).await, "under the cap");
+        assert!(open.make_room(2, false, &stop).await);
         assert!(
             !a.close.is_cancelled(),
             "a request in service is not closed"
         );
         assert!(b.close.is_cancelled(), "the idle one is");
-        // Every one busy: waits, until stopped.
-        let waiting = open.make_room(1, &stop);
+        // Every one busy: the admin listener closes the oldest; the ingest waits, until stopped.
+        let c = open.add();
+        let _also = InService::new(&c, &open);
+        assert!(open.make_room(2, true, &stop).await);
+        assert!(a.close.is_cancelled(), "the oldest, though busy");
+        assert!(!c.close.is_cancelled());
+        let waiting = open.make_room(1, false, &stop);
         stop.cancel();
         assert!(!waiting.await);
     }

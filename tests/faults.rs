@@ -622,7 +622,7 @@ async fn sources_share_one_in_flight_budget_while_the_receiver_is_down() {
     }
     let config = s.config(&webhook_sink(
         &rx.url("/"),
-        "    max_backoff_duration: 1h\n    initial_backoff: 100ms\n    batch: {max_events: 500}\n    backlog: {max_bytes: 64KiB, when_full: block}\n",
+        "    max_backoff_duration: 1h\n    initial_backoff: 100ms\n    batch: {max_events: 500}\n    backlog: {max_bytes: 512KiB, when_full: block}\n",
     ));
     // Lines up to 64 KiB, so each source's share is a third of the budget (a source's share is
     // never less than what a record of its longest line may hold).
@@ -644,7 +644,8 @@ async fn sources_share_one_in_flight_budget_while_the_receiver_is_down() {
         }
     })
     .await;
-    // The sink's backlog (64 KiB, `when_full: block`) is full, so reading waits on the budget.
+    // The sink's backlog (512 KiB, `when_full: block`: some 250 KiB of these lines) is full, so
+    // reading waits on the budget.
     // Split 4 MiB, charged with what records hold (the line, which they share with the buffer it
     // was read into), is some 4 MiB of lines plus what the readers have buffered ahead and the
     // first lines read back to check the files (3.5 MiB in all when this was written); 4 MiB

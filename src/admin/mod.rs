@@ -88,6 +88,8 @@ pub async fn serve(
     let limits = listen::Limits {
         connections: listen::CONNECTIONS,
         grace: Duration::ZERO,
+        // Probes first: a connection is never kept waiting for a scrape to end.
+        cut_busy: true,
     };
     listen::serve(&listener, "admin".into(), limits, service, stop).await;
 }
@@ -172,7 +174,9 @@ async fn answer(
 
 /// The answer when no snapshot could be taken (the runtime is shutting down).
 fn unavailable() -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(b"shutting down\n")));
+    let mut r = Response::new(Full::new(Bytes::from_static(
+        b"busy or shutting down; try again\n",
+    )));
     *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     r
 }
@@ -183,7 +187,11 @@ async fn snapshot_of(
     health: &Arc<Health>,
     slots: &Semaphore,
 ) -> Option<snapshot::Snapshot> {
-    let _slot = slots.acquire().await.ok()?;
+    // A scrape that cannot have a slot soon is answered 503, not kept waiting.
+    let _slot = tokio::time::timeout(Duration::from_secs(1), slots.acquire())
+        .await
+        .ok()?
+        .ok()?;
     let view = view.read().map(|v| v.clone()).unwrap_or_default();
     let health = health.clone();
     tokio::task::spawn_blocking(move || snapshot::take(&view, &health))

@@ -152,6 +152,8 @@ impl HttpSource {
         let limits = crate::listen::Limits {
             connections: me.max_connections.max(crate::listen::CONNECTIONS),
             grace: me.grace,
+            // A request being taken is never cut for a new connection.
+            cut_busy: false,
         };
         let (listener, name) = (&me.listener.listener, me.name.clone());
         crate::listen::serve(listener, name, limits, service, me.stop.clone()).await;

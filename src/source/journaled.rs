@@ -44,7 +44,17 @@ impl JournalSource {
                 if self.dispatch.stop.is_cancelled() {
                     return Ok(());
                 }
-                let n = splitter.fill_from(&mut reader)?;
+                let n = match splitter.fill_from(&mut reader) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        // Short of file descriptors or memory: tried again, nothing skipped.
+                        tracing::warn!(source = %self.dispatch.info.name, journal = %self.journal.dir().display(), error = %e, "cannot read the journal now; trying again in 1s");
+                        tokio::select! {
+                            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                            () = self.dispatch.stop.cancelled() => return Ok(()),
+                        }
+                    }
+                };
                 while let Some(piece) = splitter.next_piece() {
                     if self
                         .dispatch
