@@ -6,8 +6,11 @@
 //! in every form it sends it, and every text a receiver supplied goes through it before it is
 //! logged, put in a dead letter or shown (`/status.json`, the status page, `flagtail status`).
 //!
-//! Each value is masked in the forms a receiver may echo it in: as written, JSON-escaped (with
-//! and without `\/`) and percent-encoded. A value of [`MIN_ANYWHERE`] bytes or more is masked
+//! Each value is masked in the forms a receiver may echo it in: as written; JSON-escaped (with
+//! and without `\/`, and with `<`, `>`, `&` and every non-ASCII character as `\uXXXX`, as Go
+//! and Python write them); percent-encoded (hex in upper or lower case, `/` encoded or left as
+//! Python's `quote` leaves it); Basic user info's base64 padded or not, standard or URL-safe. A
+//! value of [`MIN_ANYWHERE`] bytes or more is masked
 //! wherever it occurs, overlapping occurrences included; a shorter one (a 1-character header value)
 //! only where it stands as a whole word, so that it does not turn every `a` of a message into
 //! `***` (a value that short is no secret anyway). Every byte an occurrence covers is masked:
@@ -49,12 +52,18 @@ impl Scrubber {
             .get(1..quoted.len().saturating_sub(1))
             .unwrap_or_default()
             .to_string();
+        let percent =
+            percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
         let forms = [
             value.to_string(),
             json.replace('/', "\\/"),
+            json_escaped_as_go(&json),
             json,
-            percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
-                .to_string(),
+            lower_hex(&percent),
+            percent,
+            percent_encoding::utf8_percent_encode(value, QUOTE).to_string(),
+            lower_hex(&percent_encoding::utf8_percent_encode(value, QUOTE).to_string()),
             url::form_urlencoded::byte_serialize(value.as_bytes()).collect(),
         ];
         for form in forms {
@@ -93,7 +102,12 @@ impl Scrubber {
     /// the password; the user too when there is no password (then it is a token).
     pub fn add_user_info(&mut self, user: &str, password: &str) {
         let pair = format!("{user}:{password}");
-        self.add(&base64::engine::general_purpose::STANDARD.encode(&pair));
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+            self.add(&engine.encode(&pair));
+        }
         self.add(&pair);
         match password.is_empty() {
             true => self.add(user),
@@ -143,6 +157,48 @@ impl Scrubber {
     }
 }
 
+/// What Python's `quote()` leaves as it is (letters, digits, `_.-~` and `/`): percent-encoded
+/// otherwise.
+const QUOTE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'~')
+    .remove(b'/');
+
+/// A JSON string's inside as Go's `encoding/json` (and Python's `json.dumps`) writes it: `<`, `>`,
+/// `&` and every character past ASCII as `\uXXXX`.
+fn json_escaped_as_go(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if matches!(c, '<' | '>' | '&') || !c.is_ascii() {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `encoded` with the hex digits of each `%XX` in lower case (.NET's `UrlEncode` writes them so).
+fn lower_hex(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut hex_left = 0;
+    for c in encoded.chars() {
+        if hex_left > 0 {
+            out.push(c.to_ascii_lowercase());
+            hex_left -= 1;
+        } else {
+            hex_left = if c == '%' { 2 } else { 0 };
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Whether `text[start..end]` stands alone: no letter, digit or `_` right before or after it.
 fn whole_word(text: &str, start: usize, end: usize) -> bool {
     let word = |c: char| c.is_alphanumeric() || c == '_';
@@ -175,6 +231,27 @@ mod tests {
             let out = s.scrub(echo);
             assert!(
                 !out.contains("tok") && out.contains("***"),
+                "{echo} -> {out}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_are_masked_as_go_python_and_dotnet_echo_them_too() {
+        let mut s = scrubber(&["p&ss/w\u{e4}rd+long"]);
+        s.add_user_info("bot", "p&ss/w\u{e4}rd+long");
+        let pair = "bot:p&ss/w\u{e4}rd+long";
+        use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+        for echo in [
+            r#"{"pw":"p\u0026ss/w\u00e4rd+long"}"#.to_string(),
+            "pw=p%26ss%2fw%c3%a4rd%2blong".to_string(),
+            "pw=p%26ss/w%C3%A4rd%2Blong".to_string(),
+            format!("auth {}", STANDARD_NO_PAD.encode(pair)),
+            format!("auth {}", URL_SAFE_NO_PAD.encode(pair)),
+        ] {
+            let out = s.scrub(&echo);
+            assert!(
+                out.contains("***") && !out.contains("long"),
                 "{echo} -> {out}"
             );
         }
