@@ -96,6 +96,8 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Print the config's JSON Schema, for editors to check a config as it is typed.
+    ConfigSchema,
 }
 
 /// Which dead letters `replay` and `dead-letters` take.

@@ -108,7 +108,11 @@ fn lock_state_dir(config: &Config) -> anyhow::Result<state_lock::StateLock> {
 
 /// How many HTTP listeners `config` has (its HTTP sources and the admin endpoint).
 fn http_listeners(config: &Config) -> usize {
-    let sources = config.file.sources.iter().filter(|s| s.http.is_some());
+    let sources = config
+        .file
+        .sources
+        .iter()
+        .filter(|s| matches!(s.kind, SourceKind::Http(_)));
     sources.count() + usize::from(!config.file.admin.listen.is_empty())
 }
 
@@ -253,20 +257,20 @@ fn admin_view_of(
         .iter()
         .filter_map(|s| {
             let name = s.name.to_string();
-            let (kind, address, follows) = match s.kind()? {
-                SourceKind::File { path, .. } => (
+            let (kind, address, follows) = match &s.kind {
+                SourceKind::File(file) => (
                     "file",
-                    path.display().to_string(),
-                    admin::Follows::File(path.to_path_buf()),
+                    file.file.display().to_string(),
+                    admin::Follows::File(file.file.clone()),
                 ),
-                SourceKind::Socket { path, .. } => (
+                SourceKind::Socket(socket) => (
                     "socket",
-                    path.display().to_string(),
+                    socket.socket.display().to_string(),
                     admin::Follows::Journal(intakes.get(&name)?.journal.clone()),
                 ),
-                SourceKind::Http { addr, path, .. } => (
+                SourceKind::Http(http) => (
                     "http",
-                    format!("http://{addr}{path}"),
+                    format!("http://{}{}", http.http.0, http.path.0),
                     admin::Follows::Journal(intakes.get(&name)?.journal.clone()),
                 ),
             };
@@ -405,10 +409,10 @@ impl Pipeline {
     ) {
         let name = s.name.as_str();
         let max_line = usize::try_from(c.max_line_bytes).unwrap_or(usize::MAX);
-        if let Some(SourceKind::File { path, read_from }) = s.kind() {
+        if let SourceKind::File(file) = &s.kind {
             let source = FileSource {
-                path: path.to_path_buf(),
-                read_from,
+                path: file.file.clone(),
+                read_from: file.read_from,
                 max_line,
                 book: book.clone(),
                 dispatch,
@@ -443,53 +447,38 @@ impl Pipeline {
         let (name, stop) = (s.name.as_str(), self.stop.clone());
         let max_line = usize::try_from(c.max_line_bytes).unwrap_or(usize::MAX);
         let journal = intake.journal.clone();
-        let task = match (s.kind(), &intake.listener) {
-            (
-                Some(SourceKind::Socket {
-                    max_connections, ..
-                }),
-                Listener::Socket(listener),
-            ) => {
+        let task = match (&s.kind, &intake.listener) {
+            (SourceKind::Socket(socket), Listener::Socket(listener)) => {
                 let source = SocketSource {
                     name: name.into(),
                     listener: listener.clone(),
                     journal,
-                    max_connections,
+                    max_connections: socket.max_connections.0,
                     max_line,
                     rejected,
                     stop,
                 };
                 self.sources.spawn(source.run())
             }
-            (
-                Some(SourceKind::Http {
-                    path,
-                    auth_token,
-                    verify,
-                    max_body,
-                    max_connections,
-                    ..
-                }),
-                Listener::Http(listener),
-            ) => {
+            (SourceKind::Http(http), Listener::Http(listener)) => {
                 let source = HttpSource {
                     name: name.into(),
                     listener: listener.clone(),
                     journal,
-                    path: path.to_string(),
-                    token: auth_token.map(|t| Token::new(t.expose())),
-                    verifier: verify.map(|(scheme, secret)| Verifier {
+                    path: http.path.0.clone(),
+                    token: http.auth_token.as_ref().map(|t| Token::new(t.expose())),
+                    verifier: http.verify().map(|(scheme, secret)| Verifier {
                         scheme,
                         key: ring::hmac::Key::new(
                             ring::hmac::HMAC_SHA256,
                             secret.expose().as_bytes(),
                         ),
                     }),
-                    max_body,
+                    max_body: http.max_body_bytes.as_usize(),
                     max_line,
                     format: s.format,
                     grace: c.shutdown_grace,
-                    max_connections,
+                    max_connections: http.max_connections.0,
                     rejected,
                     stop,
                 };

@@ -23,8 +23,8 @@ impl Listener {
     /// Whether this listener already serves what `kind` asks for.
     fn serves(&self, kind: &SourceKind) -> bool {
         match (self, kind) {
-            (Listener::Socket(l), SourceKind::Socket { path, .. }) => l.path == *path,
-            (Listener::Http(l), SourceKind::Http { addr, .. }) => l.addr == *addr,
+            (Listener::Socket(l), SourceKind::Socket(socket)) => l.path == socket.socket,
+            (Listener::Http(l), SourceKind::Http(http)) => l.addr == http.http.0.to_string(),
             _ => false,
         }
     }
@@ -32,16 +32,17 @@ impl Listener {
     /// Binds what `kind` asks for; `None` for a kind that has no listener (a file).
     fn bind(name: &str, kind: &SourceKind) -> anyhow::Result<Option<Listener>> {
         Ok(match kind {
-            SourceKind::Socket { path, mode, .. } => {
-                let l = SocketListener::bind(path, mode.0)
+            SourceKind::Socket(socket) => {
+                let l = SocketListener::bind(&socket.socket, socket.socket_mode.0)
                     .with_context(|| format!("source {name}: cannot listen on the socket"))?;
                 Some(Listener::Socket(Arc::new(l)))
             }
-            SourceKind::Http { addr, .. } => {
-                let l = HttpListener::bind(addr).with_context(|| format!("source {name}"))?;
+            SourceKind::Http(http) => {
+                let l = HttpListener::bind(&http.http.0.to_string())
+                    .with_context(|| format!("source {name}"))?;
                 Some(Listener::Http(Arc::new(l)))
             }
-            SourceKind::File { .. } => None,
+            SourceKind::File(_) => None,
         })
     }
 }
@@ -79,19 +80,19 @@ impl Intakes {
         let mut next = HashMap::new();
         for s in &c.sources {
             let name = s.name.as_str();
-            let Some(kind) = s.kind() else { continue };
-            if matches!(kind, SourceKind::File { .. }) {
+            let kind = &s.kind;
+            if matches!(kind, SourceKind::File(_)) {
                 continue;
             }
             if let Some(old) = self.by_source.get(name)
-                && old.listener.serves(&kind)
+                && old.listener.serves(kind)
             {
-                if let (Listener::Socket(l), SourceKind::Socket { mode, .. }) =
-                    (&old.listener, kind)
-                    && l.mode != mode.0
+                if let (Listener::Socket(l), SourceKind::Socket(socket)) = (&old.listener, kind)
+                    && l.mode != socket.socket_mode.0
                 {
                     use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&l.path, std::fs::Permissions::from_mode(mode.0))
+                    let mode = socket.socket_mode.0;
+                    std::fs::set_permissions(&l.path, std::fs::Permissions::from_mode(mode))
                         .with_context(|| format!("source {name}: cannot set socket_mode"))?;
                 }
                 next.insert(name.to_string(), old.clone());
@@ -107,7 +108,7 @@ impl Intakes {
                         })?
                 }
             };
-            let Some(listener) = Listener::bind(name, &kind)? else {
+            let Some(listener) = Listener::bind(name, kind)? else {
                 continue;
             };
             let trimming = CancellationToken::new();

@@ -17,11 +17,17 @@ fn completions(shell: clap_complete::Shell) -> ExitCode {
     let mut script = Vec::new();
     let mut cli = <Cli as clap::CommandFactory>::command();
     clap_complete::generate(shell, &mut cli, "flagtail", &mut script);
-    match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+    print_out(&String::from_utf8_lossy(&script))
+}
+
+/// Prints `text` made in memory; a reader that goes away is not an error.
+fn print_out(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match std::io::Write::write_all(&mut out, text.as_bytes()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("flagtail: cannot write the completion script: {e}");
+            eprintln!("flagtail: cannot write to standard output: {e}");
             ExitCode::from(1)
         }
     }
@@ -30,8 +36,12 @@ fn completions(shell: clap_complete::Shell) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Needs no config.
-    if let Some(Command::Completions { shell }) = &cli.command {
-        return completions(*shell);
+    match &cli.command {
+        Some(Command::Completions { shell }) => return completions(*shell),
+        Some(Command::ConfigSchema) => {
+            return print_out(&(flagtail::config::config_schema() + "\n"));
+        }
+        _ => {}
     }
     // `status` needs a config only for its admin.listen: `--admin` (or no config at all, for the
     // default address) does without.
@@ -88,7 +98,7 @@ fn main() -> ExitCode {
             runtime.block_on(command::status::status(&config.file.admin.listen))
         }
         // Answered before the config is read.
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::ConfigSchema => Ok(()),
     };
     // A template render given up on may still run on a blocking thread: do not wait for it.
     runtime.shutdown_background();

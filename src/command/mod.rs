@@ -66,8 +66,9 @@ pub fn build_sinks(config: &Config) -> Result<Vec<Ready>, Failure> {
         .sources
         .iter()
         .enumerate()
-        .filter_map(|(i, s)| match s.kind()? {
-            SourceKind::Socket { path, .. } => {
+        .filter_map(|(i, s)| match &s.kind {
+            SourceKind::Socket(socket) => {
+                let path = &socket.socket;
                 use std::os::unix::fs::FileTypeExt;
                 std::fs::symlink_metadata(path)
                     .ok()
@@ -79,10 +80,10 @@ pub fn build_sinks(config: &Config) -> Result<Vec<Ready>, Failure> {
                         )
                     })
             }
-            SourceKind::File { path, .. } => crate::source::file::check_path(path)
+            SourceKind::File(file) => crate::source::file::check_path(&file.file)
                 .err()
                 .map(|e| format!("sources.{i}.file: {e}")),
-            SourceKind::Http { .. } => None,
+            SourceKind::Http(_) => None,
         })
         .collect();
     let sinks = match sink::build_all(config) {

@@ -243,8 +243,38 @@ fn as_written(value: &str) -> Value {
 fn translate(audit: Audit) -> Result<Translated, Vec<String>> {
     let mut out = Translated::default();
     let mut problems = Vec::new();
-    let log = &audit.sinks.log;
-    let from_log = match (log.enabled, log.file.as_deref()) {
+    let shared = Shared {
+        audit: &audit,
+        from_log: log_source(&audit.sinks.log, &mut out),
+    };
+    if audit.sinks.kafka.enabled {
+        out.notes
+            .push("audit.sinks.kafka is not carried over: flagtail has no Kafka sink".into());
+    }
+    let hook = &audit.sinks.webhook;
+    if hook.enabled {
+        url_sink(hook, &shared, &mut out, &mut problems);
+        if !hook.templates.is_empty() && hook.signing_secret.is_some() {
+            out.notes.push(
+                "audit.sinks.webhook.signing_secret is not used with templates (nor is it by Flipt)"
+                    .into(),
+            );
+        }
+        for (i, t) in hook.templates.iter().enumerate() {
+            out.sinks.push(template_sink(i, t, &shared, &mut problems));
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The source made from `audit.sinks.log` (its file, format `flipt`), if it names a file; true if
+/// one was made.
+fn log_source(log: &LogSink, out: &mut Translated) -> bool {
+    match (log.enabled, log.file.as_deref()) {
         (true, Some(file)) if !file.is_empty() => {
             out.sources.push(Section {
                 value: json!({"name": LOG_SOURCE, "file": as_written(file), "format": "flipt"}),
@@ -266,113 +296,123 @@ fn translate(audit: Audit) -> Result<Translated, Vec<String>> {
             );
             false
         }
-    };
-    if audit.sinks.kafka.enabled {
-        out.notes
-            .push("audit.sinks.kafka is not carried over: flagtail has no Kafka sink".into());
     }
-    let hook = &audit.sinks.webhook;
-    // What every sink made here shares: Flipt's events filter, retry budget, and (when the Flipt
-    // config names a log file) only that log's events, as Flipt's own sinks only see Flipt's.
-    let common = |sink: &mut serde_json::Map<String, Value>, keys: &mut Vec<(String, String)>| {
-        if let Some(events) = &audit.events {
+}
+
+/// What every sink made from the Flipt config shares: Flipt's events filter, retry budget, and
+/// (when the Flipt config names a log file) only that log's events, as Flipt's own sinks only
+/// see Flipt's.
+struct Shared<'a> {
+    audit: &'a Audit,
+    /// Whether a source was made from `audit.sinks.log`.
+    from_log: bool,
+}
+
+impl Shared<'_> {
+    fn add_to(&self, sink: &mut serde_json::Map<String, Value>, keys: &mut Vec<(String, String)>) {
+        if let Some(events) = &self.audit.events {
             let events: Vec<Value> = events.iter().map(|e| as_written(e)).collect();
             sink.insert("events".into(), Value::Array(events));
             keys.push(("events".into(), "audit.events".into()));
         }
-        if let Some(d) = &hook.max_backoff_duration {
+        if let Some(d) = &self.audit.sinks.webhook.max_backoff_duration {
             sink.insert("max_backoff_duration".into(), as_written(d));
             keys.push((
                 "max_backoff_duration".into(),
                 "audit.sinks.webhook.max_backoff_duration".into(),
             ));
         }
-        if from_log {
+        if self.from_log {
             sink.insert("sources".into(), json!([LOG_SOURCE]));
         }
-    };
-    if hook.enabled {
-        match (&hook.url, hook.templates.is_empty()) {
-            (Some(url), true) if !url.is_empty() => {
-                let mut sink = serde_json::Map::new();
-                let mut keys = Vec::new();
-                sink.insert("name".into(), json!(WEBHOOK_SINK));
-                sink.insert("url".into(), as_written(url));
-                if let Some(secret) = hook.signing_secret.as_ref().filter(|s| !s.is_empty()) {
-                    sink.insert("signing_secret".into(), as_written(secret));
-                    sink.insert("signature".into(), json!("flipt"));
-                }
-                common(&mut sink, &mut keys);
-                out.sinks.push(Section {
-                    value: Value::Object(sink),
-                    flipt_key: "audit.sinks.webhook".into(),
-                    keys,
-                });
-            }
-            (Some(url), false) if !url.is_empty() => problems.push(
-                "audit.sinks.webhook: only one of url or templates is allowed (as in Flipt)".into(),
-            ),
-            (_, true) => problems
-                .push("audit.sinks.webhook: enabled, but has neither url nor templates".into()),
-            _ => {}
-        }
-        if !hook.templates.is_empty() && hook.signing_secret.is_some() {
-            out.notes.push(
-                "audit.sinks.webhook.signing_secret is not used with templates (nor is it by Flipt)"
-                    .into(),
-            );
-        }
-        for (i, t) in hook.templates.iter().enumerate() {
-            let at = format!("audit.sinks.webhook.templates.{i}");
-            let name = format!("flipt-template-{}", i + 1);
+    }
+}
+
+/// The sink made from `audit.sinks.webhook.url` (Flipt's body, signed as Flipt signs).
+fn url_sink(
+    hook: &WebhookSink,
+    shared: &Shared<'_>,
+    out: &mut Translated,
+    problems: &mut Vec<String>,
+) {
+    match (&hook.url, hook.templates.is_empty()) {
+        (Some(url), true) if !url.is_empty() => {
             let mut sink = serde_json::Map::new();
             let mut keys = Vec::new();
-            sink.insert("name".into(), json!(name));
-            match &t.url {
-                Some(url) => {
-                    sink.insert("url".into(), as_written(url));
-                }
-                None => problems.push(format!("{at}.url ({name}): a template needs a url")),
+            sink.insert("name".into(), json!(WEBHOOK_SINK));
+            sink.insert("url".into(), as_written(url));
+            if let Some(secret) = hook.signing_secret.as_ref().filter(|s| !s.is_empty()) {
+                sink.insert("signing_secret".into(), as_written(secret));
+                sink.insert("signature".into(), json!("flipt"));
             }
-            let mut headers = t.headers.clone();
-            let content_type = headers
-                .keys()
-                .find(|k| k.eq_ignore_ascii_case("content-type"))
-                .cloned();
-            if let Some(key) = content_type
-                && let Some(value) = headers.remove(&key)
-            {
-                sink.insert("content_type".into(), as_written(&value));
-                keys.push(("content_type".into(), format!("{at}.headers.{key}")));
-            }
-            if !headers.is_empty() {
-                let headers: serde_json::Map<String, Value> = headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), as_written(v)))
-                    .collect();
-                sink.insert("headers".into(), Value::Object(headers));
-            }
-            match gotemplate::translate(t.body.as_deref().unwrap_or("")) {
-                Ok(body) => {
-                    sink.insert("body".into(), as_written(&body));
-                }
-                Err(e) => problems.push(format!(
-                    "{at}.body ({name}): the Go template construct {:?} cannot be translated: {}",
-                    e.construct, e.reason
-                )),
-            }
-            common(&mut sink, &mut keys);
+            shared.add_to(&mut sink, &mut keys);
             out.sinks.push(Section {
                 value: Value::Object(sink),
-                flipt_key: at,
+                flipt_key: "audit.sinks.webhook".into(),
                 keys,
             });
         }
+        (Some(url), false) if !url.is_empty() => problems.push(
+            "audit.sinks.webhook: only one of url or templates is allowed (as in Flipt)".into(),
+        ),
+        (_, true) => {
+            problems.push("audit.sinks.webhook: enabled, but has neither url nor templates".into())
+        }
+        _ => {}
     }
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(problems)
+}
+
+/// The sink `flipt-template-N` made from `audit.sinks.webhook.templates[i]`: its url, headers
+/// (`Content-Type` as `content_type`) and its Go template body translated to Tera.
+fn template_sink(
+    i: usize,
+    t: &Template,
+    shared: &Shared<'_>,
+    problems: &mut Vec<String>,
+) -> Section {
+    let at = format!("audit.sinks.webhook.templates.{i}");
+    let name = format!("flipt-template-{}", i + 1);
+    let mut sink = serde_json::Map::new();
+    let mut keys = Vec::new();
+    sink.insert("name".into(), json!(name));
+    match &t.url {
+        Some(url) => {
+            sink.insert("url".into(), as_written(url));
+        }
+        None => problems.push(format!("{at}.url ({name}): a template needs a url")),
+    }
+    let mut headers = t.headers.clone();
+    let content_type = headers
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case("content-type"))
+        .cloned();
+    if let Some(key) = content_type
+        && let Some(value) = headers.remove(&key)
+    {
+        sink.insert("content_type".into(), as_written(&value));
+        keys.push(("content_type".into(), format!("{at}.headers.{key}")));
+    }
+    if !headers.is_empty() {
+        let headers: serde_json::Map<String, Value> = headers
+            .iter()
+            .map(|(k, v)| (k.clone(), as_written(v)))
+            .collect();
+        sink.insert("headers".into(), Value::Object(headers));
+    }
+    match gotemplate::translate(t.body.as_deref().unwrap_or("")) {
+        Ok(body) => {
+            sink.insert("body".into(), as_written(&body));
+        }
+        Err(e) => problems.push(format!(
+            "{at}.body ({name}): the Go template construct {:?} cannot be translated: {}",
+            e.construct, e.reason
+        )),
+    }
+    shared.add_to(&mut sink, &mut keys);
+    Section {
+        value: Value::Object(sink),
+        flipt_key: at,
+        keys,
     }
 }
 

@@ -5,27 +5,40 @@
 //! TLS clients, sources) are built from it by their own modules, so `flagtail check` can build them
 //! and throw them away.
 
+mod checks;
+mod extract;
 mod file;
 pub mod flipt;
 pub mod gotemplate;
 mod interpolate;
+mod item;
 pub mod policy;
+mod schema;
 pub mod scrub;
 mod secret;
+pub mod sink;
+pub mod source;
+mod values;
 
-pub use file::{
-    BatchSection, ByteSize, ConfigFile, DEFAULT_BODY_BYTES, DEFAULT_CONNECTIONS, FileMode,
-    JournalSection, LogFormat, LogSection, Name, ReadFrom, SignatureScheme, SinkKind, SinkSection,
-    SourceKind, SourceSection, VerifyScheme, WhenFull,
-};
+pub use file::{ConfigFile, JournalSection, LogFormat, LogSection};
 pub use interpolate::Substituted;
+pub use schema::config_schema;
 pub use scrub::Scrubber;
 pub use secret::{OneOrMany, Secret, SecretUrl, Secrets, Urls};
+pub use sink::{
+    BatchSection, FileSink, NatsSink, SignatureScheme, SinkKind, SinkSection, SinkType,
+    WebhookSink, WhenFull,
+};
+pub use source::{
+    DEFAULT_BODY_BYTES, FileSource, HttpSource, ReadFrom, SocketSource, SourceKind, SourceSection,
+    VerifyScheme,
+};
+pub use values::{ByteSize, Count, DEFAULT_CONNECTIONS, FileMode, Name};
 
+use figment::Figment;
 use figment::providers::{Env, Format as _, Toml, Yaml};
-use figment::value::{Dict, Map};
-use figment::{Figment, Metadata, Profile, Provider};
-use std::collections::{BTreeMap, BTreeSet};
+use figment::value::Dict;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -93,9 +106,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// How many problems one load reports at most (each found one extraction after another).
-const MAX_PROBLEMS: usize = 64;
-
 impl Config {
     /// Reads, substitutes and checks the config at `path`, reporting every problem found.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -112,85 +122,51 @@ impl Config {
             paths: paths.clone(),
             problems,
         };
-        let mut figment = Figment::new();
-        if let Some(path) = &paths.flagtail {
-            if !path.is_file() {
-                return Err(fail(vec![format!(
-                    "cannot read {}: no such file",
-                    path.display()
-                )]));
-            }
-            figment = if path.extension().is_some_and(|e| e == "toml") {
-                figment.merge(Toml::file_exact(path))
-            } else {
-                figment.merge(Yaml::file_exact(path))
-            };
-        }
-        figment = figment.merge(Env::prefixed("FLAGTAIL_").filter_map(|key| {
-            ENV_KEYS
-                .iter()
-                .find(|(var, _)| key == *var)
-                .map(|(_, key)| (*key).into())
-        }));
-
-        let mut dict: Dict = figment.extract().map_err(|e| fail(figment_problems(e)))?;
-        let mut origins = Vec::new();
-        let mut notes = Vec::new();
-        let mut clashes = Vec::new();
-        if let Some(path) = &paths.flipt {
-            let translated = flipt::read(path).map_err(&fail)?;
-            origins = append_sections(&mut dict, translated.sources, "sources", &mut clashes);
-            origins.extend(append_sections(
-                &mut dict,
-                translated.sinks,
-                "sinks",
-                &mut clashes,
-            ));
-            notes = translated.notes;
-        }
+        let mut dict = read_files(paths).map_err(fail)?;
+        let flipt = match &paths.flipt {
+            Some(path) => add_flipt(&mut dict, path).map_err(fail)?,
+            None => FromFlipt::default(),
+        };
         let mut problems = Vec::new();
         let mut written = BTreeMap::new();
         interpolate::interpolate_dict(&mut dict, "", &mut problems, &mut written);
         if !problems.is_empty() {
-            problems.extend(clashes);
+            problems.extend(flipt.clashes);
             return Err(fail(
                 problems
                     .into_iter()
-                    .filter_map(|p| from_flipt(p, &origins))
+                    .filter_map(|p| from_flipt(p, &flipt.origins))
                     .collect(),
             ));
         }
-        let name = paths.to_string();
-        let (file, mut problems, set_aside) = extract_all(dict, &name);
-        if let Some(file) = &file {
+        let extracted = extract::extract_all(dict, &paths.to_string());
+        let mut problems = extracted.problems;
+        if let Some(file) = &extracted.file {
             // A value set aside above was already reported; checks that miss it would only repeat it.
-            let under = |p: &str, key: &str| {
-                p.strip_prefix(key)
-                    .is_some_and(|rest| rest.starts_with(['.', ':', ' ']))
-            };
+            let set_aside = &extracted.set_aside;
             problems.extend(
-                cross_checks(file)
+                checks::cross_checks(file)
                     .into_iter()
-                    .filter(|p| !set_aside.iter().any(|key| under(p, key))),
+                    .filter(|p| !set_aside.iter().any(|key| extract::under(p, key))),
             );
         }
         let problems: Vec<String> = problems
             .into_iter()
-            .filter_map(|p| from_flipt(scrub(p, &written), &origins))
-            .chain(clashes)
+            .filter_map(|p| from_flipt(scrub(p, &written), &flipt.origins))
+            .chain(flipt.clashes)
             .fold(Vec::new(), |mut seen, p| {
                 if !seen.contains(&p) {
                     seen.push(p);
                 }
                 seen
             });
-        match file {
+        match extracted.file {
             Some(file) if problems.is_empty() => Ok(Config {
                 paths: paths.clone(),
                 file,
                 written,
-                origins,
-                notes,
+                origins: flipt.origins,
+                notes: flipt.notes,
             }),
             _ => Err(fail(problems)),
         }
@@ -243,6 +219,58 @@ impl Config {
         }
         serde_json::to_string_pretty(&value).unwrap_or_default()
     }
+}
+
+/// flagtail's own file (YAML or TOML) with the `FLAGTAIL_*` overrides, as one table of values.
+fn read_files(paths: &ConfigPaths) -> Result<Dict, Vec<String>> {
+    let mut figment = Figment::new();
+    if let Some(path) = &paths.flagtail {
+        if !path.is_file() {
+            return Err(vec![format!(
+                "cannot read {}: no such file",
+                path.display()
+            )]);
+        }
+        figment = if path.extension().is_some_and(|e| e == "toml") {
+            figment.merge(Toml::file_exact(path))
+        } else {
+            figment.merge(Yaml::file_exact(path))
+        };
+    }
+    figment = figment.merge(Env::prefixed("FLAGTAIL_").filter_map(|key| {
+        ENV_KEYS
+            .iter()
+            .find(|(var, _)| key == *var)
+            .map(|(_, key)| (*key).into())
+    }));
+    figment.extract().map_err(extract::figment_problems)
+}
+
+/// What a Flipt config added: where its sections went, what was not carried over, and names of
+/// the user's own that clash with the names given to them.
+#[derive(Default)]
+struct FromFlipt {
+    origins: Vec<flipt::Origin>,
+    notes: Vec<String>,
+    clashes: Vec<String>,
+}
+
+/// Adds the sources and sinks made from the Flipt config at `path` to `dict`.
+fn add_flipt(dict: &mut Dict, path: &Path) -> Result<FromFlipt, Vec<String>> {
+    let translated = flipt::read(path)?;
+    let mut clashes = Vec::new();
+    let mut origins = append_sections(dict, translated.sources, "sources", &mut clashes);
+    origins.extend(append_sections(
+        dict,
+        translated.sinks,
+        "sinks",
+        &mut clashes,
+    ));
+    Ok(FromFlipt {
+        origins,
+        notes: translated.notes,
+        clashes,
+    })
 }
 
 /// Appends sections made from the Flipt config to the list at `list` (`sources` or `sinks`), and
@@ -311,416 +339,6 @@ fn scrub(problem: String, written: &BTreeMap<String, Substituted>) -> String {
     format!("{key}: {message}")
 }
 
-/// Extracts the typed config, collecting every problem rather than the first: after each failed
-/// extraction the offending value is set aside (removed, so its default applies) and extraction
-/// runs again. Returns the config if what is left extracts, the problems, and the keys set aside.
-fn extract_all(mut dict: Dict, name: &str) -> (Option<ConfigFile>, Vec<String>, Vec<String>) {
-    let mut problems = Vec::new();
-    let mut set_aside = Vec::new();
-    loop {
-        let resolved = Figment::from(Resolved {
-            dict: dict.clone(),
-            name: name.to_string(),
-        });
-        let errors = match resolved.extract::<ConfigFile>() {
-            Ok(file) => return (Some(file), problems, set_aside),
-            Err(e) => e,
-        };
-        let mut progressed = false;
-        for e in errors {
-            let mut key = e.path.clone();
-            let mut placeholder = None;
-            match &e.kind {
-                figment::error::Kind::UnknownField(field, _) => key.push(field.clone()),
-                // Names are the only required keys: stand in for a missing one to go on checking.
-                figment::error::Kind::MissingField(field) if field == "name" => {
-                    key.push(field.to_string());
-                    placeholder = Some(format!("unnamed-{}", set_aside.len()));
-                }
-                _ => {}
-            }
-            problems.extend(figment_problems(e));
-            // A bad list element (`events.0`) sets aside the whole list.
-            while !key.is_empty() {
-                let joined = key.join(".");
-                if set_aside.contains(&joined) {
-                    break;
-                }
-                if set_value(&mut dict, &key, placeholder.take()) {
-                    set_aside.push(joined);
-                    progressed = true;
-                    break;
-                }
-                key.pop();
-            }
-        }
-        if !progressed || problems.len() >= MAX_PROBLEMS {
-            return (None, problems, set_aside);
-        }
-    }
-}
-
-/// Removes the value at `key` (or sets it to `placeholder`); false if no dict holds that key.
-/// `key` may go through lists (`sinks.0.url`).
-fn set_value(dict: &mut Dict, key: &[String], placeholder: Option<String>) -> bool {
-    use figment::value::Value;
-    fn parent<'a>(dict: &'a mut Dict, path: &[String]) -> Option<&'a mut Dict> {
-        let Some((first, rest)) = path.split_first() else {
-            return Some(dict);
-        };
-        let mut v = dict.get_mut(first)?;
-        for part in rest {
-            v = match v {
-                Value::Dict(_, d) => d.get_mut(part)?,
-                Value::Array(_, items) => items.get_mut(part.parse::<usize>().ok()?)?,
-                _ => return None,
-            };
-        }
-        match v {
-            Value::Dict(_, d) => Some(d),
-            _ => None,
-        }
-    }
-    let Some((last, parents)) = key.split_last() else {
-        return false;
-    };
-    let Some(at) = parent(dict, parents) else {
-        return false;
-    };
-    match placeholder {
-        Some(text) => {
-            at.insert(last.clone(), text.into());
-            true
-        }
-        None => at.remove(last).is_some(),
-    }
-}
-
-/// The merged, substituted values, handed back to figment so its errors still carry key paths.
-struct Resolved {
-    dict: Dict,
-    name: String,
-}
-
-impl Provider for Resolved {
-    fn metadata(&self) -> Metadata {
-        Metadata::named(format!("config {}", self.name))
-    }
-
-    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        Ok(Profile::Default.collect(self.dict.clone()))
-    }
-}
-
-fn figment_problems(e: figment::Error) -> Vec<String> {
-    e.into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            let kind = e.kind.to_string();
-            if key.is_empty() {
-                kind
-            } else {
-                format!("{key}: {kind}")
-            }
-        })
-        .collect()
-}
-
-/// Checks that involve more than one value.
-fn cross_checks(c: &ConfigFile) -> Vec<String> {
-    let mut p = Vec::new();
-    if c.journal.max_bytes.0 < c.max_line_bytes.saturating_add(1) {
-        p.push(format!(
-            "journal.max_bytes: {} cannot hold one line of max_line_bytes ({}) and its newline",
-            c.journal.max_bytes.0, c.max_line_bytes
-        ));
-    }
-    if c.max_line_bytes == 0 {
-        p.push("max_line_bytes: must be at least 1".into());
-    }
-    if c.rejected.max_bytes.0 < 1024 * 1024 {
-        p.push(
-            "rejected.max_bytes: must be at least 1MiB (a record keeps up to 64KiB of a line)"
-                .into(),
-        );
-    }
-    let summary = c.log.summary_interval;
-    if !summary.is_zero() && summary < std::time::Duration::from_millis(100) {
-        p.push("log.summary_interval: at least 100ms, or 0s to turn the summary off".into());
-    }
-    if !c.admin.listen.is_empty() && c.admin.listen.parse::<std::net::SocketAddr>().is_err() {
-        p.push(format!(
-            "admin.listen: {:?} is not an address like 127.0.0.1:9464 (or \"\")",
-            c.admin.listen
-        ));
-    }
-    if c.sources.is_empty() {
-        p.push("sources: at least one source is needed".into());
-    }
-    if c.sinks.is_empty() {
-        p.push("sinks: at least one sink is needed".into());
-    }
-    let mut seen = BTreeSet::new();
-    for (i, s) in c.sources.iter().enumerate() {
-        let at = format!("sources.{i}");
-        if !seen.insert(s.name.as_str()) {
-            p.push(format!(
-                "{at}.name: source name {:?} is used twice",
-                s.name.as_str()
-            ));
-        }
-        let kinds = [s.file.is_some(), s.socket.is_some(), s.http.is_some()];
-        match kinds.iter().filter(|k| **k).count() {
-            1 => {}
-            0 => p.push(format!("{at}: needs one of file, socket, http")),
-            _ => p.push(format!("{at}: has more than one of file, socket, http")),
-        }
-        if s.max_connections == Some(0) {
-            p.push(format!("{at}.max_connections: must be at least 1"));
-        }
-        if s.max_connections.is_some() && s.file.is_some() {
-            p.push(format!("{at}.max_connections: not used by a file source"));
-        }
-        if let Some(addr) = &s.http {
-            if addr.parse::<std::net::SocketAddr>().is_err() {
-                p.push(format!(
-                    "{at}.http: {addr:?} is not an address like 127.0.0.1:8686"
-                ));
-            }
-            if s.path.as_ref().is_some_and(|path| !path.starts_with('/')) {
-                p.push(format!("{at}.path: must start with /"));
-            }
-            match (s.verify.unwrap_or_default(), &s.verify_secret) {
-                (VerifyScheme::None, Some(_)) => p.push(format!(
-                    "{at}.verify_secret: set verify (flipt or launchdarkly) to use it"
-                )),
-                (VerifyScheme::Flipt | VerifyScheme::Launchdarkly, None) => p.push(format!(
-                    "{at}.verify_secret: verify needs the sender's secret"
-                )),
-                _ => {}
-            }
-            if s.max_body_bytes == Some(0) {
-                p.push(format!("{at}.max_body_bytes: must be at least 1"));
-            }
-            // A body is journaled as its events, each ending in a newline: at most one byte more.
-            let body = s.max_body_bytes.unwrap_or(DEFAULT_BODY_BYTES);
-            if body.saturating_add(1) > c.journal.max_bytes.0 {
-                p.push(format!(
-                    "{at}.max_body_bytes: a body of {body} bytes is journaled as up to {} bytes, more than journal.max_bytes ({}); such a request could never be taken",
-                    body.saturating_add(1),
-                    c.journal.max_bytes.0
-                ));
-            }
-            if s.socket_mode.is_some() {
-                p.push(format!("{at}.socket_mode: not used by an http source"));
-            }
-        }
-        if s.file.is_some() || s.socket.is_some() {
-            let kind = if s.file.is_some() { "file" } else { "socket" };
-            for (key, set) in [
-                ("socket_mode", s.file.is_some() && s.socket_mode.is_some()),
-                (
-                    "max_connections",
-                    s.file.is_some() && s.max_connections.is_some(),
-                ),
-                ("path", s.path.is_some()),
-                ("auth_token", s.auth_token.is_some()),
-                ("verify", s.verify.is_some()),
-                ("verify_secret", s.verify_secret.is_some()),
-                ("max_body_bytes", s.max_body_bytes.is_some()),
-            ] {
-                if set {
-                    p.push(format!("{at}.{key}: not used by a {kind} source"));
-                }
-            }
-        }
-    }
-    let sources: BTreeSet<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
-    let mut seen = BTreeSet::new();
-    for (i, s) in c.sinks.iter().enumerate() {
-        let at = format!("sinks.{i}");
-        if !seen.insert(s.name.as_str()) {
-            p.push(format!(
-                "{at}.name: sink name {:?} is used twice",
-                s.name.as_str()
-            ));
-        }
-        for name in s.sources.iter().flatten() {
-            if !sources.contains(name.as_str()) {
-                p.push(format!(
-                    "{at}.sources: there is no source named {:?}",
-                    name.as_str()
-                ));
-            }
-        }
-        if s.concurrency == 0 {
-            p.push(format!("{at}.concurrency: must be at least 1"));
-        }
-        if s.batch.max_events == 0 {
-            p.push(format!("{at}.batch.max_events: must be at least 1"));
-        }
-        if s.events.is_empty() {
-            p.push(format!(
-                "{at}.events: an empty list would drop every event; omit it for all"
-            ));
-        }
-        if s.signing_secret.is_some() && s.signing_secret_file.is_some() {
-            p.push(format!(
-                "{at}.signing_secret_file: set either signing_secret or signing_secret_file"
-            ));
-        }
-        if s.rate_limit_burst == 0 {
-            p.push(format!("{at}.rate_limit_burst: must be at least 1"));
-        }
-        if s.retry_schedule.as_ref().is_some_and(|d| d.0.is_empty()) {
-            p.push(format!(
-                "{at}.retry_schedule: an empty list would never retry; omit it for exponential backoff"
-            ));
-        }
-        if s.initial_backoff < std::time::Duration::from_millis(1) {
-            p.push(format!("{at}.initial_backoff: must be at least 1ms"));
-        }
-        if s.max_probe_interval < std::time::Duration::from_millis(1) {
-            p.push(format!("{at}.max_probe_interval: must be at least 1ms"));
-        }
-        if s.backlog.max_bytes.0 < 64 * 1024 {
-            p.push(format!("{at}.backlog.max_bytes: must be at least 64KiB"));
-        }
-        if s.max_body_bytes == Some(0) {
-            p.push(format!("{at}.max_body_bytes: must be at least 1"));
-        }
-        match s.kind {
-            SinkKind::Webhook => match s.url.as_ref().map(|u| u.0.as_slice()) {
-                None | Some([]) => p.push(format!("{at}.url: a webhook sink needs a url")),
-                Some([_, _, ..]) => p.push(format!("{at}.url: a webhook sink takes one url")),
-                Some([u]) => {
-                    if !matches!(u.scheme(), "http" | "https") || !u.has_host() {
-                        p.push(format!("{at}.url: {u} is not an http:// or https:// URL"));
-                    } else if u.target().parse::<http::Uri>().is_err() {
-                        p.push(format!(
-                            "{at}.url: {u} has characters an HTTP request line cannot carry; percent-encode them"
-                        ));
-                    }
-                    let authorization = s
-                        .headers
-                        .keys()
-                        .any(|h| h.eq_ignore_ascii_case("authorization"));
-                    if u.credentials().is_some() && authorization {
-                        p.push(format!(
-                            "{at}.url: has user info (sent as Basic auth) and headers has Authorization too; keep one"
-                        ));
-                    }
-                }
-            },
-            SinkKind::File if s.path.is_none() => {
-                p.push(format!("{at}.path: a file sink needs a path"))
-            }
-            SinkKind::Nats => check_nats(s, &at, &mut p),
-            _ => {}
-        }
-        if !matches!(s.kind, SinkKind::Webhook | SinkKind::Nats) {
-            for (key, set) in [
-                ("url", s.url.is_some()),
-                ("ca_file", s.ca_file.is_some()),
-                ("headers", !s.headers.is_empty()),
-            ] {
-                if set {
-                    p.push(format!("{at}.{key}: only webhook and nats sinks use it"));
-                }
-            }
-        }
-        if s.kind == SinkKind::Nats {
-            // NATS answers no statuses: nothing for these to act on.
-            for (key, set) in [
-                ("retry_on", s.retry_on != Default::default()),
-                (
-                    "max_retry_after",
-                    s.max_retry_after != file::default_max_retry_after(),
-                ),
-            ] {
-                if set {
-                    p.push(format!(
-                        "{at}.{key}: only webhook sinks use it (NATS has no statuses)"
-                    ));
-                }
-            }
-        }
-        if s.kind != SinkKind::Nats {
-            for (key, set) in [
-                ("subject", s.subject.is_some()),
-                ("token", s.token.is_some()),
-                ("user", s.user.is_some()),
-                ("password", s.password.is_some()),
-                ("creds_file", s.creds_file.is_some()),
-                ("nkey_seed_file", s.nkey_seed_file.is_some()),
-            ] {
-                if set {
-                    p.push(format!("{at}.{key}: only nats sinks use it"));
-                }
-            }
-        }
-        if s.kind != SinkKind::File && s.mode.is_some() {
-            p.push(format!("{at}.mode: only file sinks use it"));
-        }
-        if s.kind != SinkKind::File && s.path.is_some() {
-            p.push(format!("{at}.path: only file sinks use it"));
-        }
-    }
-    p
-}
-
-/// A NATS sink's keys: servers, a subject, at most one way to authenticate.
-fn check_nats(s: &file::SinkSection, at: &str, p: &mut Vec<String>) {
-    match s.url.as_ref().map(|u| u.0.as_slice()) {
-        None | Some([]) => p.push(format!(
-            "{at}.url: a nats sink needs a url (nats://HOST:4222, or a list)"
-        )),
-        Some(urls) => {
-            for u in urls {
-                if !matches!(u.scheme(), "nats" | "tls") || !u.has_host() {
-                    p.push(format!("{at}.url: {u} is not a nats:// or tls:// URL"));
-                }
-            }
-        }
-    }
-    match s.subject.as_deref().map(str::trim) {
-        None | Some("") => p.push(format!(
-            "{at}.subject: a nats sink needs a subject (e.g. \"flipt.audit.{{{{ type }}}}.{{{{ action }}}}\")"
-        )),
-        _ => {}
-    }
-    let ways: Vec<&str> = [
-        ("token", s.token.is_some()),
-        ("user", s.user.is_some() || s.password.is_some()),
-        ("creds_file", s.creds_file.is_some()),
-        ("nkey_seed_file", s.nkey_seed_file.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(k, set)| set.then_some(k))
-    .collect();
-    if ways.len() > 1 {
-        p.push(format!(
-            "{at}.{}: set one way to authenticate, not {}",
-            ways[1],
-            ways.join(" and ")
-        ));
-    }
-    if s.user.is_some() != s.password.is_some() {
-        p.push(format!("{at}.password: user and password go together"));
-    }
-    if s.url
-        .iter()
-        .flat_map(|u| &u.0)
-        .any(|u| u.credentials().is_some())
-        && !ways.is_empty()
-    {
-        p.push(format!(
-            "{at}.url: has user info and {} is set too; keep one",
-            ways[0]
-        ));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -741,9 +359,9 @@ mod tests {
         assert_eq!(c.file.log.level, "info");
         assert_eq!(c.file.admin.listen, "127.0.0.1:9464");
         assert_eq!(c.file.shutdown_grace, std::time::Duration::from_secs(10));
-        assert_eq!(c.file.sinks[0].events[0].to_string(), "*:*");
+        assert_eq!(c.file.sinks[0].common.events[0].to_string(), "*:*");
         assert_eq!(
-            c.file.sinks[0].initial_backoff,
+            c.file.sinks[0].common.initial_backoff.0,
             std::time::Duration::from_millis(500)
         );
     }
@@ -818,7 +436,7 @@ mod tests {
             "{err}"
         );
         let ok = load("c.yaml", &text.replace("${FT_TEST_NOPE}", "hook")).unwrap();
-        assert_eq!(ok.file.sinks[0].concurrency, 3);
+        assert_eq!(ok.file.sinks[0].common.concurrency.0, 3);
     }
 
     #[test]
@@ -858,7 +476,10 @@ mod tests {
             ),
         )
         .unwrap();
-        assert_eq!(ok.file.sinks[0].url.as_ref().unwrap().0.len(), 2);
+        let SinkKind::Nats(bus) = &ok.file.sinks[0].kind else {
+            panic!("a nats sink")
+        };
+        assert_eq!(bus.url.0.len(), 2);
         let out = ok.to_redacted_json();
         assert!(!out.contains("t0k"), "{out}");
         for (keys, want) in [

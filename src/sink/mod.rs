@@ -12,7 +12,7 @@ pub mod pace;
 pub mod render;
 pub mod sign;
 
-use crate::config::{Config, ConfigError, Scrubber, SinkKind, SinkSection};
+use crate::config::{Config, ConfigError, Scrubber, Secret, SinkKind, SinkSection, WebhookSink};
 use crate::record::Record;
 use ::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use base64::Engine;
@@ -100,17 +100,18 @@ impl Sink {
     /// Errors name the key (`sinks.N.KEY`).
     pub fn build(index: usize, s: &SinkSection) -> Result<Sink, Vec<String>> {
         let at = |key: &str| format!("sinks.{index}.{key} (sink {})", s.name);
+        let c = &s.common;
         let mut errors = Vec::new();
-        let batched = s.batch.max_events > 1;
+        let batched = c.batch.max_events.0 > 1;
         let limits = render::Limits {
             max_body_bytes: s.body_limit(),
-            time: s.timeout,
-            parallel: s.concurrency as usize,
+            time: c.timeout,
+            parallel: c.concurrency.get(),
         };
         let renderer = render::Renderer::new(
             s.name.as_str(),
-            s.body.as_deref(),
-            &s.content_type,
+            c.body.as_deref(),
+            &c.content_type,
             batched,
             limits,
         )
@@ -122,32 +123,32 @@ impl Sink {
             (Some(renderer), Some(output)) if errors.is_empty() => Ok(Sink {
                 name: s.name.as_str().into(),
                 filter: filter::Filter {
-                    events: s.events.clone(),
-                    sources: s
+                    events: c.events.clone(),
+                    sources: c
                         .sources
                         .as_ref()
                         .map(|v| v.iter().map(|n| n.to_string()).collect()),
-                    matches: s.matches.clone(),
+                    matches: c.matches.clone(),
                 },
                 renderer,
                 output,
-                max_events: s.batch.max_events as usize,
-                linger: s.batch.linger,
-                concurrency: s.concurrency as usize,
+                max_events: c.batch.max_events.get(),
+                linger: c.batch.linger,
+                concurrency: c.concurrency.get(),
                 retry: RetryPolicy {
-                    initial_backoff: s.initial_backoff,
-                    max_elapsed: s.max_backoff_duration,
-                    retry_on: s.retry_on.clone(),
-                    schedule: s.retry_schedule.as_ref().map(|d| d.0.clone()),
-                    max_retry_after: s.max_retry_after,
-                    max_probe_interval: s.max_probe_interval,
+                    initial_backoff: c.initial_backoff.0,
+                    max_elapsed: c.max_backoff_duration,
+                    retry_on: s.retry_on(),
+                    schedule: c.retry_schedule.as_ref().map(|d| d.0.clone()),
+                    max_retry_after: s.max_retry_after(),
+                    max_probe_interval: c.max_probe_interval.0,
                 },
-                pace: s
+                pace: c
                     .rate_limit
-                    .map(|rate| pace::Pace::new(rate.interval(), s.rate_limit_burst)),
-                auto_replay: s.dead_letter.auto_replay,
-                backlog_bytes: s.backlog.max_bytes.0,
-                when_full: s.backlog.when_full,
+                    .map(|rate| pace::Pace::new(rate.interval(), c.rate_limit_burst.0)),
+                auto_replay: c.dead_letter.auto_replay,
+                backlog_bytes: c.backlog.max_bytes.0,
+                when_full: c.backlog.when_full,
                 metrics: crate::metrics::get().sink(s.name.as_str()),
                 scrubber,
             }),
@@ -290,11 +291,12 @@ pub fn signed_headers(
 
 fn build_webhook(
     s: &SinkSection,
+    hook: &WebhookSink,
     at: &dyn Fn(&str) -> String,
     errors: &mut Vec<String>,
     scrubber: &mut Scrubber,
 ) -> Option<Webhook> {
-    let url_text = s.url.as_ref()?.first()?;
+    let url_text = &hook.url.0;
     // User info never reaches the client (whose logs would print it): it becomes Basic auth.
     let Ok(url) = url_text.target().parse::<::http::Uri>() else {
         errors.push(format!(
@@ -303,7 +305,7 @@ fn build_webhook(
         ));
         return None;
     };
-    let mut headers = base_headers(s, at, errors);
+    let mut headers = base_headers(s, &hook.headers, at, errors);
     // The body's framing and the connection are flagtail's to manage.
     for name in headers.keys() {
         if FLAGTAIL_MANAGES.contains(&name.as_str()) {
@@ -349,8 +351,8 @@ fn build_webhook(
         shown: url_text.redacted(),
         headers,
         signer,
-        timeout: s.timeout,
-        ca_file: s.ca_file.clone(),
+        timeout: s.common.timeout,
+        ca_file: hook.ca_file.clone(),
         scrubber: Arc::new(scrubber.clone()),
     })
 }
@@ -358,11 +360,12 @@ fn build_webhook(
 /// The configured headers, `Content-Type` and `User-Agent`.
 fn base_headers(
     s: &SinkSection,
+    configured: &std::collections::BTreeMap<String, Secret>,
     at: &dyn Fn(&str) -> String,
     errors: &mut Vec<String>,
 ) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    for (name, value) in &s.headers {
+    for (name, value) in configured {
         match (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value.expose()),
@@ -378,7 +381,7 @@ fn base_headers(
             )),
         }
     }
-    match HeaderValue::from_str(&s.content_type) {
+    match HeaderValue::from_str(&s.common.content_type) {
         Ok(v) => {
             headers.insert(CONTENT_TYPE, v);
         }
@@ -395,21 +398,19 @@ fn build_output(
     errors: &mut Vec<String>,
 ) -> (Option<Output>, Arc<Scrubber>) {
     let mut scrubber = scrubber_of(s);
-    let output = match s.kind {
-        SinkKind::Stdout => Some(Output::Stdout),
-        SinkKind::File => s.path.clone().map(|path| {
-            Output::File(FileOutput {
-                path,
-                mode: s.mode.unwrap_or(crate::config::FileMode::PRIVATE).0,
-            })
-        }),
-        SinkKind::Webhook => {
-            build_webhook(s, at, errors, &mut scrubber).map(|w| Output::Webhook(Box::new(w)))
+    let output = match &s.kind {
+        SinkKind::Stdout(_) => Some(Output::Stdout),
+        SinkKind::File(file) => Some(Output::File(FileOutput {
+            path: file.path.clone(),
+            mode: file.mode.0,
+        })),
+        SinkKind::Webhook(hook) => {
+            build_webhook(s, hook, at, errors, &mut scrubber).map(|w| Output::Webhook(Box::new(w)))
         }
-        SinkKind::Nats => {
-            let headers = base_headers(s, at, errors);
+        SinkKind::Nats(bus) => {
+            let headers = base_headers(s, &bus.headers, at, errors);
             let signer = build_signer(s, at, errors, &mut scrubber);
-            nats::build(s, at, headers, signer, errors).map(|n| {
+            nats::build(s, bus, at, headers, signer, errors).map(|n| {
                 n.auth.mask_in(&mut scrubber);
                 Output::Nats(Box::new(n))
             })
@@ -427,10 +428,15 @@ fn build_output(
 /// Secrets read from files are added where they are read.
 fn scrubber_of(s: &SinkSection) -> Scrubber {
     let mut scrubber = Scrubber::default();
-    for value in s.headers.values() {
+    for value in s.headers().into_iter().flat_map(|h| h.values()) {
         scrubber.add_header_value(value.expose());
     }
-    for url in s.url.iter().flat_map(|urls| &urls.0) {
+    let urls = match &s.kind {
+        SinkKind::Webhook(hook) => std::slice::from_ref(&hook.url.0),
+        SinkKind::Nats(bus) => bus.url.0.as_slice(),
+        _ => &[],
+    };
+    for url in urls {
         if let Some((user, password)) = url.credentials() {
             scrubber.add_user_info(&user, &password);
         }
@@ -438,11 +444,18 @@ fn scrubber_of(s: &SinkSection) -> Scrubber {
             scrubber.add(&part);
         }
     }
-    for secret in s.signing_secret.iter().flat_map(|secrets| &secrets.0) {
+    for secret in s
+        .common
+        .signing_secret
+        .iter()
+        .flat_map(|secrets| &secrets.0)
+    {
         mask_signing_secret(&mut scrubber, secret.expose());
     }
-    for secret in s.token.iter().chain(&s.password) {
-        scrubber.add(secret.expose());
+    if let SinkKind::Nats(bus) = &s.kind {
+        for secret in bus.token.iter().chain(&bus.password) {
+            scrubber.add(secret.expose());
+        }
     }
     scrubber
 }
@@ -463,7 +476,8 @@ fn build_signer(
     errors: &mut Vec<String>,
     scrubber: &mut Scrubber,
 ) -> Option<sign::Signer> {
-    let secret = match (&s.signing_secret, &s.signing_secret_file) {
+    let c = &s.common;
+    let secret = match (&c.signing_secret, &c.signing_secret_file) {
         (Some(secrets), _) => Some(secrets.0.clone()),
         (None, Some(path)) => match std::fs::read_to_string(path) {
             Ok(text) => {
@@ -483,12 +497,12 @@ fn build_signer(
         (None, None) => None,
     };
     secret.and_then(|secret| {
-        let key = if s.signing_secret.is_some() {
+        let key = if c.signing_secret.is_some() {
             "signing_secret"
         } else {
             "signing_secret_file"
         };
-        sign::Signer::new(s.signature, &secret)
+        sign::Signer::new(c.signature, &secret)
             .map_err(|e| errors.push(format!("{}: {e}", at(key))))
             .ok()
     })

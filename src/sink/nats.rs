@@ -3,7 +3,7 @@
 
 use super::render::{self, RenderError, Renderer};
 use super::sign::Signer;
-use crate::config::{Secret, SecretUrl, SinkSection};
+use crate::config::{NatsSink, Secret, SecretUrl, SinkSection};
 use crate::record::Record;
 use ::http::header::HeaderMap;
 use std::path::PathBuf;
@@ -64,17 +64,18 @@ impl Auth {
 /// Builds a NATS sink's parts; errors are pushed naming their key.
 pub fn build(
     s: &SinkSection,
+    bus: &NatsSink,
     at: &dyn Fn(&str) -> String,
     headers: HeaderMap,
     signer: Option<Signer>,
     errors: &mut Vec<String>,
 ) -> Option<Nats> {
-    let servers: Vec<SecretUrl> = s.url.as_ref()?.0.clone();
-    let subject = s.subject.as_deref()?;
+    let servers: Vec<SecretUrl> = bus.url.0.clone();
+    let subject = bus.subject.as_str();
     let limits = render::Limits {
         max_body_bytes: MAX_SUBJECT,
-        time: s.timeout,
-        parallel: s.concurrency as usize,
+        time: s.common.timeout,
+        parallel: s.common.concurrency.get(),
     };
     let subject = Renderer::new(
         &format!("{}.subject", s.name),
@@ -94,13 +95,13 @@ pub fn build(
             }
         };
     let user_info = servers.iter().find_map(SecretUrl::credentials);
-    let auth = if let Some(token) = &s.token {
+    let auth = if let Some(token) = &bus.token {
         Auth::Token(token.clone())
-    } else if let (Some(user), Some(password)) = (&s.user, &s.password) {
+    } else if let (Some(user), Some(password)) = (&bus.user, &bus.password) {
         Auth::UserPassword(user.clone(), password.clone())
-    } else if let Some(path) = &s.creds_file {
+    } else if let Some(path) = &bus.creds_file {
         Auth::Creds(read("creds_file", path, errors)?)
-    } else if let Some(path) = &s.nkey_seed_file {
+    } else if let Some(path) = &bus.nkey_seed_file {
         let seed = read("nkey_seed_file", path, errors)?;
         if nkeys::KeyPair::from_seed(seed.expose()).is_err() {
             errors.push(format!(
@@ -133,8 +134,8 @@ pub fn build(
         headers,
         signer,
         auth,
-        ca_file: s.ca_file.clone(),
-        timeout: s.timeout,
+        ca_file: bus.ca_file.clone(),
+        timeout: s.common.timeout,
     })
 }
 
