@@ -1,0 +1,196 @@
+//! Opening a connection to a sink's receiver, and telling whether a kept one is still good.
+//!
+//! Connecting (DNS, TCP, TLS) is hyper-rustls' connector: rustls (ring provider) trusting the
+//! webpki roots plus a sink's `ca_file`. An [`Open`] connection is its byte stream, the raw
+//! socket under it (asked by the kernel, without reading, whether the receiver closed it or sent
+//! something unasked), and the bytes read from it and not yet used.
+
+use super::{Failure, error_chain};
+use crate::sink::Webhook;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Context;
+use std::time::Duration;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
+use tower_service::Service;
+
+/// Opens TCP or TLS connections to a sink's receiver.
+pub type Connector = HttpsConnector<HttpConnector>;
+
+/// A connector trusting the webpki roots and, if given, the certificates in `ca_file`.
+pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
+    let tls = tls_config(ca_file)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
+/// A TLS client config (rustls, ring) trusting the webpki roots and, if given, the certificates
+/// in `ca_file`: what every sink that speaks TLS trusts.
+pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no certificate", path.display()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tls)
+}
+
+/// `check --connect`: opens a connection to the receiver (TCP, and the TLS handshake for
+/// `https`), sends nothing, and closes it.
+pub async fn probe(connector: &Connector, hook: &Webhook) -> Result<(), String> {
+    let mut connector = connector.clone();
+    let open = async {
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        connector.call(hook.url.clone()).await.map(drop)
+    };
+    match tokio::time::timeout(hook.timeout, open).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(error_chain(&*e)),
+        Err(_) => Err(format!(
+            "no connection within {}",
+            humantime::format_duration(hook.timeout)
+        )),
+    }
+}
+
+/// A connection's byte stream: plain TCP, or TLS (rustls, through the connector's stream).
+type Io = Either<TcpStream, TokioIo<Stream>>;
+type Stream = hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// An open connection and what has been read from it and not yet used.
+pub(super) struct Open {
+    pub(super) io: Io,
+    /// The TCP socket under `io`, looked at without reading (see [`Open::reusable`]).
+    socket: RawFd,
+    /// Bytes read; those before `at` are used.
+    pub(super) read: Vec<u8>,
+    pub(super) at: usize,
+}
+
+impl Open {
+    pub(super) async fn connect(
+        connector: &mut Connector,
+        hook: &Webhook,
+    ) -> Result<Open, Failure> {
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let (io, socket) = match connector.call(hook.url.clone()).await? {
+            hyper_rustls::MaybeHttpsStream::Http(tcp) => {
+                let tcp = tcp.into_inner();
+                let socket = tcp.as_raw_fd();
+                (Either::Left(tcp), socket)
+            }
+            hyper_rustls::MaybeHttpsStream::Https(tls) => {
+                let socket = tls.inner().get_ref().0.inner().inner().as_raw_fd();
+                let tls = hyper_rustls::MaybeHttpsStream::Https(tls);
+                (Either::Right(TokioIo::new(tls)), socket)
+            }
+        };
+        Ok(Open {
+            io,
+            socket,
+            read: Vec::with_capacity(1024),
+            at: 0,
+        })
+    }
+
+    /// What has been read and not yet used.
+    pub(super) fn unread(&self) -> &[u8] {
+        &self.read[self.at..]
+    }
+
+    pub(super) fn consume(&mut self, n: usize) {
+        self.at += n;
+    }
+
+    /// Whether the connection can take a request: the receiver has neither closed it nor sent
+    /// anything unasked (a stale answer must never be taken for the next request's). Asks the
+    /// kernel, without waiting and without reading; over TLS, records waiting (a session ticket)
+    /// are handed to rustls, and anything they hold but protocol makes the connection unusable.
+    pub(super) fn reusable(&mut self) -> bool {
+        if !self.unread().is_empty() {
+            return false;
+        }
+        match peek(self.socket) {
+            Peek::Nothing => true,
+            Peek::Closed => false,
+            Peek::Waiting if matches!(self.io, Either::Left(_)) => false,
+            Peek::Waiting => {
+                let mut byte = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut byte);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let read = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(|cx| {
+                    Pin::new(&mut self.io).poll_read(cx, &mut buf)
+                })));
+                read.poll(&mut cx).is_pending() && peek(self.socket) == Peek::Nothing
+            }
+        }
+    }
+}
+
+/// What [`peek`] saw on a socket.
+#[derive(PartialEq)]
+enum Peek {
+    /// Nothing to read: the connection is idle.
+    Nothing,
+    /// The receiver closed the connection (or it failed).
+    Closed,
+    /// Bytes are waiting.
+    Waiting,
+}
+
+/// Looks at `socket` without reading from it or waiting.
+fn peek(socket: RawFd) -> Peek {
+    let mut byte = 0u8;
+    // SAFETY: `socket` is the open socket of a connection this worker holds; one byte is
+    // peeked into a local.
+    let n = unsafe {
+        libc::recv(
+            socket,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Peek::Closed,
+        n if n > 0 => Peek::Waiting,
+        _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
+            Peek::Nothing
+        }
+        _ => Peek::Closed,
+    }
+}
