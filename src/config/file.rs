@@ -431,6 +431,12 @@ pub struct SinkSection {
     /// Extra trusted CA certificates (PEM) for `https` URLs. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    // Issue 28: how a webhook reaches its receiver.
+    /// Webhooks: the proxy requests go through, `http://[user:password@]host[:port]` (CONNECT
+    /// tunnels for `https` URLs), or `none` to go direct. Default: the environment's
+    /// `https_proxy`/`http_proxy`/`all_proxy` and `no_proxy` (either case), as curl reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<super::ProxySetting>,
     /// Permissions of the file a `file` sink creates. Default `"0600"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<FileMode>,

@@ -9,6 +9,7 @@ pub mod filter;
 pub mod gofmt;
 pub mod nats;
 pub mod pace;
+pub mod proxy;
 pub mod render;
 pub mod sign;
 
@@ -93,6 +94,8 @@ pub struct Webhook {
     pub ca_file: Option<PathBuf>,
     /// The sink's scrubber, for what the receiver answers.
     pub scrubber: Arc<Scrubber>,
+    /// The proxy requests go through (the `proxy` key or the environment); none: direct.
+    pub proxy: Option<proxy::Proxy>,
 }
 
 impl Sink {
@@ -118,6 +121,9 @@ impl Sink {
         .ok()
         .map(Arc::new);
         let (output, scrubber) = build_output(s, &at, &mut errors);
+        if s.proxy.is_some() && s.kind != SinkKind::Webhook {
+            errors.push(format!("{}: only webhook sinks use it", at("proxy")));
+        }
         match (renderer, output) {
             (Some(renderer), Some(output)) if errors.is_empty() => Ok(Sink {
                 name: s.name.as_str().into(),
@@ -273,6 +279,28 @@ fn request_head(target: &str, headers: &HeaderMap, signer: Option<&sign::Signer>
     head
 }
 
+/// The request line and fixed headers of a webhook's requests to `url` (path and query
+/// `target`). Through a proxy, an `http` request names the whole URL and carries the proxy's
+/// credentials; an `https` one goes through a CONNECT tunnel as it would go direct.
+fn webhook_head(
+    url: &::http::Uri,
+    target: String,
+    headers: &HeaderMap,
+    signer: Option<&sign::Signer>,
+    proxy: Option<&proxy::Proxy>,
+) -> Vec<u8> {
+    let via = proxy.filter(|_| url.scheme_str() != Some("https"));
+    let target = match via {
+        Some(_) => url.to_string(),
+        None => target,
+    };
+    let mut head = request_head(&target, headers, signer);
+    if let Some(auth) = via.and_then(|p| p.authorization.as_ref()) {
+        push_header(&mut head, "proxy-authorization", auth.as_bytes());
+    }
+    head
+}
+
 /// `base` plus `Idempotency-Key` and, with a signer, the signature headers of `body`.
 pub fn signed_headers(
     base: &HeaderMap,
@@ -342,8 +370,15 @@ fn build_webhook(
         Some(t) => format!("/{t}"),
         None => "/".to_string(),
     };
-    let head = request_head(&target, &headers, signer.as_ref());
+    let proxy = proxy::resolve(s.proxy.as_ref(), &url, |name| std::env::var(name).ok())
+        .map_err(|e| errors.push(format!("{}: {e}", at("proxy"))))
+        .ok()?;
+    if let Some((user, password)) = proxy.as_ref().and_then(|p| p.credentials.as_ref()) {
+        scrubber.add_user_info(user, password);
+    }
+    let head = webhook_head(&url, target, &headers, signer.as_ref(), proxy.as_ref());
     Some(Webhook {
+        proxy,
         url,
         head,
         shown: url_text.redacted(),

@@ -23,8 +23,17 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tower_service::Service;
 
-/// Opens TCP or TLS connections to a sink's receiver.
-pub type Connector = HttpsConnector<HttpConnector>;
+/// Opens TCP or TLS connections to a sink's receiver, directly or through its proxy.
+#[derive(Clone)]
+pub struct Connector {
+    /// TCP, and TLS for `https` URLs (hyper-rustls): direct connections, and plain requests
+    /// to a proxy.
+    https: HttpsConnector<HttpConnector>,
+    /// TCP alone: the leg to a proxy that a CONNECT tunnel runs through.
+    pub(super) tcp: HttpConnector,
+    /// TLS to a receiver inside a proxy's tunnel: the same trust and ALPN as `https`.
+    pub(super) tunnel_tls: tokio_rustls::TlsConnector,
+}
 
 /// A connector trusting the webpki roots and, if given, the certificates in `ca_file`.
 pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
@@ -33,11 +42,17 @@ pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http))
+    let mut tunnel_tls = tls.clone();
+    tunnel_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Connector {
+        tcp: http.clone(),
+        tunnel_tls: tokio_rustls::TlsConnector::from(Arc::new(tunnel_tls)),
+        https: hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http),
+    })
 }
 
 /// A TLS client config (rustls, ring) trusting the webpki roots and, if given, the certificates
@@ -73,12 +88,9 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String
 /// `https`), sends nothing, and closes it.
 pub async fn probe(connector: &Connector, hook: &Webhook) -> Result<(), String> {
     let mut connector = connector.clone();
-    let open = async {
-        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-        connector.call(hook.url.clone()).await.map(drop)
-    };
+    let open = Open::connect(&mut connector, hook);
     match tokio::time::timeout(hook.timeout, open).await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(error_chain(&*e)),
         Err(_) => Err(format!(
             "no connection within {}",
@@ -88,8 +100,8 @@ pub async fn probe(connector: &Connector, hook: &Webhook) -> Result<(), String> 
 }
 
 /// A connection's byte stream: plain TCP, or TLS (rustls, through the connector's stream).
-type Io = Either<TcpStream, TokioIo<Stream>>;
-type Stream = hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>;
+pub(super) type Io = Either<TcpStream, TokioIo<Stream>>;
+pub(super) type Stream = hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>;
 
 /// An open connection and what has been read from it and not yet used.
 pub(super) struct Open {
@@ -102,12 +114,22 @@ pub(super) struct Open {
 }
 
 impl Open {
+    /// Opens a connection to the hook's receiver: directly, to its proxy (an `http` URL), or
+    /// through a tunnel its proxy opens (an `https` URL).
     pub(super) async fn connect(
         connector: &mut Connector,
         hook: &Webhook,
     ) -> Result<Open, Failure> {
-        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-        let (io, socket) = match connector.call(hook.url.clone()).await? {
+        let to = match &hook.proxy {
+            Some(proxy) if hook.url.scheme_str() == Some("https") => {
+                return super::proxy::tunnel(connector, proxy, hook).await;
+            }
+            Some(proxy) => &proxy.uri,
+            None => &hook.url,
+        };
+        let https = &mut connector.https;
+        std::future::poll_fn(|cx| https.poll_ready(cx)).await?;
+        let (io, socket) = match https.call(to.clone()).await? {
             hyper_rustls::MaybeHttpsStream::Http(tcp) => {
                 let tcp = tcp.into_inner();
                 let socket = tcp.as_raw_fd();
@@ -119,12 +141,17 @@ impl Open {
                 (Either::Right(TokioIo::new(tls)), socket)
             }
         };
-        Ok(Open {
+        Ok(Open::new(io, socket))
+    }
+
+    /// A connection on `io`, whose TCP socket is `socket`, nothing read yet.
+    pub(super) fn new(io: Io, socket: RawFd) -> Open {
+        Open {
             io,
             socket,
             read: Vec::with_capacity(1024),
             at: 0,
-        })
+        }
     }
 
     /// What has been read and not yet used.

@@ -11,7 +11,8 @@
 //! within the sink's `timeout`.
 //!
 //! The parts, where a reader looks for them: [`connect`] opens a connection (DNS, TCP, TLS) and
-//! tells whether a kept one is still good; [`request`] sends one request on it and reads the
+//! tells whether a kept one is still good; [`proxy`] opens a CONNECT tunnel through a proxy;
+//! [`request`] sends one request on it and reads the
 //! answer's body as its head frames it; [`response`] parses what the receiver sends (head,
 //! length, chunks, trailers); this module is the transport: one attempt, within the timeout,
 //! and what it came to.
@@ -21,6 +22,7 @@
 //! `Retry-After`), or final (any other status).
 
 mod connect;
+mod proxy;
 mod request;
 mod response;
 #[cfg(test)]

@@ -86,7 +86,7 @@ impl Open {
     }
 
     /// Writes the head and the body, in one write when the connection takes it.
-    async fn write_request(&mut self, head: &[u8], body: &[u8]) -> Result<(), Failure> {
+    pub(super) async fn write_request(&mut self, head: &[u8], body: &[u8]) -> Result<(), Failure> {
         let mut parts = [IoSlice::new(head), IoSlice::new(body)];
         let mut left = &mut parts[..];
         while !left.is_empty() {

@@ -1,0 +1,37 @@
+//! A sink's `proxy` key: a proxy URL, or `none` to go direct. Absent, the environment decides
+//! (`sink::proxy` reads it). The URL may carry credentials, so it is a [`SecretUrl`]: shown
+//! as `http://host:port/***`, its value never quoted in an error.
+
+use super::SecretUrl;
+use super::secret::QuietString;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// What a sink's `proxy` key says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxySetting {
+    /// `none`: connect to the receiver directly, whatever the environment says.
+    Direct,
+    /// `http://[user:password@]host[:port]`: every request goes through this proxy.
+    Via(SecretUrl),
+}
+
+impl<'de> Deserialize<'de> for ProxySetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = d.deserialize_any(QuietString)?;
+        if text.trim().eq_ignore_ascii_case("none") {
+            return Ok(ProxySetting::Direct);
+        }
+        SecretUrl::parse(text.trim())
+            .map(ProxySetting::Via)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for ProxySetting {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ProxySetting::Direct => s.serialize_str("none"),
+            ProxySetting::Via(url) => url.serialize(s),
+        }
+    }
+}
