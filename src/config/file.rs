@@ -437,6 +437,13 @@ pub struct SinkSection {
     /// `https_proxy`/`http_proxy`/`all_proxy` and `no_proxy` (either case), as curl reads them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<super::ProxySetting>,
+    /// Webhooks: a client certificate chain (PEM), presented to receivers that require mutual
+    /// TLS; with `key_file`. Read at start and on reload. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Webhooks: the private key (PEM: PKCS#8, PKCS#1 or SEC1) of `cert_file`. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
     /// Permissions of the file a `file` sink creates. Default `"0600"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<FileMode>,

@@ -96,6 +96,18 @@ pub struct Webhook {
     pub scrubber: Arc<Scrubber>,
     /// The proxy requests go through (the `proxy` key or the environment); none: direct.
     pub proxy: Option<proxy::Proxy>,
+    /// The client certificate presented to receivers that require mutual TLS.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A client certificate for mutual TLS: the files of `cert_file` and `key_file`, read by the
+/// transport when it is built (at start and on reload).
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// The certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
 }
 
 impl Sink {
@@ -121,9 +133,7 @@ impl Sink {
         .ok()
         .map(Arc::new);
         let (output, scrubber) = build_output(s, &at, &mut errors);
-        if s.proxy.is_some() && s.kind != SinkKind::Webhook {
-            errors.push(format!("{}: only webhook sinks use it", at("proxy")));
-        }
+        check_transport_keys(s, &at, &mut errors);
         match (renderer, output) {
             (Some(renderer), Some(output)) if errors.is_empty() => Ok(Sink {
                 name: s.name.as_str().into(),
@@ -379,6 +389,7 @@ fn build_webhook(
     let head = webhook_head(&url, target, &headers, signer.as_ref(), proxy.as_ref());
     Some(Webhook {
         proxy,
+        client_cert: client_cert_of(s),
         url,
         head,
         shown: url_text.redacted(),
@@ -387,6 +398,35 @@ fn build_webhook(
         timeout: s.timeout,
         ca_file: s.ca_file.clone(),
         scrubber: Arc::new(scrubber.clone()),
+    })
+}
+
+/// The keys of how a webhook reaches its receiver: on other sinks, or half a pair, an error.
+fn check_transport_keys(s: &SinkSection, at: &dyn Fn(&str) -> String, errors: &mut Vec<String>) {
+    for (key, set) in [
+        ("proxy", s.proxy.is_some()),
+        ("cert_file", s.cert_file.is_some()),
+        ("key_file", s.key_file.is_some()),
+    ] {
+        if set && s.kind != SinkKind::Webhook {
+            errors.push(format!("{}: only webhook sinks use it", at(key)));
+        }
+    }
+    match (&s.cert_file, &s.key_file) {
+        (Some(_), None) => errors.push(format!("{}: cert_file needs its key_file", at("key_file"))),
+        (None, Some(_)) => {
+            errors.push(format!("{}: key_file needs its cert_file", at("cert_file")))
+        }
+        _ => {}
+    }
+}
+
+/// The sink's `cert_file` and `key_file`, when both are set.
+fn client_cert_of(s: &SinkSection) -> Option<ClientCert> {
+    let (cert_file, key_file) = s.cert_file.clone().zip(s.key_file.clone())?;
+    Some(ClientCert {
+        cert_file,
+        key_file,
     })
 }
 

@@ -1,17 +1,14 @@
 //! Opening a connection to a sink's receiver, and telling whether a kept one is still good.
 //!
-//! Connecting (DNS, TCP, TLS) is hyper-rustls' connector: rustls (ring provider) trusting the
-//! webpki roots plus a sink's `ca_file`. An [`Open`] connection is its byte stream, the raw
+//! Connecting (DNS, TCP, TLS) is hyper-rustls' connector, with the TLS config of [`super::tls`]. An [`Open`] connection is its byte stream, the raw
 //! socket under it (asked by the kernel, without reading, whether the receiver closed it or sent
 //! something unasked), and the bytes read from it and not yet used.
 
 use super::{Failure, error_chain};
-use crate::sink::Webhook;
+use crate::sink::{ClientCert, Webhook};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::pin::Pin;
@@ -35,9 +32,14 @@ pub struct Connector {
     pub(super) tunnel_tls: tokio_rustls::TlsConnector,
 }
 
-/// A connector trusting the webpki roots and, if given, the certificates in `ca_file`.
-pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
-    let tls = tls_config(ca_file)?;
+/// A connector trusting the webpki roots and, if given, the certificates in `ca_file`, and
+/// presenting `client`'s certificate to receivers that ask for one. An error names the key at
+/// fault.
+pub fn connector(
+    ca_file: Option<&Path>,
+    client: Option<&ClientCert>,
+) -> Result<Connector, (&'static str, String)> {
+    let tls = super::tls::client_config(ca_file, client)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -53,35 +55,6 @@ pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
             .enable_http1()
             .wrap_connector(http),
     })
-}
-
-/// A TLS client config (rustls, ring) trusting the webpki roots and, if given, the certificates
-/// in `ca_file`: what every sink that speaks TLS trusts.
-pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{} holds no certificate", path.display()));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tls)
 }
 
 /// `check --connect`: opens a connection to the receiver (TCP, and the TLS handshake for

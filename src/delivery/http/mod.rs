@@ -10,7 +10,8 @@
 //! 64 KiB, 8 interim answers, chunk lines 4 KiB, trailers 16 KiB), and the whole attempt runs
 //! within the sink's `timeout`.
 //!
-//! The parts, where a reader looks for them: [`connect`] opens a connection (DNS, TCP, TLS) and
+//! The parts, where a reader looks for them: [`tls`] says what a connection trusts and presents;
+//! [`connect`] opens a connection (DNS, TCP, TLS) and
 //! tells whether a kept one is still good; [`proxy`] opens a CONNECT tunnel through a proxy;
 //! [`request`] sends one request on it and reads the
 //! answer's body as its head frames it; [`response`] parses what the receiver sends (head,
@@ -27,8 +28,10 @@ mod request;
 mod response;
 #[cfg(test)]
 mod tests;
+mod tls;
 
-pub use connect::{Connector, connector, probe, tls_config};
+pub use connect::{Connector, connector, probe};
+pub use tls::tls_config;
 
 use super::retry::Attempt;
 use crate::sink::Webhook;

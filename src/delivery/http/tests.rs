@@ -154,7 +154,7 @@ fn said(attempt: Attempt) -> String {
 async fn send_n(script: Vec<Vec<&'static str>>, n: usize) -> Vec<String> {
     let receiver = Receiver::start(script).await;
     let hook = receiver.hook();
-    let mut conn = Connection::new(connector(None).unwrap());
+    let mut conn = Connection::new(connector(None, None).unwrap());
     let mut got = Vec::new();
     for _ in 0..n {
         let said = said(conn.post(&hook, "k", 0, b"x").await);
@@ -167,7 +167,7 @@ async fn send_n(script: Vec<Vec<&'static str>>, n: usize) -> Vec<String> {
 async fn the_request_carries_its_signed_head_and_the_body_as_written() {
     let mut receiver = Receiver::start(vec![vec!["HTTP/1.1 204 No Content\r\n\r\n"]]).await;
     let hook = receiver.hook();
-    let mut conn = Connection::new(connector(None).unwrap());
+    let mut conn = Connection::new(connector(None, None).unwrap());
     let body = br#"{"a":1}"#;
     assert_eq!(said(conn.post(&hook, "s-k-1", 7, body).await), "delivered");
     let Heard::Request {
@@ -208,7 +208,7 @@ async fn interim_and_chunked_answers_keep_the_connection_until_the_receiver_clos
     ])
     .await;
     let hook = receiver.hook();
-    let mut conn = Connection::new(connector(None).unwrap());
+    let mut conn = Connection::new(connector(None, None).unwrap());
     let mut connections = Vec::new();
     for _ in 0..2 {
         assert_eq!(said(conn.post(&hook, "k", 0, b"x").await), "delivered");
@@ -359,7 +359,7 @@ async fn bytes_sent_unasked_after_an_answer_are_never_taken_for_the_next_one() {
     ])
     .await;
     let hook = receiver.hook();
-    let mut conn = Connection::new(connector(None).unwrap());
+    let mut conn = Connection::new(connector(None, None).unwrap());
     assert_eq!(said(conn.post(&hook, "k", 0, b"x").await), "delivered");
     assert!(matches!(
         receiver.next().await,
