@@ -335,3 +335,70 @@ async fn a_receiver_requiring_client_certificates_takes_cert_file_and_a_renewed_
     assert_eq!(keys, ["flag-0", "flag-1", "flag-2"]);
     assert!(ft.terminate().await.success());
 }
+
+/// `bytes` gunzipped by Python's `gzip` module, an implementation independent of flagtail's.
+fn python_gunzip(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import gzip,sys; sys.stdout.buffer.write(gzip.decompress(sys.stdin.buffer.read()))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python could not gunzip the body");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_bodies_are_decoded_by_the_receiver_and_signed_as_sent() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    s.write_lines(0..4, Encoding::Json);
+    let sinks = [
+        sink("gz", &rx.url("/gz"), "    compression: gzip\n"),
+        sink(
+            "gz-batch",
+            &rx.url("/batch"),
+            "    compression: gzip\n    batch: {max_events: 4, linger: 1s}\n",
+        ),
+    ]
+    .concat();
+    let mut ft = Flagtail::start(&s.config(&sinks));
+    let got = rx.wait_delivered(5).await;
+    assert!(ft.terminate().await.success());
+    let mut plain = Vec::new();
+    for r in &got {
+        assert_eq!(r.header("content-encoding"), "gzip", "{}", r.path);
+        assert_eq!(&r.body[..2], [0x1f, 0x8b], "{}: not gzip", r.path);
+        // The signature is over the bytes sent.
+        let signed = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3cret"),
+            &r.body,
+        );
+        let hex: String = signed.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(r.header("x-flipt-webhook-signature"), hex);
+        let text = python_gunzip(&r.body);
+        if r.path == "/gz" {
+            plain.push(text);
+        } else {
+            let batch: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+            assert_eq!(batch.len(), 4);
+        }
+    }
+    plain.sort();
+    let mut want: Vec<String> = (0..4).map(|i| flipt_line(i, Encoding::Json).1).collect();
+    want.sort();
+    assert_eq!(plain, want);
+    let (code, out, err) = run_cmd(&[
+        "check",
+        "--config",
+        s.path("flagtail.yaml").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"compression\": \"gzip\""), "{out}");
+}

@@ -444,6 +444,10 @@ pub struct SinkSection {
     /// Webhooks: the private key (PEM: PKCS#8, PKCS#1 or SEC1) of `cert_file`. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    /// Webhooks: `gzip` sends the body compressed, with `Content-Encoding: gzip` (signatures
+    /// over the bytes sent), or `none`. Default `none`.
+    #[serde(default)]
+    pub compression: super::Compression,
     /// Permissions of the file a `file` sink creates. Default `"0600"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<FileMode>,

@@ -10,7 +10,7 @@ pub mod flipt;
 pub mod gotemplate;
 mod interpolate;
 pub mod policy;
-mod proxy;
+mod reach;
 pub mod scrub;
 mod secret;
 
@@ -20,7 +20,7 @@ pub use file::{
     SourceKind, SourceSection, VerifyScheme, WhenFull,
 };
 pub use interpolate::Substituted;
-pub use proxy::ProxySetting;
+pub use reach::{Compression, ProxySetting};
 pub use scrub::Scrubber;
 pub use secret::{OneOrMany, Secret, SecretUrl, Secrets, Urls};
 

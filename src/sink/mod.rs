@@ -15,7 +15,9 @@ pub mod sign;
 
 use crate::config::{Config, ConfigError, Scrubber, SinkKind, SinkSection};
 use crate::record::Record;
-use ::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use ::http::header::{
+    CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT,
+};
 use base64::Engine;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -98,6 +100,8 @@ pub struct Webhook {
     pub proxy: Option<proxy::Proxy>,
     /// The client certificate presented to receivers that require mutual TLS.
     pub client_cert: Option<ClientCert>,
+    /// How the body is encoded on the wire (`Content-Encoding` is in `head`).
+    pub compression: crate::config::Compression,
 }
 
 /// A client certificate for mutual TLS: the files of `cert_file` and `key_file`, read by the
@@ -390,6 +394,7 @@ fn build_webhook(
     Some(Webhook {
         proxy,
         client_cert: client_cert_of(s),
+        compression: s.compression,
         url,
         head,
         shown: url_text.redacted(),
@@ -405,6 +410,10 @@ fn build_webhook(
 fn check_transport_keys(s: &SinkSection, at: &dyn Fn(&str) -> String, errors: &mut Vec<String>) {
     for (key, set) in [
         ("proxy", s.proxy.is_some()),
+        (
+            "compression",
+            s.compression != crate::config::Compression::None,
+        ),
         ("cert_file", s.cert_file.is_some()),
         ("key_file", s.key_file.is_some()),
     ] {
@@ -460,6 +469,15 @@ fn base_headers(
         Err(_) => errors.push(format!("{}: not a valid header value", at("content_type"))),
     }
     headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+    if s.kind == SinkKind::Webhook && s.compression == crate::config::Compression::Gzip {
+        if headers.contains_key(CONTENT_ENCODING) {
+            errors.push(format!(
+                "{}: Content-Encoding is set by compression: gzip",
+                at("headers")
+            ));
+        }
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     headers
 }
 

@@ -8,7 +8,8 @@
 //! asked whether the receiver closed it or sent anything unasked, so a stale answer is never
 //! taken for a new request's. Everything a receiver controls is bounded (head 64 KiB, kept body
 //! 64 KiB, 8 interim answers, chunk lines 4 KiB, trailers 16 KiB), and the whole attempt runs
-//! within the sink's `timeout`.
+//! within the sink's `timeout`. With `compression: gzip` the body is compressed before it is
+//! signed, into a buffer the connection keeps.
 //!
 //! The parts, where a reader looks for them: [`tls`] says what a connection trusts and presents;
 //! [`connect`] opens a connection (DNS, TCP, TLS) and
@@ -34,6 +35,7 @@ pub use connect::{Connector, connector, probe};
 pub use tls::tls_config;
 
 use super::retry::Attempt;
+use crate::config::Compression;
 use crate::sink::Webhook;
 use connect::Open;
 use http::StatusCode;
@@ -50,7 +52,13 @@ pub struct Connection {
     open: Option<Box<Open>>,
     /// The head of the request being sent (kept for its capacity).
     head: Vec<u8>,
+    /// The gzipped body being sent (`compression: gzip`; kept for its capacity up to
+    /// [`KEPT_GZIP_BUFFER`]).
+    gz: Vec<u8>,
 }
+
+/// A gzip buffer grown past this (by a big batch) is let go after the request.
+const KEPT_GZIP_BUFFER: usize = 256 * 1024;
 
 /// Why an exchange failed before the receiver answered.
 type Failure = Box<dyn std::error::Error + Send + Sync>;
@@ -61,12 +69,42 @@ impl Connection {
             connector,
             open: None,
             head: Vec::new(),
+            gz: Vec::new(),
         }
     }
 
     /// POSTs `body` to the sink's receiver with the headers of delivery `key` (signed at
-    /// `unix_secs`), within the sink's `timeout`.
+    /// `unix_secs`), within the sink's `timeout`; with `compression: gzip`, the body is
+    /// compressed first and the signature is over the compressed bytes.
     pub async fn post(
+        &mut self,
+        hook: &Webhook,
+        key: &str,
+        unix_secs: u64,
+        body: &[u8],
+    ) -> Attempt {
+        if hook.compression == Compression::None {
+            return self.post_as_is(hook, key, unix_secs, body).await;
+        }
+        let mut gz = std::mem::take(&mut self.gz);
+        gz.clear();
+        let mut encoder = flate2::write::GzEncoder::new(&mut gz, flate2::Compression::default());
+        if let Err(e) =
+            std::io::Write::write_all(&mut encoder, body).and_then(|()| encoder.finish().map(drop))
+        {
+            return Attempt::Retry {
+                reason: format!("POST {}: cannot gzip the body: {e}", hook.shown),
+            };
+        }
+        let attempt = self.post_as_is(hook, key, unix_secs, &gz).await;
+        if gz.capacity() <= KEPT_GZIP_BUFFER {
+            self.gz = gz;
+        }
+        attempt
+    }
+
+    /// POSTs `body` as it is.
+    async fn post_as_is(
         &mut self,
         hook: &Webhook,
         key: &str,

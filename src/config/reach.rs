@@ -1,6 +1,7 @@
-//! A sink's `proxy` key: a proxy URL, or `none` to go direct. Absent, the environment decides
-//! (`sink::proxy` reads it). The URL may carry credentials, so it is a [`SecretUrl`]: shown
-//! as `http://host:port/***`, its value never quoted in an error.
+//! How a webhook reaches its receiver, the values of its keys that are more than a path:
+//! `proxy` (a proxy URL, or `none` to go direct; absent, the environment decides, which
+//! `sink::proxy` reads) and `compression`. A proxy URL may carry credentials, so it is a
+//! [`SecretUrl`]: shown as `http://host:port/***`, its value never quoted in an error.
 
 use super::SecretUrl;
 use super::secret::QuietString;
@@ -34,4 +35,15 @@ impl Serialize for ProxySetting {
             ProxySetting::Via(url) => url.serialize(s),
         }
     }
+}
+
+/// A webhook's `compression`: how its body is encoded on the wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// The body as rendered.
+    #[default]
+    None,
+    /// gzip, with `Content-Encoding: gzip`; signatures are over the compressed bytes.
+    Gzip,
 }
