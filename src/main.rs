@@ -27,11 +27,30 @@ fn completions(shell: clap_complete::Shell) -> ExitCode {
     }
 }
 
+/// Prints a new key pair of `kind`: the secret for `signing_secret`, then the public key.
+fn keygen(kind: flagtail::cli::KeyKind) -> ExitCode {
+    match kind {
+        flagtail::cli::KeyKind::Ed25519 => match flagtail::sink::sign::new_ed25519_key() {
+            Ok((secret, public)) => {
+                println!("signing_secret: {secret}\npublic_key: {public}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("flagtail: {e}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Needs no config.
     if let Some(Command::Completions { shell }) = &cli.command {
         return completions(*shell);
+    }
+    if let Some(Command::Keygen { kind }) = &cli.command {
+        return keygen(*kind);
     }
     // `status` needs a config only for its admin.listen: `--admin` (or no config at all, for the
     // default address) does without.
@@ -88,7 +107,7 @@ fn main() -> ExitCode {
             runtime.block_on(command::status::status(&config.file.admin.listen))
         }
         // Answered before the config is read.
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::Keygen { .. } => Ok(()),
     };
     // A template render given up on may still run on a blocking thread: do not wait for it.
     runtime.shutdown_background();

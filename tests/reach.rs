@@ -402,3 +402,114 @@ async fn gzip_bodies_are_decoded_by_the_receiver_and_signed_as_sent() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"compression\": \"gzip\""), "{out}");
 }
+
+/// Verifies each request's `v1a,` signatures with Python's `cryptography` (an ed25519
+/// implementation independent of flagtail's ring) under the `whpk_` key `public`; the same
+/// signature over a changed body must fail. Returns how many signatures verified.
+fn python_verify_v1a(public: &str, got: &[Received]) -> usize {
+    use base64::Engine;
+    use std::io::Write;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let requests: Vec<serde_json::Value> = got
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.header("webhook-id"),
+                "ts": r.header("webhook-timestamp"),
+                "sigs": r.header("webhook-signature"),
+                "body": b64.encode(&r.body),
+            })
+        })
+        .collect();
+    let script = r#"
+import base64, json, sys
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+public, requests = json.load(sys.stdin)
+key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public.removeprefix("whpk_")))
+n = 0
+for r in requests:
+    body = base64.b64decode(r["body"])
+    for sig in r["sigs"].split(" "):
+        if not sig.startswith("v1a,"):
+            continue
+        raw = base64.b64decode(sig[4:])
+        key.verify(raw, f"{r['id']}.{r['ts']}.".encode() + body)
+        try:
+            key.verify(raw, f"{r['id']}.{r['ts']}.".encode() + body + b" ")
+            sys.exit("a tampered body verified")
+        except InvalidSignature:
+            pass
+        n += 1
+print(n)
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = serde_json::to_vec(&(public, requests)).unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("No module named 'cryptography'") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have cryptography (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: no Python cryptography here (pip install cryptography)");
+        return usize::MAX;
+    }
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_keys_from_keygen_sign_v1a_beside_v1_verified_independently() {
+    let (code, out, err) = run_cmd(&["keygen", "ed25519"]);
+    assert_eq!(code, 0, "{err}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_string()
+    };
+    let (secret, public) = (field("signing_secret: "), field("public_key: "));
+    assert!(
+        secret.starts_with("whsk_") && public.starts_with("whpk_"),
+        "{out}"
+    );
+    let hmac = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    s.write_lines(0..3, Encoding::Json);
+    let sinks = format!(
+        "  - name: asym\n    url: {}\n    signature: standard-webhooks\n    signing_secret: [\"{secret}\", \"{hmac}\"]\n",
+        rx.url("/in")
+    );
+    let config = s.config(&sinks);
+    let (code, out, err) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains(&secret[5..]),
+        "the signing key is shown:\n{out}"
+    );
+    let mut ft = Flagtail::start(&config);
+    let got = rx.wait_delivered(3).await;
+    assert!(ft.terminate().await.success());
+    for r in &got {
+        let sigs: Vec<&str> = r.header("webhook-signature").split(' ').collect();
+        assert_eq!(sigs.len(), 2);
+        assert!(
+            sigs[0].starts_with("v1a,") && sigs[1].starts_with("v1,"),
+            "{sigs:?}"
+        );
+        // The HMAC one still verifies with the standardwebhooks crate.
+        let wh = standardwebhooks::Webhook::new(hmac).unwrap();
+        wh.verify(&r.body, &r.headers).unwrap();
+    }
+    let verified = python_verify_v1a(&public, &got);
+    assert!(verified == 3 || verified == usize::MAX, "{verified}");
+}
