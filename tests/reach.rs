@@ -513,3 +513,157 @@ async fn ed25519_keys_from_keygen_sign_v1a_beside_v1_verified_independently() {
     let verified = python_verify_v1a(&public, &got);
     assert!(verified == 3 || verified == usize::MAX, "{verified}");
 }
+
+/// An OAuth2 token endpoint on loopback issuing `tok-N` tokens that live 2 seconds; it answers
+/// 503 to its first `fail_first` requests.
+struct TokenEndpoint {
+    port: u16,
+    /// Each token issued, and when.
+    issued: std::sync::Arc<std::sync::Mutex<Vec<(String, std::time::Instant)>>>,
+    /// Each request's Authorization header and form body.
+    asked: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl TokenEndpoint {
+    async fn start(fail_first: usize) -> TokenEndpoint {
+        use http_body_util::{BodyExt, Full};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let issued = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let failures = std::sync::Arc::new(AtomicUsize::new(fail_first));
+        let (i, a) = (issued.clone(), asked.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (issued, asked, failures) = (i.clone(), a.clone(), failures.clone());
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (issued, asked, failures) =
+                            (issued.clone(), asked.clone(), failures.clone());
+                        async move {
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .map(|v| v.to_str().unwrap().to_string())
+                                .unwrap_or_default();
+                            let form = req.into_body().collect().await?.to_bytes();
+                            asked
+                                .lock()
+                                .unwrap()
+                                .push((auth, String::from_utf8_lossy(&form).into_owned()));
+                            let (status, body) = if failures
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                    n.checked_sub(1)
+                                })
+                                .is_ok()
+                            {
+                                (503, "idp busy".to_string())
+                            } else {
+                                let mut issued = issued.lock().unwrap();
+                                let token = format!("tok-{}", issued.len());
+                                issued.push((token.clone(), std::time::Instant::now()));
+                                (
+                                    200,
+                                    format!(
+                                        r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":2}}"#
+                                    ),
+                                )
+                            };
+                            let mut resp =
+                                hyper::Response::new(Full::new(bytes::Bytes::from(body)));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    },
+                );
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        TokenEndpoint {
+            port,
+            issued,
+            asked,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_tokens_are_fetched_refreshed_before_they_expire_and_again_on_a_401() {
+    let idp = TokenEndpoint::start(1).await;
+    let rx = Receiver::start().await;
+    // A token is good for 2 s after it was issued; the very first request is refused 401, as a
+    // receiver that revoked its token would.
+    let issued = idp.issued.clone();
+    let mut first = true;
+    rx.plan(move |r| {
+        let bearer = r
+            .header("authorization")
+            .strip_prefix("Bearer ")
+            .unwrap_or("");
+        let valid = issued
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, at)| t == bearer && at.elapsed() < std::time::Duration::from_secs(2));
+        match (std::mem::take(&mut first), valid) {
+            (false, true) => Reply::Status(204),
+            _ => Reply::Status(401),
+        }
+    });
+    let s = Setup::new();
+    s.write_lines(0..40, Encoding::Json);
+    let extra = format!(
+        "    rate_limit: 20/s\n    oauth2:\n      token_url: http://127.0.0.1:{}/oauth/token\n      client_id: flagtail\n      client_secret: cl-s3cret-x\n      scopes: [audit.write, audit.read]\n      audience: https://api.example\n",
+        idp.port
+    );
+    let config = s.config(&sink("api", &rx.url("/in"), &extra));
+    let (code, out, err) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("cl-s3cret-x") && out.contains("\"client_secret\": \"***\""),
+        "{out}"
+    );
+    let mut ft = Flagtail::start(&config);
+    let got = rx.wait_delivered(40).await;
+    let stderr = ft.stderr();
+    assert!(ft.terminate().await.success());
+
+    let mut keys: Vec<String> = got.iter().map(|r| key_of(&r.body)).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 40);
+    // One 401 (the first request), answered by a new token and one more try; no token expired.
+    let refused = rx.attempts().len() - got.len();
+    assert_eq!(refused, 1, "requests refused");
+    // 40 requests at 20/s take 2 s: tokens were renewed before they ran out, not per request.
+    let issued = idp.issued.lock().unwrap().len();
+    assert!((3..=8).contains(&issued), "{issued} tokens issued");
+    let asked = idp.asked.lock().unwrap().clone();
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        "flagtail:cl-s3cret-x",
+    );
+    for (auth, form) in &asked {
+        assert_eq!(auth, &format!("Basic {basic}"));
+        assert_eq!(
+            form,
+            "grant_type=client_credentials&scope=audit.write+audit.read&audience=https%3A%2F%2Fapi.example"
+        );
+    }
+    // The endpoint's 503 was retried under the sink's policy and said so.
+    assert!(
+        stderr.contains("OAuth2 token endpoint http://127.0.0.1:")
+            && stderr.contains("503 Service Unavailable: idp busy"),
+        "{stderr}"
+    );
+    for secret in ["cl-s3cret-x", "tok-", &basic] {
+        assert!(!stderr.contains(secret), "{secret} in the log");
+    }
+}

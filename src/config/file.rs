@@ -448,6 +448,10 @@ pub struct SinkSection {
     /// over the bytes sent), or `none`. Default `none`.
     #[serde(default)]
     pub compression: super::Compression,
+    /// Webhooks: `{token_url, client_id, client_secret, scopes, audience}`: each request carries
+    /// a bearer token from this OAuth2 token endpoint (client credentials). Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<super::OAuth2Section>,
     /// Permissions of the file a `file` sink creates. Default `"0600"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<FileMode>,

@@ -20,7 +20,7 @@ pub use file::{
     SourceKind, SourceSection, VerifyScheme, WhenFull,
 };
 pub use interpolate::Substituted;
-pub use reach::{Compression, ProxySetting};
+pub use reach::{Compression, OAuth2Section, ProxySetting};
 pub use scrub::Scrubber;
 pub use secret::{OneOrMany, Secret, SecretUrl, Secrets, Urls};
 

@@ -3,8 +3,8 @@
 //! `sink::proxy` reads) and `compression`. A proxy URL may carry credentials, so it is a
 //! [`SecretUrl`]: shown as `http://host:port/***`, its value never quoted in an error.
 
-use super::SecretUrl;
 use super::secret::QuietString;
+use super::{Secret, SecretUrl};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What a sink's `proxy` key says.
@@ -46,4 +46,22 @@ pub enum Compression {
     None,
     /// gzip, with `Content-Encoding: gzip`; signatures are over the compressed bytes.
     Gzip,
+}
+
+/// A webhook's `oauth2`: a bearer token from an OAuth2 token endpoint (client credentials grant).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Section {
+    /// The token endpoint, `https://` (or `http://`). Required.
+    pub token_url: SecretUrl,
+    /// The client's id. Required.
+    pub client_id: String,
+    /// The client's secret, sent with the id as Basic auth to the token endpoint. Required.
+    pub client_secret: Secret,
+    /// Scopes asked for, sent space-separated. Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// The `audience` parameter some providers (Auth0, Okta) want. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
 }

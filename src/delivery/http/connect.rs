@@ -25,11 +25,13 @@ use tower_service::Service;
 pub struct Connector {
     /// TCP, and TLS for `https` URLs (hyper-rustls): direct connections, and plain requests
     /// to a proxy.
-    https: HttpsConnector<HttpConnector>,
+    pub(super) https: HttpsConnector<HttpConnector>,
     /// TCP alone: the leg to a proxy that a CONNECT tunnel runs through.
     pub(super) tcp: HttpConnector,
     /// TLS to a receiver inside a proxy's tunnel: the same trust and ALPN as `https`.
     pub(super) tunnel_tls: tokio_rustls::TlsConnector,
+    /// The sink's bearer token (`oauth2`), shared by its workers.
+    pub(super) tokens: Arc<super::oauth2::Tokens>,
 }
 
 /// A connector trusting the webpki roots and, if given, the certificates in `ca_file`, and
@@ -47,6 +49,7 @@ pub fn connector(
     let mut tunnel_tls = tls.clone();
     tunnel_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Connector {
+        tokens: Arc::default(),
         tcp: http.clone(),
         tunnel_tls: tokio_rustls::TlsConnector::from(Arc::new(tunnel_tls)),
         https: hyper_rustls::HttpsConnectorBuilder::new()

@@ -12,7 +12,8 @@
 //! signed, into a buffer the connection keeps.
 //!
 //! The parts, where a reader looks for them: [`tls`] says what a connection trusts and presents;
-//! [`connect`] opens a connection (DNS, TCP, TLS) and
+//! [`oauth2`] fetches and keeps a sink's bearer token; [`connect`] opens a connection (DNS,
+//! TCP, TLS) and
 //! tells whether a kept one is still good; [`proxy`] opens a CONNECT tunnel through a proxy;
 //! [`request`] sends one request on it and reads the
 //! answer's body as its head frames it; [`response`] parses what the receiver sends (head,
@@ -24,6 +25,7 @@
 //! `Retry-After`), or final (any other status).
 
 mod connect;
+mod oauth2;
 mod proxy;
 mod request;
 mod response;
@@ -76,6 +78,7 @@ impl Connection {
     /// POSTs `body` to the sink's receiver with the headers of delivery `key` (signed at
     /// `unix_secs`), within the sink's `timeout`; with `compression: gzip`, the body is
     /// compressed first and the signature is over the compressed bytes.
+    /// With `oauth2`, the request carries the sink's bearer token (see [`oauth2`]).
     pub async fn post(
         &mut self,
         hook: &Webhook,
@@ -83,8 +86,26 @@ impl Connection {
         unix_secs: u64,
         body: &[u8],
     ) -> Attempt {
+        match hook.oauth2.as_deref() {
+            Some(grant) => {
+                self.post_authorized(hook, grant, key, unix_secs, body)
+                    .await
+            }
+            None => self.post_body(hook, key, unix_secs, body, None).await,
+        }
+    }
+
+    /// POSTs `body`, compressed if the sink says so, with `bearer`'s `Authorization`.
+    async fn post_body(
+        &mut self,
+        hook: &Webhook,
+        key: &str,
+        unix_secs: u64,
+        body: &[u8],
+        bearer: Option<&str>,
+    ) -> Attempt {
         if hook.compression == Compression::None {
-            return self.post_as_is(hook, key, unix_secs, body).await;
+            return self.post_as_is(hook, key, unix_secs, body, bearer).await;
         }
         let mut gz = std::mem::take(&mut self.gz);
         gz.clear();
@@ -96,7 +117,7 @@ impl Connection {
                 reason: format!("POST {}: cannot gzip the body: {e}", hook.shown),
             };
         }
-        let attempt = self.post_as_is(hook, key, unix_secs, &gz).await;
+        let attempt = self.post_as_is(hook, key, unix_secs, &gz, bearer).await;
         if gz.capacity() <= KEPT_GZIP_BUFFER {
             self.gz = gz;
         }
@@ -110,9 +131,10 @@ impl Connection {
         key: &str,
         unix_secs: u64,
         body: &[u8],
+        bearer: Option<&str>,
     ) -> Attempt {
         let shown = &hook.shown;
-        hook.write_head(&mut self.head, body, key, unix_secs);
+        hook.write_head(&mut self.head, body, key, unix_secs, bearer);
         // Pinned where it is: moving the exchange's state into the timeout would copy it.
         let send = std::pin::pin!(self.send(hook, body));
         let outcome = tokio::time::timeout(hook.timeout, send).await;
@@ -140,6 +162,25 @@ impl Connection {
             Ok(Err(e)) => Attempt::Retry {
                 reason: format!("POST {shown}: {}", error_chain(e.as_ref())),
             },
+        }
+    }
+
+    /// POSTs `body` to `hook` and hands back the answer's status and body (its first
+    /// 64 KiB), within `hook`'s timeout: for requests whose answer is data (a token).
+    pub(super) async fn request(
+        &mut self,
+        hook: &Webhook,
+        body: &[u8],
+    ) -> Result<(StatusCode, Vec<u8>), String> {
+        hook.write_head(&mut self.head, body, "token", 0, None);
+        let send = std::pin::pin!(self.send(hook, body));
+        match tokio::time::timeout(hook.timeout, send).await {
+            Ok(Ok(answer)) => answer.body.map(|body| (answer.status, body)),
+            Ok(Err(e)) => Err(error_chain(e.as_ref())),
+            Err(_) => Err(format!(
+                "no response within {}",
+                humantime::format_duration(hook.timeout)
+            )),
         }
     }
 
