@@ -18,9 +18,10 @@ use crate::intake::{Intake, Intakes, Listener};
 use crate::record::SourceInfo;
 use crate::record_log::RecordLog;
 use crate::source::file::FileSource;
-use crate::source::http::{HttpSource, Token, Verifier};
+use crate::source::http::{HttpSource, Token};
 use crate::source::journaled::JournalSource;
 use crate::source::socket::SocketSource;
+use crate::source::verify::Verifier;
 use crate::source::{Dispatch, Rejected, SinkPort};
 use crate::state_lock::{self, LockError};
 use anyhow::{Context, anyhow};
@@ -478,13 +479,7 @@ impl Pipeline {
                     journal,
                     path: path.to_string(),
                     token: auth_token.map(|t| Token::new(t.expose())),
-                    verifier: verify.map(|(scheme, secret)| Verifier {
-                        scheme,
-                        key: ring::hmac::Key::new(
-                            ring::hmac::HMAC_SHA256,
-                            secret.expose().as_bytes(),
-                        ),
-                    }),
+                    verifier: verify.map(|(scheme, secrets)| Verifier::new(scheme, secrets)),
                     max_body,
                     max_line,
                     format: s.format,

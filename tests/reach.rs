@@ -667,3 +667,110 @@ async fn oauth2_tokens_are_fetched_refreshed_before_they_expire_and_again_on_a_4
         assert!(!stderr.contains(secret), "{secret} in the log");
     }
 }
+
+/// Posts Flipt events to `port` as Standard Webhooks senders sign them, with Python's
+/// `standardwebhooks` package (`v1`) and `cryptography` (`v1a`, with the ed25519 `seed`);
+/// prints one status per case, or `SKIP` where the packages are missing.
+fn python_senders(port: u16, old_secret: &str, seed_b64: &str, bodies: &[String]) -> String {
+    let script = r#"
+import base64, datetime, json, sys, urllib.request, urllib.error
+try:
+    from standardwebhooks import Webhook
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+except ImportError:
+    print("SKIP"); sys.exit(0)
+port, secret, seed, bodies = json.load(sys.stdin)
+def post(msg_id, ts, body, sig):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/", data=body.encode(), method="POST",
+        headers={"webhook-id": msg_id, "webhook-timestamp": str(int(ts.timestamp())), "webhook-signature": sig})
+    try:
+        return urllib.request.urlopen(req).status
+    except urllib.error.HTTPError as e:
+        return e.code
+now = datetime.datetime.now(tz=datetime.timezone.utc)
+wh = Webhook(secret)
+key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(seed))
+def v1a(msg_id, ts, body):
+    return "v1a," + base64.b64encode(key.sign(f"{msg_id}.{int(ts.timestamp())}.{body}".encode())).decode()
+old = now - datetime.timedelta(minutes=10)
+print(" ".join(str(s) for s in [
+    post("msg_1", now, bodies[0], wh.sign("msg_1", now, bodies[0])),
+    post("msg_2", now, bodies[1] + " ", wh.sign("msg_2", now, bodies[1])),
+    post("msg_3", old, bodies[1], wh.sign("msg_3", old, bodies[1])),
+    post("msg_4", now, bodies[1], "v1,bm9wZQ== " + v1a("msg_4", now, bodies[1])),
+    post("msg_5", now, bodies[2], v1a("msg_5", now, bodies[1])),
+    post("msg_6", now, bodies[2], ""),
+]))
+"#;
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = serde_json::to_vec(&(port, old_secret, seed_b64, bodies)).unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_source_takes_standard_webhooks_signed_by_independent_senders_and_refuses_the_rest()
+{
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let port = free_port();
+    let (new, old) = (
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+    );
+    let seed = [9u8; 32];
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
+    let public = format!(
+        "whpk_{}",
+        b64.encode(ring::signature::KeyPair::public_key(&pair))
+    );
+    let config = s.path("flagtail.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: {}\nadmin: {{listen: \"\"}}\nsources:\n  - {{name: hooks, http: \"127.0.0.1:{port}\", verify: standard-webhooks, verify_secret: [\"{new}\", \"{old}\", \"{public}\"], format: flipt}}\nsinks:\n{}",
+            s.state().display(),
+            sink("out", &rx.url("/"), "")
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("MfKQ9r8G") && !out.contains("C2FVsBQI"),
+        "{out}"
+    );
+    let _ft = Flagtail::start(&config);
+    eventually(|| {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let bodies: Vec<String> = (0..3).map(|i| flipt_line(i, Encoding::Json).1).collect();
+    let statuses = python_senders(port, old, &b64.encode(seed), &bodies);
+    if statuses == "SKIP" {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have standardwebhooks and cryptography (.ci/run installs them)"
+        );
+        eprintln!("SKIPPED: pip install standardwebhooks cryptography");
+        return;
+    }
+    // Signed under the older secret: taken; the body changed: refused; ten minutes old:
+    // refused; a bad v1 beside a good v1a: taken; v1a of another body, or none: refused.
+    assert_eq!(statuses, "200 401 401 200 401 401");
+    let got = rx.wait_delivered(2).await;
+    let mut keys: Vec<String> = got.iter().map(|r| key_of(&r.body)).collect();
+    keys.sort();
+    assert_eq!(keys, ["flag-0", "flag-1"]);
+}

@@ -131,9 +131,10 @@ pub struct SourceSection {
     /// Signature an HTTP source checks over the raw body. Default `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyScheme>,
-    /// The sender's HMAC key for `verify`.
+    /// The sender's HMAC key for `verify`; for `standard-webhooks`, a list (`whsec_` secrets,
+    /// `whpk_` public keys) to rotate: a request signed under any one is taken. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verify_secret: Option<Secret>,
+    pub verify_secret: Option<Secrets>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -260,8 +261,8 @@ pub enum SourceKind<'a> {
         addr: &'a str,
         path: &'a str,
         auth_token: Option<&'a Secret>,
-        /// The scheme and the sender's secret, when `verify` is not `none`.
-        verify: Option<(VerifyScheme, &'a Secret)>,
+        /// The scheme and the sender's secrets, when `verify` is not `none`.
+        verify: Option<(VerifyScheme, &'a [Secret])>,
         max_body: usize,
         max_connections: usize,
     },
@@ -291,7 +292,7 @@ impl SourceSection {
                 auth_token: self.auth_token.as_ref(),
                 verify: match (self.verify.unwrap_or_default(), &self.verify_secret) {
                     (VerifyScheme::None, _) | (_, None) => None,
-                    (scheme, Some(secret)) => Some((scheme, secret)),
+                    (scheme, Some(secrets)) => Some((scheme, secrets.0.as_slice())),
                 },
                 max_body: self
                     .max_body_bytes
@@ -315,6 +316,10 @@ pub enum VerifyScheme {
     Flipt,
     /// `X-LD-Signature`: hex HMAC-SHA256 of the body (LaunchDarkly's signed webhooks).
     Launchdarkly,
+    /// Standard Webhooks (issue 28): `webhook-id`, `webhook-timestamp` (within 5 minutes),
+    /// `webhook-signature` with `v1,` HMAC (`whsec_` secrets) or `v1a,` ed25519 (`whpk_` keys).
+    #[serde(rename = "standard-webhooks")]
+    StandardWebhooks,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ pub use file::{
     SourceKind, SourceSection, VerifyScheme, WhenFull,
 };
 pub use interpolate::Substituted;
-pub use reach::{Compression, OAuth2Section, ProxySetting};
+pub use reach::{Compression, OAuth2Section, ProxySetting, VerifyKey, verify_keys};
 pub use scrub::Scrubber;
 pub use secret::{OneOrMany, Secret, SecretUrl, Secrets, Urls};
 
@@ -494,12 +494,17 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
             }
             match (s.verify.unwrap_or_default(), &s.verify_secret) {
                 (VerifyScheme::None, Some(_)) => p.push(format!(
-                    "{at}.verify_secret: set verify (flipt or launchdarkly) to use it"
+                    "{at}.verify_secret: set verify (flipt, launchdarkly or standard-webhooks) to use it"
                 )),
-                (VerifyScheme::Flipt | VerifyScheme::Launchdarkly, None) => p.push(format!(
+                (VerifyScheme::None, None) => {}
+                (_, None) => p.push(format!(
                     "{at}.verify_secret: verify needs the sender's secret"
                 )),
-                _ => {}
+                (scheme, Some(secrets)) => {
+                    if let Err(e) = reach::verify_keys(scheme, &secrets.0) {
+                        p.push(format!("{at}.verify_secret: {e}"));
+                    }
+                }
             }
             if s.max_body_bytes == Some(0) {
                 p.push(format!("{at}.max_body_bytes: must be at least 1"));

@@ -4,7 +4,9 @@
 //! [`SecretUrl`]: shown as `http://host:port/***`, its value never quoted in an error.
 
 use super::secret::QuietString;
-use super::{Secret, SecretUrl};
+use super::{Secret, SecretUrl, VerifyScheme};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What a sink's `proxy` key says.
@@ -64,4 +66,56 @@ pub struct OAuth2Section {
     /// The `audience` parameter some providers (Auth0, Okta) want. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
+}
+
+/// A key an HTTP source checks signatures with.
+#[derive(Clone, PartialEq, Eq)]
+pub enum VerifyKey {
+    /// An HMAC-SHA256 key: Flipt's and LaunchDarkly's secret as written, a `whsec_` secret's
+    /// bytes (Standard Webhooks `v1`).
+    Hmac(Vec<u8>),
+    /// An ed25519 public key (`whpk_`, Standard Webhooks `v1a`), 32 bytes.
+    Ed25519(Vec<u8>),
+}
+
+/// The keys of `verify_secret` under `scheme`; the error never quotes a value.
+pub fn verify_keys(scheme: VerifyScheme, secrets: &[Secret]) -> Result<Vec<VerifyKey>, String> {
+    let mut keys = Vec::new();
+    for (i, secret) in secrets.iter().enumerate() {
+        let which = match secrets.len() {
+            1 => String::new(),
+            _ => format!(" (secret {} of the list)", i + 1),
+        };
+        let text = secret.expose();
+        let key = match scheme {
+            VerifyScheme::StandardWebhooks => standard_key(text),
+            _ if i > 0 => Err("only standard-webhooks takes a list".to_string()),
+            _ => Ok(VerifyKey::Hmac(text.as_bytes().to_vec())),
+        };
+        match key {
+            Ok(VerifyKey::Hmac(k)) if k.is_empty() => {
+                return Err(format!("the secret is empty{which}"));
+            }
+            Ok(key) => keys.push(key),
+            Err(e) => return Err(format!("{e}{which}")),
+        }
+    }
+    Ok(keys)
+}
+
+/// A Standard Webhooks key: `whpk_` + base64 of an ed25519 public key, or (`whsec_` +) base64.
+fn standard_key(text: &str) -> Result<VerifyKey, String> {
+    if let Some(b64) = text.strip_prefix("whpk_") {
+        return match STANDARD.decode(b64) {
+            Ok(key) if key.len() == 32 => Ok(VerifyKey::Ed25519(key)),
+            _ => Err("a whpk_ key must be base64 of a 32-byte ed25519 public key".into()),
+        };
+    }
+    if text.starts_with("whsk_") {
+        return Err("a whsk_ key signs; a receiver verifies with its whpk_ public key".into());
+    }
+    STANDARD
+        .decode(text.strip_prefix("whsec_").unwrap_or(text))
+        .map(VerifyKey::Hmac)
+        .map_err(|_| "a standard-webhooks secret must be base64 (optionally after whsec_)".into())
 }
