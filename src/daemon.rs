@@ -469,10 +469,20 @@ impl Pipeline {
                     verify,
                     max_body,
                     max_connections,
+                    tls,
                     ..
                 }),
                 Listener::Http(listener),
-            ) => {
+            ) => 'http: {
+                // Checked with the config; files changed since make the source fail, never
+                // serve plain HTTP instead.
+                let tls = match tls.map(crate::source::tls::server_config).transpose() {
+                    Ok(tls) => tls,
+                    Err((key, e)) => {
+                        let e = std::io::Error::other(format!("tls.{key}: {e}"));
+                        break 'http self.sources.spawn(async move { Err(e) });
+                    }
+                };
                 let source = HttpSource {
                     name: name.into(),
                     listener: listener.clone(),
@@ -480,6 +490,7 @@ impl Pipeline {
                     path: path.to_string(),
                     token: auth_token.map(|t| Token::new(t.expose())),
                     verifier: verify.map(|(scheme, secrets)| Verifier::new(scheme, secrets)),
+                    tls,
                     max_body,
                     max_line,
                     format: s.format,

@@ -774,3 +774,128 @@ async fn an_http_source_takes_standard_webhooks_signed_by_independent_senders_an
     keys.sort();
     assert_eq!(keys, ["flag-0", "flag-1"]);
 }
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// `curl` POSTing `body` to `url` with `args` (TLS options); its exit code and the HTTP status.
+fn curl(url: &str, body: &str, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "--data-binary",
+            body,
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_source_serves_tls_refuses_clients_without_a_certificate_and_rereads_on_sighup() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let (server_ca, client_ca, stranger) = (
+        Ca::new("ingest CA"),
+        Ca::new("client CA"),
+        Ca::new("stranger"),
+    );
+    let file = |name: &str, text: &str| {
+        let path = s.path(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (cert, key) = server_ca.sign("127.0.0.1", false);
+    let (cert_file, key_file) = (s.path("server.pem"), s.path("server.key"));
+    let ca = file("ca.pem", &server_ca.pem());
+    let clients = file("clients.pem", &client_ca.pem());
+    let (c, k) = client_ca.sign("sender", true);
+    let (good_cert, good_key) = (file("good.pem", &c), file("good.key", &k));
+    let (c, k) = stranger.sign("sender", true);
+    let (bad_cert, bad_key) = (file("bad.pem", &c), file("bad.key", &k));
+    let port = free_port();
+    let config = s.path("flagtail.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: {}\nadmin: {{listen: \"\"}}\nsources:\n  - name: hooks\n    http: \"127.0.0.1:{port}\"\n    format: flipt\n    tls: {{cert_file: {}, key_file: {}, client_ca_file: {clients}}}\nsinks:\n{}",
+            s.state().display(),
+            cert_file.display(),
+            key_file.display(),
+            sink("out", &rx.url("/"), "")
+        ),
+    )
+    .unwrap();
+    // Checked at start, errors naming the key.
+    let (code, _, err) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert!(
+        code != 0 && err.contains("sources.0.tls.cert_file: cannot read"),
+        "{err}"
+    );
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let mut ft = Flagtail::start(&config);
+    let url = format!("https://127.0.0.1:{port}/");
+    eventually(|| {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let event = |i| flipt_line(i, Encoding::Json).1;
+    let with = |cert: &str, key: &str| {
+        vec![
+            "--cacert".to_string(),
+            ca.clone(),
+            "--cert".into(),
+            cert.into(),
+            "--key".into(),
+            key.into(),
+        ]
+    };
+    let good = with(&good_cert, &good_key);
+    assert_eq!(curl(&url, &event(0), &strs(&good)), (0, "200".into()));
+    // No certificate, or one from another CA: refused in the handshake, no HTTP status.
+    let (code, status) = curl(&url, &event(1), &["--cacert", &ca]);
+    assert!(code != 0 && status == "000", "{code} {status}");
+    let (code, status) = curl(&url, &event(1), &strs(&with(&bad_cert, &bad_key)));
+    assert!(code != 0 && status == "000", "{code} {status}");
+    // Plain HTTP on the TLS port gets no answer either.
+    let (_, status) = curl(&format!("http://127.0.0.1:{port}/"), &event(1), &[]);
+    assert_eq!(status, "000");
+
+    // A renewed certificate from another CA: taken up on SIGHUP, on the same listener.
+    let renewed_ca = Ca::new("renewed ingest CA");
+    let (cert, key) = renewed_ca.sign("127.0.0.1", false);
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let renewed = file("renewed.pem", &renewed_ca.pem());
+    ft.signal("HUP");
+    ft.wait_log("config reloaded").await;
+    let mut new_args = with(&good_cert, &good_key);
+    new_args[1] = renewed;
+    eventually(|| match curl(&url, &event(2), &strs(&new_args)) {
+        (0, status) if status == "200" => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    let (code, _) = curl(&url, &event(3), &strs(&good));
+    assert!(code != 0, "the old certificate is still served");
+    let got = rx.wait_delivered(2).await;
+    let mut keys: Vec<String> = got.iter().map(|r| key_of(&r.body)).collect();
+    keys.sort();
+    assert_eq!(keys, ["flag-0", "flag-2"]);
+    assert!(ft.terminate().await.success());
+}

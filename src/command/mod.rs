@@ -82,7 +82,9 @@ pub fn build_sinks(config: &Config) -> Result<Vec<Ready>, Failure> {
             SourceKind::File { path, .. } => crate::source::file::check_path(path)
                 .err()
                 .map(|e| format!("sources.{i}.file: {e}")),
-            SourceKind::Http { .. } => None,
+            SourceKind::Http { tls, .. } => tls
+                .and_then(|tls| crate::source::tls::server_config(tls).err())
+                .map(|(key, e)| format!("sources.{i}.tls.{key}: {e}")),
         })
         .collect();
     let sinks = match sink::build_all(config) {

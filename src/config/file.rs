@@ -135,6 +135,10 @@ pub struct SourceSection {
     /// `whpk_` public keys) to rotate: a request signed under any one is taken. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_secret: Option<Secrets>,
+    /// HTTP sources: `{cert_file, key_file, client_ca_file}` to serve HTTPS (and require client
+    /// certificates); re-read on reload. Default none (plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::TlsSection>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -263,6 +267,8 @@ pub enum SourceKind<'a> {
         auth_token: Option<&'a Secret>,
         /// The scheme and the sender's secrets, when `verify` is not `none`.
         verify: Option<(VerifyScheme, &'a [Secret])>,
+        /// HTTPS: the certificate files.
+        tls: Option<&'a super::TlsSection>,
         max_body: usize,
         max_connections: usize,
     },
@@ -294,6 +300,7 @@ impl SourceSection {
                     (VerifyScheme::None, _) | (_, None) => None,
                     (scheme, Some(secrets)) => Some((scheme, secrets.0.as_slice())),
                 },
+                tls: self.tls.as_ref(),
                 max_body: self
                     .max_body_bytes
                     .map_or(DEFAULT_BODY_BYTES as usize, |n| {

@@ -20,7 +20,7 @@ pub use file::{
     SourceKind, SourceSection, VerifyScheme, WhenFull,
 };
 pub use interpolate::Substituted;
-pub use reach::{Compression, OAuth2Section, ProxySetting, VerifyKey, verify_keys};
+pub use reach::{Compression, OAuth2Section, ProxySetting, TlsSection, VerifyKey, verify_keys};
 pub use scrub::Scrubber;
 pub use secret::{OneOrMany, Secret, SecretUrl, Secrets, Urls};
 
@@ -534,6 +534,7 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
                 ("auth_token", s.auth_token.is_some()),
                 ("verify", s.verify.is_some()),
                 ("verify_secret", s.verify_secret.is_some()),
+                ("tls", s.tls.is_some()),
                 ("max_body_bytes", s.max_body_bytes.is_some()),
             ] {
                 if set {

@@ -8,6 +8,7 @@ use super::{Secret, SecretUrl, VerifyScheme};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::path::PathBuf;
 
 /// What a sink's `proxy` key says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,4 +119,18 @@ fn standard_key(text: &str) -> Result<VerifyKey, String> {
         .decode(text.strip_prefix("whsec_").unwrap_or(text))
         .map(VerifyKey::Hmac)
         .map_err(|_| "a standard-webhooks secret must be base64 (optionally after whsec_)".into())
+}
+
+/// An HTTP source's `tls`: serve HTTPS, and with `client_ca_file`, mutual TLS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The server's certificate chain (PEM), leaf first. Required.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM). Required.
+    pub key_file: PathBuf,
+    /// CA certificates (PEM): a client must present a certificate one of them signed, or the
+    /// handshake is refused. Default none (no client certificate asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
 }

@@ -106,6 +106,8 @@ pub struct HttpSource {
     pub path: String,
     pub token: Option<Token>,
     pub verifier: Option<Verifier>,
+    /// HTTPS (`tls`), read when the source was made.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub max_body: usize,
     /// Longest event taken (`max_line_bytes`); a longer one is answered 413.
     pub max_line: usize,
@@ -141,7 +143,8 @@ impl HttpSource {
             cut_busy: false,
         };
         let (listener, name) = (&me.listener.listener, me.name.clone());
-        crate::listen::serve(listener, name, limits, service, me.stop.clone()).await;
+        let tls = me.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        crate::listen::serve(listener, name, (limits, tls), service, me.stop.clone()).await;
         Ok(())
     }
 

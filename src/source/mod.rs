@@ -13,6 +13,7 @@ pub mod journaled;
 pub mod lines;
 pub mod rejected;
 pub mod socket;
+pub mod tls;
 pub mod verify;
 mod watch;
 
