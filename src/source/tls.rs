@@ -7,24 +7,15 @@
 use crate::config::TlsSection;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
 use std::sync::Arc;
 
 /// The server config of `tls`, or the key at fault (`cert_file`, `key_file`,
 /// `client_ca_file`) and why.
 pub fn server_config(tls: &TlsSection) -> Result<Arc<ServerConfig>, (&'static str, String)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = certs(&tls.cert_file).map_err(|e| ("cert_file", e))?;
+    let chain = crate::pem::certs(&tls.cert_file).map_err(|e| ("cert_file", e))?;
     let path = &tls.key_file;
-    let key = PrivateKeyDer::from_pem_file(path).map_err(|e| {
-        let why = match e {
-            rustls_pki_types::pem::Error::NoItemsFound => "holds no private key".to_string(),
-            e => format!("is not a PEM private key: {e}"),
-        };
-        ("key_file", format!("{} {why}", path.display()))
-    })?;
+    let key = crate::pem::private_key(path).map_err(|e| ("key_file", e))?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ("cert_file", e.to_string()))?;
@@ -32,7 +23,7 @@ pub fn server_config(tls: &TlsSection) -> Result<Arc<ServerConfig>, (&'static st
         None => builder.with_no_client_auth(),
         Some(path) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in certs(path).map_err(|e| ("client_ca_file", e))? {
+            for cert in crate::pem::certs(path).map_err(|e| ("client_ca_file", e))? {
                 roots
                     .add(cert)
                     .map_err(|e| ("client_ca_file", format!("{}: {e}", path.display())))?;
@@ -52,16 +43,4 @@ pub fn server_config(tls: &TlsSection) -> Result<Arc<ServerConfig>, (&'static st
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// The certificates (PEM) in `path`: at least one.
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
-    }
-    Ok(certs)
 }

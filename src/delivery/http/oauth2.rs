@@ -145,28 +145,9 @@ impl Connection {
                 .await;
             match attempt {
                 Attempt::Refused { status: 401, .. } if stale.is_none() => stale = Some(token),
-                attempt => return masked(attempt, &token),
+                attempt => return attempt.with_reason(|r| r.replace(&token, "***")),
             }
         }
-    }
-}
-
-/// `attempt` with `token` masked in its reason.
-fn masked(attempt: Attempt, token: &str) -> Attempt {
-    match attempt {
-        Attempt::Refused {
-            status,
-            reason,
-            retry_after,
-        } => Attempt::Refused {
-            status,
-            reason: reason.replace(token, "***"),
-            retry_after,
-        },
-        Attempt::Retry { reason } => Attempt::Retry {
-            reason: reason.replace(token, "***"),
-        },
-        other => other,
     }
 }
 

@@ -6,8 +6,6 @@
 use crate::sink::ClientCert;
 use rustls::client::WantsClientCert;
 use rustls::{ClientConfig, ConfigBuilder};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -27,15 +25,9 @@ pub(super) fn client_config(
     let Some(client) = client else {
         return Ok(builder.with_no_client_auth());
     };
-    let chain = read_certs(&client.cert_file).map_err(|e| ("cert_file", e))?;
+    let chain = crate::pem::certs(&client.cert_file).map_err(|e| ("cert_file", e))?;
     let path = &client.key_file;
-    let key = PrivateKeyDer::from_pem_file(path).map_err(|e| {
-        let why = match e {
-            rustls_pki_types::pem::Error::NoItemsFound => "holds no private key".to_string(),
-            e => format!("is not a PEM private key: {e}"),
-        };
-        ("key_file", format!("{} {why}", path.display()))
-    })?;
+    let key = crate::pem::private_key(path).map_err(|e| ("key_file", e))?;
     builder.with_client_auth_cert(chain, key).map_err(|e| {
         let why = format!(
             "{} cannot sign for cert_file's certificate: {e}",
@@ -52,7 +44,7 @@ fn trusting(
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        for cert in read_certs(path)? {
+        for cert in crate::pem::certs(path)? {
             roots
                 .add(cert)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -63,16 +55,4 @@ fn trusting(
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
     Ok(builder.with_root_certificates(roots))
-}
-
-/// The certificates (PEM) in `path`: at least one.
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
-    }
-    Ok(certs)
 }
