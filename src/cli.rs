@@ -98,6 +98,19 @@ pub enum Command {
     },
     /// Print the config's JSON Schema, for editors to check a config as it is typed.
     ConfigSchema,
+    /// Print a new signing key: `ed25519` prints a `whsk_` signing_secret (Standard Webhooks
+    /// `v1a`) and the `whpk_` public key its receivers verify with.
+    Keygen {
+        /// The kind of key: ed25519.
+        kind: KeyKind,
+    },
+}
+
+/// The kinds of key `flagtail keygen` makes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KeyKind {
+    /// An ed25519 key pair for Standard Webhooks' asymmetric `v1a` signatures.
+    Ed25519,
 }
 
 /// Which dead letters `replay` and `dead-letters` take.

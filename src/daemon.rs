@@ -18,9 +18,10 @@ use crate::intake::{Intake, Intakes, Listener};
 use crate::record::SourceInfo;
 use crate::record_log::RecordLog;
 use crate::source::file::FileSource;
-use crate::source::http::{HttpSource, Token, Verifier};
+use crate::source::http::{HttpSource, Token};
 use crate::source::journaled::JournalSource;
 use crate::source::socket::SocketSource;
+use crate::source::verify::Verifier;
 use crate::source::{Dispatch, Rejected, SinkPort};
 use crate::state_lock::{self, LockError};
 use anyhow::{Context, anyhow};
@@ -460,20 +461,31 @@ impl Pipeline {
                 };
                 self.sources.spawn(source.run())
             }
-            (SourceKind::Http(http), Listener::Http(listener)) => {
+            (SourceKind::Http(http), Listener::Http(listener)) => 'http: {
+                // Checked with the config; files changed since make the source fail, never
+                // serve plain HTTP instead.
+                let tls = match http
+                    .tls
+                    .as_ref()
+                    .map(crate::source::tls::server_config)
+                    .transpose()
+                {
+                    Ok(tls) => tls,
+                    Err((key, e)) => {
+                        let e = std::io::Error::other(format!("tls.{key}: {e}"));
+                        break 'http self.sources.spawn(async move { Err(e) });
+                    }
+                };
                 let source = HttpSource {
                     name: name.into(),
                     listener: listener.clone(),
                     journal,
                     path: http.path.0.clone(),
                     token: http.auth_token.as_ref().map(|t| Token::new(t.expose())),
-                    verifier: http.verify().map(|(scheme, secret)| Verifier {
-                        scheme,
-                        key: ring::hmac::Key::new(
-                            ring::hmac::HMAC_SHA256,
-                            secret.expose().as_bytes(),
-                        ),
-                    }),
+                    verifier: http
+                        .verify()
+                        .map(|(scheme, secrets)| Verifier::new(scheme, secrets)),
+                    tls,
                     max_body: http.max_body_bytes.as_usize(),
                     max_line,
                     format: s.format,

@@ -20,6 +20,7 @@ pub mod intake;
 pub mod journal;
 pub mod listen;
 pub mod metrics;
+pub mod pem;
 pub mod position;
 pub mod record;
 pub mod record_log;

@@ -13,6 +13,10 @@
 //! - A client that opens with HTTP/2's prior-knowledge preface gets a SETTINGS frame and a GOAWAY
 //!   with `HTTP_1_1_REQUIRED`, and a WARN line names the listener and the peer.
 //!
+//! - With TLS (an HTTP source's `tls`), the handshake is part of the opening: it too must end
+//!   within [`HEAD_TIMEOUT`], and a client the TLS config refuses (no certificate from the
+//!   client CA) is refused there, before any request.
+//!
 //! It does not route, authenticate or read bodies: that is the service's job.
 
 use bytes::Bytes;
@@ -67,12 +71,16 @@ pub struct Limits {
 /// An answer as the services make them.
 pub type Answer = Response<Full<Bytes>>;
 
+/// A connection's byte stream: TCP, or TLS over it.
+type Stream = tokio_util::either::Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+
 /// Serves `service` on `listener` until `stop` fires; then requests being answered get
 /// `limits.grace` to finish. `name` names the listener in logs (`admin`, a source's name).
+/// With `tls`, connections are served over TLS.
 pub async fn serve<S>(
     listener: &TcpListener,
     name: Arc<str>,
-    limits: Limits,
+    (limits, tls): (Limits, Option<tokio_rustls::TlsAcceptor>),
     service: S,
     stop: CancellationToken,
 ) where
@@ -100,6 +108,7 @@ pub async fn serve<S>(
             limits,
             entry,
             open: open.clone(),
+            tls: tls.clone(),
         };
         tasks.spawn(conn.run(stream, service.clone(), stop.clone()));
         while tasks.try_join_next().is_some() {}
@@ -239,6 +248,8 @@ struct Connection {
     limits: Limits,
     entry: Arc<Entry>,
     open: Arc<Open>,
+    /// TLS to take the connection through first, if the listener serves it.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Connection {
@@ -252,7 +263,7 @@ impl Connection {
     {
         // Closing and stopping are heard while the first bytes are awaited too.
         let opening = tokio::select! {
-            opening = sniff(stream) => opening,
+            opening = self.open_stream(stream) => opening,
             _ = self.entry.close.cancelled() => None,
             _ = stop.cancelled() => None,
         };
@@ -271,6 +282,23 @@ impl Connection {
             None => {}
         }
         self.open.remove(self.entry.id);
+    }
+
+    /// The connection's stream (after the TLS handshake, if any), sniffed; `None` if the
+    /// handshake failed or did not end within [`HEAD_TIMEOUT`].
+    async fn open_stream(&self, tcp: TcpStream) -> Option<Opening> {
+        let stream = match &self.tls {
+            None => Stream::Left(tcp),
+            Some(tls) => match tokio::time::timeout(HEAD_TIMEOUT, tls.accept(tcp)).await {
+                Ok(Ok(stream)) => Stream::Right(stream),
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = %self.name, peer = %self.peer, error = %e, "TLS handshake refused");
+                    return None;
+                }
+                Err(_) => return None,
+            },
+        };
+        sniff(stream).await
     }
 
     async fn serve_http1<S>(&self, stream: Rewound, service: S, stop: &CancellationToken)
@@ -326,12 +354,12 @@ impl Connection {
 /// How a connection opens.
 enum Opening {
     Http1(Rewound),
-    Http2(TcpStream),
+    Http2(Stream),
 }
 
 /// Reads the connection's first bytes, as long as they could be HTTP/2's preface, within
 /// [`HEAD_TIMEOUT`]; `None` if the client sent nothing in time or closed.
-async fn sniff(mut stream: TcpStream) -> Option<Opening> {
+async fn sniff(mut stream: Stream) -> Option<Opening> {
     let mut head = [0u8; H2_PREFACE.len()];
     let mut have = 0;
     let read = async {
@@ -356,7 +384,7 @@ async fn sniff(mut stream: TcpStream) -> Option<Opening> {
 /// Answers an HTTP/2 client as HTTP/2 says a server that needs HTTP/1.1 does: its SETTINGS
 /// frame, then GOAWAY with `HTTP_1_1_REQUIRED` and a reason; then reads what the client still
 /// sends (for a while) so that closing does not reset the connection before it read the GOAWAY.
-async fn refuse_http2(mut stream: TcpStream) {
+async fn refuse_http2(mut stream: Stream) {
     const REASON: &[u8] = b"flagtail serves HTTP/1.1 only";
     let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
     let len = (8 + REASON.len()) as u32;
@@ -384,7 +412,7 @@ async fn refuse_http2(mut stream: TcpStream) {
 /// A connection whose first bytes were read already: they are read again first.
 struct Rewound {
     head: Bytes,
-    inner: TcpStream,
+    inner: Stream,
 }
 
 impl AsyncRead for Rewound {

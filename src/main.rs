@@ -33,6 +33,22 @@ fn print_out(text: &str) -> ExitCode {
     }
 }
 
+/// Prints a new key pair of `kind`: the secret for `signing_secret`, then the public key.
+fn keygen(kind: flagtail::cli::KeyKind) -> ExitCode {
+    match kind {
+        flagtail::cli::KeyKind::Ed25519 => match flagtail::sink::sign::new_ed25519_key() {
+            Ok((secret, public)) => {
+                println!("signing_secret: {secret}\npublic_key: {public}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("flagtail: {e}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Needs no config.
@@ -42,6 +58,9 @@ fn main() -> ExitCode {
             return print_out(&(flagtail::config::config_schema() + "\n"));
         }
         _ => {}
+    }
+    if let Some(Command::Keygen { kind }) = &cli.command {
+        return keygen(*kind);
     }
     // `status` needs a config only for its admin.listen: `--admin` (or no config at all, for the
     // default address) does without.
@@ -98,7 +117,7 @@ fn main() -> ExitCode {
             runtime.block_on(command::status::status(&config.file.admin.listen))
         }
         // Answered before the config is read.
-        Command::Completions { .. } | Command::ConfigSchema => Ok(()),
+        Command::Completions { .. } | Command::ConfigSchema | Command::Keygen { .. } => Ok(()),
     };
     // A template render given up on may still run on a blocking thread: do not wait for it.
     runtime.shutdown_background();

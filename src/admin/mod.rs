@@ -91,7 +91,7 @@ pub async fn serve(
         // Probes first: a connection is never kept waiting for a scrape to end.
         cut_busy: true,
     };
-    listen::serve(&listener, "admin".into(), limits, service, stop).await;
+    listen::serve(&listener, "admin".into(), (limits, None), service, stop).await;
 }
 
 async fn answer(

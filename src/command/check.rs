@@ -50,7 +50,11 @@ async fn reach(ready: &Ready) -> Result<String, String> {
                 Some("https") => "TCP and TLS",
                 _ => "TCP",
             };
-            Ok(format!("{how} to {} (no request sent)", hook.shown))
+            let via = match &hook.proxy {
+                Some(proxy) => format!(" through proxy {}", proxy.shown),
+                None => String::new(),
+            };
+            Ok(format!("{how} to {}{via} (no request sent)", hook.shown))
         }
         (Output::Nats(bus), Transport::Nats(publisher)) => {
             let subject = sample_subject(bus)?;

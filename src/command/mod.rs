@@ -83,7 +83,11 @@ pub fn build_sinks(config: &Config) -> Result<Vec<Ready>, Failure> {
             SourceKind::File(file) => crate::source::file::check_path(&file.file)
                 .err()
                 .map(|e| format!("sources.{i}.file: {e}")),
-            SourceKind::Http(_) => None,
+            SourceKind::Http(http) => http
+                .tls
+                .as_ref()
+                .and_then(|tls| crate::source::tls::server_config(tls).err())
+                .map(|(key, e)| format!("sources.{i}.tls.{key}: {e}")),
         })
         .collect();
     let sinks = match sink::build_all(config) {

@@ -13,6 +13,7 @@ pub mod gotemplate;
 mod interpolate;
 mod item;
 pub mod policy;
+mod reach;
 mod schema;
 pub mod scrub;
 mod secret;
@@ -22,6 +23,7 @@ mod values;
 
 pub use file::{ConfigFile, JournalSection, LogFormat, LogSection};
 pub use interpolate::Substituted;
+pub use reach::{Compression, OAuth2Section, ProxySetting, TlsSection, VerifyKey, verify_keys};
 pub use schema::config_schema;
 pub use scrub::Scrubber;
 pub use secret::{OneOrMany, Secret, SecretUrl, Secrets, Urls};

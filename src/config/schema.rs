@@ -145,6 +145,10 @@ text_schema!(Schedule, "Schedule", {
     "minItems": 1,
     "description": "Delays between attempts: `[1s, 10s, 1m]`."
 });
+text_schema!(super::reach::ProxySetting, "Proxy", {
+    "type": "string",
+    "description": "`http://[user:password@]host[:port]`, or `none` to go direct."
+});
 text_schema!(Format, "Format", {
     "type": "string",
     "enum": ["auto", "flipt", "unleash", "abtasty", "launchdarkly"]

@@ -122,7 +122,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
 
 /// Reads a string; any other type is an error that does not quote the value (serde's default
 /// `invalid type: found unsigned int 12345678901` would print a numeric secret).
-struct QuietString;
+pub(super) struct QuietString;
 
 impl QuietString {
     fn refuse<E: de::Error>(what: &str) -> E {
@@ -201,6 +201,12 @@ impl SecretUrl {
 
     pub fn has_host(&self) -> bool {
         self.0.host_str().is_some_and(|h| !h.is_empty())
+    }
+
+    /// The host (an IPv6 address in brackets) and the port, given or the scheme's default.
+    pub fn host_port(&self) -> (String, Option<u16>) {
+        let host = self.0.host_str().unwrap_or("").to_string();
+        (host, self.0.port_or_known_default())
     }
 
     /// The URL requests go to: without user info, so no client or log below us ever sees it.

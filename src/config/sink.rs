@@ -4,6 +4,7 @@
 
 use super::item::{self, Located};
 use super::policy::{Rate, RetryOn, Schedule};
+use super::reach::{Compression, OAuth2Section, ProxySetting};
 use super::secret::{Secret, SecretUrl, Secrets, Urls};
 use super::source::DEFAULT_BODY_BYTES;
 use super::values::{ByteSize, Count, Delay, FileMode, Name, Positive};
@@ -32,7 +33,7 @@ pub struct SinkSection {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkKind {
-    Webhook(WebhookSink),
+    Webhook(Box<WebhookSink>),
     Stdout(StdoutSink),
     File(FileSink),
     /// NATS JetStream.
@@ -133,6 +134,26 @@ pub struct WebhookSink {
     #[serde(default = "default_max_retry_after", with = "humantime_serde")]
     #[schemars(with = "super::schema::Duration")]
     pub max_retry_after: Duration,
+    /// The proxy requests go through, `http://[user:password@]host[:port]` (CONNECT tunnels for
+    /// `https` URLs), or `none` to go direct. Default: the environment's
+    /// `https_proxy`/`http_proxy`/`all_proxy` and `no_proxy` (either case), as curl reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySetting>,
+    /// A client certificate chain (PEM), presented to receivers that require mutual TLS; with
+    /// `key_file`. Read at start and on reload. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of `cert_file`. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// `gzip` sends the body compressed, with `Content-Encoding: gzip` (signatures over the
+    /// bytes sent), or `none`. Default `none`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// `{token_url, client_id, client_secret, scopes, audience}`: each request carries a bearer
+    /// token from this OAuth2 token endpoint (client credentials). Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Section>,
 }
 
 /// Publishes each message to NATS JetStream.
@@ -311,7 +332,11 @@ impl WebhookSink {
                 "has user info (sent as Basic auth) and headers has Authorization too; keep one",
             ));
         }
-        Ok(())
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => Err(Located::at("key_file", "cert_file needs its key_file")),
+            (None, Some(_)) => Err(Located::at("cert_file", "key_file needs its cert_file")),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -396,7 +421,7 @@ impl SinkSection {
             SinkType::Webhook => {
                 let hook: WebhookSink = item::read(keys, &unknown)?;
                 hook.check()?;
-                SinkKind::Webhook(hook)
+                SinkKind::Webhook(Box::new(hook))
             }
             SinkType::Stdout => SinkKind::Stdout(item::read(keys, &unknown)?),
             SinkType::File => SinkKind::File(item::read(keys, &unknown)?),

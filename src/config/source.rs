@@ -4,7 +4,8 @@
 //! and the kinds that take it.
 
 use super::item::{self, Located};
-use super::secret::Secret;
+use super::reach::{self, TlsSection};
+use super::secret::{Secret, Secrets};
 use super::values::{Address, Connections, FileMode, Name, Positive, UrlPath};
 use crate::event::Format;
 use figment::value::Value;
@@ -82,9 +83,15 @@ pub struct HttpSource {
     /// Signature it checks over the raw body. Default `none`.
     #[serde(default)]
     pub verify: VerifyScheme,
-    /// The sender's HMAC key for `verify`; required with it, refused without it.
+    /// The sender's key for `verify`; required with it, refused without it. For
+    /// `standard-webhooks`, a list (`whsec_` secrets, `whpk_` public keys) to rotate: a request
+    /// signed under any one is taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verify_secret: Option<Secret>,
+    pub verify_secret: Option<Secrets>,
+    /// `{cert_file, key_file, client_ca_file}` to serve HTTPS (and require client certificates);
+    /// re-read on reload. Default none (plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSection>,
     /// Largest request body taken. Default 1048576.
     #[serde(default = "default_body_bytes")]
     pub max_body_bytes: Positive,
@@ -94,11 +101,11 @@ pub struct HttpSource {
 }
 
 impl HttpSource {
-    /// The scheme and the sender's secret, when `verify` is not `none`.
-    pub fn verify(&self) -> Option<(VerifyScheme, &Secret)> {
+    /// The scheme and the sender's secrets, when `verify` is not `none`.
+    pub fn verify(&self) -> Option<(VerifyScheme, &[Secret])> {
         match (self.verify, &self.verify_secret) {
             (VerifyScheme::None, _) | (_, None) => None,
-            (scheme, Some(secret)) => Some((scheme, secret)),
+            (scheme, Some(secrets)) => Some((scheme, secrets.0.as_slice())),
         }
     }
 
@@ -106,13 +113,16 @@ impl HttpSource {
         match (self.verify, &self.verify_secret) {
             (VerifyScheme::None, Some(_)) => Err(Located::at(
                 "verify_secret",
-                "set verify (flipt or launchdarkly) to use it",
+                "set verify (flipt, launchdarkly or standard-webhooks) to use it",
             )),
-            (VerifyScheme::Flipt | VerifyScheme::Launchdarkly, None) => Err(Located::at(
+            (VerifyScheme::None, None) => Ok(()),
+            (_, None) => Err(Located::at(
                 "verify_secret",
                 "verify needs the sender's secret",
             )),
-            _ => Ok(()),
+            (scheme, Some(secrets)) => reach::verify_keys(scheme, &secrets.0)
+                .map(|_| ())
+                .map_err(|e| Located::at("verify_secret", e)),
         }
     }
 }
@@ -134,6 +144,10 @@ pub enum VerifyScheme {
     Flipt,
     /// `X-LD-Signature`: hex HMAC-SHA256 of the body (LaunchDarkly's signed webhooks).
     Launchdarkly,
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp` (within 5 minutes),
+    /// `webhook-signature` with `v1,` HMAC (`whsec_` secrets) or `v1a,` ed25519 (`whpk_` keys).
+    #[serde(rename = "standard-webhooks")]
+    StandardWebhooks,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

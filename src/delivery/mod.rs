@@ -50,9 +50,10 @@ impl Transport {
     /// config key at fault and why.
     pub fn for_sink(sink: &Sink) -> std::result::Result<Transport, (&'static str, String)> {
         match &sink.output {
-            Output::Webhook(hook) => http::connector(hook.ca_file.as_deref())
-                .map(Transport::Http)
-                .map_err(|e| ("ca_file", e)),
+            Output::Webhook(hook) => {
+                http::connector(hook.ca_file.as_deref(), hook.client_cert.as_ref())
+                    .map(Transport::Http)
+            }
             Output::Nats(bus) => {
                 nats::Publisher::new(&sink.name, sink.concurrency, bus, sink.scrubber.clone())
                     .map(|p| Transport::Nats(Arc::new(p)))

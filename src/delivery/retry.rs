@@ -42,6 +42,11 @@ impl Attempt {
     /// The attempt with the sink's secrets masked in its reason: whatever a transport quotes of
     /// its receiver passes here before it is logged, shown or put in a dead letter.
     fn scrubbed(self, scrubber: &crate::config::Scrubber) -> Attempt {
+        self.with_reason(|reason| scrubber.scrub(reason))
+    }
+
+    /// The attempt with its reason, if it has one, rewritten by `rewrite`.
+    pub fn with_reason(self, rewrite: impl Fn(&str) -> String) -> Attempt {
         match self {
             Attempt::Delivered => Attempt::Delivered,
             Attempt::Refused {
@@ -50,14 +55,14 @@ impl Attempt {
                 retry_after,
             } => Attempt::Refused {
                 status,
-                reason: scrubber.scrub(&reason),
+                reason: rewrite(&reason),
                 retry_after,
             },
             Attempt::Retry { reason } => Attempt::Retry {
-                reason: scrubber.scrub(&reason),
+                reason: rewrite(&reason),
             },
             Attempt::Final { reason, retryable } => Attempt::Final {
-                reason: scrubber.scrub(&reason),
+                reason: rewrite(&reason),
                 retryable,
             },
         }

@@ -8,13 +8,17 @@
 pub mod filter;
 pub mod gofmt;
 pub mod nats;
+pub mod oauth2;
 pub mod pace;
+pub mod proxy;
 pub mod render;
 pub mod sign;
 
 use crate::config::{Config, ConfigError, Scrubber, Secret, SinkKind, SinkSection, WebhookSink};
 use crate::record::Record;
-use ::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use ::http::header::{
+    CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT,
+};
 use base64::Engine;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -93,6 +97,24 @@ pub struct Webhook {
     pub ca_file: Option<PathBuf>,
     /// The sink's scrubber, for what the receiver answers.
     pub scrubber: Arc<Scrubber>,
+    /// The proxy requests go through (the `proxy` key or the environment); none: direct.
+    pub proxy: Option<proxy::Proxy>,
+    /// The client certificate presented to receivers that require mutual TLS.
+    pub client_cert: Option<ClientCert>,
+    /// How the body is encoded on the wire (`Content-Encoding` is in `head`).
+    pub compression: crate::config::Compression,
+    /// Where each request's bearer token comes from (`oauth2`).
+    pub oauth2: Option<Box<oauth2::OAuth2>>,
+}
+
+/// A client certificate for mutual TLS: the files of `cert_file` and `key_file`, read by the
+/// transport when it is built (at start and on reload).
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// The certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
 }
 
 impl Sink {
@@ -210,11 +232,28 @@ impl Webhook {
 
     /// Writes into `out` the HTTP/1.1 head of one attempt to send `body`: the same headers as
     /// [`Webhook::headers_for`], then `Content-Length`, then the blank line.
-    pub fn write_head(&self, out: &mut Vec<u8>, body: &[u8], key: &str, unix_secs: u64) {
+    /// With `bearer`, an `Authorization: Bearer` header too (`oauth2`'s token).
+    pub fn write_head(
+        &self,
+        out: &mut Vec<u8>,
+        body: &[u8],
+        key: &str,
+        unix_secs: u64,
+        bearer: Option<&str>,
+    ) {
         out.clear();
         out.extend_from_slice(&self.head);
         for (name, value) in attempt_headers(self.signer.as_ref(), body, key, unix_secs) {
             push_header(out, name, value.as_bytes());
+        }
+        if let Some(token) = bearer {
+            for part in [
+                b"authorization: Bearer ".as_slice(),
+                token.as_bytes(),
+                b"\r\n",
+            ] {
+                out.extend_from_slice(part);
+            }
         }
         use std::io::Write;
         let _ = write!(out, "content-length: {}\r\n\r\n", body.len());
@@ -274,6 +313,42 @@ fn request_head(target: &str, headers: &HeaderMap, signer: Option<&sign::Signer>
     head
 }
 
+/// The `Host` header of requests to `url`: its authority, without the scheme's default port.
+fn host_of(url: &::http::Uri) -> Option<HeaderValue> {
+    let authority = url.authority()?;
+    let default_port = match url.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let host = match authority.port_u16() {
+        Some(port) if port == default_port => authority.host(),
+        _ => authority.as_str(),
+    };
+    HeaderValue::from_str(host).ok()
+}
+
+/// The request line and fixed headers of a webhook's requests to `url` (its path and query). Through a proxy, an `http` request names the whole URL and carries the proxy's
+/// credentials; an `https` one goes through a CONNECT tunnel as it would go direct.
+fn webhook_head(
+    url: &::http::Uri,
+    headers: &HeaderMap,
+    signer: Option<&sign::Signer>,
+    proxy: Option<&proxy::Proxy>,
+) -> Vec<u8> {
+    let via = proxy.filter(|_| url.scheme_str() != Some("https"));
+    let target = match (via, url.path_and_query().map(|pq| pq.as_str())) {
+        (Some(_), _) => url.to_string(),
+        (None, Some(t)) if t.starts_with('/') => t.to_string(),
+        (None, Some(t)) => format!("/{t}"),
+        (None, None) => "/".to_string(),
+    };
+    let mut head = request_head(&target, headers, signer);
+    if let Some(auth) = via.and_then(|p| p.authorization.as_ref()) {
+        push_header(&mut head, "proxy-authorization", auth.as_bytes());
+    }
+    head
+}
+
 /// `base` plus `Idempotency-Key` and, with a signer, the signature headers of `body`.
 pub fn signed_headers(
     base: &HeaderMap,
@@ -325,27 +400,28 @@ fn build_webhook(
     let signer = build_signer(s, at, errors, scrubber);
     // HTTP/1.1 needs Host; the connection is opened to `url`, the request line carries `target`.
     if !headers.contains_key(::http::header::HOST)
-        && let Some(authority) = url.authority()
+        && let Some(host) = host_of(&url)
     {
-        let default_port = match url.scheme_str() {
-            Some("https") => 443,
-            _ => 80,
-        };
-        let host = match authority.port_u16() {
-            Some(port) if port == default_port => authority.host(),
-            _ => authority.as_str(),
-        };
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(::http::header::HOST, v);
-        }
+        headers.insert(::http::header::HOST, host);
     }
-    let target = match url.path_and_query().map(|pq| pq.as_str()) {
-        Some(t) if t.starts_with('/') => t.to_string(),
-        Some(t) => format!("/{t}"),
-        None => "/".to_string(),
+    let oauth2 = match &hook.oauth2 {
+        Some(section) => Some(Box::new(oauth2::build(
+            s, hook, section, at, errors, scrubber,
+        )?)),
+        None => None,
     };
-    let head = request_head(&target, &headers, signer.as_ref());
+    let proxy = proxy::resolve(hook.proxy.as_ref(), &url, |name| std::env::var(name).ok())
+        .map_err(|e| errors.push(format!("{}: {e}", at("proxy"))))
+        .ok()?;
+    if let Some((user, password)) = proxy.as_ref().and_then(|p| p.credentials.as_ref()) {
+        scrubber.add_user_info(user, password);
+    }
+    let head = webhook_head(&url, &headers, signer.as_ref(), proxy.as_ref());
     Some(Webhook {
+        oauth2,
+        proxy,
+        client_cert: client_cert_of(hook),
+        compression: hook.compression,
         url,
         head,
         shown: url_text.redacted(),
@@ -354,6 +430,15 @@ fn build_webhook(
         timeout: s.common.timeout,
         ca_file: hook.ca_file.clone(),
         scrubber: Arc::new(scrubber.clone()),
+    })
+}
+
+/// The sink's `cert_file` and `key_file`, when both are set.
+fn client_cert_of(hook: &WebhookSink) -> Option<ClientCert> {
+    let (cert_file, key_file) = hook.cert_file.clone().zip(hook.key_file.clone())?;
+    Some(ClientCert {
+        cert_file,
+        key_file,
     })
 }
 
@@ -388,6 +473,16 @@ fn base_headers(
         Err(_) => errors.push(format!("{}: not a valid header value", at("content_type"))),
     }
     headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+    let gzip = matches!(&s.kind, SinkKind::Webhook(hook) if hook.compression == crate::config::Compression::Gzip);
+    if gzip {
+        if headers.contains_key(CONTENT_ENCODING) {
+            errors.push(format!(
+                "{}: Content-Encoding is set by compression: gzip",
+                at("headers")
+            ));
+        }
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     headers
 }
 

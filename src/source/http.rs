@@ -8,8 +8,8 @@
 //!   (`"refused": M`), which is 400 if the request holds no event at all;
 //! - 401 on a missing or wrong token (`Authorization: Bearer TOKEN`, the bare token, or
 //!   `?token=TOKEN` for senders that can only be given a URL) or signature (`verify`: hex
-//!   HMAC-SHA256 of the raw body in `X-Flipt-Webhook-Signature` or `X-LD-Signature`); both are
-//!   compared in constant time;
+//!   HMAC-SHA256 of the raw body in `X-Flipt-Webhook-Signature` or `X-LD-Signature`, or
+//!   Standard Webhooks: see [`super::verify`]); both are compared in constant time;
 //! - 400 on a body that is not JSON (recorded in `rejected/`), 413 over `max_body_bytes`,
 //!   503 with `Retry-After` when the journal is full or cannot be written, 405 for other methods,
 //!   404 for other paths.
@@ -24,7 +24,7 @@
 use super::Rejected;
 use super::coding::{Codings, DecodeError};
 use super::rejected::Run;
-use crate::config::VerifyScheme;
+use super::verify::Verifier;
 use crate::event::{Format, Rejection};
 use crate::journal::{AppendError, Journal};
 use crate::listen::Answer;
@@ -98,21 +98,6 @@ impl Token {
     }
 }
 
-/// How a sender's signature is checked.
-pub struct Verifier {
-    pub scheme: VerifyScheme,
-    pub key: hmac::Key,
-}
-
-impl Verifier {
-    fn header(&self) -> &'static str {
-        match self.scheme {
-            VerifyScheme::Launchdarkly => "x-ld-signature",
-            _ => "x-flipt-webhook-signature",
-        }
-    }
-}
-
 pub struct HttpSource {
     pub name: Arc<str>,
     pub listener: Arc<HttpListener>,
@@ -121,6 +106,8 @@ pub struct HttpSource {
     pub path: String,
     pub token: Option<Token>,
     pub verifier: Option<Verifier>,
+    /// HTTPS (`tls`), read when the source was made.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub max_body: usize,
     /// Longest event taken (`max_line_bytes`); a longer one is answered 413.
     pub max_line: usize,
@@ -156,7 +143,8 @@ impl HttpSource {
             cut_busy: false,
         };
         let (listener, name) = (&me.listener.listener, me.name.clone());
-        crate::listen::serve(listener, name, limits, service, me.stop.clone()).await;
+        let tls = me.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        crate::listen::serve(listener, name, (limits, tls), service, me.stop.clone()).await;
         Ok(())
     }
 
@@ -198,12 +186,7 @@ impl HttpSource {
         if declared.is_some_and(|n| n > self.max_body) {
             return reply(StatusCode::PAYLOAD_TOO_LARGE, "body over max_body_bytes");
         }
-        let signature = self.verifier.as_ref().map(|v| {
-            req.headers()
-                .get(v.header())
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
+        let headers = self.verifier.as_ref().map(|_| req.headers().clone());
         let read = Limited::new(req.into_body(), self.max_body).collect();
         let body = match tokio::time::timeout(READ_TIMEOUT, read).await {
             Err(_) => return reply(StatusCode::REQUEST_TIMEOUT, "the body took too long"),
@@ -216,12 +199,11 @@ impl HttpSource {
             }
             Ok(Err(_)) => return reply(StatusCode::BAD_REQUEST, "the body could not be read"),
         };
-        if let (Some(v), Some(sig)) = (&self.verifier, signature) {
-            let ok = sig
-                .as_deref()
-                .and_then(|h| crate::hex::decode::<32>(h.trim()))
-                .is_some_and(|sig| hmac::verify(&v.key, &body, &sig).is_ok());
-            if !ok {
+        if let (Some(v), Some(headers)) = (&self.verifier, headers) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if !v.accepts(&headers, &body, now) {
                 return reply(StatusCode::UNAUTHORIZED, "missing or wrong signature");
             }
         }

@@ -13,6 +13,8 @@ pub mod journaled;
 pub mod lines;
 pub mod rejected;
 pub mod socket;
+pub mod tls;
+pub mod verify;
 mod watch;
 
 use crate::ack::Tracker;
