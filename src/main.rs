@@ -49,31 +49,31 @@ fn keygen(kind: flagtail::cli::KeyKind) -> ExitCode {
     }
 }
 
+/// The commands answered without reading a config; `None` for the others.
+fn without_config(cli: &Cli) -> Option<ExitCode> {
+    match &cli.command {
+        Some(Command::Completions { shell }) => Some(completions(*shell)),
+        Some(Command::ConfigSchema) => Some(print_out(&(flagtail::config::config_schema() + "\n"))),
+        Some(Command::Keygen { kind }) => Some(keygen(*kind)),
+        // `status` needs a config only for its admin.listen: `--admin` (or no config at all,
+        // for the default address) does without.
+        Some(Command::Status { admin }) => {
+            let no_config = cli.config.config.is_none()
+                && cli.config.flipt_config.is_none()
+                && !std::path::Path::new("./flagtail.yaml").exists();
+            admin
+                .clone()
+                .or_else(|| no_config.then(|| command::status::DEFAULT_ADMIN.to_string()))
+                .map(|admin| status(&admin))
+        }
+        _ => None,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Needs no config.
-    match &cli.command {
-        Some(Command::Completions { shell }) => return completions(*shell),
-        Some(Command::ConfigSchema) => {
-            return print_out(&(flagtail::config::config_schema() + "\n"));
-        }
-        _ => {}
-    }
-    if let Some(Command::Keygen { kind }) = &cli.command {
-        return keygen(*kind);
-    }
-    // `status` needs a config only for its admin.listen: `--admin` (or no config at all, for the
-    // default address) does without.
-    if let Some(Command::Status { admin }) = &cli.command {
-        let no_config = cli.config.config.is_none()
-            && cli.config.flipt_config.is_none()
-            && !std::path::Path::new("./flagtail.yaml").exists();
-        let given = admin
-            .clone()
-            .or_else(|| no_config.then(|| command::status::DEFAULT_ADMIN.to_string()));
-        if let Some(admin) = given {
-            return status(&admin);
-        }
+    if let Some(code) = without_config(&cli) {
+        return code;
     }
     let config = match Config::load_from(&cli.config.paths()) {
         Ok(c) => c,
