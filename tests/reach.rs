@@ -620,14 +620,14 @@ async fn oauth2_tokens_are_fetched_refreshed_before_they_expire_and_again_on_a_4
     let s = Setup::new();
     s.write_lines(0..40, Encoding::Json);
     let extra = format!(
-        "    rate_limit: 20/s\n    oauth2:\n      token_url: http://127.0.0.1:{}/oauth/token\n      client_id: flagtail\n      client_secret: cl-s3cret-x\n      scopes: [audit.write, audit.read]\n      audience: https://api.example\n",
+        "    rate_limit: 20/s\n    oauth2:\n      token_url: http://127.0.0.1:{}/oauth/token\n      client_id: flagtail\n      client_secret: \"cl-s3cret/x+y\"\n      scopes: [audit.write, audit.read]\n      audience: https://api.example\n",
         idp.port
     );
     let config = s.config(&sink("api", &rx.url("/in"), &extra));
     let (code, out, err) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        !out.contains("cl-s3cret-x") && out.contains("\"client_secret\": \"***\""),
+        !out.contains("cl-s3cret") && out.contains("\"client_secret\": \"***\""),
         "{out}"
     );
     let mut ft = Flagtail::start(&config);
@@ -648,7 +648,8 @@ async fn oauth2_tokens_are_fetched_refreshed_before_they_expire_and_again_on_a_4
     let asked = idp.asked.lock().unwrap().clone();
     let basic = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
-        "flagtail:cl-s3cret-x",
+        // RFC 6749 §2.3.1: the id and secret are form-encoded before they are joined.
+        "flagtail:cl-s3cret%2Fx%2By",
     );
     for (auth, form) in &asked {
         assert_eq!(auth, &format!("Basic {basic}"));
@@ -663,7 +664,7 @@ async fn oauth2_tokens_are_fetched_refreshed_before_they_expire_and_again_on_a_4
             && stderr.contains("503 Service Unavailable: idp busy"),
         "{stderr}"
     );
-    for secret in ["cl-s3cret-x", "tok-", &basic] {
+    for secret in ["cl-s3cret", "tok-", &basic] {
         assert!(!stderr.contains(secret), "{secret} in the log");
     }
 }

@@ -50,11 +50,12 @@ pub fn build(
         .map_err(|e| errors.push(format!("{}: {e}", at("proxy"))))
         .ok()?;
     let mut head = webhook_head(&url, &headers, None, proxy.as_ref());
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-        "{}:{}",
-        o.client_id,
-        o.client_secret.expose()
-    ));
+    // RFC 6749 §2.3.1: the id and the secret are form-encoded, then joined as Basic auth.
+    let encode = |text: &str| url::form_urlencoded::byte_serialize(text.as_bytes()).collect();
+    let (id, secret): (String, String) = (encode(&o.client_id), encode(o.client_secret.expose()));
+    scrubber.add(&secret);
+    scrubber.add_user_info(&id, &secret);
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
     push_header(
         &mut head,
         AUTHORIZATION.as_str(),
