@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod event;
 pub mod health;
 pub mod hex;
+pub mod history;
 pub mod intake;
 pub mod journal;
 pub mod listen;

@@ -324,6 +324,116 @@ async fn the_status_page_shows_a_run_in_a_real_browser_and_in_flagtail_status() 
     assert!(err.contains("cannot connect"), "{err}");
 }
 
+/// The sum of `key` over a status entry's `history` (the last hour, per minute).
+fn hour_sum(entry: &serde_json::Value, key: &str) -> u64 {
+    let minutes = entry["history"].as_array().expect("a history");
+    assert_eq!(minutes.len(), 60, "{entry}");
+    minutes.iter().map(|m| m[key].as_u64().unwrap_or(0)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sink_is_marked_and_charted_beside_one_that_delivers_and_its_hour_outlives_a_reload()
+ {
+    let (good, bad) = (Receiver::start().await, Receiver::start().await);
+    bad.plan(|_| Reply::Status(500));
+    let s = Setup::new();
+    let port = free_port();
+    s.write_lines(0..6, Encoding::Json);
+    let sinks = webhook_sink(&good.url("/"), "")
+        + &webhook_sink(&bad.url("/"), "").replace("name: hook", "name: broken");
+    let config = with_admin(&s, &sinks, port);
+    let mut ft = Flagtail::start(&config);
+    good.wait_delivered(6).await;
+    let down = |st: &serde_json::Value| {
+        let (hook, broken) = (named(st, "sinks", "hook"), named(st, "sinks", "broken"));
+        hour_sum(hook, "delivered") == 6
+            && broken["state"] == "down"
+            && hour_sum(broken, "failed") >= 2
+    };
+    let status = status_when(port, down).await;
+    assert_eq!(status["state"], "degraded");
+    let broken = named(&status, "sinks", "broken");
+    assert!(broken["since"].as_str().is_some(), "{broken}");
+    assert_eq!(hour_sum(broken, "delivered"), 0);
+    let minute = &broken["history"][59];
+    assert!(
+        minute["time"].as_str().unwrap().ends_with(":00Z"),
+        "{minute}"
+    );
+    let lag = &named(&status, "sources", "flipt")["history"][59]["lag_bytes"];
+    assert!(lag.is_u64(), "the lag was looked at this minute: {status}");
+    let failed = hour_sum(broken, "failed");
+
+    // A reload keeps the hour.
+    ft.signal("HUP");
+    ft.wait_log("config reloaded").await;
+    let status = status_when(port, down).await;
+    assert!(hour_sum(named(&status, "sinks", "broken"), "failed") >= failed);
+
+    if let Some(browser) = chromium() {
+        let url = format!("http://127.0.0.1:{port}/");
+        let shot = s.path("status-page.png");
+        let out = std::process::Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .arg("--window-size=1700,520")
+            .arg(format!("--screenshot={}", shot.display()))
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(shot.exists(), "{}", String::from_utf8_lossy(&out.stderr));
+        let _ = std::fs::copy(&shot, "/work/notes/status-page.png");
+        let out = std::process::Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--dump-dom",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        let dom = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            dom.contains("<strong class=\"warn\">degraded</strong>"),
+            "{dom}"
+        );
+        let row = |state: &str| {
+            dom.split(&format!("<tr class=\"sink-{state}\">"))
+                .nth(1)
+                .and_then(|r| r.split("</tr>").next())
+                .unwrap_or_else(|| panic!("no {state} row in {dom}"))
+                .to_string()
+        };
+        let (broken, hook) = (row("down"), row("up"));
+        assert!(
+            broken.starts_with("<td>broken</td><td class=\"bad\">down <small>since "),
+            "{broken}"
+        );
+        assert!(
+            hook.starts_with("<td>hook</td><td class=\"ok\">up</td>"),
+            "{hook}"
+        );
+        for (row, bars, none) in [
+            (&broken, "<rect class=\"f\"", "<rect class=\"d\""),
+            (&hook, "<rect class=\"d\"", "<rect class=\"f\""),
+        ] {
+            assert!(row.contains("<svg class=\"chart sink-chart\""), "{row}");
+            assert!(row.contains(bars) && !row.contains(none), "{row}");
+        }
+        assert!(
+            hook.contains("last hour: 6 delivered, 0 failed attempts, 0 dead-lettered"),
+            "{hook}"
+        );
+        assert!(dom.contains("<svg class=\"chart lag-chart\""), "{dom}");
+    }
+    assert!(ft.terminate().await.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_source_shows_its_journal_lag_and_a_sink_its_backoff() {
     let rx = Receiver::start().await;

@@ -11,7 +11,9 @@ const REFRESH: u32 = 5;
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
 h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.5em}\
 table{border-collapse:collapse}th,td{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}\
-td.n{text-align:right;font-variant-numeric:tabular-nums}.bad{color:#b00}.ok{color:#070}.warn{color:#a60}small{color:#666}";
+td.n{text-align:right;font-variant-numeric:tabular-nums}.bad{color:#b00}.ok{color:#070}.warn{color:#a60}small{color:#666}\
+tr.sink-retrying{background:#fff6e0}tr.sink-down{background:#fde8e8}tr.sink-down td:first-child,tr.sink-retrying td:first-child{font-weight:600}\
+svg.chart{display:block}svg .d{fill:#2a9d3a}svg .f{fill:#e0a000}svg .x{fill:#c62828}svg .l{fill:#3b6fd1}svg .axis{stroke:#bbb;stroke-width:1}";
 
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096);
@@ -44,14 +46,15 @@ pub fn render(s: &Snapshot) -> String {
     }
     out.push_str(
         "<h2>Sources</h2><table id=\"sources\"><tr><th>source</th><th>kind</th><th>path or address</th>\
-         <th>position</th><th>lag (bytes)</th><th>journal (bytes)</th><th>lines read</th><th>rejected</th><th>last rejected</th></tr>",
+         <th>position</th><th>lag (bytes)</th><th>journal (bytes)</th><th>lines read</th><th>rejected</th><th>last rejected</th><th>lag, last hour</th></tr>",
     );
     for src in &s.sources {
         source_row(&mut out, src);
     }
     out.push_str(
         "</table><h2>Sinks</h2><table id=\"sinks\"><tr><th>sink</th><th>state</th><th>backlog</th><th>kind</th><th>target</th><th>delivered</th>\
-         <th>filtered</th><th>retries</th><th>dead-lettered</th><th>dead letters waiting</th><th>backoff</th><th>last error</th></tr>",
+         <th>filtered</th><th>retries</th><th>dead-lettered</th><th>dead letters waiting</th><th>backoff</th><th>last error</th>\
+         <th>last hour <small>(delivered ▲ · failed attempts, dead-lettered ▼)</small></th></tr>",
     );
     for sink in &s.sinks {
         sink_row(&mut out, sink);
@@ -68,7 +71,7 @@ pub fn render(s: &Snapshot) -> String {
 fn source_row(out: &mut String, src: &SourceStatus) {
     let _ = write!(
         out,
-        "<tr><td>{}</td><td>{}</td><td>{}</td>{}{}{}<td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+        "<tr><td>{}</td><td>{}</td><td>{}</td>{}{}{}<td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
         escape(&src.name),
         escape(&src.kind),
         escape(&src.address),
@@ -78,6 +81,7 @@ fn source_row(out: &mut String, src: &SourceStatus) {
         src.lines_read,
         src.rejected,
         noted(src.last_rejected.as_ref()),
+        super::chart::lag(&src.name, &src.history),
     );
 }
 
@@ -101,7 +105,7 @@ fn sink_row(out: &mut String, sink: &SinkStatus) {
     let _ = write!(
         out,
         "<tr class=\"sink-{}\"><td>{}</td><td class=\"{colour}\">{}{since}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-         <td class=\"n\">{}</td><td class=\"n{waiting}\">{}</td><td>{}</td><td>{}</td></tr>",
+         <td class=\"n\">{}</td><td class=\"n{waiting}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
         escape(&sink.state),
         escape(&sink.name),
         escape(&sink.state),
@@ -118,6 +122,7 @@ fn sink_row(out: &mut String, sink: &SinkStatus) {
             .map(Waiting::to_string)
             .unwrap_or_default(),
         noted(sink.last_error.as_ref()),
+        super::chart::sink(&sink.name, &sink.history),
     );
 }
 
@@ -142,7 +147,7 @@ fn number(n: Option<u64>) -> String {
 }
 
 /// `text` escaped for HTML, with the escaper templates use.
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = Vec::with_capacity(text.len());
     let _ = tera::escape_html(text, &mut out);
     String::from_utf8_lossy(&out).into_owned()

@@ -482,6 +482,7 @@ impl Crew {
             }
             let n = group.records.len();
             self.sink.metrics.dead_letter.inc_by(n as u64);
+            self.sink.metrics.state.dead_lettered(n as u64);
             moved += n;
             backlog::sent(&self.backlog, &group);
         }
@@ -713,6 +714,7 @@ async fn finish(
     let done = match result {
         Result::Delivered { .. } => {
             sink.metrics.delivered.inc_by(records.len() as u64);
+            sink.metrics.state.delivered(records.len() as u64);
             Record::ack_all(records);
             true
         }
@@ -737,6 +739,7 @@ async fn finish(
                 }
                 sink.metrics.state.failed(&reason);
                 sink.metrics.dead_letter.inc_by(records.len() as u64);
+                sink.metrics.state.dead_lettered(records.len() as u64);
                 Record::ack_all(records);
             }
             written

@@ -129,6 +129,9 @@ impl<'a> Tries<'a> {
     /// After an attempt: the delivery's outcome, or `None` (after the wait) to try again.
     pub async fn settle(&mut self, attempt: Attempt, stop: &CancellationToken) -> Option<Outcome> {
         self.attempts += 1;
+        if !matches!(attempt, Attempt::Delivered) {
+            self.sink.metrics.state.attempt_lost();
+        }
         let (reason, retry_after) = match self.transient(attempt.scrubbed(&self.sink.scrubber)) {
             Ok(done) => return Some(done),
             Err(failure) => failure,
