@@ -668,6 +668,15 @@ async fn metrics_are_text_0_0_4_that_promtool_passes_and_openmetrics_when_asked(
     }
     let (passed, said) = promtool_check(promtool, &text);
     assert!(passed, "promtool check metrics: {said}\n{text}");
+    // Every metric the shipped alert rules and dashboard query is one this daemon serves.
+    for name in deployed_metric_names() {
+        let sample =
+            |l: &str| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "));
+        assert!(
+            text.lines().any(sample),
+            "deploy/ queries {name}, which /metrics does not serve:\n{text}"
+        );
+    }
     // What Prometheus asks for: OpenMetrics first.
     let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
     let (kind, body) = scrape(port, Some(prometheus));
