@@ -7,6 +7,7 @@
 
 pub mod ack;
 pub mod admin;
+pub mod attempt_log;
 pub mod checkpoint;
 pub mod cli;
 pub mod command;

@@ -84,6 +84,26 @@ fn main() -> ExitCode {
         }),
         Command::DeadLetters { sink, select, json } => selection(&select)
             .and_then(|selection| command::dead_letters::list(&config, &sink, json, &selection)),
+        Command::Attempts {
+            sink,
+            failed,
+            since,
+            limit,
+            json,
+        } => selection(&flagtail::cli::Select {
+            since,
+            until: None,
+            events: vec![],
+            id: vec![],
+        })
+        .and_then(|s| {
+            let filter = command::attempts::Filter {
+                failed,
+                since: s.since,
+                limit,
+            };
+            command::attempts::list(&config, &sink, json, &filter)
+        }),
         Command::Status { .. } => {
             runtime.block_on(command::status::status(&config.file.admin.listen))
         }

@@ -380,7 +380,7 @@ async fn a_failing_sink_is_marked_and_charted_beside_one_that_delivers_and_its_h
                 "--disable-gpu",
                 "--hide-scrollbars",
             ])
-            .arg("--window-size=1700,520")
+            .arg("--window-size=1700,1000")
             .arg(format!("--screenshot={}", shot.display()))
             .arg(&url)
             .output()
@@ -430,8 +430,111 @@ async fn a_failing_sink_is_marked_and_charted_beside_one_that_delivers_and_its_h
             "{hook}"
         );
         assert!(dom.contains("<svg class=\"chart lag-chart\""), "{dom}");
+        let failed = dom
+            .split("<table class=\"attempts\" id=\"attempts-broken\">")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no failed attempts of broken in {dom}"));
+        let failed = failed.split("</table>").next().unwrap();
+        let rows = failed.matches("<tr>").count() - 1;
+        let seen = hour_sum(named(&status, "sinks", "broken"), "failed") as usize;
+        assert!(
+            (seen.min(20)..=20).contains(&rows),
+            "{rows} rows, {seen} failed: {failed}"
+        );
+        assert!(failed.contains("500 Internal Server Error"), "{failed}");
+        assert!(
+            !dom.contains("id=\"attempts-hook\""),
+            "hook failed nothing: {dom}"
+        );
     }
+    let listed = attempts(&config, "broken", &[]);
+    assert_attempts(&listed, 500);
     assert!(ft.terminate().await.success());
+    // Stopped: the same log, read from the state directory.
+    let after = attempts(&config, "broken", &[]);
+    assert!(after.len() >= listed.len(), "{after:?}");
+    assert_attempts(&after, 500);
+    assert_eq!(
+        attempts(&config, "broken", &["--failed", "--limit", "2"]).len(),
+        2
+    );
+    let hook = attempts(&config, "hook", &[]);
+    assert!(
+        !hook.is_empty()
+            && hook
+                .iter()
+                .all(|a| a["error"].is_null() && a["status"].is_null() && a["attempt"] == 1),
+        "{hook:?}"
+    );
+    assert!(attempts(&config, "hook", &["--failed"]).is_empty());
+    assert!(attempts(&config, "hook", &["--since", "2999-01-01T00:00:00Z"]).is_empty());
+    let (code, table, err) = run_cmd(&[
+        "attempts",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "broken",
+        "--limit",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.starts_with("TIME")
+            && table.lines().count() == 4
+            && table.contains("500 Internal Server Error"),
+        "{table}"
+    );
+    assert!(err.contains("3 attempts"), "{err}");
+    let (code, _, err) = run_cmd(&[
+        "attempts",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "nope",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nope"), "{err}");
+}
+
+/// `flagtail attempts --json` of `sink` with `more` arguments, one JSON object a line.
+fn attempts(config: &std::path::Path, sink: &str, more: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec![
+        "attempts",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        sink,
+        "--json",
+    ];
+    args.extend_from_slice(more);
+    let (code, out, err) = run_cmd(&args);
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Failed attempts answered `status`, newest first, each naming its delivery and event.
+fn assert_attempts(listed: &[serde_json::Value], status: u64) {
+    assert!(listed.len() >= 2, "{listed:?}");
+    for a in listed {
+        assert_eq!(a["status"], status, "{a}");
+        assert!(
+            a["error"].as_str().unwrap().contains(&status.to_string()),
+            "{a}"
+        );
+        assert!(a["key"].as_str().unwrap().starts_with("flipt-"), "{a}");
+        assert!(a["event"].as_str().unwrap().starts_with("flag:"), "{a}");
+        assert!(
+            a["attempt"].as_u64().unwrap() >= 1 && a["duration_ms"].is_u64(),
+            "{a}"
+        );
+    }
+    let times: Vec<&str> = listed.iter().map(|a| a["time"].as_str().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

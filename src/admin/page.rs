@@ -59,9 +59,13 @@ pub fn render(s: &Snapshot) -> String {
     for sink in &s.sinks {
         sink_row(&mut out, sink);
     }
+    out.push_str("</table>");
+    for sink in s.sinks.iter().filter(|k| !k.failed_attempts.is_empty()) {
+        failed_attempts(&mut out, sink);
+    }
     let _ = writeln!(
         out,
-        "</table><p><small>Reloads every {REFRESH} s. Data: <a href=\"status.json\">status.json</a> · \
+        "<p><small>Reloads every {REFRESH} s. Data: <a href=\"status.json\">status.json</a> · \
          <a href=\"metrics\">metrics</a></small></p></body></html>"
     );
     out
@@ -124,6 +128,31 @@ fn sink_row(out: &mut String, sink: &SinkStatus) {
         noted(sink.last_error.as_ref()),
         super::chart::sink(&sink.name, &sink.history),
     );
+}
+
+/// A sink's last failed attempts, newest first, from the attempt log.
+fn failed_attempts(out: &mut String, sink: &SinkStatus) {
+    let _ = write!(
+        out,
+        "<h2>Failed attempts of {0} <small>(the last {1}; all with <code>flagtail attempts --sink {0} --failed</code>)</small></h2>\
+         <table class=\"attempts\" id=\"attempts-{0}\"><tr><th>time</th><th>event</th><th>attempt</th><th>status</th><th>took</th><th>error</th><th>id</th></tr>",
+        escape(&sink.name),
+        super::snapshot::FAILED_SHOWN,
+    );
+    for a in &sink.failed_attempts {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{} ms</td><td class=\"bad\">{}</td><td><small>{}</small></td></tr>",
+            escape(&a.time),
+            escape(&a.event),
+            a.attempt,
+            a.status.map_or("–".into(), |s| s.to_string()),
+            a.duration_ms,
+            escape(a.error.as_deref().unwrap_or_default()),
+            escape(&a.key),
+        );
+    }
+    out.push_str("</table>");
 }
 
 /// A note and its time, or nothing.

@@ -5,6 +5,7 @@
 //! sizes): call it on a blocking thread.
 
 use super::View;
+use crate::attempt_log::AttemptRecord;
 use crate::health::Health;
 use crate::history::{LagMinute, Minute, SinkMinute};
 use crate::metrics::{self, SinkLabel, SourceLabel};
@@ -97,7 +98,13 @@ pub struct SinkStatus {
     /// The last hour: per minute `delivered`, `failed` (attempts) and `dead_lettered`, oldest first.
     #[serde(default)]
     pub history: Vec<Minute<SinkMinute>>,
+    /// Its last [`FAILED_SHOWN`] failed attempts from the attempt log, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_attempts: Vec<AttemptRecord>,
 }
+
+/// Failed attempts shown per sink.
+pub const FAILED_SHOWN: usize = 20;
 
 /// Something that happened, with its time (RFC 3339).
 #[derive(Debug, Serialize, Deserialize)]
@@ -245,6 +252,12 @@ fn sink_status(view: &View, s: &super::SinkView) -> SinkStatus {
         backlog_events: backlog.0,
         backlog_bytes: backlog.1,
         history: counters.state.history.minutes(),
+        failed_attempts: crate::attempt_log::read(&view.state_dir, &s.name)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(AttemptRecord::failed)
+            .take(FAILED_SHOWN)
+            .collect(),
     }
 }
 

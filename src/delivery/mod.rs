@@ -649,7 +649,7 @@ async fn send(
         Err(e) => return render_failed(e),
     };
     let key = Sink::delivery_key(records);
-    let mut tries = retry::Tries::new(sink, &key, patience);
+    let mut tries = retry::Tries::new(sink, &key, patience).about(records);
     loop {
         let once = attempt(sink, hook, conn, &key, &body, stop);
         let attempt = match patience {
