@@ -20,6 +20,20 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The command line's filter; `since` as RFC 3339 UTC or a duration ago (`2h`).
+    pub fn parse(
+        failed: bool,
+        since: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Filter, Failure> {
+        let since = super::dead_letters::Selection::parse(since, None, &[], &[])?.since;
+        Ok(Filter {
+            failed,
+            since,
+            limit,
+        })
+    }
+
     fn takes(&self, a: &AttemptRecord) -> bool {
         let when = humantime::parse_rfc3339_weak(&a.time).ok();
         (!self.failed || a.failed())
