@@ -55,6 +55,8 @@ struct Logs {
     dir: PathBuf,
     keep: u64,
     writers: HashMap<String, Writer>,
+    /// Sinks whose log cannot be written now: said once, and again when it can be.
+    failing: std::collections::HashSet<String>,
 }
 
 fn logs() -> &'static Mutex<Option<Logs>> {
@@ -83,6 +85,7 @@ pub fn configure(state_dir: &Path, keep: u64) {
             dir: state_dir.to_path_buf(),
             keep,
             writers: HashMap::new(),
+            failing: Default::default(),
         });
     }
 }
@@ -96,9 +99,19 @@ pub fn record(record: &AttemptRecord) {
     }
     let mut line = serde_json::to_vec(record).unwrap_or_default();
     line.push(b'\n');
-    if let Err(e) = logs.append(&record.sink, &line) {
-        logs.writers.remove(&record.sink);
-        tracing::warn!(sink = %record.sink, "cannot record an attempt in the attempt log: {e}");
+    match logs.append(&record.sink, &line) {
+        Ok(()) => {
+            if logs.failing.remove(&record.sink) {
+                tracing::info!(sink = %record.sink, "the attempt log is written again");
+            }
+        }
+        Err(e) => {
+            logs.writers.remove(&record.sink);
+            // Said once per outage (a full disk would otherwise say it for every attempt).
+            if logs.failing.insert(record.sink.clone()) {
+                tracing::warn!(sink = %record.sink, dir = %logs.dir.display(), "cannot record attempts in the attempt log (deliveries go on; their attempts are not on record until it can be written): {e}");
+            }
+        }
     }
 }
 

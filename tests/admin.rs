@@ -411,7 +411,7 @@ async fn a_failing_sink_is_marked_and_charted_beside_one_that_delivers_and_its_h
         };
         let (broken, hook) = (row("down"), row("up"));
         assert!(
-            broken.starts_with("<td>broken</td><td class=\"bad\">down <small>since "),
+            broken.starts_with("<td>broken</td><td class=\"bad\">down for "),
             "{broken}"
         );
         assert!(

@@ -99,7 +99,7 @@ fn sink_row(out: &mut String, sink: &SinkStatus) {
     let since = sink
         .since
         .as_ref()
-        .map(|t| format!(" <small>since {}</small>", escape(t)))
+        .map(|t| format!("{} <small>since {}</small>", failing_for(t), escape(t)))
         .unwrap_or_default();
     let waiting = if sink.dead_letters_waiting > 0 {
         " bad"
@@ -153,6 +153,18 @@ fn failed_attempts(out: &mut String, sink: &SinkStatus) {
         );
     }
     out.push_str("</table>");
+}
+
+/// ` for 3m 10s` since `time` (RFC 3339), to the second; nothing if it cannot be read.
+fn failing_for(time: &str) -> String {
+    humantime::parse_rfc3339_weak(time)
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map(|d| {
+            let d = std::time::Duration::from_secs(d.as_secs());
+            format!(" for {}", humantime::format_duration(d))
+        })
+        .unwrap_or_default()
 }
 
 /// A note and its time, or nothing.
