@@ -230,16 +230,11 @@ async fn the_status_page_shows_a_run_in_a_real_browser_and_in_flagtail_status() 
 
     // The page, as a real browser renders it.
     if let Some(browser) = chromium() {
-        let out = std::process::Command::new(browser)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--dump-dom",
-                &format!("http://127.0.0.1:{port}/"),
-            ])
-            .output()
-            .unwrap();
+        let out = headless(
+            browser,
+            &["--dump-dom"],
+            &format!("http://127.0.0.1:{port}/"),
+        );
         let dom = String::from_utf8_lossy(&out.stdout);
         let row = |table: &str, name: &str| {
             let t = dom
@@ -324,6 +319,16 @@ async fn the_status_page_shows_a_run_in_a_real_browser_and_in_flagtail_status() 
     assert!(err.contains("cannot connect"), "{err}");
 }
 
+/// Headless Chromium on `url` with `args` (`--dump-dom`, `--screenshot=PATH`).
+fn headless(browser: &str, args: &[&str], url: &str) -> std::process::Output {
+    std::process::Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu"])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap()
+}
+
 /// The sum of `key` over a status entry's `history` (the last hour, per minute).
 fn hour_sum(entry: &serde_json::Value, key: &str) -> u64 {
     let minutes = entry["history"].as_array().expect("a history");
@@ -373,30 +378,18 @@ async fn a_failing_sink_is_marked_and_charted_beside_one_that_delivers_and_its_h
     if let Some(browser) = chromium() {
         let url = format!("http://127.0.0.1:{port}/");
         let shot = s.path("status-page.png");
-        let out = std::process::Command::new(browser)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
+        let out = headless(
+            browser,
+            &[
                 "--hide-scrollbars",
-            ])
-            .arg("--window-size=1700,1000")
-            .arg(format!("--screenshot={}", shot.display()))
-            .arg(&url)
-            .output()
-            .unwrap();
+                "--window-size=1700,1000",
+                &format!("--screenshot={}", shot.display()),
+            ],
+            &url,
+        );
         assert!(shot.exists(), "{}", String::from_utf8_lossy(&out.stderr));
         let _ = std::fs::copy(&shot, "/work/notes/status-page.png");
-        let out = std::process::Command::new(browser)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--dump-dom",
-                &url,
-            ])
-            .output()
-            .unwrap();
+        let out = headless(browser, &["--dump-dom"], &url);
         let dom = String::from_utf8_lossy(&out.stdout);
         assert!(
             dom.contains("<strong class=\"warn\">degraded</strong>"),
