@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-event work, one event at a time: parsing a line (Flipt, and
 //! `auto` on an Unleash line), rendering the body (Flipt's default and a Slack-style template)
-//! and signing it (Flipt's HMAC, Standard Webhooks). `cargo bench --bench micro`.
+//! and signing it (Flipt's HMAC, Standard Webhooks); and what every attempt costs besides
+//! (its line in the attempt log, its count in the last hour). `cargo bench --bench micro`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use flagtail::config::{Secret, SignatureScheme};
@@ -68,5 +69,34 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(micro, benches);
+/// One attempt put on record as a delivery does: its line built and appended to the attempt log
+/// (a real file in a temporary state dir, `attempts.keep` 1000, so the files alternate), and its
+/// count in the sink's last hour.
+fn attempt_record(c: &mut Criterion) {
+    use flagtail::attempt_log::{self, AttemptRecord};
+    let dir = tempfile::tempdir().unwrap();
+    attempt_log::configure(dir.path(), 1000);
+    let state = flagtail::status::sink("bench");
+    let (key, event) = (
+        "flipt-d0baa19c5c6c33cb-1584".to_string(),
+        "flag:updated".to_string(),
+    );
+    c.bench_function("record an attempt", |b| {
+        b.iter(|| {
+            attempt_log::record(&AttemptRecord {
+                time: flagtail::record_log::now_rfc3339(),
+                sink: "bench".into(),
+                key: key.clone(),
+                event: event.clone(),
+                attempt: 1,
+                status: Some(500),
+                error: Some("POST https://audit.example.com/***: 500 Internal Server Error".into()),
+                duration_ms: 3,
+            });
+            state.attempt_lost();
+        })
+    });
+}
+
+criterion_group!(micro, benches, attempt_record);
 criterion_main!(micro);

@@ -85,6 +85,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List a sink's recorded attempts, newest first: time, type:action, attempt, status, duration,
+    /// id, error (the attempt log; works whether the daemon runs or not).
+    Attempts {
+        #[arg(long)]
+        sink: String,
+        /// Only failed attempts.
+        #[arg(long)]
+        failed: bool,
+        /// Only attempts at or after: RFC 3339 UTC (2026-11-23T06:00:00Z) or a duration ago (2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many, the newest.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a running daemon's status page as tables (from its admin endpoint's /status.json).
     Status {
         /// The admin endpoint, HOST:PORT. Default: the config's admin.listen, else 127.0.0.1:9464.

@@ -327,6 +327,7 @@ impl Pipeline {
         health: &Arc<Health>,
     ) -> Pipeline {
         let c = &config.file;
+        crate::attempt_log::configure(&c.state_dir, c.attempts.keep);
         health.expect(c.sources.iter().map(|s| s.name.to_string()));
         for s in &c.sources {
             crate::status::source(s.name.as_str());

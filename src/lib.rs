@@ -7,6 +7,7 @@
 
 pub mod ack;
 pub mod admin;
+pub mod attempt_log;
 pub mod checkpoint;
 pub mod cli;
 pub mod command;
@@ -16,6 +17,7 @@ pub mod delivery;
 pub mod event;
 pub mod health;
 pub mod hex;
+pub mod history;
 pub mod intake;
 pub mod journal;
 pub mod listen;

@@ -96,7 +96,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = match cli.command.unwrap_or(Command::Run) {
+    let result = dispatch(config, cli.command.unwrap_or(Command::Run), &runtime);
+    // A template render given up on may still run on a blocking thread: do not wait for it.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("flagtail: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Runs the command that takes a loaded config.
+fn dispatch(
+    config: Config,
+    cmd: Command,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(), Failure> {
+    match cmd {
         Command::Run => runtime.block_on(serve(config)),
         Command::Check { connect } => command::check::check(&config, connect),
         Command::Render {
@@ -113,20 +131,19 @@ fn main() -> ExitCode {
         }),
         Command::DeadLetters { sink, select, json } => selection(&select)
             .and_then(|selection| command::dead_letters::list(&config, &sink, json, &selection)),
+        Command::Attempts {
+            sink,
+            failed,
+            since,
+            limit,
+            json,
+        } => command::attempts::Filter::parse(failed, since.as_deref(), limit)
+            .and_then(|filter| command::attempts::list(&config, &sink, json, &filter)),
         Command::Status { .. } => {
             runtime.block_on(command::status::status(&config.file.admin.listen))
         }
         // Answered before the config is read.
         Command::Completions { .. } | Command::ConfigSchema | Command::Keygen { .. } => Ok(()),
-    };
-    // A template render given up on may still run on a blocking thread: do not wait for it.
-    runtime.shutdown_background();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("flagtail: {}", f.message);
-            ExitCode::from(f.code)
-        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! outlives reloads; written only off the hot path (rejections, failures, retries) except for one
 //! relaxed load per delivery group that marks activity.
 
+use crate::history::{Hour, LagMinute, SinkMinute};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -33,6 +34,8 @@ pub struct SourceState {
     pub rejected: AtomicU64,
     /// The last rejected line's reason (with the offset it was read at).
     last_rejected: Mutex<Option<Note>>,
+    /// Its lag, minute by minute, over the last hour.
+    pub lag: Hour<LagMinute>,
 }
 
 impl SourceState {
@@ -45,6 +48,12 @@ impl SourceState {
 
     pub fn last_rejected(&self) -> Option<Note> {
         lock(&self.last_rejected).clone()
+    }
+
+    /// Its lag was `bytes` when looked at: the minute keeps the most it saw.
+    pub fn lag_seen(&self, bytes: u64) {
+        self.lag
+            .count(|m| m.lag_bytes = Some(m.lag_bytes.map_or(bytes, |l| l.max(bytes))));
     }
 }
 
@@ -64,6 +73,8 @@ pub struct SinkState {
     /// Events waiting in its backlog, and the bytes they take there.
     pub backlog_events: AtomicU64,
     pub backlog_bytes: AtomicU64,
+    /// What it did, minute by minute, over the last hour.
+    pub history: Hour<SinkMinute>,
 }
 
 /// What a sink is doing (SPEC §4): delivering, failing for less than `max_backoff_duration`, or
@@ -162,6 +173,21 @@ impl SinkState {
     /// A delivery failed for good.
     pub fn failed(&self, reason: &str) {
         *lock(&self.last_error) = Some(Note::now(reason));
+    }
+
+    /// `events` delivered, for the last hour's chart.
+    pub fn delivered(&self, events: u64) {
+        self.history.count(|m| m.delivered += events);
+    }
+
+    /// An attempt failed (retried or not), for the last hour's chart.
+    pub fn attempt_lost(&self) {
+        self.history.count(|m| m.failed += 1);
+    }
+
+    /// `events` dead-lettered, for the last hour's chart.
+    pub fn dead_lettered(&self, events: u64) {
+        self.history.count(|m| m.dead_lettered += events);
     }
 
     pub fn last_error(&self) -> Option<Note> {

@@ -230,16 +230,11 @@ async fn the_status_page_shows_a_run_in_a_real_browser_and_in_flagtail_status() 
 
     // The page, as a real browser renders it.
     if let Some(browser) = chromium() {
-        let out = std::process::Command::new(browser)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--dump-dom",
-                &format!("http://127.0.0.1:{port}/"),
-            ])
-            .output()
-            .unwrap();
+        let out = headless(
+            browser,
+            &["--dump-dom"],
+            &format!("http://127.0.0.1:{port}/"),
+        );
         let dom = String::from_utf8_lossy(&out.stdout);
         let row = |table: &str, name: &str| {
             let t = dom
@@ -322,6 +317,217 @@ async fn the_status_page_shows_a_run_in_a_real_browser_and_in_flagtail_status() 
     let (code, _, err) = run_cmd(&["status", "--admin", &format!("127.0.0.1:{port}")]);
     assert_eq!(code, 1);
     assert!(err.contains("cannot connect"), "{err}");
+}
+
+/// Headless Chromium on `url` with `args` (`--dump-dom`, `--screenshot=PATH`).
+fn headless(browser: &str, args: &[&str], url: &str) -> std::process::Output {
+    std::process::Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu"])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap()
+}
+
+/// The sum of `key` over a status entry's `history` (the last hour, per minute).
+fn hour_sum(entry: &serde_json::Value, key: &str) -> u64 {
+    let minutes = entry["history"].as_array().expect("a history");
+    assert_eq!(minutes.len(), 60, "{entry}");
+    minutes.iter().map(|m| m[key].as_u64().unwrap_or(0)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sink_is_marked_and_charted_beside_one_that_delivers_and_its_hour_outlives_a_reload()
+ {
+    let (good, bad) = (Receiver::start().await, Receiver::start().await);
+    bad.plan(|_| Reply::Status(500));
+    let s = Setup::new();
+    let port = free_port();
+    s.write_lines(0..6, Encoding::Json);
+    let sinks = webhook_sink(&good.url("/"), "")
+        + &webhook_sink(&bad.url("/"), "").replace("name: hook", "name: broken");
+    let config = with_admin(&s, &sinks, port);
+    let mut ft = Flagtail::start(&config);
+    good.wait_delivered(6).await;
+    let down = |st: &serde_json::Value| {
+        let (hook, broken) = (named(st, "sinks", "hook"), named(st, "sinks", "broken"));
+        hour_sum(hook, "delivered") == 6
+            && broken["state"] == "down"
+            && hour_sum(broken, "failed") >= 2
+    };
+    let status = status_when(port, down).await;
+    assert_eq!(status["state"], "degraded");
+    let broken = named(&status, "sinks", "broken");
+    assert!(broken["since"].as_str().is_some(), "{broken}");
+    assert_eq!(hour_sum(broken, "delivered"), 0);
+    let minute = &broken["history"][59];
+    assert!(
+        minute["time"].as_str().unwrap().ends_with(":00Z"),
+        "{minute}"
+    );
+    let lag = &named(&status, "sources", "flipt")["history"][59]["lag_bytes"];
+    assert!(lag.is_u64(), "the lag was looked at this minute: {status}");
+    let failed = hour_sum(broken, "failed");
+
+    // A reload keeps the hour.
+    ft.signal("HUP");
+    ft.wait_log("config reloaded").await;
+    let status = status_when(port, down).await;
+    assert!(hour_sum(named(&status, "sinks", "broken"), "failed") >= failed);
+
+    if let Some(browser) = chromium() {
+        let url = format!("http://127.0.0.1:{port}/");
+        let shot = s.path("status-page.png");
+        let out = headless(
+            browser,
+            &[
+                "--hide-scrollbars",
+                "--window-size=1700,1000",
+                &format!("--screenshot={}", shot.display()),
+            ],
+            &url,
+        );
+        assert!(shot.exists(), "{}", String::from_utf8_lossy(&out.stderr));
+        let _ = std::fs::copy(&shot, "/work/notes/status-page.png");
+        let out = headless(browser, &["--dump-dom"], &url);
+        let dom = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            dom.contains("<strong class=\"warn\">degraded</strong>"),
+            "{dom}"
+        );
+        let row = |state: &str| {
+            dom.split(&format!("<tr class=\"sink-{state}\">"))
+                .nth(1)
+                .and_then(|r| r.split("</tr>").next())
+                .unwrap_or_else(|| panic!("no {state} row in {dom}"))
+                .to_string()
+        };
+        let (broken, hook) = (row("down"), row("up"));
+        assert!(
+            broken.starts_with("<td>broken</td><td class=\"bad\">down for "),
+            "{broken}"
+        );
+        assert!(
+            hook.starts_with("<td>hook</td><td class=\"ok\">up</td>"),
+            "{hook}"
+        );
+        for (row, bars, none) in [
+            (&broken, "<rect class=\"f\"", "<rect class=\"d\""),
+            (&hook, "<rect class=\"d\"", "<rect class=\"f\""),
+        ] {
+            assert!(row.contains("<svg class=\"chart sink-chart\""), "{row}");
+            assert!(row.contains(bars) && !row.contains(none), "{row}");
+        }
+        assert!(
+            hook.contains("last hour: 6 delivered, 0 failed attempts, 0 dead-lettered"),
+            "{hook}"
+        );
+        assert!(dom.contains("<svg class=\"chart lag-chart\""), "{dom}");
+        let failed = dom
+            .split("<table class=\"attempts\" id=\"attempts-broken\">")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no failed attempts of broken in {dom}"));
+        let failed = failed.split("</table>").next().unwrap();
+        let rows = failed.matches("<tr>").count() - 1;
+        let seen = hour_sum(named(&status, "sinks", "broken"), "failed") as usize;
+        assert!(
+            (seen.min(20)..=20).contains(&rows),
+            "{rows} rows, {seen} failed: {failed}"
+        );
+        assert!(failed.contains("500 Internal Server Error"), "{failed}");
+        assert!(
+            !dom.contains("id=\"attempts-hook\""),
+            "hook failed nothing: {dom}"
+        );
+    }
+    let listed = attempts(&config, "broken", &[]);
+    assert_attempts(&listed, 500);
+    assert!(ft.terminate().await.success());
+    // Stopped: the same log, read from the state directory.
+    let after = attempts(&config, "broken", &[]);
+    assert!(after.len() >= listed.len(), "{after:?}");
+    assert_attempts(&after, 500);
+    assert_eq!(
+        attempts(&config, "broken", &["--failed", "--limit", "2"]).len(),
+        2
+    );
+    let hook = attempts(&config, "hook", &[]);
+    assert!(
+        !hook.is_empty()
+            && hook
+                .iter()
+                .all(|a| a["error"].is_null() && a["status"].is_null() && a["attempt"] == 1),
+        "{hook:?}"
+    );
+    assert!(attempts(&config, "hook", &["--failed"]).is_empty());
+    assert!(attempts(&config, "hook", &["--since", "2999-01-01T00:00:00Z"]).is_empty());
+    let (code, table, err) = run_cmd(&[
+        "attempts",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "broken",
+        "--limit",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.starts_with("TIME")
+            && table.lines().count() == 4
+            && table.contains("500 Internal Server Error"),
+        "{table}"
+    );
+    assert!(err.contains("3 attempts"), "{err}");
+    let (code, _, err) = run_cmd(&[
+        "attempts",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "nope",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nope"), "{err}");
+}
+
+/// `flagtail attempts --json` of `sink` with `more` arguments, one JSON object a line.
+fn attempts(config: &std::path::Path, sink: &str, more: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec![
+        "attempts",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        sink,
+        "--json",
+    ];
+    args.extend_from_slice(more);
+    let (code, out, err) = run_cmd(&args);
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Failed attempts answered `status`, newest first, each naming its delivery and event.
+fn assert_attempts(listed: &[serde_json::Value], status: u64) {
+    assert!(listed.len() >= 2, "{listed:?}");
+    for a in listed {
+        assert_eq!(a["status"], status, "{a}");
+        assert!(
+            a["error"].as_str().unwrap().contains(&status.to_string()),
+            "{a}"
+        );
+        assert!(a["key"].as_str().unwrap().starts_with("flipt-"), "{a}");
+        assert!(a["event"].as_str().unwrap().starts_with("flag:"), "{a}");
+        assert!(
+            a["attempt"].as_u64().unwrap() >= 1 && a["duration_ms"].is_u64(),
+            "{a}"
+        );
+    }
+    let times: Vec<&str> = listed.iter().map(|a| a["time"].as_str().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -558,6 +764,15 @@ async fn metrics_are_text_0_0_4_that_promtool_passes_and_openmetrics_when_asked(
     }
     let (passed, said) = promtool_check(promtool, &text);
     assert!(passed, "promtool check metrics: {said}\n{text}");
+    // Every metric the shipped alert rules and dashboard query is one this daemon serves.
+    for name in deployed_metric_names() {
+        let sample =
+            |l: &str| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "));
+        assert!(
+            text.lines().any(sample),
+            "deploy/ queries {name}, which /metrics does not serve:\n{text}"
+        );
+    }
     // What Prometheus asks for: OpenMetrics first.
     let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
     let (kind, body) = scrape(port, Some(prometheus));

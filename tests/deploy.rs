@@ -1,6 +1,8 @@
 //! deploy/ as an operator applies it: the Kubernetes manifests (through `kubectl kustomize`), their
 //! config, probes and security settings; the systemd unit (through `systemd-analyze verify`).
-//! Either tool missing skips its part with a printed reason.
+//! The Prometheus alert rules (`promtool check rules`, `promtool test rules`), their
+//! PrometheusRule twin, and the Grafana dashboard. Any tool missing skips its part with a printed
+//! reason (CI installs them).
 
 mod support;
 
@@ -168,4 +170,86 @@ fn the_systemd_unit_verifies() {
         }
         Err(e) => eprintln!("skipped: systemd-analyze is not available here ({e})"),
     }
+}
+
+/// `promtool ARGS` run in deploy/prometheus: whether it passed, and what it said.
+fn promtool(promtool: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(promtool)
+        .args(args)
+        .current_dir("deploy/prometheus")
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), said)
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests_and_the_prometheusrule_carries_them() {
+    let rules = yaml_file("deploy/prometheus/flagtail-rules.yaml");
+    let wrapped = yaml_file("deploy/kubernetes/flagtail-prometheusrule.yaml");
+    assert_eq!(wrapped["kind"], "PrometheusRule");
+    assert_eq!(
+        wrapped["spec"]["groups"], rules["groups"],
+        "the PrometheusRule has drifted from the rules file"
+    );
+    let alerts: Vec<&str> = rules["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    for want in [
+        "FlagtailDown",
+        "FlagtailAbsent",
+        "FlagtailSinkDown",
+        "FlagtailDeadLettersWaiting",
+        "FlagtailSourceNotReading",
+        "FlagtailSourceLagGrowing",
+    ] {
+        assert!(alerts.contains(&want), "{want} not in {alerts:?}");
+    }
+    let Some(bin) = tool(&["promtool"], "prometheus") else {
+        return;
+    };
+    let (ok, said) = promtool(bin, &["check", "rules", "flagtail-rules.yaml"]);
+    assert!(ok && said.contains("SUCCESS: 6 rules found"), "{said}");
+    let (ok, said) = promtool(bin, &["test", "rules", "flagtail-rules.test.yaml"]);
+    assert!(ok && said.contains("SUCCESS"), "{said}");
+    // Each alert has a unit test that expects it to fire.
+    let tests = std::fs::read_to_string("deploy/prometheus/flagtail-rules.test.yaml").unwrap();
+    for alert in alerts {
+        assert!(
+            tests.contains(&format!(
+                "alertname: {alert}\n        exp_alerts:\n          - "
+            )),
+            "no test fires {alert}"
+        );
+    }
+}
+
+#[test]
+fn the_dashboard_is_grafana_json_whose_every_panel_queries_flagtail() {
+    let text = std::fs::read_to_string("deploy/grafana/flagtail.json").unwrap();
+    let dashboard: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dashboard["uid"], "flagtail");
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    for p in panels {
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{p}");
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            assert!(
+                expr.contains("flagtail_") && expr.contains("instance=~\"$instance\""),
+                "{expr}"
+            );
+        }
+    }
+    // Served by a real daemon: checked in tests/admin.rs, which scrapes one with every family.
+    assert!(
+        deployed_metric_names().len() >= 12,
+        "{:?}",
+        deployed_metric_names()
+    );
 }

@@ -5,6 +5,7 @@
 //! describes files (dead letters waiting, lag, journal sizes) is computed when asked, so it is
 //! never stale and costs nothing between requests.
 
+mod chart;
 mod page;
 pub mod snapshot;
 

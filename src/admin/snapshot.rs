@@ -5,7 +5,9 @@
 //! sizes): call it on a blocking thread.
 
 use super::View;
+use crate::attempt_log::AttemptRecord;
 use crate::health::Health;
+use crate::history::{LagMinute, Minute, SinkMinute};
 use crate::metrics::{self, SinkLabel, SourceLabel};
 use crate::position::Position;
 use crate::status;
@@ -59,6 +61,9 @@ pub struct SourceStatus {
     pub rejected: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rejected: Option<Noted>,
+    /// The last hour: per minute the most `lag_bytes` seen (null if nobody looked), oldest first.
+    #[serde(default)]
+    pub history: Vec<Minute<LagMinute>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -90,7 +95,16 @@ pub struct SinkStatus {
     pub backlog_events: u64,
     #[serde(default)]
     pub backlog_bytes: u64,
+    /// The last hour: per minute `delivered`, `failed` (attempts) and `dead_lettered`, oldest first.
+    #[serde(default)]
+    pub history: Vec<Minute<SinkMinute>>,
+    /// Its last [`FAILED_SHOWN`] failed attempts from the attempt log, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_attempts: Vec<AttemptRecord>,
 }
+
+/// Failed attempts shown per sink.
+pub const FAILED_SHOWN: usize = 20;
 
 /// Something that happened, with its time (RFC 3339).
 #[derive(Debug, Serialize, Deserialize)]
@@ -173,13 +187,14 @@ fn source_status(view: &View, s: &super::SourceView) -> SourceStatus {
     let label = SourceLabel {
         source: s.name.clone(),
     };
+    let state = status::source(&s.name);
     if let Some(lag) = lag_bytes {
         m.source_lag_bytes.get_or_create(&label).set(gauge(lag));
+        state.lag_seen(lag);
     }
     if let Some(bytes) = journal_bytes {
         m.journal_bytes.get_or_create(&label).set(gauge(bytes));
     }
-    let state = status::source(&s.name);
     SourceStatus {
         name: s.name.clone(),
         kind: s.kind.into(),
@@ -190,6 +205,7 @@ fn source_status(view: &View, s: &super::SourceView) -> SourceStatus {
         lines_read: m.lines_read_of(&s.name).get(),
         rejected: state.rejected.load(Ordering::Relaxed),
         last_rejected: state.last_rejected().map(noted),
+        history: state.lag.minutes(),
     }
 }
 
@@ -235,6 +251,13 @@ fn sink_status(view: &View, s: &super::SinkView) -> SinkStatus {
             .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
         backlog_events: backlog.0,
         backlog_bytes: backlog.1,
+        history: counters.state.history.minutes(),
+        failed_attempts: crate::attempt_log::read(&view.state_dir, &s.name)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(AttemptRecord::failed)
+            .take(FAILED_SHOWN)
+            .collect(),
     }
 }
 

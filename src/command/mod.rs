@@ -1,5 +1,6 @@
 //! The one-shot commands: `check`, `render`, `replay`, `dead-letters`, `status`. The daemon is [`crate::daemon`].
 
+pub mod attempts;
 pub mod check;
 pub mod dead_letters;
 pub mod render;

@@ -43,6 +43,12 @@ fn sections(c: &ConfigFile) -> Vec<String> {
                 .into(),
         );
     }
+    if c.attempts.keep > 1_000_000 {
+        p.push(
+            "attempts.keep: at most 1000000 (two files of that many lines each are kept per sink)"
+                .into(),
+        );
+    }
     let summary = c.log.summary_interval;
     if !summary.is_zero() && summary < std::time::Duration::from_millis(100) {
         p.push("log.summary_interval: at least 100ms, or 0s to turn the summary off".into());

@@ -37,6 +37,8 @@ pub struct ConfigFile {
     pub journal: JournalSection,
     #[serde(default)]
     pub rejected: RejectedSection,
+    #[serde(default)]
+    pub attempts: AttemptsSection,
     /// Where events come from. Default: none (an error: at least one is needed).
     #[serde(default)]
     pub sources: Vec<SourceSection>,
@@ -135,6 +137,29 @@ impl Default for RejectedSection {
             max_bytes: default_rejected_bytes(),
         }
     }
+}
+
+/// The attempt log (`state_dir/attempts/`): every attempt of every sink, on record.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptsSection {
+    /// Attempts kept per sink (the newest; up to as many older ones stay on disk until their
+    /// file is reused); 0 records none. Default 1000.
+    #[serde(default = "default_attempts_keep", deserialize_with = "lenient_u64")]
+    #[schemars(with = "super::schema::Whole")]
+    pub keep: u64,
+}
+
+impl Default for AttemptsSection {
+    fn default() -> Self {
+        AttemptsSection {
+            keep: default_attempts_keep(),
+        }
+    }
+}
+
+fn default_attempts_keep() -> u64 {
+    1000
 }
 
 fn default_rejected_bytes() -> ByteSize {

@@ -369,6 +369,20 @@ mod tests {
     }
 
     #[test]
+    fn attempts_keep_defaults_to_1000_and_is_bounded() {
+        let c = load("c.yaml", MINIMAL).unwrap();
+        assert_eq!(c.file.attempts.keep, 1000);
+        let c = load("c.yaml", &format!("{MINIMAL}attempts: {{keep: 0}}\n")).unwrap();
+        assert_eq!(c.file.attempts.keep, 0);
+        let text = format!("{MINIMAL}attempts: {{keep: 2000000}}\n");
+        let err = load("c.yaml", &text).unwrap_err().to_string();
+        assert!(err.contains("attempts.keep: at most 1000000"), "{err}");
+        let text = format!("{MINIMAL}attempts: {{kept: 5}}\n");
+        let err = load("c.yaml", &text).unwrap_err().to_string();
+        assert!(err.contains("kept"), "{err}");
+    }
+
+    #[test]
     fn rejected_max_bytes_defaults_to_64mib_and_is_checked() {
         let c = load("c.yaml", MINIMAL).unwrap();
         assert_eq!(c.file.rejected.max_bytes.0, 64 << 20);

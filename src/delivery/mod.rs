@@ -483,6 +483,7 @@ impl Crew {
             }
             let n = group.records.len();
             self.sink.metrics.dead_letter.inc_by(n as u64);
+            self.sink.metrics.state.dead_lettered(n as u64);
             moved += n;
             backlog::sent(&self.backlog, &group);
         }
@@ -649,7 +650,7 @@ async fn send(
         Err(e) => return render_failed(e),
     };
     let key = Sink::delivery_key(records);
-    let mut tries = retry::Tries::new(sink, &key, patience);
+    let mut tries = retry::Tries::new(sink, &key, patience).about(records);
     loop {
         let once = attempt(sink, hook, conn, &key, &body, stop);
         let attempt = match patience {
@@ -714,6 +715,7 @@ async fn finish(
     let done = match result {
         Result::Delivered { .. } => {
             sink.metrics.delivered.inc_by(records.len() as u64);
+            sink.metrics.state.delivered(records.len() as u64);
             Record::ack_all(records);
             true
         }
@@ -738,6 +740,7 @@ async fn finish(
                 }
                 sink.metrics.state.failed(&reason);
                 sink.metrics.dead_letter.inc_by(records.len() as u64);
+                sink.metrics.state.dead_lettered(records.len() as u64);
                 Record::ack_all(records);
             }
             written

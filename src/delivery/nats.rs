@@ -417,7 +417,12 @@ pub async fn deliver(
     let (ready, mut outcomes) = prepare(sink, bus, records).await;
     let mut pending: Vec<(&Message, Tries)> = ready
         .iter()
-        .map(|m| (m, Tries::new(sink, &m.key, patience)))
+        .map(|m| {
+            (
+                m,
+                Tries::new(sink, &m.key, patience).about(&records[m.at..m.at + 1]),
+            )
+        })
         .collect();
     while !pending.is_empty() {
         let outgoing = outgoing(sink, bus, records, &pending, stop).await;

@@ -170,6 +170,7 @@ impl Round<'_> {
         match outcome {
             Some(Delivery::Delivered { .. }) => {
                 sink.metrics.delivered.inc();
+                sink.metrics.state.delivered(1);
                 self.summary.delivered += 1;
             }
             Some(Delivery::Failed {

@@ -109,6 +109,10 @@ pub struct Tries<'a> {
     /// The receiver's last answer.
     status: Option<u16>,
     patience: Patience<'a>,
+    /// `type:action` of what it carries, for the attempt log.
+    event: String,
+    /// When the attempt being made started (after the last wait).
+    started: Instant,
 }
 
 impl<'a> Tries<'a> {
@@ -128,13 +132,55 @@ impl<'a> Tries<'a> {
             attempts,
             status: None,
             patience,
+            event: String::new(),
+            started: Instant::now(),
         }
+    }
+
+    /// Names what `records` carry in the attempt log (`type:action`, `+N` for a batch).
+    pub fn about(mut self, records: &[std::sync::Arc<crate::record::Record>]) -> Self {
+        if let Some(first) = records.first() {
+            let e = &first.event;
+            self.event = format!("{}:{}", e.kind(), e.action.as_str());
+            if records.len() > 1 {
+                self.event += &format!(" +{}", records.len() - 1);
+            }
+        }
+        self
+    }
+
+    /// Puts the attempt on record (`attempts.keep`), as the status page and `flagtail attempts`
+    /// show it.
+    fn record(&mut self, attempt: &Attempt) {
+        let (status, error) = match attempt {
+            Attempt::Delivered => (None, None),
+            Attempt::Refused { status, reason, .. } => (Some(*status), Some(clipped(reason))),
+            Attempt::Retry { reason } | Attempt::Final { reason, .. } => {
+                (None, Some(clipped(reason)))
+            }
+        };
+        let took = self.started.elapsed();
+        crate::attempt_log::record(&crate::attempt_log::AttemptRecord {
+            time: crate::record_log::now_rfc3339(),
+            sink: self.sink.name.to_string(),
+            key: self.key.to_string(),
+            event: self.event.clone(),
+            attempt: self.attempts,
+            status,
+            error,
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        });
     }
 
     /// After an attempt: the delivery's outcome, or `None` (after the wait) to try again.
     pub async fn settle(&mut self, attempt: Attempt, stop: &CancellationToken) -> Option<Outcome> {
         self.attempts += 1;
-        let (reason, retry_after) = match self.transient(attempt.scrubbed(&self.sink.scrubber)) {
+        if !matches!(attempt, Attempt::Delivered) {
+            self.sink.metrics.state.attempt_lost();
+        }
+        let attempt = attempt.scrubbed(&self.sink.scrubber);
+        self.record(&attempt);
+        let (reason, retry_after) = match self.transient(attempt) {
             Ok(done) => return Some(done),
             Err(failure) => failure,
         };
@@ -174,11 +220,13 @@ impl<'a> Tries<'a> {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let waited = tokio::select! {
             _ = tokio::time::sleep(wait) => None,
             _ = stop.cancelled() => Some(Outcome::Abandoned),
             _ = overflow => Some(self.failed(format!("{reason}; {}", Backlog::OVERFLOW), true)),
-        }
+        };
+        self.started = Instant::now();
+        waited
     }
 
     /// The outcome of an attempt that needs no other, or why another is worth it (and the least
@@ -243,6 +291,14 @@ impl<'a> Tries<'a> {
             let failing_for = since.elapsed().unwrap_or_default();
             tracing::warn!(sink = %self.sink.name, url = %self.sink.shown(), failing_for = %humantime::format_duration(Duration::from_secs(failing_for.as_secs())), backlog_events = waiting, max_probe_interval = %humantime::format_duration(self.sink.retry.max_probe_interval), "sink is down: its events wait in its backlog, and its receiver is probed with the oldest; last error: {reason}");
         }
+    }
+}
+
+/// A reason as the attempt log keeps it: at most 1000 characters, so a line stays small.
+fn clipped(reason: &str) -> String {
+    match reason.char_indices().nth(1000) {
+        Some((at, _)) => format!("{}…", &reason[..at]),
+        None => reason.to_string(),
     }
 }
 

@@ -746,3 +746,42 @@ pub async fn wait_dead_letters(s: &Setup, sink: &str, n: usize) -> Vec<String> {
     })
     .await
 }
+
+/// A YAML file of the repository as JSON values (through figment, as flagtail reads YAML).
+pub fn yaml_file(path: &str) -> serde_json::Value {
+    use figment::providers::Format as _;
+    figment::Figment::from(figment::providers::Yaml::file_exact(path))
+        .extract()
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every `flagtail_…` metric the shipped alert rules and Grafana dashboard query.
+pub fn deployed_metric_names() -> std::collections::BTreeSet<String> {
+    let rules = yaml_file("deploy/prometheus/flagtail-rules.yaml");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("deploy/grafana/flagtail.json").unwrap())
+            .unwrap();
+    let mut queries: Vec<String> = rules["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .filter_map(|r| r["expr"].as_str().map(str::to_string))
+        .collect();
+    let panels = dashboard["panels"].as_array().into_iter().flatten();
+    queries.extend(
+        panels
+            .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+            .filter_map(|t| t["expr"].as_str().map(str::to_string)),
+    );
+    if let Some(q) = dashboard["templating"]["list"][1]["definition"].as_str() {
+        queries.push(q.to_string());
+    }
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    queries
+        .iter()
+        .flat_map(|q| q.split(|c| !word(c)))
+        .filter(|w| w.starts_with("flagtail_"))
+        .map(str::to_string)
+        .collect()
+}

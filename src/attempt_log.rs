@@ -1,0 +1,246 @@
+//! Every attempt of every sink, on record: `state_dir/attempts/SINK.0.jsonl` and `SINK.1.jsonl`,
+//! written in turn. An attempt is one JSON line appended with one `write` (no fsync: a crash of
+//! the process loses nothing written, a power cut may lose the last seconds); when the file being
+//! written holds `attempts.keep` lines the other one is emptied and written next, so the newest
+//! `keep` attempts (and at most as many older ones) are on disk. A torn last line (a crash
+//! mid-write) is cut off when the file is next opened. `flagtail attempts` and the status page
+//! read both files, newest first, while the daemon writes them or after it stopped.
+
+use crate::record_log::{RecordLog, last_line_end};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+/// One attempt, as a line of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// When it ended, RFC 3339 with milliseconds.
+    pub time: String,
+    pub sink: String,
+    /// The delivery's idempotency key.
+    pub key: String,
+    /// `type:action` of its (first) event; `+N` more events when it carried a batch.
+    pub event: String,
+    /// 1 for the first attempt of a delivery.
+    pub attempt: u32,
+    /// The HTTP status answered, if any.
+    pub status: Option<u16>,
+    /// Why it failed (already scrubbed of secrets); null when it was delivered.
+    pub error: Option<String>,
+    /// From the attempt's start (its rate-limit slot included) to its outcome, in milliseconds.
+    pub duration_ms: u64,
+}
+
+impl AttemptRecord {
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+}
+
+/// A sink's two files, and which one is being written.
+struct Writer {
+    files: [PathBuf; 2],
+    current: usize,
+    file: File,
+    /// Lines in the current file.
+    lines: u64,
+}
+
+/// Where logs go and how many attempts each keeps; set by the daemon at each (re)start.
+struct Logs {
+    dir: PathBuf,
+    keep: u64,
+    writers: HashMap<String, Writer>,
+    /// Sinks whose log cannot be written now: said once, and again when it can be.
+    failing: std::collections::HashSet<String>,
+}
+
+fn logs() -> &'static Mutex<Option<Logs>> {
+    static LOGS: OnceLock<Mutex<Option<Logs>>> = OnceLock::new();
+    LOGS.get_or_init(Default::default)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The two files of `sink`'s log under `state_dir`.
+pub fn files(state_dir: &Path, sink: &str) -> [PathBuf; 2] {
+    let dir = state_dir.join("attempts");
+    [0, 1].map(|i| dir.join(format!("{sink}.{i}.jsonl")))
+}
+
+/// Records attempts under `state_dir`, `keep` per sink (0: none). Called at start and on reload.
+pub fn configure(state_dir: &Path, keep: u64) {
+    let mut logs = lock(logs());
+    let same = logs
+        .as_ref()
+        .is_some_and(|l| l.dir == state_dir && l.keep == keep);
+    if !same {
+        *logs = Some(Logs {
+            dir: state_dir.to_path_buf(),
+            keep,
+            writers: HashMap::new(),
+            failing: Default::default(),
+        });
+    }
+}
+
+/// Appends `record` to its sink's log; a failure to write is logged, never the delivery's.
+pub fn record(record: &AttemptRecord) {
+    let mut guard = lock(logs());
+    let Some(logs) = guard.as_mut() else { return };
+    if logs.keep == 0 {
+        return;
+    }
+    let mut line = serde_json::to_vec(record).unwrap_or_default();
+    line.push(b'\n');
+    match logs.append(&record.sink, &line) {
+        Ok(()) => {
+            if logs.failing.remove(&record.sink) {
+                tracing::info!(sink = %record.sink, "the attempt log is written again");
+            }
+        }
+        Err(e) => {
+            logs.writers.remove(&record.sink);
+            // Said once per outage (a full disk would otherwise say it for every attempt).
+            if logs.failing.insert(record.sink.clone()) {
+                tracing::warn!(sink = %record.sink, dir = %logs.dir.display(), "cannot record attempts in the attempt log (deliveries go on; their attempts are not on record until it can be written): {e}");
+            }
+        }
+    }
+}
+
+impl Logs {
+    fn append(&mut self, sink: &str, line: &[u8]) -> io::Result<()> {
+        let keep = self.keep;
+        let w = match self.writers.get_mut(sink) {
+            Some(w) => w,
+            None => {
+                let w = Writer::open(files(&self.dir, sink))?;
+                self.writers.entry(sink.to_string()).or_insert(w)
+            }
+        };
+        if w.lines >= keep {
+            w.switch()?;
+        }
+        w.file.write_all(line)?;
+        w.lines += 1;
+        Ok(())
+    }
+}
+
+impl Writer {
+    /// Opens the newer of the two files to write on, its torn tail cut off.
+    fn open(files: [PathBuf; 2]) -> io::Result<Writer> {
+        if let Some(dir) = files[0].parent() {
+            crate::checkpoint::create_private_dir(dir)?;
+        }
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let current = usize::from(modified(&files[1]) > modified(&files[0]));
+        let mut file = open(&files[current], false)?;
+        let len = file.metadata()?.len();
+        let end = last_line_end(&mut file, len)?;
+        if end < len {
+            file.set_len(end)?;
+        }
+        let lines = RecordLog::read(&files[current]).map_or(0, |c| c.records.len() as u64);
+        Ok(Writer {
+            files,
+            current,
+            file,
+            lines,
+        })
+    }
+
+    /// Starts writing on the other file, emptied.
+    fn switch(&mut self) -> io::Result<()> {
+        let next = 1 - self.current;
+        self.file = open(&self.files[next], true)?;
+        self.current = next;
+        self.lines = 0;
+        Ok(())
+    }
+}
+
+fn open(path: &Path, truncate: bool) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.create(true).read(true).mode(0o600);
+    match truncate {
+        true => o.write(true).truncate(true),
+        false => o.append(true),
+    };
+    o.open(path)
+}
+
+/// `sink`'s recorded attempts under `state_dir`, newest first (lines that cannot be read are
+/// skipped; a torn last line is what a crash leaves).
+pub fn read(state_dir: &Path, sink: &str) -> io::Result<Vec<AttemptRecord>> {
+    let mut all = Vec::new();
+    for path in files(state_dir, sink) {
+        match RecordLog::read(&path) {
+            Ok(c) => all.extend(
+                c.records
+                    .iter()
+                    .filter_map(|l| serde_json::from_str::<AttemptRecord>(l).ok()),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // RFC 3339 UTC with milliseconds sorts as text; the stable sort keeps a file's order on ties.
+    all.sort_by(|a, b| b.time.cmp(&a.time));
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(i: u32, error: Option<&str>) -> AttemptRecord {
+        AttemptRecord {
+            time: format!("2026-01-01T00:00:{:02}.000Z", i),
+            sink: "hook".into(),
+            key: format!("k{i}"),
+            event: "flag:created".into(),
+            attempt: 1,
+            status: error.map(|_| 500),
+            error: error.map(str::to_string),
+            duration_ms: 3,
+        }
+    }
+
+    #[test]
+    fn the_newest_keep_attempts_are_kept_across_a_reopen_and_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        configure(dir.path(), 3);
+        for i in 0..8 {
+            record(&at(i, (i % 2 == 0).then_some("HTTP 500")));
+        }
+        let read = read(dir.path(), "hook").unwrap();
+        // 8 written, 3 a file: the files hold 6,7 and 3,4,5.
+        let keys: Vec<_> = read.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["k7", "k6", "k5", "k4", "k3"]);
+        assert_eq!(read[1].status, Some(500));
+        assert!(read[1].failed() && !read[0].failed());
+        // A crash mid-line; a restart cuts the torn tail and goes on in the same file.
+        let [_, newer] = files(dir.path(), "hook");
+        let mut f = OpenOptions::new().append(true).open(&newer).unwrap();
+        f.write_all(b"{\"time\":\"2026").unwrap();
+        configure(dir.path(), 4);
+        record(&at(9, None));
+        let keys: Vec<_> = super::read(dir.path(), "hook")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        assert_eq!(keys, ["k9", "k7", "k6", "k5", "k4", "k3"]);
+        configure(dir.path(), 0);
+        record(&at(10, None));
+        assert_eq!(super::read(dir.path(), "hook").unwrap().len(), 6, "0: none");
+    }
+}
