@@ -274,7 +274,7 @@ impl Publisher {
             .map(|(m, answer)| match answer {
                 Some(Ok(ack)) => {
                     duplicates += usize::from(ack.duplicate);
-                    Attempt::Delivered
+                    Attempt::Delivered { status: None }
                 }
                 Some(Err(Unacked::Refused(e))) => self.classify(&m.subject, &e),
                 Some(Err(Unacked::NotConnected(reason))) => Attempt::Retry { reason },

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 /// How one attempt ended, whatever the transport.
 #[derive(Debug)]
 pub enum Attempt {
-    Delivered,
+    /// Taken; `status` is the receiver's HTTP status, for transports that have one.
+    Delivered { status: Option<u16> },
     /// The receiver answered with a failure status: tried again if the sink's `retry_on` lists
     /// it, after at least `retry_after` if the receiver said so.
     Refused {
@@ -26,16 +27,11 @@ pub enum Attempt {
     },
     /// No answer (connection error, timeout, an answer cut short, a failed write): always worth
     /// another try.
-    Retry {
-        reason: String,
-    },
+    Retry { reason: String },
     /// Not worth another try now, whatever the policy. `retryable`: the receiver may take it
     /// later (a NATS subject whose stream is not there yet), so its dead letter is replayed by
     /// itself once the sink delivers again.
-    Final {
-        reason: String,
-        retryable: bool,
-    },
+    Final { reason: String, retryable: bool },
 }
 
 impl Attempt {
@@ -48,7 +44,7 @@ impl Attempt {
     /// The attempt with its reason, if it has one, rewritten by `rewrite`.
     pub fn with_reason(self, rewrite: impl Fn(&str) -> String) -> Attempt {
         match self {
-            Attempt::Delivered => Attempt::Delivered,
+            Attempt::Delivered { status } => Attempt::Delivered { status },
             Attempt::Refused {
                 status,
                 reason,
@@ -153,7 +149,7 @@ impl<'a> Tries<'a> {
     /// show it.
     fn record(&mut self, attempt: &Attempt) {
         let (status, error) = match attempt {
-            Attempt::Delivered => (None, None),
+            Attempt::Delivered { status } => (*status, None),
             Attempt::Refused { status, reason, .. } => (Some(*status), Some(clipped(reason))),
             Attempt::Retry { reason } | Attempt::Final { reason, .. } => {
                 (None, Some(clipped(reason)))
@@ -175,7 +171,7 @@ impl<'a> Tries<'a> {
     /// After an attempt: the delivery's outcome, or `None` (after the wait) to try again.
     pub async fn settle(&mut self, attempt: Attempt, stop: &CancellationToken) -> Option<Outcome> {
         self.attempts += 1;
-        if !matches!(attempt, Attempt::Delivered) {
+        if !matches!(attempt, Attempt::Delivered { .. }) {
             self.sink.metrics.state.attempt_lost();
         }
         let attempt = attempt.scrubbed(&self.sink.scrubber);
@@ -234,7 +230,7 @@ impl<'a> Tries<'a> {
     fn transient(&mut self, attempt: Attempt) -> Result<Outcome, (String, Option<Duration>)> {
         let attempts = self.attempts;
         match attempt {
-            Attempt::Delivered => {
+            Attempt::Delivered { .. } => {
                 self.answered();
                 Ok(Outcome::Delivered { attempts })
             }

@@ -68,7 +68,7 @@ async fn write_with_retries(
             _ => write_stdout(&out),
         };
         let attempt = match result {
-            Ok(()) => Attempt::Delivered,
+            Ok(()) => Attempt::Delivered { status: None },
             Err(e) => Attempt::Retry {
                 reason: format!("write: {e}"),
             },

@@ -215,7 +215,9 @@ fn classify(
     hook: &Webhook,
 ) -> Attempt {
     if status.is_success() {
-        return Attempt::Delivered;
+        return Attempt::Delivered {
+            status: Some(status.as_u16()),
+        };
     }
     let text = hook
         .scrubber

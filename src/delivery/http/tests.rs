@@ -136,7 +136,7 @@ async fn read_request(io: &mut TcpStream, read: &mut Vec<u8>) -> Option<(String,
 /// What an attempt came to, short: `delivered`, `refused CODE: REASON`, `retry: REASON`.
 fn said(attempt: Attempt) -> String {
     match attempt {
-        Attempt::Delivered => "delivered".into(),
+        Attempt::Delivered { .. } => "delivered".into(),
         Attempt::Refused {
             status,
             reason,
@@ -303,7 +303,7 @@ async fn a_long_answer_is_read_up_to_its_limit_and_its_connection_not_kept() {
 fn success_is_delivered_and_any_other_status_is_a_refusal_with_its_code() {
     let hook = hook_to(9, "");
     let kind = |code: u16| match classify(StatusCode::from_u16(code).unwrap(), None, b"", &hook) {
-        Attempt::Delivered => 0,
+        Attempt::Delivered { .. } => 0,
         Attempt::Refused { status, .. } => status,
         _ => 1,
     };
