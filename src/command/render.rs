@@ -149,6 +149,25 @@ fn request(sink: &crate::sink::Sink, records: &[Arc<Record>]) -> String {
             headers.insert("Flagtail-Source".into(), source.to_string());
             ("PUBLISH", format!("nats:{subject}"), headers)
         }
+        Output::Kafka(bus) => {
+            let topic = match records.first().map(|r| bus.topic_of(r)) {
+                Some(Ok(topic)) => topic,
+                Some(Err(e)) => return serde_json::json!({ "rejected": e.reason }).to_string(),
+                None => return String::new(),
+            };
+            let signed = crate::sink::signed_headers(
+                &bus.headers,
+                bus.signer.as_ref(),
+                &body,
+                &key,
+                unix_now(),
+            );
+            let headers = shown(&signed)
+                .into_iter()
+                .map(|(k, v)| (crate::delivery::nats::canonical(&k), v))
+                .collect();
+            ("PRODUCE", format!("kafka:{topic}"), headers)
+        }
         Output::Stdout => ("WRITE", "stdout:".to_string(), BTreeMap::new()),
         Output::File(file) => (
             "WRITE",

@@ -442,6 +442,62 @@ pub struct SinkSection {
         deserialize_with = "lenient_opt_u64"
     )]
     pub max_body_bytes: Option<u64>,
+    // Kafka (`type: kafka`), kept together to move into its own per-kind section.
+    /// Kafka: the brokers to ask first, `host:port` each. Required for `type: kafka`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_servers: Option<Vec<String>>,
+    /// Kafka: the topic to write to, a Tera template (`flipt-audit`). Required for `type: kafka`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Kafka: the record key, a Tera template; records of one key go to one partition. Default
+    /// `{{ type }}` (as Flipt's Kafka sink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Kafka: the record value, `json` (the body template's output) or `protobuf` (Flipt's
+    /// `flipt.audit.Event`). Default `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<KafkaEncoding>,
+    /// Kafka: SASL authentication (`mechanism`, `username`, `password`). Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<SaslSection>,
+    /// Kafka: connect with TLS (on by itself when `ca_file` is set). Default `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+}
+
+/// What a Kafka record's value is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaEncoding {
+    /// The sink's body (Flipt's webhook body, or the `body` template).
+    #[default]
+    Json,
+    /// Flipt's `flipt.audit.Event` protobuf (what Flipt's own Kafka sink writes).
+    Protobuf,
+}
+
+/// A Kafka sink's SASL login.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaslSection {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`. Default `SCRAM-SHA-256` (as Flipt).
+    #[serde(default)]
+    pub mechanism: SaslMechanism,
+    /// Required.
+    pub username: String,
+    /// Required.
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[default]
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
 }
 
 impl SinkSection {
@@ -501,6 +557,8 @@ pub enum SinkKind {
     File,
     /// NATS JetStream.
     Nats,
+    /// Kafka (acks from all in-sync replicas).
+    Kafka,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,8 +15,9 @@ mod secret;
 
 pub use file::{
     BatchSection, ByteSize, ConfigFile, DEFAULT_BODY_BYTES, DEFAULT_CONNECTIONS, FileMode,
-    JournalSection, LogFormat, LogSection, Name, ReadFrom, SignatureScheme, SinkKind, SinkSection,
-    SourceKind, SourceSection, VerifyScheme, WhenFull,
+    JournalSection, KafkaEncoding, LogFormat, LogSection, Name, ReadFrom, SaslMechanism,
+    SaslSection, SignatureScheme, SinkKind, SinkSection, SourceKind, SourceSection, VerifyScheme,
+    WhenFull,
 };
 pub use interpolate::Substituted;
 pub use scrub::Scrubber;
@@ -616,21 +617,35 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
                 p.push(format!("{at}.path: a file sink needs a path"))
             }
             SinkKind::Nats => check_nats(s, &at, &mut p),
+            SinkKind::Kafka => check_kafka(s, &at, &mut p),
             _ => {}
         }
+        if s.kind != SinkKind::Kafka {
+            check_not_kafka(s, &at, &mut p);
+        }
+        if !matches!(s.kind, SinkKind::Webhook | SinkKind::Nats | SinkKind::Kafka)
+            && s.ca_file.is_some()
+        {
+            p.push(format!(
+                "{at}.ca_file: only webhook, nats and kafka sinks use it"
+            ));
+        }
+        if !matches!(s.kind, SinkKind::Webhook | SinkKind::Nats | SinkKind::Kafka)
+            && !s.headers.is_empty()
+        {
+            p.push(format!(
+                "{at}.headers: only webhook, nats and kafka sinks use it"
+            ));
+        }
         if !matches!(s.kind, SinkKind::Webhook | SinkKind::Nats) {
-            for (key, set) in [
-                ("url", s.url.is_some()),
-                ("ca_file", s.ca_file.is_some()),
-                ("headers", !s.headers.is_empty()),
-            ] {
+            for (key, set) in [("url", s.url.is_some())] {
                 if set {
                     p.push(format!("{at}.{key}: only webhook and nats sinks use it"));
                 }
             }
         }
-        if s.kind == SinkKind::Nats {
-            // NATS answers no statuses: nothing for these to act on.
+        if matches!(s.kind, SinkKind::Nats | SinkKind::Kafka) {
+            // NATS and Kafka answer no HTTP statuses: nothing for these to act on.
             for (key, set) in [
                 ("retry_on", s.retry_on != Default::default()),
                 (
@@ -640,7 +655,7 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
             ] {
                 if set {
                     p.push(format!(
-                        "{at}.{key}: only webhook sinks use it (NATS has no statuses)"
+                        "{at}.{key}: only webhook sinks use it (NATS and Kafka have no statuses)"
                     ));
                 }
             }
@@ -667,6 +682,54 @@ fn cross_checks(c: &ConfigFile) -> Vec<String> {
         }
     }
     p
+}
+
+/// A Kafka sink's keys: brokers as `host:port`, a topic.
+fn check_kafka(s: &file::SinkSection, at: &str, p: &mut Vec<String>) {
+    match s.bootstrap_servers.as_deref() {
+        None | Some([]) => p.push(format!(
+            "{at}.bootstrap_servers: a kafka sink needs bootstrap_servers (a list of HOST:PORT)"
+        )),
+        Some(servers) => {
+            for server in servers {
+                let port = server
+                    .rsplit_once(':')
+                    .map(|(host, port)| (host, port.parse::<u16>()));
+                if !matches!(port, Some((host, Ok(_))) if !host.is_empty() && !host.contains('/')) {
+                    p.push(format!(
+                        "{at}.bootstrap_servers: {server:?} is not HOST:PORT"
+                    ));
+                }
+            }
+        }
+    }
+    match s.topic.as_deref().map(str::trim) {
+        None | Some("") => p.push(format!(
+            "{at}.topic: a kafka sink needs a topic (e.g. \"flipt-audit\")"
+        )),
+        _ => {}
+    }
+    if let Some(sasl) = &s.sasl
+        && sasl.username.is_empty()
+    {
+        p.push(format!("{at}.sasl.username: must not be empty"));
+    }
+}
+
+/// Kafka's keys on a sink of another type.
+fn check_not_kafka(s: &file::SinkSection, at: &str, p: &mut Vec<String>) {
+    for (key, set) in [
+        ("bootstrap_servers", s.bootstrap_servers.is_some()),
+        ("topic", s.topic.is_some()),
+        ("key", s.key.is_some()),
+        ("encoding", s.encoding.is_some()),
+        ("sasl", s.sasl.is_some()),
+        ("tls", s.tls.is_some()),
+    ] {
+        if set {
+            p.push(format!("{at}.{key}: only kafka sinks use it"));
+        }
+    }
 }
 
 /// A NATS sink's keys: servers, a subject, at most one way to authenticate.

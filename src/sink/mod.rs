@@ -7,8 +7,10 @@
 
 pub mod filter;
 pub mod gofmt;
+pub mod kafka;
 pub mod nats;
 pub mod pace;
+pub mod protobuf;
 pub mod render;
 pub mod sign;
 
@@ -66,6 +68,7 @@ pub struct RetryPolicy {
 pub enum Output {
     Webhook(Box<Webhook>),
     Nats(Box<nats::Nats>),
+    Kafka(Box<kafka::Kafka>),
     Stdout,
     File(FileOutput),
 }
@@ -160,6 +163,7 @@ impl Sink {
         match &self.output {
             Output::Webhook(_) => "webhook",
             Output::Nats(_) => "nats",
+            Output::Kafka(_) => "kafka",
             Output::File(_) => "file",
             Output::Stdout => "stdout",
         }
@@ -171,6 +175,7 @@ impl Sink {
         match &self.output {
             Output::Webhook(hook) => hook.shown.clone(),
             Output::Nats(bus) => bus.shown.clone(),
+            Output::Kafka(bus) => bus.shown.clone(),
             Output::File(f) => f.path.display().to_string(),
             Output::Stdout => "stdout".into(),
         }
@@ -413,6 +418,14 @@ fn build_output(
                 n.auth.mask_in(&mut scrubber);
                 Output::Nats(Box::new(n))
             })
+        }
+        SinkKind::Kafka => {
+            let headers = base_headers(s, at, errors);
+            let signer = build_signer(s, at, errors, &mut scrubber);
+            if let Some(sasl) = &s.sasl {
+                scrubber.add_user_info(&sasl.username, sasl.password.expose());
+            }
+            kafka::build(s, at, headers, signer, errors).map(|k| Output::Kafka(Box::new(k)))
         }
     };
     let scrubber = match &output {

@@ -2,6 +2,7 @@
 //! real flagtail binary as a child process, and Flipt audit lines.
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod nats;
 
 use bytes::Bytes;
