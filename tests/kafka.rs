@@ -220,3 +220,57 @@ async fn check_connect_finds_the_topic_and_an_unknown_topic_is_dead_lettered() {
         letters[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipt_configs_kafka_sink_delivers_protobuf_and_tracing_off_is_warned_once() {
+    let Some(broker) = Tansu::start(&[]).await else {
+        return;
+    };
+    broker.create_topic("flipt-audit", 2);
+    let s = Setup::new();
+    let config = s.path("config.yml");
+    // The topic comes from Flipt's environment override, as it would for Flipt.
+    std::fs::write(
+        &config,
+        format!(
+            "tracing:\n  enabled: false\naudit:\n  sinks:\n    log:\n      enabled: true\n      file: {}\n    kafka:\n      enabled: true\n      topic: elsewhere\n      bootstrap_servers: [\"{}\"]\n",
+            s.log().display(),
+            broker.bootstrap()
+        ),
+    )
+    .unwrap();
+    s.write_lines(0..4, Encoding::Json);
+    let state = s.state();
+    let env = [
+        ("FLIPT_AUDIT_SINKS_KAFKA_TOPIC", "flipt-audit"),
+        ("FLAGTAIL_STATE_DIR", state.to_str().unwrap()),
+        ("FLAGTAIL_ADMIN__LISTEN", ""),
+    ];
+    let (code, out, err) =
+        run_cmd_env(&["check", "--flipt-config", config.to_str().unwrap()], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(err.matches("tracing.enabled is false").count(), 1, "{err}");
+    assert!(err.contains("#6279"), "{err}");
+    assert!(
+        out.contains("\"flipt-kafka\"") && out.contains("protobuf"),
+        "{out}"
+    );
+    let mut ft = Flagtail::start_args(
+        &["--flipt-config", config.to_str().unwrap()],
+        s.dir.path(),
+        &env,
+    );
+    broker.wait_records("flipt-audit", 4).await;
+    assert!(ft.terminate().await.success(), "{}", ft.stderr());
+    assert_eq!(ft.stderr().matches("tracing.enabled is false").count(), 1);
+    let got = broker.read("flipt-audit", 4, Some(&flipt_proto()));
+    assert_eq!(got.len(), 4);
+    for r in &got {
+        assert_eq!(
+            r.key.as_deref(),
+            Some("flag"),
+            "Flipt's key: the event type"
+        );
+        assert_eq!(r.event.as_ref().unwrap()["type"], "flag");
+    }
+}
