@@ -274,3 +274,43 @@ async fn a_flipt_configs_kafka_sink_delivers_protobuf_and_tracing_off_is_warned_
         assert_eq!(r.event.as_ref().unwrap()["type"], "flag");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_reaches_the_broker_with_the_client_certificate_and_not_without() {
+    let ca = test_ca();
+    let Some(broker) = Tansu::start_with(&[], Some(ca.mutual.clone())).await else {
+        return;
+    };
+    broker.create_topic("audit", 1);
+    let s = Setup::new();
+    let write = |name: &str, text: &str| {
+        let path = s.path(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let tls = format!(
+        "    ca_file: {}\n    client_cert_file: {}\n    client_key_file: {}\n",
+        write("ca.pem", &ca.ca_pem),
+        write("client.pem", &ca.client_pem),
+        write("client.key", &ca.client_key_pem)
+    );
+    // Without the client certificate the handshake is refused: nothing is delivered.
+    let config = s.config(&kafka_sink(
+        &broker,
+        "audit",
+        &tls.lines()
+            .take(1)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    ));
+    let (code, out, err) = run_cmd(&["check", "--connect", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let config = s.config(&kafka_sink(&broker, "audit", &tls));
+    let (code, out, err) = run_cmd(&["check", "--connect", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("metadata reached") && err.contains("topic audit"),
+        "{err}"
+    );
+    assert!(!out.contains("PRIVATE KEY") && !err.contains("PRIVATE KEY"));
+}

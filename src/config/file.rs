@@ -460,9 +460,17 @@ pub struct SinkSection {
     /// Kafka: SASL authentication (`mechanism`, `username`, `password`). Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl: Option<SaslSection>,
-    /// Kafka: connect with TLS (on by itself when `ca_file` is set). Default `false`.
+    /// Kafka: connect with TLS (on by itself when `ca_file` or a client certificate is set).
+    /// Default `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<bool>,
+    /// Kafka: the client certificate (PEM, its chain after it) for mutual TLS, with
+    /// `client_key_file`. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// Kafka: the client certificate's private key (PEM). Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// What a Kafka record's value is.

@@ -709,6 +709,11 @@ fn check_kafka(s: &file::SinkSection, at: &str, p: &mut Vec<String>) {
         )),
         _ => {}
     }
+    if s.client_cert_file.is_some() != s.client_key_file.is_some() {
+        p.push(format!(
+            "{at}.client_key_file: client_cert_file and client_key_file go together"
+        ));
+    }
     if let Some(sasl) = &s.sasl
         && sasl.username.is_empty()
     {
@@ -725,6 +730,8 @@ fn check_not_kafka(s: &file::SinkSection, at: &str, p: &mut Vec<String>) {
         ("encoding", s.encoding.is_some()),
         ("sasl", s.sasl.is_some()),
         ("tls", s.tls.is_some()),
+        ("client_cert_file", s.client_cert_file.is_some()),
+        ("client_key_file", s.client_key_file.is_some()),
     ] {
         if set {
             p.push(format!("{at}.{key}: only kafka sinks use it"));

@@ -60,6 +60,14 @@ pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
 /// A TLS client config (rustls, ring) trusting the webpki roots and, if given, the certificates
 /// in `ca_file`: what every sink that speaks TLS trusts.
 pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    Ok(tls_builder(ca_file)?.with_no_client_auth())
+}
+
+/// A TLS client config builder (rustls, ring) trusting the webpki roots and `ca_file`, ready for
+/// the client's own authentication (none, or a certificate).
+pub fn tls_builder(
+    ca_file: Option<&Path>,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -76,14 +84,12 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String
                 .map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tls)
+    .with_root_certificates(roots))
 }
 
 /// `check --connect`: opens a connection to the receiver (TCP, and the TLS handshake for

@@ -48,9 +48,7 @@ impl Producer {
     /// Checks what can be checked before connecting (the CA file); an error names the key.
     pub fn new(sink: &str, bus: &Kafka) -> Result<Producer, (&'static str, String)> {
         let tls = match bus.tls {
-            true => Some(Arc::new(
-                super::http::tls_config(bus.ca_file.as_deref()).map_err(|e| ("ca_file", e))?,
-            )),
+            true => Some(Arc::new(tls_config(bus)?)),
             false => None,
         };
         let sasl = bus.sasl.as_ref().map(|(mechanism, user, password)| {
@@ -201,6 +199,35 @@ impl Producer {
         }
         Ok(found)
     }
+}
+
+/// The TLS config of `bus`: the webpki roots and `ca_file`, and its client certificate if any.
+fn tls_config(bus: &Kafka) -> Result<rustls::ClientConfig, (&'static str, String)> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let builder = super::http::tls_builder(bus.ca_file.as_deref()).map_err(|e| ("ca_file", e))?;
+    let Some((cert, key)) = &bus.client_cert else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let chain: Vec<CertificateDer> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| ("client_cert_file", format!("{}: {e}", cert.display())))?;
+    if chain.is_empty() {
+        let why = format!("{} holds no certificate", cert.display());
+        return Err(("client_cert_file", why));
+    }
+    // The key's error never quotes the file.
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|_| {
+        (
+            "client_key_file",
+            format!("{} holds no PEM private key", key.display()),
+        )
+    })?;
+    builder.with_client_auth_cert(chain, key).map_err(|e| {
+        (
+            "client_key_file",
+            format!("does not go with client_cert_file: {e}"),
+        )
+    })
 }
 
 /// What a failed produce means: refusals sending again cannot change are final; the rest (the

@@ -31,9 +31,11 @@ pub struct Kafka {
     pub headers: HeaderMap,
     pub signer: Option<Signer>,
     pub sasl: Option<(SaslMechanism, String, Secret)>,
-    /// Connect with TLS (`tls: true`, or a `ca_file` given).
+    /// Connect with TLS (`tls: true`, or a `ca_file` or client certificate given).
     pub tls: bool,
     pub ca_file: Option<PathBuf>,
+    /// The client certificate and key files, for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Limit of one produce, acks included.
     pub timeout: Duration,
 }
@@ -93,8 +95,9 @@ pub fn build(
         headers,
         signer,
         sasl,
-        tls: s.tls.unwrap_or(false) || s.ca_file.is_some(),
+        tls: s.tls.unwrap_or(false) || s.ca_file.is_some() || s.client_cert_file.is_some(),
         ca_file: s.ca_file.clone(),
+        client_cert: s.client_cert_file.clone().zip(s.client_key_file.clone()),
         timeout: s.timeout,
     })
 }

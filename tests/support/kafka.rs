@@ -62,6 +62,14 @@ impl Tansu {
     /// Starts a broker on loopback (never its default 0.0.0.0) with `args` (`--authentication`),
     /// or `None` where there is none outside CI.
     pub async fn start(args: &[&str]) -> Option<Tansu> {
+        Tansu::start_with(args, None).await
+    }
+
+    /// Like [`Tansu::start`], its forwarder speaking TLS with `tls` (the broker itself plain).
+    pub async fn start_with(
+        args: &[&str],
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Option<Tansu> {
         let python = python()?;
         let dir = Command::new(&python)
             .args([
@@ -72,7 +80,7 @@ impl Tansu {
             .unwrap();
         let tansu = PathBuf::from(String::from_utf8_lossy(&dir.stdout).trim()).join("bin/tansu");
         let port = super::free_port();
-        let forwarder = Forwarder::start(port).await;
+        let forwarder = Forwarder::start(port, tls).await;
         let child = Command::new(&tansu)
             .arg("broker")
             .arg("--listener-url")
@@ -198,15 +206,18 @@ impl Kept {
 pub struct Forwarder {
     pub port: u16,
     target: u16,
+    /// TLS for the clients' side.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     task: Mutex<Option<JoinHandle<()>>>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Forwarder {
-    pub async fn start(target: u16) -> Forwarder {
+    pub async fn start(target: u16, tls: Option<Arc<rustls::ServerConfig>>) -> Forwarder {
         let f = Forwarder {
             port: super::free_port(),
             target,
+            tls: tls.map(tokio_rustls::TlsAcceptor::from),
             task: Mutex::new(None),
             conns: Arc::new(Mutex::new(Vec::new())),
         };
@@ -217,12 +228,26 @@ impl Forwarder {
     /// Listens (again) and forwards.
     pub async fn resume(&self) {
         let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
-        let (target, conns) = (self.target, self.conns.clone());
+        let (target, conns, tls) = (self.target, self.conns.clone(), self.tls.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let tls = tls.clone();
                 let conn = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
+                    match tls {
+                        None => {
+                            let mut inbound = inbound;
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                        Some(tls) => {
+                            if let Ok(mut inbound) = tls.accept(inbound).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                                    .await;
+                            }
+                        }
                     }
                 });
                 conns.lock().unwrap().push(conn);
