@@ -64,6 +64,18 @@ async fn reach(ready: &Ready) -> Result<String, String> {
                 .map_err(|e| format!("NATS {}: {e}", bus.shown))?;
             Ok(format!("NATS {}: {}", bus.shown, found.join(", ")))
         }
+        (Output::Kafka(bus), Transport::Kafka(producer)) => {
+            let topic = bus.topic_of(&sample_record()?).map_err(|e| e.reason)?;
+            let found = producer
+                .check(&[topic])
+                .await
+                .map_err(|e| format!("Kafka {}: {e}", bus.shown))?;
+            Ok(format!(
+                "Kafka {}: metadata reached, {} (nothing sent)",
+                bus.shown,
+                found.join(", ")
+            ))
+        }
         _ => Ok(format!(
             "{} needs no connection ({})",
             sink.kind_name(),
@@ -72,8 +84,13 @@ async fn reach(ready: &Ready) -> Result<String, String> {
     }
 }
 
-/// The subject template rendered for a sample event (a flag created in namespace `default`).
+/// The subject template rendered for a sample event.
 fn sample_subject(bus: &crate::sink::nats::Nats) -> Result<String, String> {
+    bus.subject_of(&sample_record()?).map_err(|e| e.reason)
+}
+
+/// A sample event for templates (a flag created in namespace `default`).
+fn sample_record() -> Result<std::sync::Arc<crate::record::Record>, String> {
     use crate::event::{Format, parse_line};
     use crate::record::{Record, SourceInfo};
     use std::sync::Arc;
@@ -83,6 +100,5 @@ fn sample_subject(bus: &crate::sink::nats::Nats) -> Result<String, String> {
         name: "check".into(),
         format: Format::Flipt,
     });
-    let record = Arc::new(Record::new(info, 0, "check".into(), event));
-    bus.subject_of(&record).map_err(|e| e.reason)
+    Ok(Arc::new(Record::new(info, 0, "check".into(), event)))
 }

@@ -96,25 +96,26 @@ pub fn render(
     Ok(())
 }
 
+/// `headers` to show: configured header values and URL user info are secrets, shown as `***`.
+fn shown(headers: &::http::HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            let shown = if v.is_sensitive() {
+                "***".to_string()
+            } else {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            };
+            (k.to_string(), shown)
+        })
+        .collect()
+}
+
 /// The request as one line of JSON, keys in the order `method, url, headers, body`.
 fn request(sink: &crate::sink::Sink, records: &[Arc<Record>]) -> String {
     let body = match sink.renderer.render(records) {
         Ok(body) => body,
         Err(e) => return serde_json::json!({ "rejected": e.reason }).to_string(),
-    };
-    // Configured header values and URL user info are secrets: shown as `***`.
-    let shown = |headers: &::http::HeaderMap| -> BTreeMap<String, String> {
-        headers
-            .iter()
-            .map(|(k, v)| {
-                let shown = if v.is_sensitive() {
-                    "***".to_string()
-                } else {
-                    String::from_utf8_lossy(v.as_bytes()).into_owned()
-                };
-                (k.to_string(), shown)
-            })
-            .collect()
     };
     let key = crate::sink::Sink::delivery_key(records);
     let (method, url, headers) = match &sink.output {
@@ -148,6 +149,25 @@ fn request(sink: &crate::sink::Sink, records: &[Arc<Record>]) -> String {
             let source = records.first().map_or("", |r| &*r.source.name);
             headers.insert("Flagtail-Source".into(), source.to_string());
             ("PUBLISH", format!("nats:{subject}"), headers)
+        }
+        Output::Kafka(bus) => {
+            let topic = match records.first().map(|r| bus.topic_of(r)) {
+                Some(Ok(topic)) => topic,
+                Some(Err(e)) => return serde_json::json!({ "rejected": e.reason }).to_string(),
+                None => return String::new(),
+            };
+            let signed = crate::sink::signed_headers(
+                &bus.headers,
+                bus.signer.as_ref(),
+                &body,
+                &key,
+                unix_now(),
+            );
+            let headers = shown(&signed)
+                .into_iter()
+                .map(|(k, v)| (crate::delivery::nats::canonical(&k), v))
+                .collect();
+            ("PRODUCE", format!("kafka:{topic}"), headers)
         }
         Output::Stdout => ("WRITE", "stdout:".to_string(), BTreeMap::new()),
         Output::File(file) => (

@@ -42,7 +42,38 @@ const ENV_KEYS: &[(&str, &str)] = &[
         "audit.sinks.webhook.max_backoff_duration",
     ),
     ("AUDIT_EVENTS", "audit.events"),
+    ("AUDIT_SINKS_KAFKA_ENABLED", "audit.sinks.kafka.enabled"),
+    ("AUDIT_SINKS_KAFKA_TOPIC", "audit.sinks.kafka.topic"),
+    (
+        "AUDIT_SINKS_KAFKA_BOOTSTRAP_SERVERS",
+        "audit.sinks.kafka.bootstrap_servers",
+    ),
+    ("AUDIT_SINKS_KAFKA_ENCODING", "audit.sinks.kafka.encoding"),
+    (
+        "AUDIT_SINKS_KAFKA_REQUIRE_TLS",
+        "audit.sinks.kafka.require_tls",
+    ),
+    (
+        "AUDIT_SINKS_KAFKA_INSECURE_SKIP_TLS",
+        "audit.sinks.kafka.insecure_skip_tls",
+    ),
+    (
+        "AUDIT_SINKS_KAFKA_AUTHENTICATION_USERNAME",
+        "audit.sinks.kafka.authentication.username",
+    ),
+    (
+        "AUDIT_SINKS_KAFKA_AUTHENTICATION_PASSWORD",
+        "audit.sinks.kafka.authentication.password",
+    ),
+    (
+        "AUDIT_SINKS_KAFKA_SCHEMA_REGISTRY_URL",
+        "audit.sinks.kafka.schema_registry.url",
+    ),
+    ("TRACING_ENABLED", "tracing.enabled"),
 ];
+
+/// Name of the sink made from `audit.sinks.kafka`.
+pub const KAFKA_SINK: &str = "flipt-kafka";
 
 /// Flipt's `audit` section: only the keys flagtail uses; the others are ignored.
 #[derive(Debug, Default, Deserialize)]
@@ -60,13 +91,37 @@ struct Sinks {
     #[serde(default)]
     webhook: WebhookSink,
     #[serde(default)]
-    kafka: Toggle,
+    kafka: KafkaSink,
+}
+
+/// Flipt's `audit.sinks.kafka` (Flipt 1.61: records keyed by the event type).
+#[derive(Debug, Default, Deserialize)]
+struct KafkaSink {
+    #[serde(default, deserialize_with = "flag")]
+    enabled: bool,
+    #[serde(default, deserialize_with = "text")]
+    topic: Option<String>,
+    #[serde(default, deserialize_with = "words")]
+    bootstrap_servers: Option<Vec<String>>,
+    /// `protobuf` (Flipt's default) or `avro`.
+    #[serde(default, deserialize_with = "text")]
+    encoding: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    require_tls: bool,
+    #[serde(default, deserialize_with = "flag")]
+    insecure_skip_tls: bool,
+    #[serde(default)]
+    authentication: Option<KafkaLogin>,
+    #[serde(default)]
+    schema_registry: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct Toggle {
-    #[serde(default, deserialize_with = "flag")]
-    enabled: bool,
+struct KafkaLogin {
+    #[serde(default, deserialize_with = "text")]
+    username: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    password: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,7 +273,24 @@ pub fn read(path: &Path) -> Result<Translated, Vec<String>> {
         false => Audit::default(),
         true => figment.extract_inner("audit").map_err(problems)?,
     };
-    translate(audit)
+    let sinks = &audit.sinks;
+    let audit_on = sinks.log.enabled || sinks.webhook.enabled || sinks.kafka.enabled;
+    let tracing: Tracing = figment.extract_inner("tracing").unwrap_or_default();
+    let mut translated = translate(audit)?;
+    if audit_on && !tracing.enabled {
+        translated.notes.push(TRACING_OFF.into());
+    }
+    Ok(translated)
+}
+
+/// Why a Flipt config with audit sinks and tracing off gets a warning.
+pub const TRACING_OFF: &str = "audit sinks are enabled but tracing.enabled is false: Flipt 1.61.1 emits no audit events at all unless tracing is enabled (flipt-io/flipt #6279, fixed after that release); set tracing.enabled: true in the Flipt config";
+
+/// Flipt's `tracing` section: only `enabled`.
+#[derive(Debug, Default, Deserialize)]
+struct Tracing {
+    #[serde(default, deserialize_with = "flag")]
+    enabled: bool,
 }
 
 /// A value from the Flipt config as flagtail's config must hold it: Flipt fills a value that is
@@ -247,10 +319,7 @@ fn translate(audit: Audit) -> Result<Translated, Vec<String>> {
         audit: &audit,
         from_log: log_source(&audit.sinks.log, &mut out),
     };
-    if audit.sinks.kafka.enabled {
-        out.notes
-            .push("audit.sinks.kafka is not carried over: flagtail has no Kafka sink".into());
-    }
+    translate_kafka(&audit, shared.from_log, &mut out, &mut problems);
     let hook = &audit.sinks.webhook;
     if hook.enabled {
         url_sink(hook, &shared, &mut out, &mut problems);
@@ -416,6 +485,74 @@ fn template_sink(
     }
 }
 
+/// `audit.sinks.kafka`, when enabled, as the sink `flipt-kafka` with Flipt's defaults: encoding
+/// `protobuf`, key `{{ type }}`, SASL SCRAM-SHA-256 for `authentication`, TLS for `require_tls`.
+/// What flagtail cannot do as Flipt does (Avro, a schema registry, skipping TLS verification) is
+/// a problem naming its key, never a sink that writes something else.
+fn translate_kafka(
+    audit: &Audit,
+    from_log: bool,
+    out: &mut Translated,
+    problems: &mut Vec<String>,
+) {
+    let k = &audit.sinks.kafka;
+    if !k.enabled {
+        return;
+    }
+    let at = "audit.sinks.kafka";
+    let mut sink = serde_json::Map::new();
+    sink.insert("name".into(), json!(KAFKA_SINK));
+    sink.insert("type".into(), json!("kafka"));
+    match k.encoding.as_deref().unwrap_or("protobuf") {
+        "protobuf" => sink.insert("encoding".into(), json!("protobuf")),
+        other => {
+            problems.push(format!("{at}.encoding: {other:?} is not carried over: flagtail writes protobuf (Flipt's default) or json, not Avro"));
+            None
+        }
+    };
+    if let Some(topic) = &k.topic {
+        sink.insert("topic".into(), as_written(topic));
+    }
+    if let Some(servers) = &k.bootstrap_servers {
+        let servers: Vec<Value> = servers.iter().map(|s| as_written(s)).collect();
+        sink.insert("bootstrap_servers".into(), Value::Array(servers));
+    }
+    if k.require_tls {
+        sink.insert("tls".into(), json!(true));
+    }
+    if k.insecure_skip_tls {
+        problems.push(format!("{at}.insecure_skip_tls: flagtail always verifies the broker's certificate; give its CA in a flagtail sink's ca_file instead"));
+    }
+    if k.schema_registry.as_ref().is_some_and(|r| !r.is_empty()) {
+        problems.push(format!("{at}.schema_registry: not supported: flagtail writes plain protobuf records without a registry's schema id"));
+    }
+    if let Some(login) = &k.authentication {
+        let user = login.username.as_deref().map_or(json!(""), as_written);
+        let password = login.password.as_deref().map_or(json!(""), as_written);
+        sink.insert(
+            "sasl".into(),
+            json!({"mechanism": "SCRAM-SHA-256", "username": user, "password": password}),
+        );
+    }
+    let mut keys = vec![
+        ("sasl".to_string(), format!("{at}.authentication")),
+        ("tls".to_string(), format!("{at}.require_tls")),
+    ];
+    if let Some(events) = &audit.events {
+        let events: Vec<Value> = events.iter().map(|e| as_written(e)).collect();
+        sink.insert("events".into(), Value::Array(events));
+        keys.push(("events".into(), "audit.events".into()));
+    }
+    if from_log {
+        sink.insert("sources".into(), json!([LOG_SOURCE]));
+    }
+    out.sinks.push(Section {
+        value: Value::Object(sink),
+        flipt_key: at.into(),
+        keys,
+    });
+}
+
 /// A `true`/`false` that may also be written as text (`"true"`), as Flipt's viper allows.
 fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     match Scalar::deserialize(d)? {
@@ -504,6 +641,32 @@ audit:
                    "max_backoff_duration": "30s", "sources": ["flipt-log"]})
         );
         assert_eq!(t.sinks[0].flipt_key, "audit.sinks.webhook.templates.0");
+    }
+
+    #[test]
+    fn kafka_becomes_flipt_kafka_and_what_flagtail_cannot_do_is_refused_by_key() {
+        let t = translate(audit(
+            "audit:\n  sinks:\n    kafka:\n      enabled: true\n      topic: audit\n      bootstrap_servers: [\"k:9092\"]\n      require_tls: true\n      authentication: {username: u, password: \"${PW}\"}\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            t.sinks[0].value,
+            json!({"name": "flipt-kafka", "type": "kafka", "encoding": "protobuf",
+                   "topic": "audit", "bootstrap_servers": ["k:9092"], "tls": true,
+                   "sasl": {"mechanism": "SCRAM-SHA-256", "username": "u", "password": "${PW}"}})
+        );
+        let problems = translate(audit(
+            "audit:\n  sinks:\n    kafka: {enabled: true, topic: a, bootstrap_servers: [\"k:1\"], encoding: avro, insecure_skip_tls: true, schema_registry: {url: \"http://r\"}}\n",
+        ))
+        .unwrap_err();
+        for key in ["encoding", "insecure_skip_tls", "schema_registry"] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with(&format!("audit.sinks.kafka.{key}:"))),
+                "{problems:?}"
+            );
+        }
     }
 
     #[test]

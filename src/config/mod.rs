@@ -12,6 +12,7 @@ pub mod flipt;
 pub mod gotemplate;
 mod interpolate;
 mod item;
+pub mod kafka;
 pub mod policy;
 mod reach;
 mod schema;
@@ -23,6 +24,7 @@ mod values;
 
 pub use file::{ConfigFile, JournalSection, LogFormat, LogSection};
 pub use interpolate::Substituted;
+pub use kafka::{KafkaEncoding, KafkaSink, SaslMechanism, SaslSection};
 pub use reach::{Compression, OAuth2Section, ProxySetting, TlsSection, VerifyKey, verify_keys};
 pub use schema::config_schema;
 pub use scrub::Scrubber;
@@ -476,6 +478,58 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("https://hooks.example/***"), "{out}");
+    }
+
+    #[test]
+    fn kafka_sinks_need_brokers_and_a_topic_and_their_password_is_never_shown() {
+        let sink = |keys: &str| {
+            format!(
+                "sources:\n  - {{name: a, file: /x}}\nsinks:\n  - {{name: bus, type: kafka, {keys}}}\n"
+            )
+        };
+        let ok = load(
+            "c.yaml",
+            &sink("bootstrap_servers: [\"k:9092\"], topic: audit, sasl: {mechanism: SCRAM-SHA-512, username: u, password: kafka-pw-9}"),
+        )
+        .unwrap();
+        let out = ok.to_redacted_json();
+        assert!(
+            !out.contains("kafka-pw-9") && out.contains("SCRAM-SHA-512"),
+            "{out}"
+        );
+        for (keys, want) in [
+            ("topic: a", "sinks.0.bootstrap_servers: a kafka sink needs"),
+            (
+                "bootstrap_servers: [\"k:1\"]",
+                "sinks.0.topic: a kafka sink needs a topic",
+            ),
+            (
+                "bootstrap_servers: [\"kafka://k\"], topic: a",
+                "is not HOST:PORT",
+            ),
+            (
+                "bootstrap_servers: [\"k:1\"], topic: a, encoding: avro",
+                "encoding",
+            ),
+            (
+                "bootstrap_servers: [\"k:1\"], topic: a, sasl: {mechanism: GSSAPI, username: u, password: p}",
+                "mechanism",
+            ),
+            (
+                "bootstrap_servers: [\"k:1\"], topic: a, retry_on: [404]",
+                "sinks.0.retry_on: only webhook sinks use it",
+            ),
+        ] {
+            let err = load("c.yaml", &sink(keys)).unwrap_err().to_string();
+            assert!(err.contains(want), "{keys}: {err}");
+            assert!(!err.contains("kafka-pw-9"), "{err}");
+        }
+        let webhook = "sources:\n  - {name: a, file: /x}\nsinks:\n  - {name: h, url: \"https://a/\", topic: x}\n";
+        let err = load("c.yaml", webhook).unwrap_err().to_string();
+        assert!(
+            err.contains("sinks.0.topic: only kafka sinks use it"),
+            "{err}"
+        );
     }
 
     #[test]

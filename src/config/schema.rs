@@ -8,6 +8,7 @@
 //! language server and most editors read.
 
 use super::file::ConfigFile;
+use super::kafka::KafkaSink;
 use super::policy::{Rate, RetryOn, Schedule};
 use super::secret::{OneOrMany, Secret, SecretUrl};
 use super::sink::{
@@ -306,6 +307,7 @@ impl JsonSchema for SinkSection {
             (SinkType::Stdout, StdoutSink::json_schema(generator)),
             (SinkType::File, FileSink::json_schema(generator)),
             (SinkType::Nats, NatsSink::json_schema(generator)),
+            (SinkType::Kafka, KafkaSink::json_schema(generator)),
         ];
         let one_of: Vec<Value> = kinds
             .iter()

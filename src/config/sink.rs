@@ -3,6 +3,7 @@
 //! keys. A key of another kind is refused by the parser, naming the kinds that take it.
 
 use super::item::{self, Located};
+use super::kafka::KafkaSink;
 use super::policy::{Rate, RetryOn, Schedule};
 use super::reach::{Compression, OAuth2Section, ProxySetting};
 use super::secret::{Secret, SecretUrl, Secrets, Urls};
@@ -38,6 +39,8 @@ pub enum SinkKind {
     File(FileSink),
     /// NATS JetStream.
     Nats(NatsSink),
+    /// Kafka (acks from all in-sync replicas).
+    Kafka(KafkaSink),
 }
 
 /// A sink's `type`. Default `webhook`.
@@ -49,14 +52,16 @@ pub enum SinkType {
     Stdout,
     File,
     Nats,
+    Kafka,
 }
 
 impl SinkType {
-    const ALL: [SinkType; 4] = [
+    const ALL: [SinkType; 5] = [
         SinkType::Webhook,
         SinkType::Stdout,
         SinkType::File,
         SinkType::Nats,
+        SinkType::Kafka,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +70,7 @@ impl SinkType {
             SinkType::Stdout => "stdout",
             SinkType::File => "file",
             SinkType::Nats => "nats",
+            SinkType::Kafka => "kafka",
         }
     }
 
@@ -75,6 +81,7 @@ impl SinkType {
             SinkType::Stdout => &[],
             SinkType::File => item::keys_taken::<FileSink>(),
             SinkType::Nats => item::keys_taken::<NatsSink>(),
+            SinkType::Kafka => item::keys_taken::<KafkaSink>(),
         }
     }
 
@@ -92,6 +99,13 @@ impl SinkType {
                     "subject",
                     "a nats sink needs a subject (e.g. \"flipt.audit.{{ type }}.{{ action }}\")",
                 ),
+            ],
+            SinkType::Kafka => &[
+                (
+                    "bootstrap_servers",
+                    "a kafka sink needs bootstrap_servers (a list of HOST:PORT)",
+                ),
+                ("topic", "a kafka sink needs a topic (e.g. \"flipt-audit\")"),
             ],
             SinkType::Stdout => &[],
         }
@@ -430,6 +444,11 @@ impl SinkSection {
                 bus.check()?;
                 SinkKind::Nats(bus)
             }
+            SinkType::Kafka => {
+                let bus: KafkaSink = item::read(keys, &unknown)?;
+                bus.check()?;
+                SinkKind::Kafka(bus)
+            }
         };
         let common: SinkCommon = item::read(common, &|key| format!("unknown key `{key}`"))?;
         common.check()?;
@@ -443,6 +462,7 @@ impl SinkSection {
             SinkKind::Stdout(_) => SinkType::Stdout,
             SinkKind::File(_) => SinkType::File,
             SinkKind::Nats(_) => SinkType::Nats,
+            SinkKind::Kafka(_) => SinkType::Kafka,
         }
     }
 
@@ -476,6 +496,7 @@ impl SinkSection {
         match &self.kind {
             SinkKind::Webhook(hook) => Some(&hook.headers),
             SinkKind::Nats(bus) => Some(&bus.headers),
+            SinkKind::Kafka(bus) => Some(&bus.headers),
             _ => None,
         }
     }

@@ -15,6 +15,7 @@
 pub mod backlog;
 pub mod dead_letter;
 pub mod http;
+pub mod kafka;
 pub mod nats;
 pub mod replay;
 pub mod retry;
@@ -41,6 +42,8 @@ pub enum Transport {
     Http(http::Connector),
     /// NATS: one client, shared by the workers.
     Nats(Arc<nats::Publisher>),
+    /// Kafka: one client, shared by the workers.
+    Kafka(Arc<kafka::Producer>),
     /// `stdout` and `file` sinks: nothing to keep.
     Write,
 }
@@ -58,6 +61,9 @@ impl Transport {
                 nats::Publisher::new(&sink.name, sink.concurrency, bus, sink.scrubber.clone())
                     .map(|p| Transport::Nats(Arc::new(p)))
             }
+            Output::Kafka(bus) => {
+                kafka::Producer::new(&sink.name, bus).map(|p| Transport::Kafka(Arc::new(p)))
+            }
             Output::Stdout | Output::File(_) => Ok(Transport::Write),
         }
     }
@@ -69,6 +75,7 @@ impl Transport {
                 Link::Http(Box::new(http::Connection::new(connector.clone())))
             }
             Transport::Nats(publisher) => Link::Nats(publisher.clone()),
+            Transport::Kafka(producer) => Link::Kafka(producer.clone()),
             Transport::Write => Link::Write,
         }
     }
@@ -78,6 +85,7 @@ impl Transport {
 pub enum Link {
     Http(Box<http::Connection>),
     Nats(Arc<nats::Publisher>),
+    Kafka(Arc<kafka::Producer>),
     Write,
 }
 
@@ -509,7 +517,7 @@ async fn next_group(
     stop: &CancellationToken,
 ) -> Option<Vec<Arc<Record>>> {
     let group = match sink.output {
-        Output::Webhook(_) | Output::Nats(_) => sink.max_events,
+        Output::Webhook(_) | Output::Nats(_) | Output::Kafka(_) => sink.max_events,
         Output::Stdout | Output::File(_) => sink.max_events.max(WRITE_GROUP),
     };
     let mut queue = tokio::select! {
@@ -611,6 +619,9 @@ pub async fn deliver(
         // request's too.
         (Output::Nats(bus), Link::Nats(publisher)) => {
             Box::pin(nats::deliver(sink, bus, publisher, records, stop, patience)).await
+        }
+        (Output::Kafka(bus), Link::Kafka(producer)) => {
+            Box::pin(kafka::deliver(sink, bus, producer, records, stop, patience)).await
         }
         (Output::Webhook(hook), Link::Http(conn)) => {
             vec![(all, send(sink, hook, conn, records, stop, patience).await)]

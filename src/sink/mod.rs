@@ -7,9 +7,11 @@
 
 pub mod filter;
 pub mod gofmt;
+pub mod kafka;
 pub mod nats;
 pub mod oauth2;
 pub mod pace;
+pub mod protobuf;
 pub mod proxy;
 pub mod render;
 pub mod sign;
@@ -70,6 +72,7 @@ pub struct RetryPolicy {
 pub enum Output {
     Webhook(Box<Webhook>),
     Nats(Box<nats::Nats>),
+    Kafka(Box<kafka::Kafka>),
     Stdout,
     File(FileOutput),
 }
@@ -183,6 +186,7 @@ impl Sink {
         match &self.output {
             Output::Webhook(_) => "webhook",
             Output::Nats(_) => "nats",
+            Output::Kafka(_) => "kafka",
             Output::File(_) => "file",
             Output::Stdout => "stdout",
         }
@@ -194,6 +198,7 @@ impl Sink {
         match &self.output {
             Output::Webhook(hook) => hook.shown.clone(),
             Output::Nats(bus) => bus.shown.clone(),
+            Output::Kafka(bus) => bus.shown.clone(),
             Output::File(f) => f.path.display().to_string(),
             Output::Stdout => "stdout".into(),
         }
@@ -509,6 +514,14 @@ fn build_output(
                 n.auth.mask_in(&mut scrubber);
                 Output::Nats(Box::new(n))
             })
+        }
+        SinkKind::Kafka(bus) => {
+            let headers = base_headers(s, &bus.headers, at, errors);
+            let signer = build_signer(s, at, errors, &mut scrubber);
+            if let Some(sasl) = &bus.sasl {
+                scrubber.add_user_info(&sasl.username, sasl.password.expose());
+            }
+            kafka::build(s, bus, at, headers, signer, errors).map(|k| Output::Kafka(Box::new(k)))
         }
     };
     let scrubber = match &output {

@@ -2,6 +2,7 @@
 //! real flagtail binary as a child process, and Flipt audit lines.
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod nats;
 
 use bytes::Bytes;
@@ -293,6 +294,11 @@ pub struct TestCa {
     /// read files (nats-server).
     pub leaf_pem: String,
     pub key_pem: String,
+    /// The server, requiring a client certificate signed by the CA.
+    pub mutual: Arc<rustls::ServerConfig>,
+    /// A client certificate signed by the CA, and its key, PEM.
+    pub client_pem: String,
+    pub client_key_pem: String,
 }
 
 pub fn test_ca() -> TestCa {
@@ -310,19 +316,40 @@ pub fn test_ca() -> TestCa {
         .unwrap();
     let chain = vec![leaf.der().clone(), ca.der().clone()];
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain.clone(), key.clone_key())
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["flagtail".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &ca)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
     .unwrap();
+    let mutual = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
     TestCa {
         ca_pem: ca.pem(),
         server: Arc::new(server),
         leaf_pem: leaf.pem(),
         key_pem: leaf_key.serialize_pem(),
+        mutual: Arc::new(mutual),
+        client_pem: client.pem(),
+        client_key_pem: client_key.serialize_pem(),
     }
 }
 

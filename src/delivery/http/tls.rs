@@ -17,7 +17,7 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<ClientConfig, String> {
 
 /// [`tls_config`], presenting `client`'s certificate when a receiver asks for one; an error
 /// names the key at fault (`ca_file`, `cert_file` or `key_file`).
-pub(super) fn client_config(
+pub fn client_config(
     ca_file: Option<&Path>,
     client: Option<&ClientCert>,
 ) -> Result<ClientConfig, (&'static str, String)> {
