@@ -14,7 +14,8 @@
 //! shipper are the shared script's job (`../shared/bench/vs-syslog-ng.py`); this one needs
 //! nothing but the crate.
 //!
-//! Options (after `--`): `--events N`, `--rate R` (repeatable), `--seconds S`.
+//! Options (after `--`): `--events N`, `--rate R` (repeatable), `--seconds S`. `BENCH_KEEP=N` in
+//! the environment sets `attempts.keep` (default 1000; 0 measures without the attempt log).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -147,6 +148,7 @@ fn config(dir: &Path, log: &Path, port: u16, batch: usize) -> PathBuf {
             r#"state_dir: {state}
 admin: {{listen: ""}}
 log: {{level: warn}}
+attempts: {{keep: {keep}}}
 sources:
   - name: bench
     file: {log}
@@ -160,6 +162,7 @@ sinks:
 {batch}"#,
             state = dir.join("state").display(),
             log = log.display(),
+            keep = std::env::var("BENCH_KEEP").unwrap_or("1000".into()),
         ),
     )
     .expect("config");

@@ -509,6 +509,7 @@ impl Pipeline {
         self.stop.cancel();
         let sources = join_all(&mut self.sources, &self.names, "source").await;
         let sinks = join_all(&mut self.sinks, &self.names, "sink").await;
+        crate::attempt_log::flush_all();
         sources.and(sinks)
     }
 }

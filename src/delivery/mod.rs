@@ -525,10 +525,17 @@ async fn next_group(
         _ = stop.cancelled() => return None,
         q = queue.lock() => q,
     };
-    let first = tokio::select! {
-        biased;
-        _ = stop.cancelled() => return None,
-        r = queue.recv() => r?,
+    let first = match queue.try_recv() {
+        Ok(r) => r,
+        Err(_) => {
+            // The queue ran empty: the attempts waiting in memory go to the attempt log now.
+            crate::attempt_log::flush(&sink.name);
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return None,
+                r = queue.recv() => r?,
+            }
+        }
     };
     let mut batch = vec![first];
     while batch.len() < group {
