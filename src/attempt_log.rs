@@ -319,7 +319,11 @@ mod tests {
         record(&at(2, None));
         assert_eq!(on_disk(), 0, "delivered attempts wait");
         record(&at(3, Some("HTTP 503")));
-        assert_eq!(on_disk(), 3, "a failure is written at once, after those before it");
+        assert_eq!(
+            on_disk(),
+            3,
+            "a failure is written at once, after those before it"
+        );
         record(&at(4, None));
         flush("hook");
         assert_eq!(on_disk(), 4, "the queue ran empty");
