@@ -79,8 +79,17 @@ pub fn files(state_dir: &Path, sink: &str) -> [PathBuf; 2] {
     [0, 1].map(|i| dir.join(format!("{sink}.{i}.jsonl")))
 }
 
+/// Whether attempts are recorded (`attempts.keep` above 0), so a delivery with nothing to record
+/// builds no record.
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Records attempts under `state_dir`, `keep` per sink (0: none). Called at start and on reload.
 pub fn configure(state_dir: &Path, keep: u64) {
+    ENABLED.store(keep > 0, std::sync::atomic::Ordering::Relaxed);
     let mut logs = lock(logs());
     let same = logs
         .as_ref()

@@ -25,23 +25,20 @@ struct Problem {
 }
 
 impl Problem {
+    /// figment's error; one an item made ([`Located`]) gets the key path below the item back.
     fn from_figment(e: &figment::Error) -> Problem {
-        let mut path = e.path.clone();
-        let message = match &e.kind {
-            figment::error::Kind::Message(text) => match Located::decode(text) {
-                Some((below, message)) => {
-                    path.extend(below);
-                    message
-                }
-                None => text.clone(),
-            },
-            figment::error::Kind::UnknownField(key, _) => {
-                path.push(key.clone());
-                e.kind.to_string()
-            }
-            kind => kind.to_string(),
-        };
-        Problem { path, message }
+        if let figment::error::Kind::Message(text) = &e.kind
+            && let Some((below, message)) = Located::decode(text)
+        {
+            let mut path = e.path.clone();
+            path.extend(below);
+            return Problem { path, message };
+        }
+        let at = Located::from_figment(e);
+        Problem {
+            path: at.path,
+            message: at.message,
+        }
     }
 
     fn key(&self) -> String {

@@ -37,8 +37,8 @@ impl Located {
         }
     }
 
-    /// figment's error of reading part of an item, with the key it names as part of the path.
-    fn from_figment(e: figment::Error) -> Located {
+    /// figment's error, with the key it names (unknown, missing) as part of the path.
+    pub fn from_figment(e: &figment::Error) -> Located {
         let mut path = e.path.clone();
         if let Kind::UnknownField(key, _) = &e.kind {
             path.push(key.clone());
@@ -99,7 +99,7 @@ pub fn take<T: DeserializeOwned>(dict: &mut Dict, key: &str) -> Result<Option<T>
     match dict.remove(key) {
         None => Ok(None),
         Some(value) => value.deserialize::<T>().map(Some).map_err(|e| {
-            let mut at = Located::from_figment(e);
+            let mut at = Located::from_figment(&e);
             at.path.insert(0, key.to_string());
             at
         }),
@@ -129,7 +129,7 @@ pub fn read<T: DeserializeOwned>(
         .deserialize::<T>()
         .map_err(|e| match &e.kind {
             Kind::UnknownField(key, _) => Located::at(key, unknown(key)),
-            _ => Located::from_figment(e),
+            _ => Located::from_figment(&e),
         })
 }
 

@@ -63,11 +63,7 @@ impl KafkaSink {
                 message: "must not be empty".into(),
             });
         }
-        match (&self.cert_file, &self.key_file) {
-            (Some(_), None) => Err(Located::at("key_file", "cert_file needs its key_file")),
-            (None, Some(_)) => Err(Located::at("cert_file", "key_file needs its cert_file")),
-            _ => Ok(()),
-        }
+        super::sink::cert_with_key(self.cert_file.as_ref(), self.key_file.as_ref())
     }
 }
 

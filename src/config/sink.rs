@@ -346,11 +346,16 @@ impl WebhookSink {
                 "has user info (sent as Basic auth) and headers has Authorization too; keep one",
             ));
         }
-        match (&self.cert_file, &self.key_file) {
-            (Some(_), None) => Err(Located::at("key_file", "cert_file needs its key_file")),
-            (None, Some(_)) => Err(Located::at("cert_file", "key_file needs its cert_file")),
-            _ => Ok(()),
-        }
+        cert_with_key(self.cert_file.as_ref(), self.key_file.as_ref())
+    }
+}
+
+/// A client certificate (`cert_file`) and its key (`key_file`) go together.
+pub(super) fn cert_with_key(cert: Option<&PathBuf>, key: Option<&PathBuf>) -> Result<(), Located> {
+    match (cert, key) {
+        (Some(_), None) => Err(Located::at("key_file", "cert_file needs its key_file")),
+        (None, Some(_)) => Err(Located::at("cert_file", "key_file needs its cert_file")),
+        _ => Ok(()),
     }
 }
 

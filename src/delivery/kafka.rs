@@ -204,14 +204,7 @@ impl Producer {
 /// The TLS config of `bus`: the webpki roots and `ca_file`, and its client certificate if any
 /// (the webhooks' own TLS setup: errors name `ca_file`, `cert_file` or `key_file`).
 fn tls_config(bus: &Kafka) -> Result<rustls::ClientConfig, (&'static str, String)> {
-    let client = bus
-        .client_cert
-        .clone()
-        .map(|(cert_file, key_file)| crate::sink::ClientCert {
-            cert_file,
-            key_file,
-        });
-    super::http::client_config(bus.ca_file.as_deref(), client.as_ref())
+    super::http::client_config(bus.ca_file.as_deref(), bus.client_cert.as_ref())
 }
 
 /// What a failed produce means: refusals sending again cannot change are final; the rest (the

@@ -148,6 +148,9 @@ impl<'a> Tries<'a> {
     /// Puts the attempt on record (`attempts.keep`), as the status page and `flagtail attempts`
     /// show it.
     fn record(&mut self, attempt: &Attempt) {
+        if !crate::attempt_log::enabled() {
+            return;
+        }
         let (status, error) = match attempt {
             Attempt::Delivered { status } => (*status, None),
             Attempt::Refused { status, reason, .. } => (Some(*status), Some(clipped(reason))),

@@ -35,7 +35,7 @@ pub struct Kafka {
     pub tls: bool,
     pub ca_file: Option<PathBuf>,
     /// The client certificate and key files, for mutual TLS.
-    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub client_cert: Option<super::ClientCert>,
     /// Limit of one produce, acks included.
     pub timeout: Duration,
 }
@@ -98,7 +98,7 @@ pub fn build(
         sasl,
         tls: bus.tls || bus.ca_file.is_some() || bus.cert_file.is_some(),
         ca_file: bus.ca_file.clone(),
-        client_cert: bus.cert_file.clone().zip(bus.key_file.clone()),
+        client_cert: super::client_cert_of(bus.cert_file.as_ref(), bus.key_file.as_ref()),
         timeout: s.common.timeout,
     })
 }

@@ -425,7 +425,7 @@ fn build_webhook(
     Some(Webhook {
         oauth2,
         proxy,
-        client_cert: client_cert_of(hook),
+        client_cert: client_cert_of(hook.cert_file.as_ref(), hook.key_file.as_ref()),
         compression: hook.compression,
         url,
         head,
@@ -439,8 +439,8 @@ fn build_webhook(
 }
 
 /// The sink's `cert_file` and `key_file`, when both are set.
-fn client_cert_of(hook: &WebhookSink) -> Option<ClientCert> {
-    let (cert_file, key_file) = hook.cert_file.clone().zip(hook.key_file.clone())?;
+fn client_cert_of(cert_file: Option<&PathBuf>, key_file: Option<&PathBuf>) -> Option<ClientCert> {
+    let (cert_file, key_file) = cert_file.cloned().zip(key_file.cloned())?;
     Some(ClientCert {
         cert_file,
         key_file,
