@@ -148,6 +148,43 @@ async fn kill_9_during_an_automatic_replay_loses_nothing_and_leaves_nothing_behi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_an_automatic_replay_keeps_only_the_letters_not_sent() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let outage = rx.outage(|_| None);
+    let config = s.config(&small_backlog(&rx, "    rate_limit: 100/s\n"));
+    let mut ft = Flagtail::start(&config);
+    overflow(&s, 0..EVENTS).await;
+    outage.end();
+    s.write_lines(EVENTS..EVENTS + 1, Encoding::Json);
+    // The replay is under way (100/s) and has sent some letters.
+    let replaying = s.state().join("dead-letter/hook.replaying.jsonl");
+    eventually(|| {
+        let sent = delivered_keys(&rx).len();
+        match replaying.exists() && sent > EVENTS / 2 {
+            true => Ok(()),
+            false => Err(format!(
+                "{sent} delivered; replaying: {}",
+                replaying.exists()
+            )),
+        }
+    })
+    .await;
+    assert!(ft.terminate().await.success());
+    // The round settled before the daemon ended: the letters it sent left the dead-letter file,
+    // the others went back into it, and nothing is set aside for the next start.
+    assert!(
+        !replaying.exists(),
+        "a graceful stop leaves no replay cut off"
+    );
+    let sent = delivered_keys(&rx);
+    let kept = dead_keys(&s, "hook");
+    assert!(!kept.is_empty(), "the stop came before the round's end");
+    let twice: Vec<&String> = kept.iter().filter(|k| sent.contains(k)).collect();
+    assert!(twice.is_empty(), "sent and still kept: {twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_letter_the_receiver_keeps_refusing_does_not_hold_back_the_others() {
     let rx = Receiver::start().await;
     let s = Setup::new();

@@ -170,17 +170,16 @@ pub async fn run_sink(
         let (crew, link) = (crew.clone(), transport.link());
         workers.spawn(worker(crew, link, queue.clone(), stop.clone()));
     }
-    // The backlog's drainer and the automatic replay run beside the workers and stop with them.
+    // The backlog's drainer and the automatic replay run beside the workers and stop with them:
+    // told to stop when the workers end, so a replay under way settles its letters (those sent
+    // leave the dead-letter file) instead of being cut off and sending them again at the next
+    // start.
+    let quit = stop.child_token();
     let mut beside = JoinSet::new();
-    beside.spawn(drain(crew.clone(), transport.link(), stop.clone()));
+    beside.spawn(drain(crew.clone(), transport.link(), quit.clone()));
     if let Some(healer) = crew.healer.clone() {
-        let (sink, link, dead, stop) = (
-            sink.clone(),
-            transport.link(),
-            crew.dead.clone(),
-            stop.clone(),
-        );
-        beside.spawn(heal_dead_letters(sink, link, dead, healer, stop));
+        let (sink, link, dead) = (sink.clone(), transport.link(), crew.dead.clone());
+        beside.spawn(heal_dead_letters(sink, link, dead, healer, quit.clone()));
     }
     let ended = async {
         while let Some(done) = workers.join_next().await {
@@ -188,14 +187,10 @@ pub async fn run_sink(
         }
     };
     tokio::select! {
-        () = ended => {
-            // Cut off mid-replay, the taken letters stay in SINK.replaying.jsonl for the next one.
-            beside.abort_all();
-            while beside.join_next().await.is_some() {}
-            return;
-        }
+        () = ended => {}
         () = stop.cancelled() => {}
     }
+    quit.cancel();
     let drained = tokio::time::timeout(grace, async {
         while let Some(done) = workers.join_next().await {
             surface_panic(done);
@@ -206,7 +201,8 @@ pub async fn run_sink(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(sink = %sink.name, left = workers.len(), "shutdown_grace ran out; unfinished deliveries will be sent again after restart");
+        // Cut off mid-replay, the taken letters stay in SINK.replaying.jsonl for the next one.
+        tracing::warn!(sink = %sink.name, left = workers.len() + beside.len(), "shutdown_grace ran out; unfinished deliveries will be sent again after restart");
         workers.abort_all();
         beside.abort_all();
         // Wait for the aborts, so no late acknowledgement reaches a tracker after a reload.
