@@ -410,6 +410,82 @@ async fn check_connect_reaches_each_sink_and_sends_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_verifies_clients_takes_cert_file_and_refuses_a_sink_without_one() {
+    let files = Setup::new();
+    let ca = test_ca();
+    let write = |name: &str, text: &str| {
+        let path = files.path(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (ca_file, leaf, key) = (
+        write("ca.pem", &ca.ca_pem),
+        write("leaf.pem", &ca.leaf_pem),
+        write("key.pem", &ca.key_pem),
+    );
+    let (cert_file, cert_key) = (
+        write("client.pem", &ca.client_pem),
+        write("client-key.pem", &ca.client_key_pem),
+    );
+    let args = [
+        "--tls",
+        "--tlscert",
+        &leaf,
+        "--tlskey",
+        &key,
+        "--tlsverify",
+        "--tlscacert",
+        &ca_file,
+    ];
+    let access = support::nats::Access {
+        ca_file: Some(ca_file.clone().into()),
+        client_cert: Some((cert_file.clone().into(), cert_key.clone().into())),
+        ..Default::default()
+    };
+    let Some(nats) = NatsServer::start_with(&args, access).await else {
+        return;
+    };
+    nats.add_stream("AUDIT", &["flipt.audit.>"]).await;
+    // With the certificate: in, over TLS although the URL says nats:// (a certificate given is
+    // meant to be used).
+    let s = Setup::new();
+    s.write_lines(0..2, Encoding::Json);
+    let extra =
+        format!("    ca_file: {ca_file}\n    cert_file: {cert_file}\n    key_file: {cert_key}\n");
+    let config = s.config(&nats_sink(&nats, &extra));
+    let (code, out, err) = run_cmd(&["check", "--connect", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mut ft = Flagtail::start(&config);
+    let got = nats.wait_messages("AUDIT", 2).await;
+    assert!(ft.terminate().await.success());
+    let keys: Vec<String> = got.iter().map(message_key).collect();
+    assert_eq!(keys, ["flag-0", "flag-1"]);
+    // Without it the server refuses the handshake: `check --connect` says so, and the daemon's
+    // sink goes down with its event waiting in the backlog, not dead-lettered.
+    let s = Setup::new();
+    s.write_lines(5..6, Encoding::Json);
+    let extra =
+        format!("    ca_file: {ca_file}\n    max_backoff_duration: 1s\n    timeout: 300ms\n");
+    let config = s.config(&nats_sink(&nats, &extra));
+    let (code, out, err) = run_cmd(&["check", "--connect", "--config", config.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}{err}");
+    let mut ft = Flagtail::start(&config);
+    ft.wait_log("sink is down").await;
+    assert!(ft.terminate().await.success());
+    assert!(dead_keys(&s, "bus").is_empty());
+    assert_eq!(nats.count("AUDIT").await, 2);
+    // A certificate without its key is refused when the config is read, naming the key.
+    let extra = format!("    cert_file: {cert_file}\n");
+    let config = s.config(&nats_sink(&nats, &extra));
+    let (code, _, err) = run_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("sinks.0.key_file: cert_file needs its key_file"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_user_password_nkey_and_tls_with_ca_file_each_get_in() {
     let files = Setup::new();
     let ca = test_ca();

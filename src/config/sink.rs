@@ -200,6 +200,14 @@ pub struct NatsSink {
     /// Extra trusted CA certificates (PEM) for `tls://` servers. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// A client certificate chain (PEM), presented to servers that verify clients (`verify:
+    /// true` in nats-server's `tls` block); with `key_file`. Read at start and on reload; the
+    /// connection is TLS. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of `cert_file`. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// The keys every sink takes: what it sends, to whom, how it retries and waits.
@@ -389,7 +397,7 @@ impl NatsSink {
                 format!("has user info and {} is set too; keep one", ways[0]),
             ));
         }
-        Ok(())
+        cert_with_key(self.cert_file.as_ref(), self.key_file.as_ref())
     }
 }
 

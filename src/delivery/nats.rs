@@ -108,14 +108,15 @@ impl Publisher {
                     .map_err(|_| ("url", format!("{u} is not a NATS server address")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let tls = super::http::tls_config(bus.ca_file.as_deref()).map_err(|e| ("ca_file", e))?;
+        let tls = super::http::client_config(bus.ca_file.as_deref(), bus.client_cert.as_ref())?;
         let publisher = Publisher {
             servers,
             shown: bus.shown.clone(),
             auth: bus.auth.clone(),
             tls,
-            // A CA file given is meant to be used: never fall back to plain text.
-            tls_required: bus.tls_required || bus.ca_file.is_some(),
+            // A CA file or a certificate given is meant to be used: never fall back to plain
+            // text.
+            tls_required: bus.tls_required || bus.ca_file.is_some() || bus.client_cert.is_some(),
             timeout: bus.timeout,
             sink: sink.to_string(),
             concurrency,

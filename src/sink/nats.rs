@@ -24,6 +24,8 @@ pub struct Nats {
     pub signer: Option<Signer>,
     pub auth: Auth,
     pub ca_file: Option<PathBuf>,
+    /// Presented to servers that verify clients (`cert_file`, `key_file`).
+    pub client_cert: Option<super::ClientCert>,
     /// A server is given as `tls://`: the connection must be TLS.
     pub tls_required: bool,
     /// Limit of one publish, ack included.
@@ -135,6 +137,7 @@ pub fn build(
         signer,
         auth,
         ca_file: bus.ca_file.clone(),
+        client_cert: super::client_cert_of(bus.cert_file.as_ref(), bus.key_file.as_ref()),
         timeout: s.common.timeout,
     })
 }

@@ -23,6 +23,8 @@ pub struct Access {
     pub nkey_seed: Option<String>,
     /// CA file to trust; the connection is TLS.
     pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM files), for servers that verify clients.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// The `nats-server` binary, or `None` outside CI when there is none (CI installs it).
@@ -63,6 +65,9 @@ impl NatsServer {
         }
         if let Some(seed) = &a.nkey_seed {
             o = o.nkey(seed.clone());
+        }
+        if let Some((cert, key)) = &a.client_cert {
+            o = o.add_client_certificate(cert.clone(), key.clone());
         }
         let url = match &a.ca_file {
             Some(ca) => {

@@ -34,7 +34,7 @@ mod tests;
 mod tls;
 
 pub use connect::{Connector, connector, probe};
-pub use tls::{client_config, tls_config};
+pub use tls::client_config;
 
 use super::retry::Attempt;
 use crate::config::Compression;

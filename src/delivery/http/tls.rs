@@ -9,14 +9,8 @@ use rustls::{ClientConfig, ConfigBuilder};
 use std::path::Path;
 use std::sync::Arc;
 
-/// A TLS client config (rustls, ring) trusting the webpki roots and, if given, the certificates
-/// in `ca_file`: what every sink that speaks TLS trusts.
-pub fn tls_config(ca_file: Option<&Path>) -> Result<ClientConfig, String> {
-    Ok(trusting(ca_file)?.with_no_client_auth())
-}
-
-/// [`tls_config`], presenting `client`'s certificate when a receiver asks for one; an error
-/// names the key at fault (`ca_file`, `cert_file` or `key_file`).
+/// A client config trusting the webpki roots and `ca_file`, presenting `client`'s certificate
+/// when a server asks for one; an error names the key at fault (`ca_file`, `cert_file` or `key_file`).
 pub fn client_config(
     ca_file: Option<&Path>,
     client: Option<&ClientCert>,
