@@ -1,7 +1,8 @@
 //! The Kafka sink against a real Kafka-compatible broker (tansu), read back with kafka-python:
 //! every event with its key, value and headers, signed; Flipt's protobuf decoded with Flipt's own
 //! `event.proto`; nothing lost across `kill -9` and a broker outage (copies only under one
-//! `Idempotency-Key`); `check --connect`; an unknown topic dead-lettered.
+//! `Idempotency-Key`); `check --connect`; an unknown topic dead-lettered; SASL PLAIN and SCRAM
+//! logins answered by an independent SCRAM implementation.
 
 mod support;
 
@@ -313,4 +314,78 @@ async fn mutual_tls_reaches_the_broker_with_the_client_certificate_and_not_witho
         "{err}"
     );
     assert!(!out.contains("PRIVATE KEY") && !err.contains("PRIVATE KEY"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_plain_and_scram_log_in_and_a_wrong_password_waits_in_the_backlog() {
+    let password = "k4fka-Pa55 w0rd";
+    let Some(broker) = Tansu::start_gated("flagtail", password).await else {
+        return;
+    };
+    broker.create_topic("audit", 1);
+    let env = [("KAFKA_PASSWORD", password)];
+    let mut sent = 0;
+    for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        let s = Setup::new();
+        s.write_lines(sent..sent + 3, Encoding::Json);
+        sent += 3;
+        let extra = format!(
+            "    sasl: {{mechanism: {mechanism}, username: flagtail, password: \"${{KAFKA_PASSWORD}}\"}}\n"
+        );
+        let config = s.config(&kafka_sink(&broker, "audit", &extra));
+        let (code, out, err) = run_cmd_env(
+            &["check", "--connect", "--config", config.to_str().unwrap()],
+            &env,
+        );
+        assert_eq!(code, 0, "{mechanism}: {out}{err}");
+        assert!(err.contains("topic audit: 1 partition(s)"), "{err}");
+        let mut ft = Flagtail::start_env(&config, &env);
+        let got = broker.wait_records("audit", sent).await;
+        assert!(ft.terminate().await.success());
+        assert_eq!(got.len(), sent, "{mechanism}: once each");
+        assert!(
+            !ft.stderr().contains(password),
+            "{mechanism}: the password in the log"
+        );
+        assert!(
+            broker
+                .logins()
+                .contains(&format!("ok {mechanism} flagtail")),
+            "{mechanism}: {:?}",
+            broker.logins()
+        );
+    }
+    // A wrong password: the login is refused, check says why, the daemon's sink goes down with
+    // its event waiting in its backlog (a password is fixed with a reload), nothing dead-lettered.
+    let s = Setup::new();
+    s.write_lines(100..101, Encoding::Json);
+    let extra = "    sasl: {mechanism: SCRAM-SHA-512, username: flagtail, password: \"${KAFKA_PASSWORD}\"}\n    max_backoff_duration: 1s\n";
+    let config = s.config(&kafka_sink(&broker, "audit", extra));
+    let wrong = [("KAFKA_PASSWORD", "not-the-Pa55word")];
+    let (code, out, err) = run_cmd_env(
+        &["check", "--connect", "--config", config.to_str().unwrap()],
+        &wrong,
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("SaslAuthenticationFailed"), "{err}");
+    assert!(!format!("{out}{err}").contains("not-the-Pa55word"));
+    let mut ft = Flagtail::start_env(&config, &wrong);
+    ft.wait_log("sink is down").await;
+    assert!(ft.terminate().await.success());
+    assert!(
+        ft.stderr().contains("SaslAuthenticationFailed"),
+        "{}",
+        ft.stderr()
+    );
+    assert!(!ft.stderr().contains("not-the-Pa55word"));
+    assert!(dead_keys(&s, "bus").is_empty());
+    assert!(
+        broker
+            .logins()
+            .iter()
+            .any(|l| l.starts_with("refused SCRAM-SHA-512 flagtail")),
+        "{:?}",
+        broker.logins()
+    );
+    assert_eq!(broker.read("audit", sent + 1, None).len(), sent);
 }

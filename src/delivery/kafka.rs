@@ -71,14 +71,16 @@ impl Producer {
         })
     }
 
-    /// The client, connecting on first use (within `timeout`: rskafka's own retries end there).
+    /// The client, connecting on first use. rskafka's own retries end at three quarters of
+    /// `timeout`, so an attempt that cannot connect (refused, a login or a certificate refused)
+    /// ends with that reason rather than with the attempt's own timeout.
     async fn client(&self) -> Result<Arc<Client>, KafkaError> {
         let mut held = self.client.lock().await;
         if let Some(client) = &*held {
             return Ok(client.clone());
         }
         let backoff = rskafka::BackoffConfig {
-            deadline: Some(self.timeout),
+            deadline: Some(self.timeout * 3 / 4),
             max_backoff: Duration::from_millis(500),
             ..Default::default()
         };
@@ -176,17 +178,14 @@ impl Producer {
     /// `check --connect`: reaches the cluster's metadata (failing at once if it cannot) and
     /// names each topic's partitions; sends nothing.
     pub async fn check(&self, topics: &[String]) -> Result<Vec<String>, String> {
-        let listed = tokio::time::timeout(self.timeout, async {
-            self.client().await?.list_topics().await
-        })
-        .await
-        .map_err(|_| {
-            format!(
-                "no metadata within {}",
-                humantime::format_duration(self.timeout)
-            )
-        })?
-        .map_err(|e| e.to_string())?;
+        // rskafka's retries end before `timeout` for connecting and again for the metadata, with
+        // the last error (a refused login, say); this bound is for a broker that never answers.
+        let bound = self.timeout * 2 + Duration::from_secs(1);
+        let listed =
+            tokio::time::timeout(bound, async { self.client().await?.list_topics().await })
+                .await
+                .map_err(|_| format!("no metadata within {}", humantime::format_duration(bound)))?
+                .map_err(|e| e.to_string())?;
         let mut found = Vec::new();
         for topic in topics {
             match listed.iter().find(|t| &t.name == topic) {

