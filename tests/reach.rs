@@ -669,6 +669,42 @@ async fn oauth2_tokens_are_fetched_refreshed_before_they_expire_and_again_on_a_4
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_fetches_an_oauth2_token_and_says_why_there_is_none() {
+    let idp = TokenEndpoint::start(1).await;
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let extra = format!(
+        "    oauth2:\n      token_url: http://127.0.0.1:{}/oauth/token\n      client_id: flagtail\n      client_secret: \"cl-s3cret\"\n",
+        idp.port
+    );
+    let config = s.config(&sink("api", &rx.url("/in"), &extra));
+    let args = ["check", "--connect", "--config", config.to_str().unwrap()];
+    // The endpoint's first answer is 503: no token, so the sink cannot be reached.
+    let (code, out, err) = run_cmd(&args);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("OAuth2 token endpoint http://127.0.0.1:")
+            && err.contains("503 Service Unavailable: idp busy"),
+        "{err}"
+    );
+    // Then a token: reached, and said so; nothing was sent to the receiver.
+    let (code, out2, err) = run_cmd(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("; an OAuth2 token from http://127.0.0.1:"),
+        "{err}"
+    );
+    assert_eq!(idp.issued.lock().unwrap().len(), 1);
+    assert!(rx.attempts().is_empty());
+    for text in [&out, &out2, &err] {
+        assert!(
+            !text.contains("cl-s3cret") && !text.contains("tok-0"),
+            "{text}"
+        );
+    }
+}
+
 /// Posts Flipt events to `port` as Standard Webhooks senders sign them, with Python's
 /// `standardwebhooks` package (`v1`) and `cryptography` (`v1a`, with the ed25519 `seed`);
 /// prints one status per case, or `SKIP` where the packages are missing.

@@ -54,7 +54,17 @@ async fn reach(ready: &Ready) -> Result<String, String> {
                 Some(proxy) => format!(" through proxy {}", proxy.shown),
                 None => String::new(),
             };
-            Ok(format!("{how} to {}{via} (no request sent)", hook.shown))
+            let token = match &hook.oauth2 {
+                Some(grant) => {
+                    http::oauth2::probe(connector, grant).await?;
+                    format!("; an OAuth2 token from {}", grant.endpoint.shown)
+                }
+                None => String::new(),
+            };
+            Ok(format!(
+                "{how} to {}{via} (no request sent){token}",
+                hook.shown
+            ))
         }
         (Output::Nats(bus), Transport::Nats(publisher)) => {
             let subject = sample_subject(bus)?;

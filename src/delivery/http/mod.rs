@@ -25,7 +25,7 @@
 //! `Retry-After`), or final (any other status).
 
 mod connect;
-mod oauth2;
+pub mod oauth2;
 mod proxy;
 mod request;
 mod response;

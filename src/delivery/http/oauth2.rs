@@ -74,6 +74,24 @@ impl Tokens {
     }
 }
 
+/// `check --connect`: fetches a token from the hook's endpoint (it is not kept), so wrong
+/// client credentials show before the first event; why there is none otherwise.
+pub async fn probe(connector: &Connector, grant: &OAuth2) -> Result<(), String> {
+    let mut conn = Connection::new(Connector {
+        tokens: Default::default(),
+        ..connector.clone()
+    });
+    let timeout = grant.endpoint.timeout;
+    match tokio::time::timeout(timeout, fetch(&mut conn, &grant.endpoint, &grant.form)).await {
+        Ok(fetched) => fetched.map(drop),
+        Err(_) => Err(format!(
+            "OAuth2 token endpoint {}: no token within {}",
+            grant.endpoint.shown,
+            humantime::format_duration(timeout)
+        )),
+    }
+}
+
 /// One token request: the token and its lifetime, or why there is none.
 async fn fetch(
     conn: &mut Connection,
