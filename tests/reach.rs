@@ -705,6 +705,45 @@ async fn check_connect_fetches_an_oauth2_token_and_says_why_there_is_none() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_compression_and_oauth2_are_taken_up_on_sighup() {
+    let rx = Receiver::start().await;
+    let idp = TokenEndpoint::start(0).await;
+    let s = Setup::new();
+    let Some(proxy) = Tinyproxy::start(s.dir.path(), rx.addr.port()).await else {
+        return;
+    };
+    // Direct, plain, no token.
+    let config = s.config(&sink("api", &rx.url("/in"), "    proxy: none\n"));
+    s.write_lines(0..1, Encoding::Json);
+    let mut ft = Flagtail::start(&config);
+    let first = rx.wait_delivered(1).await;
+    assert_eq!(first[0].header("content-encoding"), "");
+    assert_eq!(first[0].header("authorization"), "");
+    // Through the proxy, gzipped, with a bearer token: the same sink after a reload.
+    let extra = format!(
+        "    proxy: {}\n    compression: gzip\n    oauth2:\n      token_url: http://127.0.0.1:{}/oauth/token\n      client_id: flagtail\n      client_secret: cl-s3cret\n",
+        proxy.url("flag:pr0xy-pass"),
+        idp.port
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("    proxy: none\n", &extra);
+    std::fs::write(&config, text).unwrap();
+    ft.signal("HUP");
+    ft.wait_log("config reloaded").await;
+    s.write_lines(1..2, Encoding::Json);
+    let got = rx.wait_delivered(2).await;
+    assert!(ft.terminate().await.success());
+    let second = &got[1];
+    assert_eq!(second.header("content-encoding"), "gzip");
+    assert_eq!(python_gunzip(&second.body), flipt_line(1, Encoding::Json).1);
+    assert_eq!(second.header("authorization"), "Bearer tok-0");
+    let log = proxy.log();
+    let line = format!("POST http://127.0.0.1:{}/in HTTP/1.1", rx.addr.port());
+    assert_eq!(log.matches(&line).count(), 1, "{log}");
+}
+
 /// Posts Flipt events to `port` as Standard Webhooks senders sign them, with Python's
 /// `standardwebhooks` package (`v1`) and `cryptography` (`v1a`, with the ed25519 `seed`);
 /// prints one status per case, or `SKIP` where the packages are missing.
