@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the per-event work, one event at a time: parsing a line (Flipt, and
-//! `auto` on an Unleash line), rendering the body (Flipt's default and a Slack-style template)
-//! and signing it (Flipt's HMAC, Standard Webhooks); and what every attempt costs besides
-//! (its line in the attempt log, its count in the last hour). `cargo bench --bench micro`.
+//! `auto` on an Unleash line), rendering the body (Flipt's default and a Slack-style template),
+//! signing it (Flipt's HMAC, Standard Webhooks) and gzipping it (one body, a batch of 100); and
+//! what every attempt costs besides (its line in the attempt log, its count in the last hour).
+//! `cargo bench --bench micro`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use flagtail::config::{Secret, SignatureScheme};
@@ -67,6 +68,30 @@ fn benches(c: &mut Criterion) {
     c.bench_function("sign standard-webhooks", |b| {
         b.iter(|| sw.headers(black_box(&body), "bench-0", 1_763_877_600))
     });
+    // `compression: gzip`: one event's body, and a batch of 100 (distinct keys).
+    let mut gz = flagtail::delivery::http::gzip::Gzip::default();
+    c.bench_function("gzip one body", |b| {
+        b.iter(|| gz.compress(black_box(&body)).map(<[u8]>::len))
+    });
+    let hundred: Vec<Arc<Record>> = (0..100)
+        .map(|i| {
+            record(
+                &FLIPT.replace("flag-7", &format!("flag-{i}")),
+                Format::Flipt,
+            )
+        })
+        .collect();
+    let batch = default.render(&hundred).unwrap();
+    c.bench_function("gzip a batch of 100", |b| {
+        b.iter(|| gz.compress(black_box(&batch)).map(<[u8]>::len))
+    });
+    let one = gz.compress(&body).unwrap().len();
+    let many = gz.compress(&batch).unwrap().len();
+    eprintln!(
+        "gzip sizes: one body {} -> {one} bytes, a batch of 100 {} -> {many} bytes",
+        body.len(),
+        batch.len()
+    );
 }
 
 /// One attempt put on record as a delivery does: its line built and appended to the attempt log

@@ -25,10 +25,12 @@
 //! `Retry-After`), or final (any other status).
 
 mod connect;
+pub mod gzip;
 pub mod oauth2;
 mod proxy;
 mod request;
 mod response;
+
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -54,13 +56,9 @@ pub struct Connection {
     open: Option<Box<Open>>,
     /// The head of the request being sent (kept for its capacity).
     head: Vec<u8>,
-    /// The gzipped body being sent (`compression: gzip`; kept for its capacity up to
-    /// [`KEPT_GZIP_BUFFER`]).
-    gz: Vec<u8>,
+    /// Gzips bodies (`compression: gzip`), made when first needed.
+    gz: Option<Box<gzip::Gzip>>,
 }
-
-/// A gzip buffer grown past this (by a big batch) is let go after the request.
-const KEPT_GZIP_BUFFER: usize = 256 * 1024;
 
 /// Why an exchange failed before the receiver answered.
 type Failure = Box<dyn std::error::Error + Send + Sync>;
@@ -71,7 +69,7 @@ impl Connection {
             connector,
             open: None,
             head: Vec::new(),
-            gz: Vec::new(),
+            gz: None,
         }
     }
 
@@ -107,20 +105,15 @@ impl Connection {
         if hook.compression == Compression::None {
             return self.post_as_is(hook, key, unix_secs, body, bearer).await;
         }
-        let mut gz = std::mem::take(&mut self.gz);
-        gz.clear();
-        let mut encoder = flate2::write::GzEncoder::new(&mut gz, flate2::Compression::default());
-        if let Err(e) =
-            std::io::Write::write_all(&mut encoder, body).and_then(|()| encoder.finish().map(drop))
-        {
-            return Attempt::Retry {
+        let mut gz = self.gz.take().unwrap_or_default();
+        let attempt = match gz.compress(body) {
+            Ok(packed) => self.post_as_is(hook, key, unix_secs, packed, bearer).await,
+            Err(e) => Attempt::Retry {
                 reason: format!("POST {}: cannot gzip the body: {e}", hook.shown),
-            };
-        }
-        let attempt = self.post_as_is(hook, key, unix_secs, &gz, bearer).await;
-        if gz.capacity() <= KEPT_GZIP_BUFFER {
-            self.gz = gz;
-        }
+            },
+        };
+        gz.trim();
+        self.gz = Some(gz);
         attempt
     }
 
