@@ -98,12 +98,54 @@ async fn protobuf_records_decode_with_flipts_own_event_proto() {
     broker.create_topic("flipt-audit", 1);
     let s = Setup::new();
     s.write_lines(0..6, Encoding::Json);
-    let extra = "    encoding: protobuf\n    key: \"{{ type }}-{{ action }}\"\n";
-    let mut ft = Flagtail::start(&s.config(&kafka_sink(&broker, "flipt-audit", extra)));
+    let extra = "    encoding: protobuf\n    key: \"{{ type }}-{{ action }}\"\n    signing_secret: s3cret\n";
+    let config = s.config(&kafka_sink(&broker, "flipt-audit", extra));
+    let mut ft = Flagtail::start(&config);
     broker.wait_records("flipt-audit", 6).await;
     assert!(ft.terminate().await.success());
     let got = broker.read("flipt-audit", 6, Some(&proto));
     assert_eq!(got.len(), 6);
+    // `render` shows each record as it went: its key, the protobuf value, signed over it.
+    let (code, out, err) = run_cmd(&[
+        "render",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "bus",
+        "--input",
+        s.log().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let shown: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(shown.len(), 6);
+    for (r, line) in got.iter().zip(&shown) {
+        use base64::Engine;
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(line["body_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(value, r.value(), "{line}");
+        assert!(line.get("body").is_none(), "protobuf has no text: {line}");
+        assert_eq!(line["key"].as_str(), r.key.as_deref());
+        assert_eq!(line["url"], "kafka:flipt-audit");
+        assert_eq!(line["headers"]["Flagtail-Source"], "flipt");
+        assert_eq!(line["headers"]["Content-Type"], "application/protobuf");
+        let mac = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3cret"),
+            &value,
+        );
+        let hex: String = mac.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            line["headers"]["X-Flipt-Webhook-Signature"], hex,
+            "signed over the value sent"
+        );
+        assert_eq!(
+            r.header("X-Flipt-Webhook-Signature"),
+            line["headers"]["X-Flipt-Webhook-Signature"]
+        );
+    }
     for (i, r) in got.iter().enumerate() {
         let e = r.event.as_ref().unwrap();
         let action = ["created", "updated", "deleted"][i % 3];

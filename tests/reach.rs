@@ -401,6 +401,35 @@ async fn gzip_bodies_are_decoded_by_the_receiver_and_signed_as_sent() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"compression\": \"gzip\""), "{out}");
+    // `render` shows the text and the bytes sent, signed as sent.
+    let (code, out, err) = run_cmd(&[
+        "render",
+        "--config",
+        s.path("flagtail.yaml").to_str().unwrap(),
+        "--sink",
+        "gz",
+        "--input",
+        s.log().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let line: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let sent = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        line["body_base64"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(python_gunzip(&sent), line["body"].as_str().unwrap());
+    assert_eq!(
+        line["body"].as_str().unwrap(),
+        flipt_line(0, Encoding::Json).1
+    );
+    assert_eq!(line["headers"]["content-encoding"], "gzip");
+    let signed = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3cret"),
+        &sent,
+    );
+    let hex: String = signed.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(line["headers"]["x-flipt-webhook-signature"], hex);
 }
 
 /// Verifies each request's `v1a,` signatures with Python's `cryptography` (an ed25519

@@ -1,6 +1,8 @@
 //! `flagtail render`: a dry run. Every input line becomes one JSON object on stdout: the request
 //! exactly as the sink would send it now (`{"method","url","headers","body"}`, signature headers
-//! included; configured header values and URL user info as `***`), or `{"skipped": REASON}` (the sink's filter does not take it), or
+//! included and computed over the bytes sent; a Kafka record's `key`; `body_base64` when the
+//! bytes sent are not the body's text: gzipped, or Flipt's protobuf; configured header values and
+//! URL user info as `***`), or `{"skipped": REASON}` (the sink's filter does not take it), or
 //! `{"rejected": REASON}` (not an event, or its body cannot be made).
 
 use super::{Failure, find_sink};
@@ -8,19 +10,10 @@ use crate::config::Config;
 use crate::event::parse_line;
 use crate::record::{Record, SourceInfo};
 use crate::sink::{Output, unix_now};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
-
-#[derive(Serialize)]
-struct Request<'a> {
-    method: &'a str,
-    url: String,
-    headers: BTreeMap<String, String>,
-    body: String,
-}
 
 pub fn render(
     config: &Config,
@@ -111,76 +104,189 @@ fn shown(headers: &::http::HeaderMap) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The request as one line of JSON, keys in the order `method, url, headers, body`.
+/// The request as one line of JSON, keys in the order `method, url, [key,] headers, body,
+/// [body_base64]`.
 fn request(sink: &crate::sink::Sink, records: &[Arc<Record>]) -> String {
     let body = match sink.renderer.render(records) {
         Ok(body) => body,
-        Err(e) => return serde_json::json!({ "rejected": e.reason }).to_string(),
+        Err(e) => return rejected(e.reason),
     };
     let key = crate::sink::Sink::delivery_key(records);
-    let (method, url, headers) = match &sink.output {
-        Output::Webhook(hook) => (
-            "POST",
-            hook.url.to_string(),
-            shown(&hook.headers_for(&body, &key, unix_now())),
-        ),
-        Output::Nats(bus) => {
-            // One message per subject: `render` takes one event at a time.
-            let subject = match records.first().map(|r| bus.subject_of(r)) {
-                Some(Ok(subject)) => subject,
-                Some(Err(e)) => return serde_json::json!({ "rejected": e.reason }).to_string(),
-                None => return String::new(),
-            };
-            // As they go out: canonical names, plus the message id and the source.
-            let mut headers: BTreeMap<String, String> = shown(&crate::sink::signed_headers(
-                &bus.headers,
-                bus.signer.as_ref(),
-                &body,
-                &key,
-                unix_now(),
-            ))
-            .into_iter()
-            .map(|(k, v)| (crate::delivery::nats::canonical(&k), v))
-            .collect();
-            headers.insert(
-                "Nats-Msg-Id".into(),
-                crate::delivery::nats::message_id(&sink.name, &key),
-            );
-            let source = records.first().map_or("", |r| &*r.source.name);
-            headers.insert("Flagtail-Source".into(), source.to_string());
-            ("PUBLISH", format!("nats:{subject}"), headers)
-        }
-        Output::Kafka(bus) => {
-            let topic = match records.first().map(|r| bus.topic_of(r)) {
-                Some(Ok(topic)) => topic,
-                Some(Err(e)) => return serde_json::json!({ "rejected": e.reason }).to_string(),
-                None => return String::new(),
-            };
-            let signed = crate::sink::signed_headers(
-                &bus.headers,
-                bus.signer.as_ref(),
-                &body,
-                &key,
-                unix_now(),
-            );
-            let headers = shown(&signed)
-                .into_iter()
-                .map(|(k, v)| (crate::delivery::nats::canonical(&k), v))
-                .collect();
-            ("PRODUCE", format!("kafka:{topic}"), headers)
-        }
-        Output::Stdout => ("WRITE", "stdout:".to_string(), BTreeMap::new()),
-        Output::File(file) => (
+    let Some(first) = records.first() else {
+        return String::new();
+    };
+    let sent = match &sink.output {
+        Output::Webhook(hook) => webhook(hook, body, &key),
+        Output::Nats(bus) => nats(sink, bus, first, body, &key),
+        Output::Kafka(bus) => kafka(bus, first, body, &key),
+        Output::Stdout => Ok(Sent::plain("WRITE", "stdout:".into(), body)),
+        Output::File(file) => Ok(Sent::plain(
             "WRITE",
             format!("file://{}", file.path.display()),
-            BTreeMap::new(),
-        ),
+            body,
+        )),
     };
-    let req = Request {
-        method,
-        url,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    };
-    serde_json::to_string(&req).unwrap_or_default()
+    match sent {
+        Ok(sent) => sent.json(),
+        Err(reason) => rejected(reason),
+    }
+}
+
+fn rejected(reason: String) -> String {
+    serde_json::json!({ "rejected": reason }).to_string()
+}
+
+/// What would go out, before it is shown.
+struct Sent {
+    method: &'static str,
+    url: String,
+    /// A Kafka record's key.
+    key: Option<String>,
+    headers: BTreeMap<String, String>,
+    /// The rendered body, as text.
+    body: Vec<u8>,
+    /// The bytes sent, when they are not `body`.
+    wire: Option<Wire>,
+}
+
+/// What `render` prints of a [`Sent`], in this order.
+#[derive(serde::Serialize)]
+struct Shown {
+    method: &'static str,
+    url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    headers: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+}
+
+/// Bytes sent in place of the rendered body.
+enum Wire {
+    /// The body gzipped (`compression: gzip`).
+    Gzip(Vec<u8>),
+    /// Flipt's `flipt.audit.Event` (`encoding: protobuf`), which has no text.
+    Protobuf(Vec<u8>),
+}
+
+impl Sent {
+    fn plain(method: &'static str, url: String, body: Vec<u8>) -> Sent {
+        Sent {
+            method,
+            url,
+            key: None,
+            headers: BTreeMap::new(),
+            body,
+            wire: None,
+        }
+    }
+
+    /// The bytes signed and sent.
+    fn bytes(&self) -> &[u8] {
+        match &self.wire {
+            Some(Wire::Gzip(b) | Wire::Protobuf(b)) => b,
+            None => &self.body,
+        }
+    }
+
+    /// `body` is the text, unless the bytes sent are protobuf (then only `body_base64`);
+    /// `body_base64` is the bytes sent, when they are not the text.
+    fn json(self) -> String {
+        use base64::Engine;
+        let body = match self.wire {
+            Some(Wire::Protobuf(_)) => None,
+            _ => Some(String::from_utf8_lossy(&self.body).into_owned()),
+        };
+        let body_base64 = match &self.wire {
+            Some(Wire::Gzip(b) | Wire::Protobuf(b)) => {
+                Some(base64::engine::general_purpose::STANDARD.encode(b))
+            }
+            None => None,
+        };
+        let shown = Shown {
+            method: self.method,
+            url: self.url,
+            key: self.key,
+            headers: self.headers,
+            body,
+            body_base64,
+        };
+        serde_json::to_string(&shown).unwrap_or_default()
+    }
+}
+
+/// A webhook's POST: the body gzipped if the sink says so, signed as sent.
+fn webhook(hook: &crate::sink::Webhook, body: Vec<u8>, key: &str) -> Result<Sent, String> {
+    let mut sent = Sent::plain("POST", hook.url.to_string(), body);
+    if hook.compression == crate::config::Compression::Gzip {
+        let mut gz = crate::delivery::http::gzip::Gzip::default();
+        let packed = gz.compress(&sent.body).map_err(|e| e.to_string())?;
+        sent.wire = Some(Wire::Gzip(packed.to_vec()));
+    }
+    sent.headers = shown(&hook.headers_for(sent.bytes(), key, unix_now()));
+    Ok(sent)
+}
+
+/// A NATS message on its subject, with its canonical headers, id and source.
+fn nats(
+    sink: &crate::sink::Sink,
+    bus: &crate::sink::nats::Nats,
+    record: &Arc<Record>,
+    body: Vec<u8>,
+    key: &str,
+) -> Result<Sent, String> {
+    let subject = bus.subject_of(record).map_err(|e| e.reason)?;
+    let mut sent = Sent::plain("PUBLISH", format!("nats:{subject}"), body);
+    sent.headers = canonical(crate::sink::signed_headers(
+        &bus.headers,
+        bus.signer.as_ref(),
+        sent.bytes(),
+        key,
+        unix_now(),
+    ));
+    let id = crate::delivery::nats::message_id(&sink.name, key);
+    sent.headers.insert("Nats-Msg-Id".into(), id);
+    let source = record.source.name.to_string();
+    sent.headers.insert("Flagtail-Source".into(), source);
+    Ok(sent)
+}
+
+/// A Kafka record: its topic and key, the value in the sink's encoding, its headers signed over
+/// the value as a delivery makes them.
+fn kafka(
+    bus: &crate::sink::kafka::Kafka,
+    record: &Arc<Record>,
+    body: Vec<u8>,
+    key: &str,
+) -> Result<Sent, String> {
+    let topic = bus.topic_of(record).map_err(|e| e.reason)?;
+    let record_key = bus.key_of(record).map_err(|e| e.reason)?;
+    let mut sent = Sent::plain("PRODUCE", format!("kafka:{topic}"), body);
+    sent.key = Some(String::from_utf8_lossy(&record_key).into_owned());
+    if bus.encoding == crate::config::KafkaEncoding::Protobuf {
+        let value = crate::sink::protobuf::encode_event(&record.event);
+        sent.wire = Some(Wire::Protobuf(value));
+    }
+    let mut signed = crate::sink::signed_headers(
+        &bus.headers,
+        bus.signer.as_ref(),
+        sent.bytes(),
+        key,
+        unix_now(),
+    );
+    signed.remove(::http::header::USER_AGENT);
+    sent.headers = canonical(signed);
+    let source = record.source.name.to_string();
+    sent.headers.insert("Flagtail-Source".into(), source);
+    Ok(sent)
+}
+
+/// Headers shown in their canonical form (`Idempotency-Key`), as NATS and Kafka carry them.
+fn canonical(headers: ::http::HeaderMap) -> BTreeMap<String, String> {
+    shown(&headers)
+        .into_iter()
+        .map(|(k, v)| (crate::delivery::nats::canonical(&k), v))
+        .collect()
 }

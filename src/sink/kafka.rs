@@ -116,6 +116,13 @@ impl Kafka {
             .collect()
     }
 
+    /// `record`'s key, rendered on this thread (`render`).
+    pub fn key_of(&self, record: &Arc<Record>) -> Result<Vec<u8>, RenderError> {
+        self.key
+            .render(std::slice::from_ref(record))
+            .map_err(|e| named(e, "key"))
+    }
+
     /// `record`'s topic, rendered on this thread (`check --connect`).
     pub fn topic_of(&self, record: &Arc<Record>) -> Result<String, RenderError> {
         checked(
