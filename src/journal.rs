@@ -830,6 +830,30 @@ fn create_segment(dir: &Path, base: u64) -> io::Result<()> {
 /// The segments in `dir`, oldest first, and the highest base of an entry named as a segment that
 /// is not a file (its bytes are a gap the reader records). Other names ending in `.seg` are not
 /// segments: warned about and left alone.
+/// Bytes of the journal in `dir` past `saved` (a reader's position in it), read from its files
+/// alone: no writer, nothing mended. For a journal no one runs any more (a sink renamed).
+pub fn bytes_past(dir: &Path, saved: Option<&Position>) -> io::Result<u64> {
+    let id = fs::read_to_string(dir.join("id")).unwrap_or_default();
+    let mut start = u64::MAX;
+    let mut end = 0u64;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let base = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".seg")?.parse::<u64>().ok());
+        if let Some(base) = base {
+            let len = entry.metadata()?.len();
+            (start, end) = (start.min(base), end.max(base.saturating_add(len)));
+        }
+    }
+    let from = match saved {
+        Some(Position::Journal { id: of, offset }) if **of == *id.trim() => *offset,
+        _ => start,
+    };
+    Ok(end.saturating_sub(from.max(start.min(end))))
+}
+
 fn list_segments(dir: &Path) -> io::Result<(VecDeque<Segment>, Option<u64>)> {
     let (mut out, mut unreadable) = (Vec::new(), None);
     for entry in fs::read_dir(dir)? {

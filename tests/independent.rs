@@ -381,3 +381,32 @@ async fn a_lost_backlog_segment_is_said_and_skipped_and_the_rest_is_delivered() 
     );
     assert!(ft.terminate().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_sinks_backlog_is_said_at_start_and_sent_once_the_name_is_back() {
+    let rx = Receiver::start().await;
+    let outage = rx.outage(|_| None);
+    let s = Setup::new();
+    let hook = webhook_sink(&rx.url("/"), "    max_backoff_duration: 200ms\n");
+    let config = s.config(&hook);
+    s.write_lines(0..5, Encoding::Json);
+    let mut ft = Flagtail::start(&config);
+    ft.wait_log("sink is down").await;
+    assert!(ft.terminate().await.success());
+    assert!(!ft.stderr().contains("no longer has"));
+    // The operator renames the sink: its waiting events are not lost in silence.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("name: hook", "name: renamed")).unwrap();
+    outage.end();
+    let mut ft = Flagtail::start(&config);
+    ft.wait_log("the backlog of a sink named \"hook\", which the config no longer has, holds events not delivered").await;
+    assert!(ft.terminate().await.success());
+    assert!(rx.delivered().is_empty(), "{:?}", delivered_keys(&rx));
+    // The name back: they go, in order.
+    std::fs::write(&config, text).unwrap();
+    let mut ft = Flagtail::start(&config);
+    rx.wait_delivered(5).await;
+    assert!(ft.terminate().await.success());
+    assert_eq!(delivered_keys(&rx), flag_keys(0..5).collect::<Vec<_>>());
+    assert!(!ft.stderr().contains("no longer has"));
+}

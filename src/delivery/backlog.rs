@@ -442,6 +442,9 @@ impl Backlogs {
         sinks: impl IntoIterator<Item = &'a Sink>,
         book: &Arc<CheckpointBook>,
     ) -> anyhow::Result<()> {
+        let sinks: Vec<&Sink> = sinks.into_iter().collect();
+        let names: Vec<&str> = sinks.iter().map(|s| &*s.name).collect();
+        Backlogs::warn_left_behind(state_dir, &names, book);
         for sink in sinks {
             if let Some(open) = self.0.get(&*sink.name)
                 && (open.max_bytes, open.when_full) != (sink.backlog_bytes, sink.when_full)
@@ -456,6 +459,27 @@ impl Backlogs {
             }
         }
         Ok(())
+    }
+
+    /// Says (a warning each) which backlogs under `state_dir` belong to no sink of the config
+    /// and still hold events: a sink renamed or removed leaves them there, undelivered.
+    pub fn warn_left_behind(state_dir: &Path, sinks: &[&str], book: &CheckpointBook) {
+        let Ok(dirs) = std::fs::read_dir(state_dir.join("backlog")) else {
+            return;
+        };
+        for dir in dirs.flatten() {
+            let name = dir.file_name().to_string_lossy().into_owned();
+            if sinks.contains(&name.as_str()) || !dir.path().is_dir() {
+                continue;
+            }
+            let saved = book.get(&format!("sink:{name}"));
+            match crate::journal::bytes_past(&dir.path(), saved.as_ref()) {
+                Ok(0) | Err(_) => {}
+                Ok(bytes) => {
+                    tracing::warn!(backlog = %dir.path().display(), bytes, "the backlog of a sink named {name:?}, which the config no longer has, holds events not delivered; give a sink that name again to send them");
+                }
+            }
+        }
     }
 
     /// The backlog of sink `name`, if it was opened.
