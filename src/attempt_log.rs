@@ -152,6 +152,7 @@ impl Logs {
             }
             Err(e) => {
                 self.writers.remove(sink);
+                crate::metrics::get().attempt_log_error(sink);
                 // Said once per outage (a full disk would otherwise say it for every attempt).
                 if self.failing.insert(sink.to_string()) {
                     tracing::warn!(sink = %sink, dir = %self.dir.display(), "cannot record attempts in the attempt log (deliveries go on; their attempts are not on record until it can be written): {e}");

@@ -85,6 +85,8 @@ pub struct Metrics {
     pub sink_backlog_bytes: Family<SinkLabel, Gauge>,
     /// Per sink: times bytes of its backlog could not be read (a segment deleted or damaged).
     pub sink_backlog_lost: Family<SinkLabel, Counter>,
+    /// Per sink: writes of its attempt log that failed (their attempts are not on record).
+    pub attempt_log_errors: Family<SinkLabel, Counter>,
 }
 
 /// The process's metrics.
@@ -153,6 +155,11 @@ impl Metrics {
                 "sink_backlog_lost",
                 "Times bytes of the sink's backlog could not be read back (deleted or damaged)",
             ),
+            attempt_log_errors: registered(
+                r,
+                "attempt_log_errors",
+                "Writes of the sink's attempt log that failed (those attempts are not on record)",
+            ),
             registry,
         }
     }
@@ -185,6 +192,14 @@ impl Metrics {
             sink: sink.to_string(),
         };
         self.sink_backlog_lost.get_or_create(&label).inc();
+    }
+
+    /// Counts a failed write of `sink`'s attempt log.
+    pub fn attempt_log_error(&self, sink: &str) {
+        let label = SinkLabel {
+            sink: sink.to_string(),
+        };
+        self.attempt_log_errors.get_or_create(&label).inc();
     }
 
     /// The counter of lines read by `source`.

@@ -789,3 +789,32 @@ async fn metrics_are_text_0_0_4_that_promtool_passes_and_openmetrics_when_asked(
     );
     assert!(ft.terminate().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_log_that_cannot_be_written_is_counted_and_deliveries_go_on() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let port = free_port();
+    let config = with_admin(&s, &webhook_sink(&rx.url("/"), ""), port);
+    // A file where the attempt log's directory goes: every write of it fails.
+    std::fs::create_dir_all(s.state()).unwrap();
+    std::fs::write(s.state().join("attempts"), "not a directory").unwrap();
+    s.write_lines(0..3, Encoding::Json);
+    let mut ft = Flagtail::start(&config);
+    rx.wait_delivered(3).await;
+    ft.wait_log("cannot record attempts in the attempt log")
+        .await;
+    let (_, text) = scrape(port, None);
+    let errors = text
+        .lines()
+        .find(|l| l.starts_with("flagtail_attempt_log_errors_total{sink=\"hook\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(errors >= 1, "{text}");
+    assert!(ft.terminate().await.success());
+    assert_eq!(
+        ft.stderr().matches("cannot record attempts").count(),
+        1,
+        "once per outage"
+    );
+}
