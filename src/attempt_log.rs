@@ -42,6 +42,51 @@ impl AttemptRecord {
     pub fn failed(&self) -> bool {
         self.error.is_some()
     }
+
+    /// The line of this record, to [`record`] it.
+    pub fn line(&self) -> AttemptLine<'_> {
+        AttemptLine {
+            time: Time::Given(&self.time),
+            sink: &self.sink,
+            key: &self.key,
+            event: &self.event,
+            attempt: self.attempt,
+            status: self.status,
+            error: self.error.as_deref(),
+            duration_ms: self.duration_ms,
+        }
+    }
+}
+
+/// One attempt as a delivery records it: an [`AttemptRecord`]'s fields, borrowed, written into
+/// the log's buffer without a copy of each (the log is on every request's path).
+#[derive(Serialize)]
+pub struct AttemptLine<'a> {
+    pub time: Time<'a>,
+    pub sink: &'a str,
+    pub key: &'a str,
+    pub event: &'a str,
+    pub attempt: u32,
+    pub status: Option<u16>,
+    pub error: Option<&'a str>,
+    pub duration_ms: u64,
+}
+
+/// When an attempt ended: now, formatted as it is written, or a time given as text.
+pub enum Time<'a> {
+    Now,
+    Given(&'a str),
+}
+
+impl Serialize for Time<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Time::Now => s.collect_str(&humantime::format_rfc3339_millis(
+                std::time::SystemTime::now(),
+            )),
+            Time::Given(text) => s.serialize_str(text),
+        }
+    }
 }
 
 /// A sink's two files, and which one is being written.
@@ -107,17 +152,15 @@ pub fn configure(state_dir: &Path, keep: u64) {
     }
 }
 
-/// Appends `record` to its sink's log; a failure to write is logged, never the delivery's.
-pub fn record(record: &AttemptRecord) {
+/// Appends `line` to its sink's log; a failure to write is logged, never the delivery's.
+pub fn record(line: &AttemptLine) {
     let mut guard = lock(logs());
     let Some(logs) = guard.as_mut() else { return };
     if logs.keep == 0 {
         return;
     }
-    let mut line = serde_json::to_vec(record).unwrap_or_default();
-    line.push(b'\n');
-    let written = logs.append(&record.sink, &line, record.failed());
-    logs.said(&record.sink, written);
+    let written = logs.append(line);
+    logs.said(line.sink, written);
 }
 
 /// Writes what waits in memory of `sink`'s log (the sink's queue ran empty, or it is read).
@@ -171,9 +214,9 @@ impl Logs {
         }
     }
 
-    /// Adds `line` to `sink`'s log: written at once when `now` (a failure) or when enough waits.
-    fn append(&mut self, sink: &str, line: &[u8], now: bool) -> io::Result<()> {
-        let keep = self.keep;
+    /// Adds `line` to its sink's log: written at once if it is a failure, or once enough waits.
+    fn append(&mut self, line: &AttemptLine) -> io::Result<()> {
+        let (keep, sink) = (self.keep, line.sink);
         let w = match self.writers.get_mut(sink) {
             Some(w) => w,
             None => {
@@ -185,9 +228,10 @@ impl Logs {
             w.write_pending()?;
             w.switch()?;
         }
-        w.pending.extend_from_slice(line);
+        serde_json::to_writer(&mut w.pending, line)?;
+        w.pending.push(b'\n');
         w.lines += 1;
-        if now || w.pending.len() >= PENDING_BYTES {
+        if line.error.is_some() || w.pending.len() >= PENDING_BYTES {
             w.write_pending()?;
         }
         Ok(())
@@ -292,7 +336,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         configure(dir.path(), 3);
         for i in 0..8 {
-            record(&at(i, (i % 2 == 0).then_some("HTTP 500")));
+            record(&at(i, (i % 2 == 0).then_some("HTTP 500")).line());
         }
         let read = read(dir.path(), "hook").unwrap();
         // 8 written, 3 a file: the files hold 6,7 and 3,4,5.
@@ -305,7 +349,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&newer).unwrap();
         f.write_all(b"{\"time\":\"2026").unwrap();
         configure(dir.path(), 4);
-        record(&at(9, None));
+        record(&at(9, None).line());
         let keys: Vec<_> = super::read(dir.path(), "hook")
             .unwrap()
             .into_iter()
@@ -313,7 +357,7 @@ mod tests {
             .collect();
         assert_eq!(keys, ["k9", "k7", "k6", "k5", "k4", "k3"]);
         configure(dir.path(), 0);
-        record(&at(10, None));
+        record(&at(10, None).line());
         assert_eq!(super::read(dir.path(), "hook").unwrap().len(), 6, "0: none");
         // Delivered attempts wait in memory; a failure writes them and itself, in order.
         let dir = tempfile::tempdir().unwrap();
@@ -325,16 +369,16 @@ mod tests {
                 .map(|c| c.records.len())
                 .sum::<usize>()
         };
-        record(&at(1, None));
-        record(&at(2, None));
+        record(&at(1, None).line());
+        record(&at(2, None).line());
         assert_eq!(on_disk(), 0, "delivered attempts wait");
-        record(&at(3, Some("HTTP 503")));
+        record(&at(3, Some("HTTP 503")).line());
         assert_eq!(
             on_disk(),
             3,
             "a failure is written at once, after those before it"
         );
-        record(&at(4, None));
+        record(&at(4, None).line());
         flush("hook");
         assert_eq!(on_disk(), 4, "the queue ran empty");
         configure(dir.path(), 0);

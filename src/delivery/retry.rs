@@ -159,14 +159,14 @@ impl<'a> Tries<'a> {
             }
         };
         let took = self.started.elapsed();
-        crate::attempt_log::record(&crate::attempt_log::AttemptRecord {
-            time: crate::record_log::now_rfc3339(),
-            sink: self.sink.name.to_string(),
-            key: self.key.to_string(),
-            event: self.event.clone(),
+        crate::attempt_log::record(&crate::attempt_log::AttemptLine {
+            time: crate::attempt_log::Time::Now,
+            sink: &self.sink.name,
+            key: self.key,
+            event: &self.event,
             attempt: self.attempts,
             status,
-            error,
+            error: error.as_deref(),
             duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
         });
     }
