@@ -387,6 +387,7 @@ impl Pipeline {
             sink: ready.sink.clone(),
             queue: tx,
             backlog: backlog.clone(),
+            full_since: Default::default(),
         };
         let (stop, grace) = (self.stop.clone(), c.shutdown_grace);
         let worker = delivery::run_sink(ready, rx, dead, backlog, stop, grace);

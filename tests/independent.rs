@@ -1,5 +1,5 @@
-//! Independent sinks: a receiver that refuses connections, stalls or answers 503 costs the other
-//! sinks nothing; its own events wait in its backlog on disk, survive `kill -9`, and are delivered
+//! Independent sinks: a receiver that refuses connections, stalls, answers 503 or answers slowly
+//! costs the other sinks nothing; its own events wait in its backlog on disk, survive `kill -9`, and are delivered
 //! in order, under their first keys, with no command once it is back; the sink's state is shown.
 
 mod support;
@@ -107,6 +107,51 @@ async fn a_refused_stalled_or_503_receiver_costs_the_file_sink_nothing() {
         assert!(dead_keys(&s, "hook").is_empty(), "{what}: no dead letter");
         assert!(ft.terminate().await.success(), "{what}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_costs_the_file_sink_nothing_and_gets_everything_in_order() {
+    let s = Setup::new();
+    let port = free_port();
+    let slow = Receiver::start().await;
+    // It answers, but 3 requests a second: it takes 2,000 events in 11 minutes.
+    let fast = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let now_fast = fast.clone();
+    slow.plan(
+        move |_| match now_fast.load(std::sync::atomic::Ordering::SeqCst) {
+            true => Reply::Status(200),
+            false => Reply::After(Duration::from_millis(300), 200),
+        },
+    );
+    let hook = webhook_sink(
+        &slow.url("/"),
+        "    timeout: 10s
+",
+    );
+    let config = two_sinks(&s, &hook, port);
+    s.write_lines(0..2_000, Encoding::Json);
+    let at = Instant::now();
+    let mut ft = Flagtail::start(&config);
+    let out = s.path("out.jsonl");
+    eventually(|| match lines_in(&out) {
+        2_000 => Ok(()),
+        n => Err(format!("{n} of 2000 in the file sink")),
+    })
+    .await;
+    // Held for a second, not to the slow receiver's pace.
+    let took = at.elapsed();
+    assert!(took < Duration::from_secs(4), "the file sink took {took:?}");
+    assert!(slow.delivered().len() < 100);
+    one_more_arrives(&s, 2_000).await;
+    // The slow sink's events wait on disk and all go, in order, once it is quicker.
+    fast.store(true, std::sync::atomic::Ordering::SeqCst);
+    slow.wait_delivered(2_001).await;
+    assert!(ft.terminate().await.success());
+    assert_eq!(
+        delivered_keys(&slow),
+        flag_keys(0..2_001).collect::<Vec<_>>()
+    );
+    assert!(dead_keys(&s, "hook").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

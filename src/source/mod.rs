@@ -28,7 +28,9 @@ use lines::Piece;
 pub use rejected::Rejected;
 use rejected::{Done, Run};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +46,40 @@ pub struct SinkPort {
     pub sink: Arc<Sink>,
     pub queue: mpsc::Sender<Arc<Record>>,
     pub backlog: Arc<crate::delivery::backlog::Backlog>,
+    /// Since when a source has found the queue full each time it handed a record over (in
+    /// nanoseconds from [`epoch`]; 0: it last found room).
+    pub full_since: std::sync::atomic::AtomicU64,
+}
+
+/// The instant `SinkPort::full_since` counts from.
+fn epoch() -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(tokio::time::Instant::now)
+}
+
+impl SinkPort {
+    /// A record went in at once: the queue had room.
+    fn had_room(&self) {
+        if self.full_since.load(Ordering::Relaxed) != 0 {
+            self.full_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The queue is full: since when it has been full at every hand-over, this one included.
+    fn full(&self) -> tokio::time::Instant {
+        let now = u64::try_from((tokio::time::Instant::now() - epoch()).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let since =
+            match self
+                .full_since
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => now,
+                Err(since) => since,
+            };
+        epoch() + Duration::from_nanos(since)
+    }
 }
 
 /// Waits for a free connection slot, then for the next connection from `accept`; `None` once
@@ -231,7 +267,10 @@ impl Dispatch {
         for port in ports {
             // Waiting (with a way out) only when the queue is full.
             let record = match port.queue.try_send(record.clone()) {
-                Ok(()) => continue,
+                Ok(()) => {
+                    port.had_room();
+                    continue;
+                }
                 Err(mpsc::error::TrySendError::Full(record)) => record,
                 Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stopped),
             };
@@ -242,11 +281,18 @@ impl Dispatch {
 
     /// Hands `record` to a full queue once it has room. A queue that makes no room for
     /// [`STALL`](crate::delivery::backlog::STALL) stalls its sink: the sink then moves what waits to
-    /// its backlog, so one stuck receiver never holds this source (and its other sinks) back.
+    /// its backlog, so one stuck receiver never holds this source (and its other sinks) back. So
+    /// does a slow one, beside other sinks: a queue found full at every hand-over for `STALL`,
+    /// however often it made room for one more, holds the others to its pace.
     async fn wait_for_room(&self, port: &SinkPort, record: Arc<Record>) -> Result<(), Stopped> {
         let send = port.queue.send(record);
         tokio::pin!(send);
-        let stall = tokio::time::sleep(crate::delivery::backlog::STALL);
+        let stall = crate::delivery::backlog::STALL;
+        let since = match self.sinks.len() {
+            1 => tokio::time::Instant::now(),
+            _ => port.full(),
+        };
+        let stall = tokio::time::sleep_until(since + stall);
         tokio::pin!(stall);
         loop {
             tokio::select! {

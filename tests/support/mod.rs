@@ -59,6 +59,8 @@ pub enum Reply {
     Drop,
     /// Never answer (until the client gives up).
     Stall,
+    /// A status after a wait: a slow receiver.
+    After(Duration, u16),
 }
 
 type Plan = Box<dyn FnMut(&Received) -> Reply + Send>;
@@ -262,6 +264,10 @@ async fn handle(
     let (code, extra) = match reply {
         Reply::Status(code) => (code, Vec::new()),
         Reply::StatusWith(code, extra) => (code, extra),
+        Reply::After(wait, code) => {
+            tokio::time::sleep(wait).await;
+            (code, Vec::new())
+        }
         Reply::Drop => {
             state.count.send_modify(|_| {});
             return Err(std::io::Error::other("dropping the connection"));
