@@ -148,6 +148,34 @@ async fn kill_9_during_an_automatic_replay_loses_nothing_and_leaves_nothing_behi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_that_failed_is_tried_again_without_a_new_event() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    // Once back, the receiver refuses flag-0 (the oldest letter, first in a round) for 3 s more:
+    // the rounds the backlog's deliveries start fail, and then no event comes.
+    let back = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let since = back.clone();
+    let outage = rx.outage(move |r| {
+        let blip = since
+            .lock()
+            .unwrap()
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3));
+        (blip && key_of(&r.body) == "flag-0").then_some(Reply::Status(503))
+    });
+    let config = s.config(&small_backlog(&rx, ""));
+    let mut ft = Flagtail::start(&config);
+    overflow(&s, 0..EVENTS).await;
+    *back.lock().unwrap() = Some(std::time::Instant::now());
+    outage.end();
+    ft.wait_log("failed_again=1").await;
+    // No new event: the letters go by themselves once flag-0 is taken.
+    let want: Vec<String> = flag_keys(0..EVENTS).collect();
+    wait_all(&rx, &want).await;
+    assert!(ft.terminate().await.success());
+    assert!(dead_keys(&s, "hook").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_during_an_automatic_replay_keeps_only_the_letters_not_sent() {
     let rx = Receiver::start().await;
     let s = Setup::new();

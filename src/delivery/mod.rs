@@ -264,18 +264,24 @@ async fn heal_dead_letters(
     let mut not_before = Instant::now();
     // A wake during the cool-down is kept for its end, not lost (the sink may deliver no more).
     let mut woken_early = false;
+    // After a round that failed, the next one comes by itself at the latest then, delivery or
+    // not: a quiet source brings no delivery to wake it.
+    let mut again_at: Option<Instant> = None;
     loop {
         let cooling = woken_early && Instant::now() < not_before;
+        let again = again_at.unwrap_or_else(Instant::now);
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
             _ = healer.wake.notified() => {}
             () = tokio::time::sleep_until(not_before), if cooling => {}
+            () = tokio::time::sleep_until(again), if again_at.is_some() => {}
         }
         woken_early = Instant::now() < not_before;
         if woken_early || !healer.needed.swap(false, Ordering::SeqCst) {
             continue;
         }
+        again_at = None;
         let select = |letter: &dead_letter::DeadLetter| letter.retryable;
         let options = replay::Options {
             select: &select,
@@ -290,13 +296,19 @@ async fn heal_dead_letters(
                 if done.failed > 0 || stop.is_cancelled() {
                     healer.needed.store(true, Ordering::SeqCst);
                     not_before = Instant::now() + cooldown(&sink);
+                    again_at = Some(not_before.max(Instant::now() + sink.retry.max_probe_interval));
                 }
             }
-            // Another replay runs (a `flagtail replay`): try again after the next delivery.
-            Ok(None) => healer.needed.store(true, Ordering::SeqCst),
-            Err(e) => {
-                tracing::error!(sink = %sink.name, path = %dead.path().display(), error = %e, "cannot replay dead letters; trying again after the next delivery");
+            // Another replay runs (a `flagtail replay`): try again after the next delivery, or
+            // `max_probe_interval`.
+            Ok(None) => {
                 healer.needed.store(true, Ordering::SeqCst);
+                again_at = Some(Instant::now() + sink.retry.max_probe_interval);
+            }
+            Err(e) => {
+                tracing::error!(sink = %sink.name, path = %dead.path().display(), error = %e, "cannot replay dead letters; trying again after the next delivery or max_probe_interval");
+                healer.needed.store(true, Ordering::SeqCst);
+                again_at = Some(Instant::now() + sink.retry.max_probe_interval);
             }
         }
     }
