@@ -33,8 +33,9 @@
 //! - **Damage.** Segments deleted, cut short, replaced (by a directory, say) or unreadable never
 //!   stop the journal: the reader skips what it cannot read up to the next readable offset and
 //!   reports the [`Gap`] (the source records it), and the writer, finding the segment it writes
-//!   deleted, cut or replaced, goes on in a new one. Names that are not segment names are left
-//!   alone (warned about); a lost `id` is taken back from the source's checkpoint.
+//!   deleted, cut or replaced, goes on in a new one (in the directory made again, with its id,
+//!   if the whole directory was deleted). Names that are not segment names are left alone
+//!   (warned about); a lost `id` is taken back from the source's checkpoint.
 
 use crate::checkpoint::{create_private_dir, sync_dir};
 use crate::position::Position;
@@ -649,13 +650,30 @@ fn write_group(f: &mut File, batch: &[Append], offset: u64) -> io::Result<()> {
 /// Starts the segment at stream offset `base`.
 fn roll_over(shared: &Shared, file: &mut Option<(u64, File)>, base: u64) -> io::Result<()> {
     *file = None;
-    create_segment(&shared.dir, base)?;
+    match create_segment(&shared.dir, base) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            make_dir_again(shared)?;
+            create_segment(&shared.dir, base)?;
+        }
+        made => made?,
+    }
     let mut st = shared.lock();
     // An empty segment made again where it was (deleted before anything was written to it).
     if st.segments.back().is_none_or(|s| s.base != base) {
         st.segments.push_back(Segment { base, len: 0 });
     }
     Ok(())
+}
+
+/// The journal's directory was deleted while it ran (an operator cleaning up): made again, with
+/// its id, so appends go on and a restart reads on under the same keys.
+fn make_dir_again(shared: &Shared) -> io::Result<()> {
+    tracing::warn!(journal = %shared.dir.display(), "the journal's directory was deleted; making it again (what its segments held is lost)");
+    create_private_dir(&shared.dir)?;
+    if let Some(parent) = shared.dir.parent() {
+        sync_dir(parent)?;
+    }
+    crate::checkpoint::write_atomically(&shared.dir.join("id"), shared.id.as_bytes())
 }
 
 /// Bytes the journal lost (a segment deleted, cut short, replaced or unreadable): the reader

@@ -455,3 +455,47 @@ async fn a_renamed_sinks_backlog_is_said_at_start_and_sent_once_the_name_is_back
     assert_eq!(delivered_keys(&rx), flag_keys(0..5).collect::<Vec<_>>());
     assert!(!ft.stderr().contains("no longer has"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_directory_deleted_while_running_is_made_again_and_nothing_stalls() {
+    let rx = Receiver::start().await;
+    let outage = rx.outage(|_| None);
+    let s = Setup::new();
+    let port = free_port();
+    let hook = webhook_sink(&rx.url("/"), "    max_backoff_duration: 200ms\n");
+    let config = two_sinks(&s, &hook, port);
+    s.write_lines(0..100, Encoding::Json);
+    let mut ft = Flagtail::start(&config);
+    eventually(
+        || match metric_now(port, "flagtail_sink_backlog_events{sink=\"hook\"}")? {
+            n if n >= 99 => Ok(()),
+            n => Err(format!("{n} waiting")),
+        },
+    )
+    .await;
+    // An operator cleans up the wrong directory.
+    std::fs::remove_dir_all(s.state().join("backlog/hook")).unwrap();
+    s.write_lines(100..3_000, Encoding::Json);
+    let out = s.path("out.jsonl");
+    eventually(|| match lines_in(&out) {
+        3_000 => Ok(()),
+        n => Err(format!("{n} of 3000 in the file sink")),
+    })
+    .await;
+    ft.wait_log("the journal's directory was deleted; making it again")
+        .await;
+    // What was written after the deletion is delivered once the receiver is back.
+    outage.end();
+    s.write_lines(3_000..3_001, Encoding::Json);
+    let got = eventually(|| {
+        let have = delivered_keys(&rx);
+        match have.last().map(String::as_str) {
+            Some("flag-3000") => Ok(have),
+            _ => Err(format!("{} delivered", have.len())),
+        }
+    })
+    .await;
+    assert!(got.len() >= 2_000, "{} delivered", got.len());
+    assert!(ft.terminate().await.success());
+    assert!(s.state().join("backlog/hook/id").exists());
+}
