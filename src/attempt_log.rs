@@ -7,9 +7,10 @@
 //! written holds `attempts.keep` lines the other one is emptied and written next, so the newest
 //! `keep` attempts (and at most as many older ones) are on disk. A torn last line (a crash
 //! mid-write) is cut off when the file is next opened. `flagtail attempts` and the status page
-//! read both files, newest first, while the daemon writes them or after it stopped.
+//! read both files from their ends, newest first, in bounded memory, while the daemon writes them
+//! or after it stopped.
 
-use crate::record_log::{RecordLog, last_line_end};
+use crate::record_log::last_line_end;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -244,15 +245,14 @@ impl Writer {
         if let Some(dir) = files[0].parent() {
             crate::checkpoint::create_private_dir(dir)?;
         }
-        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let current = usize::from(modified(&files[1]) > modified(&files[0]));
+        let current = usize::from(newer_first(files.clone())[0] == files[1]);
         let mut file = open(&files[current], false)?;
         let len = file.metadata()?.len();
         let end = last_line_end(&mut file, len)?;
         if end < len {
             file.set_len(end)?;
         }
-        let lines = RecordLog::read(&files[current]).map_or(0, |c| c.records.len() as u64);
+        let lines = count_lines(&files[current])?;
         Ok(Writer {
             files,
             current,
@@ -292,31 +292,99 @@ fn open(path: &Path, truncate: bool) -> io::Result<File> {
     o.open(path)
 }
 
-/// `sink`'s recorded attempts under `state_dir`, newest first (lines that cannot be read are
-/// skipped; a torn last line is what a crash leaves).
-pub fn read(state_dir: &Path, sink: &str) -> io::Result<Vec<AttemptRecord>> {
-    // In the daemon (the status page), what waits in memory is written first.
-    flush(sink);
-    let mut all = Vec::new();
-    for path in files(state_dir, sink) {
-        match RecordLog::read(&path) {
-            Ok(c) => all.extend(
-                c.records
-                    .iter()
-                    .filter_map(|l| serde_json::from_str::<AttemptRecord>(l).ok()),
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+/// The lines of `path`, counted a block at a time (a log may hold a million).
+fn count_lines(path: &Path) -> io::Result<u64> {
+    use std::io::Read;
+    let mut file = File::open(path)?;
+    let (mut lines, mut buf) = (0u64, vec![0u8; 64 * 1024]);
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(lines),
+            n => lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64,
         }
     }
-    // RFC 3339 UTC with milliseconds sorts as text; the stable sort keeps a file's order on ties.
-    all.sort_by(|a, b| b.time.cmp(&a.time));
-    Ok(all)
+}
+
+/// What [`newest`] looks for.
+pub struct Wanted<'a> {
+    /// Failed attempts only (delivered lines are passed over unparsed).
+    pub failed: bool,
+    /// At most this many.
+    pub limit: usize,
+    /// Reading at most this many bytes of each file, from its end.
+    pub max_bytes: u64,
+    /// Which attempts to take, besides.
+    pub takes: &'a dyn Fn(&AttemptRecord) -> bool,
+}
+
+/// The newest attempts of `sink` that `wanted` takes, newest first: the file being written read
+/// from its end, then the other, so a large log costs what the answer needs, not the whole log.
+pub fn newest(state_dir: &Path, sink: &str, wanted: &Wanted) -> io::Result<Vec<AttemptRecord>> {
+    // In the daemon (the status page), what waits in memory is written first.
+    flush(sink);
+    let delivered = memchr::memmem::Finder::new(b"\"error\":null");
+    let mut found = Vec::new();
+    for path in newer_first(files(state_dir, sink)) {
+        let read = crate::reverse_lines::each_line_backwards(&path, wanted.max_bytes, |line| {
+            if wanted.failed && delivered.find(line).is_some() {
+                return true;
+            }
+            if let Ok(a) = serde_json::from_slice::<AttemptRecord>(line)
+                && (!wanted.failed || a.failed())
+                && (wanted.takes)(&a)
+            {
+                found.push(a);
+            }
+            found.len() < wanted.limit
+        });
+        match read {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ if found.len() >= wanted.limit => break,
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+/// The two files, the one written last first: the one whose last attempt is the newer (file
+/// times tick too coarsely to tell two quick writes apart), else the one modified last.
+fn newer_first(files: [PathBuf; 2]) -> [PathBuf; 2] {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let newest = |p: &Path| (last_time(p), modified(p));
+    let [a, b] = files;
+    match newest(&b) > newest(&a) {
+        true => [b, a],
+        false => [a, b],
+    }
+}
+
+/// The time of the last attempt `path` holds, if any.
+fn last_time(path: &Path) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Timed {
+        time: String,
+    }
+    let mut time = None;
+    let _ = crate::reverse_lines::each_line_backwards(path, u64::MAX, |line| {
+        time = serde_json::from_slice::<Timed>(line).ok().map(|t| t.time);
+        time.is_none()
+    });
+    time
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn all(dir: &Path) -> Vec<AttemptRecord> {
+        let wanted = Wanted {
+            failed: false,
+            limit: usize::MAX,
+            max_bytes: u64::MAX,
+            takes: &|_| true,
+        };
+        newest(dir, "hook", &wanted).unwrap()
+    }
 
     fn at(i: u32, error: Option<&str>) -> AttemptRecord {
         AttemptRecord {
@@ -338,7 +406,7 @@ mod tests {
         for i in 0..8 {
             record(&at(i, (i % 2 == 0).then_some("HTTP 500")).line());
         }
-        let read = read(dir.path(), "hook").unwrap();
+        let read = all(dir.path());
         // 8 written, 3 a file: the files hold 6,7 and 3,4,5.
         let keys: Vec<_> = read.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys, ["k7", "k6", "k5", "k4", "k3"]);
@@ -350,22 +418,18 @@ mod tests {
         f.write_all(b"{\"time\":\"2026").unwrap();
         configure(dir.path(), 4);
         record(&at(9, None).line());
-        let keys: Vec<_> = super::read(dir.path(), "hook")
-            .unwrap()
-            .into_iter()
-            .map(|r| r.key)
-            .collect();
+        let keys: Vec<_> = all(dir.path()).into_iter().map(|r| r.key).collect();
         assert_eq!(keys, ["k9", "k7", "k6", "k5", "k4", "k3"]);
         configure(dir.path(), 0);
         record(&at(10, None).line());
-        assert_eq!(super::read(dir.path(), "hook").unwrap().len(), 6, "0: none");
+        assert_eq!(all(dir.path()).len(), 6, "0: none");
         // Delivered attempts wait in memory; a failure writes them and itself, in order.
         let dir = tempfile::tempdir().unwrap();
         configure(dir.path(), 100);
         let on_disk = || {
             files(dir.path(), "hook")
                 .iter()
-                .filter_map(|f| RecordLog::read(f).ok())
+                .filter_map(|f| crate::record_log::RecordLog::read(f).ok())
                 .map(|c| c.records.len())
                 .sum::<usize>()
         };

@@ -26,6 +26,7 @@ pub mod pem;
 pub mod position;
 pub mod record;
 pub mod record_log;
+pub mod reverse_lines;
 pub mod sink;
 pub mod source;
 pub mod state_lock;

@@ -106,6 +106,10 @@ pub struct SinkStatus {
 /// Failed attempts shown per sink.
 pub const FAILED_SHOWN: usize = 20;
 
+/// How much of each attempt-log file the page reads from its end for them (about 40,000 attempts):
+/// a page that refreshes every 5 s must not read a million-line log each time.
+const FAILED_SCANNED: u64 = 8 * 1024 * 1024;
+
 /// Something that happened, with its time (RFC 3339).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Noted {
@@ -252,12 +256,17 @@ fn sink_status(view: &View, s: &super::SinkView) -> SinkStatus {
         backlog_events: backlog.0,
         backlog_bytes: backlog.1,
         history: counters.state.history.minutes(),
-        failed_attempts: crate::attempt_log::read(&view.state_dir, &s.name)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(AttemptRecord::failed)
-            .take(FAILED_SHOWN)
-            .collect(),
+        failed_attempts: crate::attempt_log::newest(
+            &view.state_dir,
+            &s.name,
+            &crate::attempt_log::Wanted {
+                failed: true,
+                limit: FAILED_SHOWN,
+                max_bytes: FAILED_SCANNED,
+                takes: &|_| true,
+            },
+        )
+        .unwrap_or_default(),
     }
 }
 

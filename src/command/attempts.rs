@@ -46,17 +46,18 @@ impl Filter {
 pub fn list(config: &Config, sink: &str, json: bool, filter: &Filter) -> Result<(), Failure> {
     super::find_sink(config, sink)?;
     let dir = &config.file.state_dir;
-    let all = attempt_log::read(dir, sink).map_err(|e| {
+    let wanted = attempt_log::Wanted {
+        failed: filter.failed,
+        limit: filter.limit.unwrap_or(usize::MAX),
+        max_bytes: u64::MAX,
+        takes: &|a| filter.takes(a),
+    };
+    let rows = attempt_log::newest(dir, sink, &wanted).map_err(|e| {
         Failure::runtime(format!(
             "cannot read the attempt log of sink {sink:?} in {}: {e}",
             dir.display()
         ))
     })?;
-    let rows: Vec<&AttemptRecord> = all
-        .iter()
-        .filter(|a| filter.takes(a))
-        .take(filter.limit.unwrap_or(usize::MAX))
-        .collect();
     if json {
         for row in &rows {
             println!("{}", serde_json::to_string(row).unwrap_or_default());
