@@ -1,19 +1,21 @@
-//! One daemon per state directory: an exclusive lock on `state_dir/lock`, held while it runs.
+//! One daemon per state directory: an exclusive lock on the directory itself and on
+//! `state_dir/lock`, held while it runs.
 //!
 //! Two daemons on one directory would deliver every event twice and write `checkpoints.json` at
-//! the same time. The lock is an `flock` (released by the kernel when the process dies, so
-//! `kill -9` leaves nothing to clean up); the file holds the holder's PID so the second daemon can
-//! name it. `render`, `replay` and `dead-letters` do not take it: they work beside a running daemon.
+//! the same time. The locks are `flock`s (released by the kernel when the process dies, so
+//! `kill -9` leaves nothing to clean up). The directory's own lock holds even if `lock` is deleted
+//! (an operator tidying up); the file holds the holder's PID so the second daemon can name it. `render`, `replay` and `dead-letters` do not take it: they work beside a running daemon.
 
 use crate::checkpoint::create_private_dir;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The held lock; released when dropped or when the process ends.
 #[derive(Debug)]
 pub struct StateLock {
+    _dir: File,
     _file: File,
 }
 
@@ -53,6 +55,25 @@ pub enum LockError {
 pub fn acquire(state_dir: &Path) -> Result<StateLock, LockError> {
     create_private_dir(state_dir).map_err(LockError::Io)?;
     let path = state_dir.join("lock");
+    let held = |path: PathBuf| {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        LockError::Held(Held {
+            pid: text.trim().parse().ok(),
+            path,
+        })
+    };
+    let cannot = |e: io::Error, what: &Path| {
+        LockError::Io(io::Error::new(
+            e.kind(),
+            format!("cannot lock {}: {e}", what.display()),
+        ))
+    };
+    let dir = File::open(state_dir).map_err(|e| cannot(e, state_dir))?;
+    match dir.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Err(held(path)),
+        Err(TryLockError::Error(e)) => return Err(cannot(e, state_dir)),
+    }
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -63,27 +84,18 @@ pub fn acquire(state_dir: &Path) -> Result<StateLock, LockError> {
         .map_err(|e| LockError::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
     match file.try_lock() {
         Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
-            return Err(LockError::Held(Held {
-                pid: text.trim().parse().ok(),
-                path,
-            }));
-        }
-        Err(TryLockError::Error(e)) => {
-            return Err(LockError::Io(io::Error::new(
-                e.kind(),
-                format!("cannot lock {}: {e}", path.display()),
-            )));
-        }
+        Err(TryLockError::WouldBlock) => return Err(held(path)),
+        Err(TryLockError::Error(e)) => return Err(cannot(e, &path)),
     }
     let pid = format!("{}\n", std::process::id());
     file.set_len(0)
         .and_then(|()| file.seek(SeekFrom::Start(0)))
         .and_then(|_| file.write_all(pid.as_bytes()))
         .map_err(LockError::Io)?;
-    Ok(StateLock { _file: file })
+    Ok(StateLock {
+        _dir: dir,
+        _file: file,
+    })
 }
 
 #[cfg(test)]
@@ -99,6 +111,11 @@ mod tests {
             other => panic!("expected Held, got {other:?}"),
         }
         drop(first);
+        let again = acquire(dir.path()).unwrap();
+        // The lock file deleted by an operator: the directory's own lock still holds.
+        std::fs::remove_file(dir.path().join("lock")).unwrap();
+        assert!(matches!(acquire(dir.path()), Err(LockError::Held(_))));
+        drop(again);
         assert!(acquire(dir.path()).is_ok());
     }
 }
