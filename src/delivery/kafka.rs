@@ -133,36 +133,32 @@ impl Producer {
         self.topics.lock().await.clear();
     }
 
-    /// Writes one record to `topic` and waits for its ack, within `timeout`.
+    /// Writes one record to `topic` and waits for its ack, within `timeout`; connecting and
+    /// finding the topic first have their own bound (rskafka's retries end before `timeout`,
+    /// with the last error, say a refused login; the bound is for a broker that never answers).
     async fn produce(&self, topic: &str, record: KafkaRecord) -> Attempt {
         let key = record.key.clone().unwrap_or_default();
-        let write = async {
-            let Some(partitions) = self.partitions(topic).await? else {
-                return Ok(false);
-            };
-            let at = (murmur2(&key) & 0x7fff_ffff) as usize % partitions.len().max(1);
-            match partitions.get(at) {
-                Some(p) => p.produce(vec![record], Compression::NoCompression).await?,
-                None => return Ok(false),
-            };
-            Ok::<bool, KafkaError>(true)
-        };
         let at = &self.shown;
-        match tokio::time::timeout(self.timeout, write).await {
-            Ok(Ok(true)) => Attempt::Delivered { status: None },
-            Ok(Ok(false)) => Attempt::Final {
-                reason: format!(
-                    "Kafka {at}: topic {topic} does not exist (or has no partitions); create it, then `flagtail replay`"
-                ),
-                retryable: true,
-            },
-            Ok(Err(e)) => {
-                let attempt = classify(at, topic, &e);
-                if matches!(attempt, Attempt::Retry { .. }) {
-                    self.forget().await;
-                }
-                attempt
+        let bound = self.timeout * 2 + Duration::from_secs(1);
+        let partitions = match tokio::time::timeout(bound, self.partitions(topic)).await {
+            Ok(Ok(Some(p))) => p,
+            Ok(Ok(None)) => return missing_topic(at, topic),
+            Ok(Err(e)) => return self.failed(topic, &e).await,
+            Err(_) => {
+                self.forget().await;
+                let within = humantime::format_duration(bound);
+                let reason = format!("Kafka {at}: no metadata for {topic} within {within}");
+                return Attempt::Retry { reason };
             }
+        };
+        let n = (murmur2(&key) & 0x7fff_ffff) as usize % partitions.len().max(1);
+        let Some(partition) = partitions.get(n) else {
+            return missing_topic(at, topic);
+        };
+        let write = partition.produce(vec![record], Compression::NoCompression);
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(_)) => Attempt::Delivered { status: None },
+            Ok(Err(e)) => self.failed(topic, &e).await,
             Err(_) => {
                 self.forget().await;
                 Attempt::Retry {
@@ -173,6 +169,15 @@ impl Producer {
                 }
             }
         }
+    }
+
+    /// What a client error comes to; a connection worth another try is opened afresh.
+    async fn failed(&self, topic: &str, e: &KafkaError) -> Attempt {
+        let attempt = classify(&self.shown, topic, e);
+        if matches!(attempt, Attempt::Retry { .. }) {
+            self.forget().await;
+        }
+        attempt
     }
 
     /// `check --connect`: reaches the cluster's metadata (failing at once if it cannot) and
@@ -197,6 +202,16 @@ impl Producer {
             }
         }
         Ok(found)
+    }
+}
+
+/// A topic the cluster does not have (or without partitions): dead-lettered, replayed by itself.
+fn missing_topic(at: &str, topic: &str) -> Attempt {
+    Attempt::Final {
+        reason: format!(
+            "Kafka {at}: topic {topic} does not exist (or has no partitions); create it, then `flagtail replay`"
+        ),
+        retryable: true,
     }
 }
 
