@@ -18,6 +18,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -133,6 +134,7 @@ impl CheckpointBook {
             Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
         };
+        keep_reserve(state_dir);
         Ok(Arc::new(CheckpointBook {
             path,
             book: Mutex::new(Book {
@@ -195,10 +197,18 @@ impl CheckpointBook {
             .iter()
             .map(|(name, p)| (name.clone(), Saved::from(p)))
             .collect();
-        let result = write_atomically(
-            &self.path,
-            &serde_json::to_vec_pretty(&CheckpointFile::V2 { sources })?,
-        );
+        let bytes = serde_json::to_vec_pretty(&CheckpointFile::V2 { sources })?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let result = match write_atomically(&self.path, &bytes) {
+            // The disk is full: the space kept for this save is given to it, since only a saved
+            // position lets the journals and backlogs delete what was delivered.
+            Err(e) if is_full(&e) && use_reserve(dir) => write_atomically(&self.path, &bytes),
+            Err(e) => Err(e),
+            Ok(()) => {
+                keep_reserve(dir);
+                Ok(())
+            }
+        };
         match &result {
             Ok(()) => {
                 self.lock().on_disk = positions.clone();
@@ -217,10 +227,20 @@ impl CheckpointBook {
     /// [`SAVE_INTERVAL`] apart, so under load one write covers many acknowledgements. Returns the
     /// result of the last save: the daemon exits 1 if its positions could not be saved.
     pub async fn run_writer(self: Arc<Self>, stop: CancellationToken) -> io::Result<()> {
+        // After a failed save, the next comes by itself (a second later, then up to 30 s), change
+        // or not: what was delivered is only let go of once its position is on disk.
+        let mut again: Option<Duration> = None;
         loop {
-            tokio::select! {
-                _ = self.changed.notified() => {}
-                _ = stop.cancelled() => break,
+            if let Some(wait) = again {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => break,
+                }
+            } else {
+                tokio::select! {
+                    _ = self.changed.notified() => {}
+                    _ = stop.cancelled() => break,
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(SAVE_INTERVAL) => {}
@@ -228,9 +248,17 @@ impl CheckpointBook {
             }
             let me = self.clone();
             match tokio::task::spawn_blocking(move || me.save()).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    if again.take().is_some() {
+                        tracing::info!(path = %self.path.display(), "checkpoints saved again");
+                    }
+                }
                 Ok(Err(e)) => {
-                    tracing::error!(path = %self.path.display(), error = %e, "cannot save checkpoints; will retry on the next change")
+                    if again.is_none() {
+                        tracing::error!(path = %self.path.display(), error = %e, "cannot save checkpoints; trying again every few seconds");
+                    }
+                    let next = again.map_or(Duration::from_secs(1), |w| w * 2);
+                    again = Some(next.min(Duration::from_secs(30)));
                 }
                 Err(e) => tracing::error!(error = %e, "checkpoint writer panicked"),
             }
@@ -238,6 +266,46 @@ impl CheckpointBook {
         self.save()
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))
     }
+}
+
+/// Space kept in the state directory for saving checkpoints once the disk is full.
+const RESERVE: &str = "reserve";
+const RESERVE_BYTES: usize = 1024 * 1024;
+
+/// Makes `dir/reserve` (1 MiB of zeros, really written) if it is not there; a disk too full for
+/// it is left as it is, and it is tried again after the next save.
+fn keep_reserve(dir: &Path) {
+    let path = dir.join(RESERVE);
+    if path.exists() {
+        return;
+    }
+    let made = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .and_then(|mut f| {
+            f.write_all(&vec![0u8; RESERVE_BYTES])?;
+            f.sync_all()
+        });
+    if made.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+}
+
+/// Gives the reserve's space back to the disk; false if there was none to give.
+fn use_reserve(dir: &Path) -> bool {
+    let given = fs::remove_file(dir.join(RESERVE)).is_ok();
+    if given {
+        tracing::warn!(dir = %dir.display(), "the disk is full: saving checkpoints in the space kept for them, so that what was delivered can be deleted");
+    }
+    given
+}
+
+/// Whether `e` says the disk (or a quota) is full.
+fn is_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
+        || e.raw_os_error() == Some(libc::ENOSPC)
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new content. The file
