@@ -44,6 +44,7 @@ pub async fn run(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let _lock = lock_state_dir(&config)?;
+    warn_if_budgets_exceed_disk(&config, &sinks);
     let book =
         CheckpointBook::open(&config.file.state_dir).context("cannot open the state directory")?;
     let writer_stop = CancellationToken::new();
@@ -242,6 +243,38 @@ impl House {
         *pipeline = self.start(config, sinks);
         tracing::info!(config = %config.paths, "config reloaded");
         Ok(())
+    }
+}
+
+/// Says (once, at start) when the state directory's budgets together are more than its file
+/// system has free: the disk would fill before they do, and a full disk stops what needs it.
+fn warn_if_budgets_exceed_disk(config: &Config, sinks: &[Ready]) {
+    let c = &config.file;
+    let journals = c
+        .sources
+        .iter()
+        .filter(|s| !matches!(s.kind, SourceKind::File(_)))
+        .count() as u64;
+    let budgets = journals * c.journal.max_bytes.0
+        + c.sources.len() as u64 * c.rejected.max_bytes.0
+        + sinks.iter().map(|r| r.sink.backlog_bytes).sum::<u64>();
+    let Some(free) = free_bytes(&c.state_dir) else {
+        return;
+    };
+    if budgets > free {
+        tracing::warn!(state_dir = %c.state_dir.display(), budgets, free, "the journals', backlogs' and rejected lines' budgets add up to more than the state directory's file system has free; lower backlog.max_bytes or journal.max_bytes, or give it more room");
+    }
+}
+
+/// Bytes free for an unprivileged writer on the file system of `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `st` a statvfs that outlives the call.
+    match unsafe { libc::statvfs(path.as_ptr(), &mut st) } {
+        0 => Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64)),
+        _ => None,
     }
 }
 

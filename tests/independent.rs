@@ -499,3 +499,25 @@ async fn a_backlog_directory_deleted_while_running_is_made_again_and_nothing_sta
     assert!(ft.terminate().await.success());
     assert!(s.state().join("backlog/hook/id").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_larger_than_the_disk_are_said_at_start() {
+    let rx = Receiver::start().await;
+    let s = Setup::new();
+    let hook = webhook_sink(&rx.url("/"), "    backlog: {max_bytes: 65536GiB}\n");
+    let mut ft = Flagtail::start(&s.config(&hook));
+    ft.wait_log("add up to more than the state directory's file system has free")
+        .await;
+    assert!(ft.terminate().await.success());
+    // A budget that fits says nothing.
+    let s = Setup::new();
+    let mut ft = Flagtail::start(&s.config(&webhook_sink(&rx.url("/"), "")));
+    s.write_lines(0..1, Encoding::Json);
+    rx.wait_delivered(1).await;
+    assert!(ft.terminate().await.success());
+    assert!(!ft.stderr().contains("has free"));
+    assert!(
+        s.state().join("reserve").exists(),
+        "room kept for checkpoints"
+    );
+}
