@@ -317,6 +317,17 @@ async fn dead_letters_are_listed_and_replayed_selectively_by_event_id_and_time()
     assert!(
         table.starts_with("TIME") && table.contains("flag:updated") && table.contains("flag-1")
     );
+    // A torn line and JSON that is not a dead letter are both counted as unreadable, and kept.
+    let file = s.state().join("dead-letter/hook.jsonl");
+    let kept = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{kept}{{\"not\": \"a letter\"}}\n{{\"torn")).unwrap();
+    let (code, _, err) = run_cmd(&["dead-letters", "--config", cfg, "--sink", "hook"]);
+    assert_eq!(code, 0);
+    assert!(
+        err.contains("3 dead letters, 2 unreadable lines (kept as they are)"),
+        "{err}"
+    );
+    std::fs::write(&file, kept).unwrap();
 
     // A dry run sends and changes nothing.
     let refused = rx.attempts().len();

@@ -95,8 +95,11 @@ pub fn list(config: &Config, sink: &str, json: bool, selection: &Selection) -> R
         contents.unreadable.extend(more.unreadable);
     }
     let mut rows = Vec::new();
+    // JSON that is not a dead letter is as unreadable as a torn line: counted with them.
+    let mut unreadable = contents.unreadable.len();
     for text in &contents.records {
         let Ok(letter) = serde_json::from_str::<DeadLetter>(text) else {
+            unreadable += 1;
             continue;
         };
         if !selection.takes(&letter) {
@@ -139,10 +142,9 @@ pub fn list(config: &Config, sink: &str, json: bool, selection: &Selection) -> R
         eprintln!(
             "{} dead letters{}",
             rows.len(),
-            if contents.unreadable.is_empty() {
-                String::new()
-            } else {
-                format!(", {} unreadable lines", contents.unreadable.len())
+            match unreadable {
+                0 => String::new(),
+                n => format!(", {n} unreadable lines (kept as they are)"),
             }
         );
     }
