@@ -409,20 +409,28 @@ async fn check_connect_reaches_each_sink_and_sends_nothing() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// Writes `text` to `name` in `files`' directory; its path.
+fn written(files: &Setup, name: &str, text: &str) -> String {
+    let path = files.path(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// The test CA's certificate, and the server's certificate and key, written for nats-server.
+fn server_files(files: &Setup, ca: &TestCa) -> (String, String, String) {
+    (
+        written(files, "ca.pem", &ca.ca_pem),
+        written(files, "leaf.pem", &ca.leaf_pem),
+        written(files, "key.pem", &ca.key_pem),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_verifies_clients_takes_cert_file_and_refuses_a_sink_without_one() {
     let files = Setup::new();
     let ca = test_ca();
-    let write = |name: &str, text: &str| {
-        let path = files.path(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
-    let (ca_file, leaf, key) = (
-        write("ca.pem", &ca.ca_pem),
-        write("leaf.pem", &ca.leaf_pem),
-        write("key.pem", &ca.key_pem),
-    );
+    let (ca_file, leaf, key) = server_files(&files, &ca);
+    let write = |name: &str, text: &str| written(&files, name, text);
     let (cert_file, cert_key) = (
         write("client.pem", &ca.client_pem),
         write("client-key.pem", &ca.client_key_pem),
@@ -489,16 +497,8 @@ async fn a_server_that_verifies_clients_takes_cert_file_and_refuses_a_sink_witho
 async fn token_user_password_nkey_and_tls_with_ca_file_each_get_in() {
     let files = Setup::new();
     let ca = test_ca();
-    let write = |name: &str, text: &str| {
-        let path = files.path(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
-    let (ca_file, leaf, key) = (
-        write("ca.pem", &ca.ca_pem),
-        write("leaf.pem", &ca.leaf_pem),
-        write("key.pem", &ca.key_pem),
-    );
+    let write = |name: &str, text: &str| written(&files, name, text);
+    let (ca_file, leaf, key) = server_files(&files, &ca);
     let nkey = nkeys::KeyPair::new_user();
     let seed = nkey.seed().unwrap();
     let seed_file = write("user.nk", &format!("{seed}\n"));

@@ -239,13 +239,7 @@ fn nats(
 ) -> Result<Sent, String> {
     let subject = bus.subject_of(record).map_err(|e| e.reason)?;
     let mut sent = Sent::plain("PUBLISH", format!("nats:{subject}"), body);
-    sent.headers = canonical(crate::sink::signed_headers(
-        &bus.headers,
-        bus.signer.as_ref(),
-        sent.bytes(),
-        key,
-        unix_now(),
-    ));
+    sent.headers = canonical(signed(&bus.headers, bus.signer.as_ref(), &sent, key));
     let id = crate::delivery::nats::message_id(&sink.name, key);
     sent.headers.insert("Nats-Msg-Id".into(), id);
     let source = record.source.name.to_string();
@@ -269,18 +263,22 @@ fn kafka(
         let value = crate::sink::protobuf::encode_event(&record.event);
         sent.wire = Some(Wire::Protobuf(value));
     }
-    let mut signed = crate::sink::signed_headers(
-        &bus.headers,
-        bus.signer.as_ref(),
-        sent.bytes(),
-        key,
-        unix_now(),
-    );
-    signed.remove(::http::header::USER_AGENT);
-    sent.headers = canonical(signed);
+    let mut headers = signed(&bus.headers, bus.signer.as_ref(), &sent, key);
+    headers.remove(::http::header::USER_AGENT);
+    sent.headers = canonical(headers);
     let source = record.source.name.to_string();
     sent.headers.insert("Flagtail-Source".into(), source);
     Ok(sent)
+}
+
+/// A bus message's headers: its own and the signature's, over the bytes sent, signed now.
+fn signed(
+    headers: &::http::HeaderMap,
+    signer: Option<&crate::sink::sign::Signer>,
+    sent: &Sent,
+    key: &str,
+) -> ::http::HeaderMap {
+    crate::sink::signed_headers(headers, signer, sent.bytes(), key, unix_now())
 }
 
 /// Headers shown in their canonical form (`Idempotency-Key`), as NATS and Kafka carry them.
