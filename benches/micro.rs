@@ -103,37 +103,26 @@ fn attempt_record(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     attempt_log::configure(dir.path(), 1000);
     let state = flagtail::status::sink("bench");
-    let (key, event) = (
-        "flipt-d0baa19c5c6c33cb-1584".to_string(),
-        "flag:updated".to_string(),
-    );
+    let line = |status, error| AttemptLine {
+        time: attempt_log::Time::Now,
+        sink: "bench",
+        key: "flipt-d0baa19c5c6c33cb-1584",
+        event: "flag:updated",
+        attempt: 1,
+        status: Some(status),
+        error,
+        duration_ms: 3,
+    };
     c.bench_function("record a delivered attempt", |b| {
         b.iter(|| {
-            attempt_log::record(&AttemptLine {
-                time: attempt_log::Time::Now,
-                sink: "bench",
-                key: &key,
-                event: &event,
-                attempt: 1,
-                status: Some(204),
-                error: None,
-                duration_ms: 3,
-            });
+            attempt_log::record(&line(204, None));
             state.delivered(1);
         })
     });
+    let refused = "POST https://audit.example.com/***: 500 Internal Server Error";
     c.bench_function("record an attempt", |b| {
         b.iter(|| {
-            attempt_log::record(&AttemptLine {
-                time: attempt_log::Time::Now,
-                sink: "bench",
-                key: &key,
-                event: &event,
-                attempt: 1,
-                status: Some(500),
-                error: Some("POST https://audit.example.com/***: 500 Internal Server Error"),
-                duration_ms: 3,
-            });
+            attempt_log::record(&line(500, Some(refused)));
             state.attempt_lost();
         })
     });

@@ -10,11 +10,11 @@
 //! read both files from their ends, newest first, in bounded memory, while the daemon writes them
 //! or after it stopped.
 
-use crate::record_log::last_line_end;
+use crate::record_log::{count_lines, last_line_end};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -252,7 +252,8 @@ impl Writer {
         if end < len {
             file.set_len(end)?;
         }
-        let lines = count_lines(&files[current])?;
+        file.seek(SeekFrom::Start(0))?;
+        let lines = count_lines(&mut file, end)?;
         Ok(Writer {
             files,
             current,
@@ -290,19 +291,6 @@ fn open(path: &Path, truncate: bool) -> io::Result<File> {
         false => o.append(true),
     };
     o.open(path)
-}
-
-/// The lines of `path`, counted a block at a time (a log may hold a million).
-fn count_lines(path: &Path) -> io::Result<u64> {
-    use std::io::Read;
-    let mut file = File::open(path)?;
-    let (mut lines, mut buf) = (0u64, vec![0u8; 64 * 1024]);
-    loop {
-        match file.read(&mut buf)? {
-            0 => return Ok(lines),
-            n => lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64,
-        }
-    }
 }
 
 /// What [`newest`] looks for.

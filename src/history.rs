@@ -58,9 +58,10 @@ impl<T: Default + Copy> Hour<T> {
     fn count_at(&self, at: SystemTime, f: impl FnOnce(&mut T)) {
         let now = minute_of(at);
         let mut minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
-        // Older than the hour, or ahead of a clock set back: dropped.
-        minutes.retain(|(m, _)| *m + MINUTES > now && *m <= now);
-        if minutes.back().is_none_or(|(m, _)| *m < now) {
+        if minutes.back().is_none_or(|(m, _)| *m != now) {
+            // A new minute (or a clock set back): what is older than the hour, or ahead of now,
+            // is dropped then, not at every count.
+            minutes.retain(|(m, _)| *m + MINUTES > now && *m <= now);
             minutes.push_back((now, T::default()));
         }
         if let Some((_, t)) = minutes.back_mut() {

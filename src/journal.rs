@@ -852,24 +852,16 @@ fn create_segment(dir: &Path, base: u64) -> io::Result<()> {
 /// alone: no writer, nothing mended. For a journal no one runs any more (a sink renamed).
 pub fn bytes_past(dir: &Path, saved: Option<&Position>) -> io::Result<u64> {
     let id = fs::read_to_string(dir.join("id")).unwrap_or_default();
-    let mut start = u64::MAX;
-    let mut end = 0u64;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let base = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".seg")?.parse::<u64>().ok());
-        if let Some(base) = base {
-            let len = entry.metadata()?.len();
-            (start, end) = (start.min(base), end.max(base.saturating_add(len)));
-        }
-    }
+    let (segments, _) = list_segments(dir)?;
+    let (Some(first), Some(last)) = (segments.front(), segments.back()) else {
+        return Ok(0);
+    };
+    let (start, end) = (first.base, last.base + last.len);
     let from = match saved {
         Some(Position::Journal { id: of, offset }) if **of == *id.trim() => *offset,
         _ => start,
     };
-    Ok(end.saturating_sub(from.max(start.min(end))))
+    Ok(end.saturating_sub(from.max(start)))
 }
 
 fn list_segments(dir: &Path) -> io::Result<(VecDeque<Segment>, Option<u64>)> {

@@ -277,7 +277,7 @@ fn next_line_start(f: &mut File, from: u64, len: u64) -> io::Result<u64> {
 
 /// How many lines the first `upto` bytes of `f` (read from where it stands) hold, a last one
 /// without its newline included.
-fn count_lines(f: &mut File, upto: u64) -> io::Result<u64> {
+pub fn count_lines(f: &mut File, upto: u64) -> io::Result<u64> {
     let mut buf = vec![0u8; 64 * 1024];
     let (mut left, mut lines, mut last) = (upto, 0u64, b'\n');
     while left > 0 {

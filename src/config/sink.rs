@@ -468,17 +468,6 @@ impl SinkSection {
         Ok(SinkSection { name, kind, common })
     }
 
-    /// The sink's `type`.
-    pub fn kind_type(&self) -> SinkType {
-        match self.kind {
-            SinkKind::Webhook(_) => SinkType::Webhook,
-            SinkKind::Stdout(_) => SinkType::Stdout,
-            SinkKind::File(_) => SinkType::File,
-            SinkKind::Nats(_) => SinkType::Nats,
-            SinkKind::Kafka(_) => SinkType::Kafka,
-        }
-    }
-
     /// The limit on a rendered body (`max_body_bytes`, default 1 MiB per event of a request).
     pub fn body_limit(&self) -> usize {
         let limit = self.common.max_body_bytes.map_or(

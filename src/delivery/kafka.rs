@@ -301,7 +301,7 @@ pub async fn deliver(
 ) -> Outcomes {
     let (ready, mut outcomes) = prepare(sink, bus, records).await;
     for m in &ready {
-        let mut tries = Tries::new(sink, &m.id, patience);
+        let mut tries = Tries::new(sink, &m.id, patience, &records[m.at..m.at + 1]);
         let result = loop {
             let paced = match &sink.pace {
                 Some(pace) => pace.wait(stop).await,

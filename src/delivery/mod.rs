@@ -537,7 +537,9 @@ async fn next_group(
         Ok(r) => r,
         Err(_) => {
             // The queue ran empty: the attempts waiting in memory go to the attempt log now.
-            crate::attempt_log::flush(&sink.name);
+            if crate::attempt_log::enabled() {
+                crate::attempt_log::flush(&sink.name);
+            }
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return None,
@@ -676,7 +678,7 @@ async fn send(
         Err(e) => return render_failed(e),
     };
     let key = Sink::delivery_key(records);
-    let mut tries = retry::Tries::new(sink, &key, patience).about(records);
+    let mut tries = retry::Tries::new(sink, &key, patience, records);
     loop {
         let once = attempt(sink, hook, conn, &key, &body, stop);
         let attempt = match patience {

@@ -421,7 +421,7 @@ pub async fn deliver(
         .map(|m| {
             (
                 m,
-                Tries::new(sink, &m.key, patience).about(&records[m.at..m.at + 1]),
+                Tries::new(sink, &m.key, patience, &records[m.at..m.at + 1]),
             )
         })
         .collect();

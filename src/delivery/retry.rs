@@ -86,7 +86,7 @@ pub enum Patience<'a> {
 /// [`Tries::settle`], which decides whether and when to try again, waits, logs and counts:
 ///
 /// ```ignore
-/// let mut tries = Tries::new(sink, &key, patience);
+/// let mut tries = Tries::new(sink, &key, patience, records);
 /// let result = loop {
 ///     let attempt = send().await;
 ///     if let Some(done) = tries.settle(attempt, stop).await { break done; }
@@ -105,14 +105,19 @@ pub struct Tries<'a> {
     /// The receiver's last answer.
     status: Option<u16>,
     patience: Patience<'a>,
-    /// `type:action` of what it carries, for the attempt log.
-    event: String,
+    /// What it carries (the attempt log names their `type:action`).
+    records: &'a [std::sync::Arc<crate::record::Record>],
     /// When the attempt being made started (after the last wait).
     started: Instant,
 }
 
 impl<'a> Tries<'a> {
-    pub fn new(sink: &'a Sink, key: &'a str, patience: Patience<'a>) -> Tries<'a> {
+    pub fn new(
+        sink: &'a Sink,
+        key: &'a str,
+        patience: Patience<'a>,
+        records: &'a [std::sync::Arc<crate::record::Record>],
+    ) -> Tries<'a> {
         let mut backoff = Backoff::start(&sink.retry);
         let attempts = match patience {
             Patience::Drain { tried, .. } => tried,
@@ -128,21 +133,9 @@ impl<'a> Tries<'a> {
             attempts,
             status: None,
             patience,
-            event: String::new(),
+            records,
             started: Instant::now(),
         }
-    }
-
-    /// Names what `records` carry in the attempt log (`type:action`, `+N` for a batch).
-    pub fn about(mut self, records: &[std::sync::Arc<crate::record::Record>]) -> Self {
-        if let Some(first) = records.first() {
-            let e = &first.event;
-            self.event = format!("{}:{}", e.kind(), e.action.as_str());
-            if records.len() > 1 {
-                self.event += &format!(" +{}", records.len() - 1);
-            }
-        }
-        self
     }
 
     /// Puts the attempt on record (`attempts.keep`), as the status page and `flagtail attempts`
@@ -163,7 +156,7 @@ impl<'a> Tries<'a> {
             time: crate::attempt_log::Time::Now,
             sink: &self.sink.name,
             key: self.key,
-            event: &self.event,
+            event: &event_of(self.records),
             attempt: self.attempts,
             status,
             error: error.as_deref(),
@@ -298,6 +291,18 @@ fn clipped(reason: &str) -> String {
     match reason.char_indices().nth(1000) {
         Some((at, _)) => format!("{}…", &reason[..at]),
         None => reason.to_string(),
+    }
+}
+
+/// `type:action` of the first of `records`, and `+N` for the others of a batch.
+fn event_of(records: &[std::sync::Arc<crate::record::Record>]) -> String {
+    let Some(first) = records.first() else {
+        return String::new();
+    };
+    let e = &first.event;
+    match records.len() {
+        1 => format!("{}:{}", e.kind(), e.action.as_str()),
+        n => format!("{}:{} +{}", e.kind(), e.action.as_str(), n - 1),
     }
 }
 

@@ -38,7 +38,7 @@ pub async fn deliver(
         }
     }
     if !written.is_empty() {
-        let result = write_with_retries(sink, out, stop, patience).await;
+        let result = write_with_retries(sink, records, out, stop, patience).await;
         let mut results = written.into_iter().map(|range| (range, result.clone()));
         outcomes.extend(&mut results);
     }
@@ -47,6 +47,7 @@ pub async fn deliver(
 
 async fn write_with_retries(
     sink: &Sink,
+    records: &[Arc<Record>],
     out: Vec<u8>,
     stop: &CancellationToken,
     patience: Patience<'_>,
@@ -56,7 +57,7 @@ async fn write_with_retries(
         Output::File(file) => file.path.display().to_string(),
         _ => "stdout".to_string(),
     };
-    let mut tries = Tries::new(sink, &what, patience);
+    let mut tries = Tries::new(sink, &what, patience, records);
     loop {
         let result = match &sink.output {
             Output::File(file) => {

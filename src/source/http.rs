@@ -199,13 +199,10 @@ impl HttpSource {
             }
             Ok(Err(_)) => return reply(StatusCode::BAD_REQUEST, "the body could not be read"),
         };
-        if let (Some(v), Some(headers)) = (&self.verifier, headers) {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            if !v.accepts(&headers, &body, now) {
-                return reply(StatusCode::UNAUTHORIZED, "missing or wrong signature");
-            }
+        if let (Some(v), Some(headers)) = (&self.verifier, headers)
+            && !v.accepts(&headers, &body, crate::sink::unix_now())
+        {
+            return reply(StatusCode::UNAUTHORIZED, "missing or wrong signature");
         }
         // Signatures are over the body as sent; the events are in the body as decoded.
         let body = match self.decoded(&codings, body).await {
