@@ -388,7 +388,6 @@ async fn a_failing_sink_is_marked_and_charted_beside_one_that_delivers_and_its_h
             &url,
         );
         assert!(shot.exists(), "{}", String::from_utf8_lossy(&out.stderr));
-        let _ = std::fs::copy(&shot, "/work/notes/status-page.png");
         let out = headless(browser, &["--dump-dom"], &url);
         let dom = String::from_utf8_lossy(&out.stdout);
         assert!(

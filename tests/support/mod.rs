@@ -563,10 +563,10 @@ pub fn webhook_sink(url: &str, extra: &str) -> String {
 }
 
 /// `X-Flipt-Webhook-Signature` of `body`, computed here with ring, independently of flagtail.
-pub fn flipt_signature(secret: &str, body: &str) -> String {
+pub fn flipt_signature(secret: &str, body: impl AsRef<[u8]>) -> String {
     let mac = ring::hmac::sign(
         &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()),
-        body.as_bytes(),
+        body.as_ref(),
     );
     mac.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
